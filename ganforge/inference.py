@@ -1,0 +1,101 @@
+"""Using a trained generator: load it from a snapshot, sample images, export it standalone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.utils import save_image
+
+from ganforge.data import to_uint8
+from ganforge.models import GanModel, build_model
+from ganforge.training.checkpoint import SnapshotError, load_snapshot
+
+
+def load_model(run_or_snapshot: str | Path, device: str | torch.device = "cpu") -> GanModel:
+    """The model of a snapshot (all networks), in eval mode, on `device`."""
+    snap = load_snapshot(run_or_snapshot)
+    try:
+        model = build_model(snap["model"], snap["model_config"])
+        model.load_state_dict(snap["state"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise SnapshotError(f"{snap['path']}: snapshot does not match the {snap.get('model')} networks ({e})") from e
+    return model.to(device).eval().requires_grad_(False)
+
+
+class RuntimeGenerator(nn.Module):
+    """Inference only: (noise, label) -> image in [-1, 1]; the EMA generator without the rest of the model."""
+
+    def __init__(self, model: GanModel):
+        super().__init__()
+        self.G = model.G_ema
+        self.conditional = model.num_classes > 0
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.G(z, labels if self.conditional else None)
+
+
+def sample_labels(model: GanModel, n: int, label: int | None) -> tuple[torch.Tensor | None, int]:
+    """Labels for n samples and the grid width: a fixed label, or one row per class."""
+    if not model.num_classes:
+        if label is not None:
+            raise ValueError("--label: this model is unconditional (trained without labels)")
+        return None, math.ceil(math.sqrt(n))
+    if label is not None:
+        if not 0 <= label < model.num_classes:
+            raise ValueError(f"--label {label}: out of range, the model has classes 0..{model.num_classes - 1}")
+        return torch.full((n,), label, dtype=torch.long), math.ceil(math.sqrt(n))
+    columns = math.ceil(n / model.num_classes)
+    return torch.arange(n) // columns, columns
+
+
+@torch.no_grad()
+def generate(model: GanModel, n: int, seed: int = 0, label: int | None = None, batch: int = 64,
+             device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """n images in [-1, 1] from the EMA generator, their labels, and a grid width."""
+    labels, columns = sample_labels(model, n, label)
+    z = model.sample_latents(n, generator=torch.Generator().manual_seed(seed))
+    out = []
+    for i in range(0, n, batch):
+        y = None if labels is None else labels[i:i + batch].to(device)
+        out.append(model.generate(z[i:i + batch].to(device), y).float().cpu())
+    return torch.cat(out), labels, columns
+
+
+def write_images(images: torch.Tensor, out: str | Path, columns: int) -> list[Path]:
+    """A grid when `out` names a .png/.jpg file, otherwise one PNG per image in the folder `out`."""
+    out = Path(out)
+    if out.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images, out, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)
+        return [out]
+    out.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    paths = []
+    for i, img in enumerate(to_uint8(images)):
+        arr = img.permute(1, 2, 0).numpy()
+        paths.append(out / f"{i:06d}.png")
+        Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(paths[-1])
+    return paths
+
+
+def export(model: GanModel, fmt: str, out: str | Path) -> Path:
+    """Write the RuntimeGenerator as ONNX or TorchScript; inputs z [N, z_dim] float32 (and labels [N] int64)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runtime = RuntimeGenerator(model).eval().cpu()
+    z = torch.randn(2, model.z_dim)
+    args = (z, torch.zeros(2, dtype=torch.long)) if runtime.conditional else (z,)
+    if fmt == "torchscript":
+        traced = torch.jit.trace(runtime, args, check_trace=False)
+        traced.save(str(out))
+    elif fmt == "onnx":
+        names = ["z", "labels"][:len(args)]
+        torch.onnx.export(runtime, args, str(out), input_names=names, output_names=["images"], dynamo=False,
+                          dynamic_axes={n: {0: "batch"} for n in names + ["images"]}, opset_version=17)
+    else:
+        raise ValueError(f"--format {fmt}: choose onnx or torchscript")
+    return out

@@ -1,0 +1,19 @@
+"""Loss functions shared by the GANs, as plain functions of discriminator outputs.
+
+Kept free of any model so each can be checked against hand-computed values.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bce_with_logits(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Mean binary cross-entropy of sigmoid(logits) against a constant target (1 real, 0 fake).
+
+    Written with softplus, the numerically stable form: -[t log s(x) + (1-t) log(1 - s(x))]
+    = t softplus(-x) + (1-t) softplus(x).
+    """
+    logits = logits.float()
+    return (target * F.softplus(-logits) + (1.0 - target) * F.softplus(logits)).mean()

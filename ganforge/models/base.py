@@ -1,0 +1,99 @@
+"""What a GAN contributes to the shared training loop.
+
+A `GanModel` owns its networks (G, D and the EMA copy of G that is sampled), says which optimizer
+updates which network, computes the loss of each phase, and states its schedule. Everything else
+(devices, EMA update, precision, checkpoints, logging, grids) is the loop's.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Phase:
+    """One update of one network per training step: `name` is passed to `GanModel.loss`."""
+
+    name: str        # e.g. "D", "G"
+    network: str     # attribute of the model that this phase trains: "G" or "D"
+    optimizer: str   # key into GanModel.optimizers()
+
+
+@dataclass
+class Schedule:
+    """Where training is at a given image count: progressive models change these mid-run."""
+
+    resolution: int
+    batch: int
+    alpha: float = 1.0                    # fade-in weight of the newest block (1 = fully grown)
+    stage: str = ""                       # changes when optimizers must be reset (a new resolution)
+
+
+@dataclass
+class StepContext:
+    """What a loss needs besides the real batch: seeded noise and the current schedule."""
+
+    latents: Callable[[int], torch.Tensor]       # n -> z on the device, from the run's seeded generator
+    schedule: Schedule
+    step: int = 0
+    stats: dict = field(default_factory=dict)    # scalars a loss wants logged
+
+
+class GanModel(nn.Module):
+    """Base of every GAN in ganforge; see cdcgan.py for the smallest complete example."""
+
+    name: str = "gan"
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = dict(config)  # everything needed to rebuild the networks from a snapshot
+
+    # --- set-up -----------------------------------------------------------------------------
+    def make_ema(self) -> None:
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+
+    def phases(self) -> list[Phase]:
+        return [Phase("D", "D", "D"), Phase("G", "G", "G")]
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def schedule(self, images_seen: int, batch: int, resolution: int) -> Schedule:
+        """Fixed-resolution models train at the run's resolution and batch throughout."""
+        return Schedule(resolution=resolution, batch=batch)
+
+    # --- training ---------------------------------------------------------------------------
+    def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Scalar loss of `phase` on a real batch in [-1, 1]; put scalars to log into ctx.stats."""
+        raise NotImplementedError
+
+    def after_step(self, ctx: StepContext) -> None:
+        """Hook after all phases of a step (BEGAN's k_t update lives here)."""
+
+    # --- sampling -----------------------------------------------------------------------------
+    @property
+    def z_dim(self) -> int:
+        return self.config["z_dim"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.get("num_classes", 0)
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        return torch.randn(n, self.z_dim, generator=generator, device=device)
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, ema: bool = True) -> torch.Tensor:
+        """Images in [-1, 1] from latents (and labels for conditional models)."""
+        return (self.G_ema if ema else self.G)(z, labels)
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,77 @@
+"""Snapshots: everything a run needs to continue exactly, written atomically, loaded without pickled code.
+
+A snapshot is a torch.save file holding only tensors, numbers, strings, lists and dicts, and it is
+always read with `torch.load(weights_only=True)`, so a crafted file cannot run code. It is written
+to a temporary file in the same folder, flushed to disk, then renamed over the old one: a crash or
+kill at any moment leaves either the old or the new snapshot, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+LATEST = "latest.pt"
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be used: the message names the file."""
+
+
+def save_snapshot(path: str | os.PathLike, state: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def find_snapshot(run_or_snapshot: str | os.PathLike) -> Path:
+    """A snapshot file as given, or a run directory's latest snapshot."""
+    p = Path(run_or_snapshot)
+    if p.is_dir():
+        if (p / LATEST).exists():
+            return p / LATEST
+        periodic = sorted(p.glob("snapshot-*.pt"))
+        if periodic:
+            return periodic[-1]
+        raise SnapshotError(f"{p}: no snapshot in this run directory (expected {LATEST} or snapshot-*.pt)")
+    if not p.exists():
+        raise SnapshotError(f"{p}: no such snapshot file or run directory")
+    return p
+
+
+def load_snapshot(run_or_snapshot: str | os.PathLike, map_location="cpu") -> dict:
+    path = find_snapshot(run_or_snapshot)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise SnapshotError(f"{path}: refused to load: the file holds objects other than plain tensors and "
+                            f"numbers (it may contain code). ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # noqa: BLE001 - truncated, not a torch file, ...
+        raise SnapshotError(f"{path}: not a readable ganforge snapshot ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise SnapshotError(f"{path}: not a ganforge snapshot")
+    if state["format_version"] > FORMAT_VERSION:
+        raise SnapshotError(f"{path}: written by a newer ganforge (format {state['format_version']}, this reads "
+                            f"up to {FORMAT_VERSION}); upgrade ganforge to use it")
+    state["path"] = str(path)
+    return state

@@ -1,0 +1,342 @@
+"""The one training loop every GAN in ganforge runs in.
+
+A model (ganforge.models) supplies networks, optimizers, per-phase losses and a schedule; this
+loop supplies the rest: devices, seeding, precision, the real-image stream, freezing the network
+that is not being trained, the EMA of G, progress in kimg, stats.jsonl / TensorBoard / log.txt,
+sample grids from fixed noise, and atomic snapshots that resume bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from ganforge.data import ImageDataset, RealStream, load_dataset, to_float
+from ganforge.models import CONDITIONAL, GanModel, Schedule, StepContext, build_model, parameter_count
+from ganforge.training.checkpoint import LATEST, SnapshotError, load_snapshot, save_snapshot
+
+
+@dataclass
+class TrainOptions:
+    """Every option of a run; saved as training_options.json and inside each snapshot."""
+
+    model: str = "cdcgan"            # cdcgan | dcgan
+    data: str = "mnist"              # built-in name, image folder, zip, or captioned layout
+    resolution: int = 32             # training resolution (power of two)
+    channels: int | None = None      # 1 or 3; None: 1 for mnist, 3 otherwise
+    center_crop: bool = True         # square centre crop before resizing (else squash)
+    xflip: bool = False              # random horizontal flips of real images
+    split: str = "train"             # for the captioned layout: train | test | all
+    batch: int = 64                  # images per step (all GPUs together)
+    kimg: float = 100.0              # length of training in thousands of real images shown
+    seed: int = 0
+    base_channels: int | None = None # network width; None: the model's default for the resolution
+    ema_kimg: float = 10.0           # half-life of the EMA of G, in kimg
+    ema_rampup: float | None = 0.05  # EMA half-life at most this fraction of images seen (None: off)
+    tick: float = 1.0                # kimg between progress lines / stats.jsonl rows
+    sample_every: float = 10.0       # kimg between sample grids
+    snap: float = 25.0               # kimg between kept snapshots (latest.pt is rewritten each time)
+    precision: str = "fp32"          # fp32 | tf32 | bf16 | fp16 (autocast; fp16 with loss scaling)
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    workers: int = 4                 # decoding threads when images are not preloaded
+    outdir: str = "runs"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Options that may differ when a run is resumed: they change how long or where it runs, not what it computes.
+RESUME_MAY_CHANGE = {"kimg", "tick", "sample_every", "snap", "device", "workers", "outdir"}
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue; the message says why."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def make_run_dir(outdir: str | Path, desc: str) -> Path:
+    """runs/00000-<desc>/, numbered one past the highest existing run."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    ids = [int(p.name[:5]) for p in outdir.iterdir() if p.is_dir() and p.name[:5].isdigit()]
+    run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
+    run_dir.mkdir()
+    return run_dir
+
+
+def dataset_desc(data: str) -> str:
+    name = Path(data.rstrip("/")).stem if data != "mnist" else "mnist"
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "data"
+
+
+def model_config(opts: TrainOptions, dataset: ImageDataset) -> dict:
+    config = dict(resolution=opts.resolution, channels=dataset.channels,
+                  num_classes=dataset.num_classes if opts.model in CONDITIONAL else 0)
+    if opts.base_channels is not None:
+        config["base_channels"] = opts.base_channels
+    elif opts.model in ("cdcgan", "dcgan"):
+        config["base_channels"] = 32 if opts.resolution <= 32 else 64  # DCGAN's 64 at 64x64; half below
+    return config
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, [p.detach() for p in net.parameters()], 1.0 - beta)
+    for b_ema, b in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b)
+
+
+def ema_beta(opts: TrainOptions, batch: int, images_seen: int) -> float:
+    half_life = opts.ema_kimg * 1000
+    if opts.ema_rampup is not None:
+        half_life = min(half_life, images_seen * opts.ema_rampup)
+    return 0.5 ** (batch / max(half_life, 1e-8))
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def crossed(before: int, after: int, every_kimg: float) -> bool:
+    """True when images_seen passed a multiple of every_kimg between two steps."""
+    every = max(1, round(every_kimg * 1000))
+    return before // every != after // every
+
+
+class SampleGrid:
+    """Fixed noise and labels for the grids written during training: one row per class when labelled."""
+
+    def __init__(self, model: GanModel, seed: int, device: torch.device, columns: int = 10, max_images: int = 100):
+        g = torch.Generator().manual_seed(seed + 12345)  # its own generator: grids never disturb training
+        if model.num_classes:
+            rows = min(model.num_classes, max(1, max_images // columns))
+            self.labels = torch.arange(rows).repeat_interleave(columns).to(device)
+        else:
+            rows = max(1, max_images // columns)
+            self.labels = None
+        self.columns = columns
+        self.z = model.sample_latents(rows * columns, generator=g).to(device)
+
+    @torch.no_grad()
+    def write(self, model: GanModel, path: Path) -> None:
+        images = torch.cat([model.generate(z, None if self.labels is None else y)
+                            for z, y in zip(self.z.split(50), (self.labels.split(50) if self.labels is not None
+                                                               else [None] * math.ceil(len(self.z) / 50)))])
+        save_image(images.float(), path, nrow=self.columns, normalize=True, value_range=(-1, 1), padding=1)
+
+
+def _check_resume(opts: TrainOptions, saved: dict, explicit: set[str], path: str) -> TrainOptions:
+    """Start from the snapshot's options; allow only explicit changes that keep the computation the same."""
+    merged = TrainOptions(**{**saved, **{k: getattr(opts, k) for k in explicit & RESUME_MAY_CHANGE}})
+    for key in sorted(explicit - RESUME_MAY_CHANGE):
+        if getattr(opts, key) != saved.get(key):
+            raise TrainingError(f"--resume {path}: option --{key.replace('_', '-')} {getattr(opts, key)!r} differs "
+                                f"from the run's {saved.get(key)!r}; a resumed run keeps its configuration "
+                                f"(only {', '.join(sorted(RESUME_MAY_CHANGE))} may change)")
+    return merged
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop after the current step and write a snapshot."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread: leave handlers alone
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | None = None,
+          progress: bool = True) -> Path:
+    """Train (or continue) a run; returns its directory. `explicit`: options the user set on resume."""
+    snapshot = None
+    if resume is not None:
+        try:
+            snapshot = load_snapshot(resume)
+        except SnapshotError as e:
+            raise TrainingError(str(e)) from e
+        opts = _check_resume(opts, snapshot["options"], explicit or set(), resume)
+    if opts.batch < 1 or not math.isfinite(opts.kimg) or opts.kimg <= 0:
+        raise TrainingError("--batch must be >= 1 and --kimg a positive number")
+
+    device = resolve_device(opts.device)
+    if opts.precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(opts.seed)
+
+    dataset = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split)
+    if opts.model in CONDITIONAL and dataset.num_classes < 2:
+        raise TrainingError(f"--model {opts.model} needs labelled data, but --data {opts.data} has no labels "
+                            f"(use class sub-folders or split.csv, or --model dcgan)")
+    model = build_model(opts.model, model_config(opts, dataset)).to(device)
+    optimizers = model.optimizers()
+    gen = torch.Generator(device).manual_seed(opts.seed)
+    stream = RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=device, workers=opts.workers)
+    scaler = torch.amp.GradScaler(device.type, enabled=opts.precision == "fp16")
+    images_seen = step = 0
+    stage = None
+
+    if snapshot is not None:
+        if snapshot["model"] != opts.model or snapshot["model_config"] != model.config:
+            raise TrainingError(f"--resume {snapshot['path']}: snapshot holds {snapshot['model']} "
+                                f"{snapshot['model_config']}, this data gives {model.config}")
+        run_dir = Path(snapshot["path"]).parent
+        model.load_state_dict(snapshot["state"])
+        stage = snapshot["stage"]
+        for name, opt in optimizers.items():
+            opt.load_state_dict(snapshot["optimizers"][name])
+        scaler.load_state_dict(snapshot["scaler"])
+        gen.set_state(snapshot["rng"]["loop"])
+        torch.set_rng_state(snapshot["rng"]["torch"])
+        images_seen, step, stream.position = snapshot["images_seen"], snapshot["step"], snapshot["stream_position"]
+    else:
+        run_dir = make_run_dir(opts.outdir, f"{opts.model}-{dataset_desc(opts.data)}")
+        (run_dir / "training_options.json").write_text(json.dumps(opts.to_json(), indent=2) + "\n")
+
+    log_file = open(run_dir / "log.txt", "a", encoding="utf-8")
+
+    def log(line: str) -> None:
+        log_file.write(line + "\n")
+        log_file.flush()
+        if progress:
+            tqdm_write(line)
+
+    from torch.utils.tensorboard import SummaryWriter  # import here: tensorboard is slow to import
+    tb = SummaryWriter(str(run_dir))
+    stats_file = open(run_dir / "stats.jsonl", "a", encoding="utf-8")
+
+    log(f"{'resuming' if snapshot else 'starting'} {run_dir} at {images_seen / 1000:.1f} kimg on {device}: "
+        f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {dataset.num_classes} classes, "
+        f"G {parameter_count(model.G):,} / D {parameter_count(model.D):,} parameters")
+    if dataset.bad_files:
+        log(f"skipped {len(dataset.bad_files)} unreadable image(s), e.g. {dataset.bad_files[0]}")
+
+    grid = SampleGrid(model, opts.seed, device)
+    if snapshot is None:
+        reals, _ = RealStream(dataset, seed=opts.seed + 1, device=device).next_batch(len(grid.z))
+        save_image(to_float(reals), run_dir / "reals.png", nrow=grid.columns, normalize=True, value_range=(-1, 1),
+                   padding=1)
+        grid.write(model, run_dir / "fakes000000.png")
+
+    total = round(opts.kimg * 1000)
+    tick_start, tick_images, tick_sums, tick_count = time.time(), images_seen, {}, 0
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=min(images_seen, total), unit="img", unit_scale=True, disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+
+    def make_snapshot() -> dict:
+        return dict(model=opts.model, model_config=model.config, options=opts.to_json(), state=model.state_dict(),
+                    optimizers={k: o.state_dict() for k, o in optimizers.items()}, scaler=scaler.state_dict(),
+                    rng={"loop": gen.get_state(), "torch": torch.get_rng_state()}, stage=stage,
+                    images_seen=images_seen, step=step, stream_position=stream.position)
+
+    def write_snapshots(keep: bool) -> None:
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise TrainingError(f"non-finite weights at {images_seen / 1000:.1f} kimg: training diverged; "
+                                f"the last good snapshot in {run_dir} is kept (try a lower learning rate)")
+        state = make_snapshot()
+        save_snapshot(run_dir / LATEST, state)
+        if keep:
+            save_snapshot(run_dir / f"snapshot-{images_seen // 1000:06d}.pt", state)
+
+    with _StopFlag() as stop, log_file, stats_file, bar:
+        while images_seen < total and not stop.requested:
+            sched: Schedule = model.schedule(images_seen, opts.batch, opts.resolution)
+            if sched.stage != stage:  # a new resolution: optimizer state starts afresh (PGGAN)
+                if stage is not None:
+                    optimizers = model.optimizers()
+                stage = sched.stage
+            real_u8, labels = stream.next_batch(sched.batch)
+            reals = to_float(real_u8)
+            ctx = StepContext(latents=lambda n: model.sample_latents(n, gen, device), schedule=sched, step=step)
+            for phase in model.phases():
+                for net in ("G", "D"):  # train one network, freeze the other (the NNC sample's lesson)
+                    getattr(model, net).requires_grad_(net == phase.network)
+                optimizer = optimizers[phase.optimizer]
+                optimizer.zero_grad(set_to_none=True)
+                with autocast_for(opts.precision, device):
+                    loss = model.loss(phase.name, reals, labels, ctx)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            model.after_step(ctx)
+            before, images_seen, step = images_seen, images_seen + sched.batch, step + 1
+            update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, images_seen))
+
+            for k, v in ctx.stats.items():
+                tick_sums[k] = tick_sums.get(k, 0.0) + v.float()
+            tick_count += 1
+            bar.update(min(images_seen, total) - min(before, total))
+
+            done = images_seen >= total or stop.requested
+            if crossed(before, images_seen, opts.tick) or done:
+                now = time.time()
+                means = {k: (v / tick_count).item() for k, v in tick_sums.items()}
+                if not all(math.isfinite(v) for v in means.values()):
+                    raise TrainingError(f"non-finite loss at {images_seen / 1000:.1f} kimg ({means}); "
+                                        f"the last good snapshot in {run_dir} is kept")
+                row = {"kimg": images_seen / 1000, "step": step, "time": now, "resolution": sched.resolution,
+                       "batch": sched.batch, "alpha": sched.alpha,
+                       "img_per_sec": (images_seen - tick_images) / max(now - tick_start, 1e-9), **means}
+                if device.type == "cuda":
+                    row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                stats_file.write(json.dumps(row) + "\n")
+                stats_file.flush()
+                for k, v in row.items():
+                    if k not in ("kimg", "step", "time"):
+                        tb.add_scalar(k, v, global_step=images_seen)  # x axis in images shown, like kimg
+                short = {k.split("/")[-1]: f"{v:.3f}" for k, v in means.items()}
+                bar.set_postfix({"kimg": f"{images_seen / 1000:.1f}", **short})
+                log_file.write(f"kimg {images_seen / 1000:8.1f}  step {step:7d}  img/s {row['img_per_sec']:7.1f}  "
+                               + "  ".join(f"{k} {v}" for k, v in short.items()) + "\n")
+                log_file.flush()
+                tick_start, tick_images, tick_sums, tick_count = now, images_seen, {}, 0
+            if crossed(before, images_seen, opts.sample_every) or done:
+                grid.write(model, run_dir / f"fakes{images_seen // 1000:06d}.png")
+            if crossed(before, images_seen, opts.snap) or done:
+                write_snapshots(keep=crossed(before, images_seen, opts.snap) or images_seen >= total)
+
+    tb.close()
+    if stop.requested:
+        tqdm_write(f"stopped at {images_seen / 1000:.1f} kimg; continue with: ganforge train --resume {run_dir}")
+    return run_dir
+
+
+def tqdm_write(line: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(line)
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -90,8 +91,9 @@ def export(model: GanModel, fmt: str, out: str | Path) -> Path:
     z = torch.randn(2, model.z_dim)
     args = (z, torch.zeros(2, dtype=torch.long)) if runtime.conditional else (z,)
     if fmt == "torchscript":
-        traced = torch.jit.trace(runtime, args, check_trace=False)
-        traced.save(str(out))
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream but still the portable C++/Python format
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.trace(runtime, args, check_trace=False).save(str(out))
     elif fmt == "onnx":
         names = ["z", "labels"][:len(args)]
         torch.onnx.export(runtime, args, str(out), input_names=names, output_names=["images"], dynamo=False,

@@ -64,8 +64,11 @@ def load_snapshot(run_or_snapshot: str | os.PathLike, map_location="cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise SnapshotError(f"{path}: refused to load: the file holds objects other than plain tensors and "
-                            f"numbers (it may contain code). ({str(e).splitlines()[0]})") from e
+        if "GLOBAL" not in str(e):  # not a pickle at all: garbage or a truncated file
+            raise SnapshotError(f"{path}: not a readable ganforge snapshot (corrupt or not a torch file)") from e
+        blocked = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), "")
+        raise SnapshotError(f"{path}: refused to load: the file holds objects other than tensors and numbers "
+                            f"and could run code when unpickled ({blocked})") from e
     except Exception as e:  # noqa: BLE001 - truncated, not a torch file, ...
         raise SnapshotError(f"{path}: not a readable ganforge snapshot ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or "format_version" not in state:

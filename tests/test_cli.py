@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from ganforge.cli import main
+
+TINY = ["--resolution", "16", "--batch", "16", "--base-channels", "8", "--kimg", "0.064", "--tick", "0.032",
+        "--sample-every", "0.064", "--snap", "0.064", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    result = CliRunner().invoke(main, ["train", *TINY, "--outdir", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out / "00000-cdcgan-mnist"
+
+
+def test_dry_run_prints_resolved_options_and_writes_nothing(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--dry-run", "--outdir", str(tmp_path / "r"), "--batch", "8"])
+    assert result.exit_code == 0
+    opts = json.loads(result.output)
+    assert opts["batch"] == 8 and opts["model"] == "cdcgan" and opts["data"] == "mnist" and opts["kimg"] == 100
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--resolution", "30"], "30 is not a power of two"),
+    (["--kimg", "nan"], "must be a finite number > 0"),
+    (["--kimg", "-1"], "must be a finite number > 0"),
+    (["--batch", "0"], "--batch"),
+    (["--batch", "many"], "'many' is not a valid integer"),
+    (["--model", "stylegan9"], "--model"),
+    (["--data", "/no/such/place"], "--data /no/such/place: no such file or folder"),
+])
+def test_bad_options_are_named(args, message, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--outdir", str(tmp_path), *args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_generate_grid_and_folder(run_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["generate", str(run_dir), "--n", "20", "--out", str(tmp_path / "grid.png")])
+    assert result.exit_code == 0, result.output
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (2 * 17 + 1, 10 * 17 + 1)  # one row per class, 2 columns of 16 px + 1 px padding
+    result = runner.invoke(main, ["generate", str(run_dir), "--n", "5", "--label", "3", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    files = sorted((tmp_path / "d").iterdir())
+    assert len(files) == 5 and Image.open(files[0]).size == (16, 16)
+    result = runner.invoke(main, ["generate", str(run_dir), "--label", "10", "--out", str(tmp_path / "x.png")])
+    assert result.exit_code != 0 and "--label 10: out of range" in result.output
+
+
+def test_generate_is_reproducible_by_seed(run_dir, tmp_path):
+    runner = CliRunner()
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        runner.invoke(main, ["generate", str(run_dir), "--n", "4", "--seed", seed, "--out", str(tmp_path / f"{name}.png")])
+    a, b, c = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_resume_from_the_cli(run_dir):
+    result = CliRunner().invoke(main, ["train", "--resume", str(run_dir), "--kimg", "0.096", "--quiet"])
+    assert result.exit_code == 0, result.output
+    from ganforge.training.checkpoint import load_snapshot
+
+    assert load_snapshot(run_dir)["images_seen"] == 96
+    result = CliRunner().invoke(main, ["train", "--resume", str(run_dir), "--resolution", "32"])
+    assert result.exit_code != 0 and "--resolution 32 differs" in result.output
+
+
+def test_snapshot_that_is_not_ours_is_a_clear_error(tmp_path):
+    (tmp_path / "latest.pt").write_bytes(b"garbage")
+    result = CliRunner().invoke(main, ["generate", str(tmp_path)])
+    assert result.exit_code != 0 and "not a readable ganforge snapshot" in result.output
+
+
+def test_export_onnx_matches_pytorch(run_dir, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from ganforge.inference import RuntimeGenerator, load_model
+
+    out = tmp_path / "g.onnx"
+    result = CliRunner().invoke(main, ["export", str(run_dir), "--format", "onnx", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    z = torch.randn(7, 100, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(7) % 10
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (images,) = session.run(None, {"z": z.numpy(), "labels": labels.numpy()})
+    expected = RuntimeGenerator(load_model(run_dir))(z, labels)
+    assert images.shape == (7, 1, 16, 16)
+    np.testing.assert_allclose(images, expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_export_torchscript_runs_without_ganforge_classes(run_dir, tmp_path):
+    from ganforge.inference import RuntimeGenerator, load_model
+
+    out = tmp_path / "g.pt"
+    assert CliRunner().invoke(main, ["export", str(run_dir), "--format", "torchscript", "--out", str(out)]).exit_code == 0
+    scripted = torch.jit.load(str(out))
+    z, labels = torch.randn(3, 100), torch.tensor([0, 5, 9])
+    torch.testing.assert_close(scripted(z, labels), RuntimeGenerator(load_model(run_dir))(z, labels))

@@ -1,0 +1,174 @@
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganforge.data import DatasetError, RealStream, load_dataset, to_float, to_uint8
+
+
+def save(path, mode="RGB", size=(20, 12), color=(200, 30, 30), **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path, **kw)
+    return path
+
+
+@pytest.fixture
+def class_folder(tmp_path):
+    for c, color in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+        for i in range(3):
+            save(tmp_path / c / f"{i}.png", color=color)
+    return tmp_path
+
+
+def test_mnist_builtin_has_5000_labelled_digits():
+    ds = load_dataset("mnist", 32)
+    assert len(ds) == 5000 and ds.num_classes == 10
+    assert ds.images.shape == (5000, 1, 32, 32) and ds.images.dtype == torch.uint8
+    assert np.bincount(ds.labels).tolist() == [500] * 10
+    assert ds.images.float().mean() > 10  # real strokes, not blank
+
+
+def test_class_subfolders_become_labels(class_folder):
+    ds = load_dataset(str(class_folder), 8)
+    assert ds.class_names == ["cat", "dog"] and sorted(ds.labels) == [0, 0, 0, 1, 1, 1]
+    img, label = ds[0]
+    assert img.shape == (3, 8, 8)
+    expected_red = 255 if label == 0 else 0  # cat images are red, dog images blue
+    assert img[0].float().mean().item() == pytest.approx(expected_red, abs=1)
+
+
+def test_flat_folder_is_unlabelled_and_recursive(tmp_path):
+    save(tmp_path / "a.png")
+    save(tmp_path / "deep" / "er" / "b.jpg")
+    ds = load_dataset(str(tmp_path), 16)
+    assert len(ds) == 2 and ds.num_classes == 0 and ds.labels == [-1, -1]
+
+
+def test_centre_crop_takes_the_middle(tmp_path):
+    img = Image.new("RGB", (30, 10), (0, 0, 0))
+    img.paste((255, 255, 255), (10, 0, 20, 10))  # white middle third
+    img.save(tmp_path / "wide.png")
+    cropped = load_dataset(str(tmp_path), 10)[0][0]
+    squashed = load_dataset(str(tmp_path), 10, center_crop=False)[0][0]
+    assert cropped.float().mean() == 255
+    assert 60 < squashed.float().mean() < 110  # a third white
+
+
+def test_zip_of_class_folders(tmp_path, class_folder):
+    z = tmp_path / "data.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        for p in class_folder.rglob("*.png"):
+            f.write(p, p.relative_to(class_folder).as_posix())
+        f.writestr("../escape.png", (class_folder / "cat" / "0.png").read_bytes())  # traversal name: read, never extracted
+    ds = load_dataset(str(z), 8)
+    assert len(ds) == 7 and ds[0][0].shape == (3, 8, 8)
+    assert not (tmp_path.parent / "escape.png").exists()
+
+
+def test_corrupt_files_are_skipped_and_reported(tmp_path):
+    for i in range(3):
+        save(tmp_path / f"good{i}.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    good = (tmp_path / "good0.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(good[: len(good) // 2])
+    for preload in (True, False):
+        with pytest.warns(UserWarning, match="unreadable"):
+            ds = load_dataset(str(tmp_path), 8, preload=preload)
+            images = [ds[i][0] for i in range(len(ds))]
+        assert all(img.shape == (3, 8, 8) for img in images)
+        # the lazy path finds empty and non-image files up front, the truncated one when decoding it
+        assert sorted(f.split("/")[-1] for f in ds.bad_files) == ["empty.png", "text.jpg", "truncated.png"]
+
+
+def test_image_modes_are_normalised(tmp_path):
+    save(tmp_path / "rgba.png", "RGBA", color=(0, 0, 0, 0))          # transparent -> white
+    save(tmp_path / "grey.png", "L", color=128)
+    save(tmp_path / "palette.png", "P", color=3)
+    save(tmp_path / "cmyk.jpg", "CMYK", color=(0, 0, 0, 0))           # no ink -> white
+    Image.fromarray(np.full((12, 20), 65535, dtype=np.uint16)).save(tmp_path / "sixteen.png")  # 16-bit white
+    ds = load_dataset(str(tmp_path), 8)
+    by_name = {e.split("/")[-1]: ds[i][0] for i, e in enumerate(ds.entries)}
+    assert by_name["rgba.png"].min() == 255
+    assert by_name["grey.png"].float().mean() == 128
+    assert by_name["cmyk.jpg"].float().mean() > 250
+    assert by_name["sixteen.png"].min() == 255
+    assert all(v.shape == (3, 8, 8) for v in by_name.values())
+    grey = load_dataset(str(tmp_path), 8, channels=1)
+    assert grey[0][0].shape == (1, 8, 8)
+
+
+def test_captioned_layout(tmp_path):
+    (tmp_path / "classes.txt").write_text("finch\nwren\n")
+    rows = ["image,label,split"]
+    for i, (label, split) in enumerate([(0, "train"), (1, "train"), (1, "test")]):
+        save(tmp_path / "images" / "sub" / f"{i}.jpg")
+        (tmp_path / "text" / "sub").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "text" / "sub" / f"{i}.txt").write_text(f"a bird number {i}\n\nun oiseau — 鳥 {i}\n", encoding="utf-8")
+        rows.append(f"images/sub/{i}.jpg,{label},{split}")
+    (tmp_path / "split.csv").write_text("\n".join(rows) + "\n")
+    train = load_dataset(str(tmp_path), 16)
+    assert len(train) == 2 and train.class_names == ["finch", "wren"] and train.labels == [0, 1]
+    assert train.captions[1] == ["a bird number 1", "un oiseau — 鳥 1"]  # blank lines dropped, Unicode kept
+    assert len(load_dataset(str(tmp_path), 16, split="test")) == 1
+    assert len(load_dataset(str(tmp_path), 16, split="all")) == 3
+
+
+def test_captioned_label_out_of_range_names_file_and_line(tmp_path):
+    (tmp_path / "classes.txt").write_text("only\n")
+    save(tmp_path / "images" / "a.png")
+    (tmp_path / "split.csv").write_text("image,label,split\nimages/a.png,4,train\n")
+    with pytest.raises(DatasetError, match=r"split.csv:2: label 4 out of range.*1 classes"):
+        load_dataset(str(tmp_path), 8)
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "nonimage_file"])
+def test_unusable_data_is_a_clear_error(tmp_path, make):
+    if make == "missing":
+        target = tmp_path / "nowhere"
+    elif make == "empty":
+        target = tmp_path
+    else:
+        target = tmp_path / "file.txt"
+        target.write_text("hello")
+    with pytest.raises(DatasetError, match=str(target)):
+        load_dataset(str(target), 8)
+
+
+def test_all_images_corrupt_is_an_error(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DatasetError, match="no readable images"), pytest.warns(UserWarning):
+        load_dataset(str(tmp_path), 8)
+
+
+def test_stream_is_a_deterministic_permutation_per_epoch():
+    ds = load_dataset("mnist", 8)
+    stream = RealStream(ds, seed=3)
+    idx, _ = stream.indices(0, 2 * len(ds))
+    first, second = idx[: len(ds)], idx[len(ds):]
+    assert sorted(first.tolist()) == list(range(len(ds))) and sorted(second.tolist()) == list(range(len(ds)))
+    assert not torch.equal(first, second)
+    # batches that straddle an epoch boundary give the same stream as one long read
+    pieces = [RealStream(ds, seed=3).indices(s, 777)[0] for s in range(0, 2 * len(ds), 777)]
+    assert torch.equal(torch.cat(pieces)[: 2 * len(ds)], idx)
+    a, _ = RealStream(ds, seed=3).next_batch(64)
+    b, _ = RealStream(ds, seed=4).next_batch(64)
+    assert not torch.equal(a, b)
+
+
+def test_xflip_flips_about_half():
+    ds = load_dataset("mnist", 8)
+    plain, _ = RealStream(ds, seed=0).next_batch(1000)
+    flipped, _ = RealStream(ds, seed=0, xflip=True).next_batch(1000)
+    same = (plain == flipped).flatten(1).all(1)
+    mirrored = (plain.flip(-1) == flipped).flatten(1).all(1)
+    assert bool((same | mirrored).all())
+    assert 400 < int((~same).sum()) < 600
+
+
+def test_uint8_float_round_trip():
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    assert to_float(x).min() == -1 and to_float(x).max() == 1
+    assert torch.equal(to_uint8(to_float(x)), x)

@@ -1,0 +1,118 @@
+import json
+import os
+
+import pytest
+import torch
+
+from ganforge.data import load_dataset
+from ganforge.inference import generate, load_model
+from ganforge.metrics.conditional_accuracy import accuracy, train_classifier
+from ganforge.training import TrainingError, TrainOptions, train
+from ganforge.training.checkpoint import load_snapshot
+
+TINY = dict(data="mnist", resolution=16, batch=16, base_channels=8, tick=0.064, sample_every=0.064, snap=0.064)
+
+
+def tensors_equal(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            tensors_equal(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            tensors_equal(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    straight = train(TrainOptions(**TINY, kimg=0.256, outdir=str(tmp_path / "a")), progress=False)
+    first = train(TrainOptions(**TINY, kimg=0.128, outdir=str(tmp_path / "b")), progress=False)
+    assert load_snapshot(first)["step"] == 8
+    resumed = train(TrainOptions(**TINY, kimg=0.256), resume=str(first), explicit={"kimg"}, progress=False)
+    assert resumed == first  # continues in the same run directory
+    a, b = load_snapshot(straight), load_snapshot(resumed)
+    assert a["step"] == b["step"] == 16
+    for key in ("state", "optimizers", "rng", "stream_position", "images_seen"):
+        tensors_equal(a[key], b[key], key)
+    rows = [json.loads(line) for line in (resumed / "stats.jsonl").read_text().splitlines()]
+    assert rows[-1]["kimg"] == 0.256 and all("loss/G" in r for r in rows)
+
+
+def test_run_directory_contents(tmp_path):
+    run = train(TrainOptions(**TINY, kimg=0.128, outdir=str(tmp_path)), progress=False)
+    assert run.name == "00000-cdcgan-mnist"
+    names = {p.name for p in run.iterdir()}
+    assert {"training_options.json", "stats.jsonl", "log.txt", "reals.png", "fakes000000.png", "latest.pt"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert json.loads((run / "training_options.json").read_text())["batch"] == 16
+    assert train(TrainOptions(**TINY, kimg=0.016, outdir=str(tmp_path)), progress=False).name == "00001-cdcgan-mnist"
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    run = train(TrainOptions(**TINY, kimg=0.032, outdir=str(tmp_path)), progress=False)
+    before = (run / "latest.pt").read_bytes()
+    with pytest.raises(TrainingError, match="--batch 32 differs from the run's 16"):
+        train(TrainOptions(**{**TINY, "batch": 32}, kimg=0.064), resume=str(run), explicit={"batch", "kimg"},
+              progress=False)
+    assert (run / "latest.pt").read_bytes() == before
+
+
+def test_conditional_model_needs_labels(tmp_path):
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+    with pytest.raises(TrainingError, match="needs labelled data"):
+        train(TrainOptions(model="cdcgan", data=str(tmp_path), resolution=8, outdir=str(tmp_path / "runs")),
+              progress=False)
+    run = train(TrainOptions(model="dcgan", data=str(tmp_path), resolution=8, batch=4, kimg=0.008, base_channels=4,
+                             outdir=str(tmp_path / "runs")), progress=False)
+    assert (run / "latest.pt").exists()
+
+
+def test_interrupt_writes_a_snapshot_and_resumes(tmp_path, monkeypatch):
+    """SIGINT mid-run stops after the current step with a snapshot; resuming finishes the same run."""
+    import signal
+
+    from ganforge.models.cdcgan import CDCGAN
+
+    calls = {"n": 0}
+    original = CDCGAN.after_step
+
+    def interrupt_on_third_step(self, ctx):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, ctx)
+
+    monkeypatch.setattr(CDCGAN, "after_step", interrupt_on_third_step)
+    run = train(TrainOptions(**TINY, kimg=0.256, outdir=str(tmp_path)), progress=False)
+    assert load_snapshot(run)["step"] == 3
+    train(TrainOptions(**TINY, kimg=0.256), resume=str(run), progress=False)
+    assert load_snapshot(run)["step"] == 16
+
+
+@pytest.mark.slow
+def test_short_training_draws_the_requested_digits(tmp_path):
+    """A few epochs on real MNIST: a classifier trained on real digits recognises the requested class."""
+    run = train(TrainOptions(data="mnist", resolution=16, batch=32, base_channels=16, kimg=12, tick=4,
+                             sample_every=12, snap=12, outdir=str(tmp_path)), progress=False)
+    classifier, real_accuracy = train_classifier(load_dataset("mnist", 16), epochs=2)
+    assert real_accuracy > 0.9
+    model = load_model(run)
+    images, labels, _ = generate(model, 500, seed=1)
+    score = accuracy(classifier, images, labels)
+    untrained = build_untrained_accuracy(model, classifier)
+    print(f"conditional accuracy after 12 kimg: {score:.3f} (untrained G: {untrained:.3f}, chance 0.1)")
+    assert score > 0.6 and untrained < 0.35
+
+
+def build_untrained_accuracy(model, classifier):
+    from ganforge.models import build_model
+
+    fresh = build_model("cdcgan", model.config).eval()
+    images, labels, _ = generate(fresh, 500, seed=1)
+    return accuracy(classifier, images, labels)

@@ -95,9 +95,11 @@ def export(model: GanModel, fmt: str, out: str | Path) -> Path:
             warnings.simplefilter("ignore", FutureWarning)
             torch.jit.trace(runtime, args, check_trace=False).save(str(out))
     elif fmt == "onnx":
-        names = ["z", "labels"][:len(args)]
-        torch.onnx.export(runtime, args, str(out), input_names=names, output_names=["images"], dynamo=False,
-                          dynamic_axes={n: {0: "batch"} for n in names + ["images"]}, opset_version=17)
+        batch = torch.export.Dim("batch")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the exporter's notes on naming the shared batch axis
+            torch.onnx.export(runtime, args, str(out), dynamo=True, verbose=False, input_names=["z", "labels"][:len(args)],
+                              output_names=["images"], dynamic_shapes=tuple({0: batch} for _ in args))
     else:
         raise ValueError(f"--format {fmt}: choose onnx or torchscript")
     return out

@@ -26,6 +26,22 @@ def _finite_positive(ctx, param, value):
     return value
 
 
+def _parse_model_opts(pairs: tuple[str, ...], gamma: float | None) -> dict:
+    """KEY=VALUE strings -> dict; values read as JSON where they parse (numbers, true/false), else text."""
+    opts = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--model-opt")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    if gamma is not None:
+        opts["gamma"] = gamma
+    return opts
+
+
 class _GanforgeErrors(click.Group):
     """Known errors (bad data, bad snapshot, bad option) end with one clear line, not a traceback."""
 
@@ -56,11 +72,15 @@ def main():
 @click.option("--xflip/--no-xflip", default=False, show_default=True, help="Random horizontal flips of reals")
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True,
               help="Which split.csv rows to use (captioned layout)")
-@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Images per step")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Images per step [default: model's, 64 for cdcgan]")
 @click.option("--kimg", type=float, default=100.0, show_default=True, callback=_finite_positive,
               help="Training length in thousands of real images shown")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--base-channels", type=click.IntRange(min=1), default=None, help="Network width [default: model's]")
+@click.option("--gamma", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="BEGAN diversity ratio gamma (same as --model-opt gamma=...)")
+@click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
+              help="Set one of the model's hyperparameters, e.g. lr=5e-5 or skip=true (repeatable)")
 @click.option("--ema-kimg", type=float, default=10.0, show_default=True, callback=_finite_positive,
               help="Half-life of the EMA generator in kimg")
 @click.option("--tick", type=float, default=1.0, show_default=True, callback=_finite_positive, help="kimg per stats row")
@@ -78,19 +98,22 @@ def main():
 @click.pass_context
 def train(ctx, resume, dry_run, quiet, **kwargs):
     """Train a GAN (default: the conditional DCGAN on the built-in MNIST digits)."""
-    from ganforge.training.loop import TrainOptions, train as run_training
+    from ganforge.training.loop import TrainOptions, resolve_options, train as run_training
 
     if kwargs["channels"] is not None:
         kwargs["channels"] = int(kwargs["channels"])
-    opts = TrainOptions(**kwargs)
     explicit = {k for k in kwargs if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    kwargs["model_opts"] = _parse_model_opts(kwargs.pop("model_opt"), kwargs.pop("gamma"))
+    if explicit & {"model_opt", "gamma"}:
+        explicit.add("model_opts")
+    opts = TrainOptions(**kwargs)
     if dry_run:
         if resume:
             from ganforge.training.checkpoint import load_snapshot
             from ganforge.training.loop import _check_resume
 
             opts = _check_resume(opts, load_snapshot(resume)["options"], explicit, resume)
-        click.echo(json.dumps(opts.to_json(), indent=2))
+        click.echo(json.dumps(resolve_options(opts).to_json(), indent=2))
         return
     run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet)
     click.echo(f"run directory: {run_dir}")

@@ -27,18 +27,20 @@ def tensors_equal(a, b, where=""):
         assert a == b, where
 
 
-def test_resume_is_bit_for_bit(tmp_path):
-    straight = train(TrainOptions(**TINY, kimg=0.256, outdir=str(tmp_path / "a")), progress=False)
-    first = train(TrainOptions(**TINY, kimg=0.128, outdir=str(tmp_path / "b")), progress=False)
+@pytest.mark.parametrize("model", ["cdcgan", "began"])
+def test_resume_is_bit_for_bit(tmp_path, model):
+    opts = {**TINY, "model": model}
+    straight = train(TrainOptions(**opts, kimg=0.256, outdir=str(tmp_path / "a")), progress=False)
+    first = train(TrainOptions(**opts, kimg=0.128, outdir=str(tmp_path / "b")), progress=False)
     assert load_snapshot(first)["step"] == 8
-    resumed = train(TrainOptions(**TINY, kimg=0.256), resume=str(first), explicit={"kimg"}, progress=False)
+    resumed = train(TrainOptions(**opts, kimg=0.256), resume=str(first), explicit={"kimg"}, progress=False)
     assert resumed == first  # continues in the same run directory
     a, b = load_snapshot(straight), load_snapshot(resumed)
     assert a["step"] == b["step"] == 16
     for key in ("state", "optimizers", "rng", "stream_position", "images_seen"):
         tensors_equal(a[key], b[key], key)
     rows = [json.loads(line) for line in (resumed / "stats.jsonl").read_text().splitlines()]
-    assert rows[-1]["kimg"] == 0.256 and all("loss/G" in r for r in rows)
+    assert rows[-1]["kimg"] == 0.256 and all(r["step"] > 0 for r in rows)
 
 
 def test_run_directory_contents(tmp_path):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from ganforge.models.base import GanModel, Phase, Schedule, StepContext, parameter_count
+from ganforge.models.began import BEGAN
 from ganforge.models.cdcgan import CDCGAN, DCGAN
 
-MODELS: dict[str, type[GanModel]] = {m.name: m for m in (CDCGAN, DCGAN)}
+MODELS: dict[str, type[GanModel]] = {m.name: m for m in (CDCGAN, DCGAN, BEGAN)}
 CONDITIONAL = {"cdcgan"}  # models that need labelled data
 
 

@@ -41,7 +41,9 @@ class StepContext:
     latents: Callable[[int], torch.Tensor]       # n -> z on the device, from the run's seeded generator
     schedule: Schedule
     step: int = 0
-    stats: dict = field(default_factory=dict)    # scalars a loss wants logged
+    images_seen: int = 0                         # before this step
+    optimizers: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)    # scalars (tensors) a loss wants logged
 
 
 class GanModel(nn.Module):
@@ -52,8 +54,15 @@ class GanModel(nn.Module):
     D: nn.Module
     G_ema: nn.Module
 
+    defaults: dict = {}  # the model's own hyperparameters; `--model-opt KEY=VALUE` overrides them
+    default_batch: int = 64
+
     def __init__(self, config: dict):
         super().__init__()
+        unknown = set(config) - set(self.defaults) - {"resolution", "channels", "num_classes"}
+        if unknown:
+            raise ValueError(f"--model-opt {', '.join(sorted(unknown))}: not an option of {self.name} "
+                             f"(its options: {', '.join(sorted(self.defaults))})")
         self.config = dict(config)  # everything needed to rebuild the networks from a snapshot
 
     # --- set-up -----------------------------------------------------------------------------
@@ -77,6 +86,10 @@ class GanModel(nn.Module):
 
     def after_step(self, ctx: StepContext) -> None:
         """Hook after all phases of a step (BEGAN's k_t update lives here)."""
+
+    def visuals(self, reals: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Extra image grids for the run directory, by name (BEGAN: D's reconstructions)."""
+        return {}
 
     # --- sampling -----------------------------------------------------------------------------
     @property

@@ -96,10 +96,12 @@ class CDCGAN(GanModel):
     """Conditional DCGAN: BCE losses, Adam(2e-4, 0.5, 0.999) for both networks."""
 
     name = "cdcgan"
-    defaults = dict(z_dim=100, base_channels=64, max_channels=512, embed_dim=50, lr=2e-4, beta1=0.5, beta2=0.999)
+    defaults = dict(z_dim=100, base_channels=None, max_channels=512, embed_dim=50, lr=2e-4, beta1=0.5, beta2=0.999)
 
     def __init__(self, config: dict):
         config = {**self.defaults, **config}
+        if config["base_channels"] is None:  # DCGAN's 64 at 64x64 and above; half that for small images
+            config["base_channels"] = 32 if config["resolution"] <= 32 else 64
         super().__init__(config)
         r, c, n = config["resolution"], config["channels"], config.get("num_classes", 0)
         if r < 8 or r & (r - 1):

@@ -14,15 +14,16 @@ import json
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
 
 from ganforge.data import ImageDataset, RealStream, load_dataset, to_float
-from ganforge.models import CONDITIONAL, GanModel, Schedule, StepContext, build_model, parameter_count
+from ganforge.models import CONDITIONAL, MODELS, GanModel, Schedule, StepContext, build_model, parameter_count
 from ganforge.training.checkpoint import LATEST, SnapshotError, load_snapshot, save_snapshot
+from ganforge.training.plots import plot_stats
 
 
 @dataclass
@@ -36,10 +37,11 @@ class TrainOptions:
     center_crop: bool = True         # square centre crop before resizing (else squash)
     xflip: bool = False              # random horizontal flips of real images
     split: str = "train"             # for the captioned layout: train | test | all
-    batch: int = 64                  # images per step (all GPUs together)
+    batch: int | None = None         # images per step (all GPUs together); None: the model's default
     kimg: float = 100.0              # length of training in thousands of real images shown
     seed: int = 0
     base_channels: int | None = None # network width; None: the model's default for the resolution
+    model_opts: dict = field(default_factory=dict)  # the model's own hyperparameters (e.g. BEGAN's gamma)
     ema_kimg: float = 10.0           # half-life of the EMA of G, in kimg
     ema_rampup: float | None = 0.05  # EMA half-life at most this fraction of images seen (None: off)
     tick: float = 1.0                # kimg between progress lines / stats.jsonl rows
@@ -91,9 +93,7 @@ def model_config(opts: TrainOptions, dataset: ImageDataset) -> dict:
                   num_classes=dataset.num_classes if opts.model in CONDITIONAL else 0)
     if opts.base_channels is not None:
         config["base_channels"] = opts.base_channels
-    elif opts.model in ("cdcgan", "dcgan"):
-        config["base_channels"] = 32 if opts.resolution <= 32 else 64  # DCGAN's 64 at 64x64; half below
-    return config
+    return {**config, **opts.model_opts}
 
 
 @torch.no_grad()
@@ -146,6 +146,13 @@ class SampleGrid:
         save_image(images.float(), path, nrow=self.columns, normalize=True, value_range=(-1, 1), padding=1)
 
 
+def resolve_options(opts: TrainOptions) -> TrainOptions:
+    """Fill the options left to the model (None) with its defaults."""
+    if opts.batch is None:
+        opts = dataclasses.replace(opts, batch=MODELS[opts.model].default_batch)
+    return opts
+
+
 def _check_resume(opts: TrainOptions, saved: dict, explicit: set[str], path: str) -> TrainOptions:
     """Start from the snapshot's options; allow only explicit changes that keep the computation the same."""
     merged = TrainOptions(**{**saved, **{k: getattr(opts, k) for k in explicit & RESUME_MAY_CHANGE}})
@@ -190,6 +197,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         except SnapshotError as e:
             raise TrainingError(str(e)) from e
         opts = _check_resume(opts, snapshot["options"], explicit or set(), resume)
+    opts = resolve_options(opts)
     if opts.batch < 1 or not math.isfinite(opts.kimg) or opts.kimg <= 0:
         raise TrainingError("--batch must be >= 1 and --kimg a positive number")
 
@@ -246,11 +254,21 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         log(f"skipped {len(dataset.bad_files)} unreadable image(s), e.g. {dataset.bad_files[0]}")
 
     grid = SampleGrid(model, opts.seed, device)
+    grid_reals, grid_labels = RealStream(dataset, seed=opts.seed + 1, device=device).next_batch(len(grid.z))
+    grid_reals = to_float(grid_reals)
+
+    def write_grids() -> None:
+        kimg = images_seen // 1000
+        grid.write(model, run_dir / f"fakes{kimg:06d}.png")
+        with torch.no_grad():
+            for name, images in model.visuals(grid_reals[:32], grid_labels[:32]).items():
+                save_image(images.float(), run_dir / f"{name}{kimg:06d}.png", nrow=8, normalize=True,
+                           value_range=(-1, 1), padding=1)
+        plot_stats(run_dir)
+
     if snapshot is None:
-        reals, _ = RealStream(dataset, seed=opts.seed + 1, device=device).next_batch(len(grid.z))
-        save_image(to_float(reals), run_dir / "reals.png", nrow=grid.columns, normalize=True, value_range=(-1, 1),
-                   padding=1)
-        grid.write(model, run_dir / "fakes000000.png")
+        save_image(grid_reals, run_dir / "reals.png", nrow=grid.columns, normalize=True, value_range=(-1, 1), padding=1)
+        write_grids()
 
     total = round(opts.kimg * 1000)
     tick_start, tick_images, tick_sums, tick_count = time.time(), images_seen, {}, 0
@@ -282,7 +300,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                 stage = sched.stage
             real_u8, labels = stream.next_batch(sched.batch)
             reals = to_float(real_u8)
-            ctx = StepContext(latents=lambda n: model.sample_latents(n, gen, device), schedule=sched, step=step)
+            ctx = StepContext(latents=lambda n: model.sample_latents(n, gen, device), schedule=sched, step=step,
+                              images_seen=images_seen, optimizers=optimizers)
             for phase in model.phases():
                 for net in ("G", "D"):  # train one network, freeze the other (the NNC sample's lesson)
                     getattr(model, net).requires_grad_(net == phase.network)
@@ -319,14 +338,14 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                 for k, v in row.items():
                     if k not in ("kimg", "step", "time"):
                         tb.add_scalar(k, v, global_step=images_seen)  # x axis in images shown, like kimg
-                short = {k.split("/")[-1]: f"{v:.3f}" for k, v in means.items()}
+                short = {k.split("/")[-1]: f"{v:.4g}" for k, v in means.items()}
                 bar.set_postfix({"kimg": f"{images_seen / 1000:.1f}", **short})
                 log_file.write(f"kimg {images_seen / 1000:8.1f}  step {step:7d}  img/s {row['img_per_sec']:7.1f}  "
                                + "  ".join(f"{k} {v}" for k, v in short.items()) + "\n")
                 log_file.flush()
                 tick_start, tick_images, tick_sums, tick_count = now, images_seen, {}, 0
             if crossed(before, images_seen, opts.sample_every) or done:
-                grid.write(model, run_dir / f"fakes{images_seen // 1000:06d}.png")
+                write_grids()
             if crossed(before, images_seen, opts.snap) or done:
                 write_snapshots(keep=crossed(before, images_seen, opts.snap) or images_seen >= total)
 

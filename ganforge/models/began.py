@@ -1,0 +1,182 @@
+"""BEGAN: boundary equilibrium GAN (Berthelot et al. 2017; SPEC.md section 3).
+
+D is an autoencoder and L(v) = mean |v - D(v)| its reconstruction loss. D lowers L on reals and
+raises it on fakes; G lowers L on its fakes. The equilibrium term k_t decides how hard D pushes
+fakes away, so that E[L(G(z))] = gamma E[L(x)]:
+
+    L_D = L(x) - k_t L(G(z_D))         L_G = L(G(z_G))
+    k_{t+1} = clip(k_t + lambda_k (gamma L(x) - L(G(z_G))), 0, 1),   k_0 = 0
+    M_global = L(x) + |gamma L(x) - L(G(z_G))|   (falls as training converges)
+
+Networks: 3x3 convs with ELU, two per scale; encoder filters n, 2n, 3n, ..., stride-2 conv
+downsampling to 8x8, then a linear layer to the 64-d embedding h; the decoder maps h linearly to
+n x 8 x 8 and upsamples by nearest neighbour. G has the decoder's shape with its own weights and
+z ~ U[-1, 1]. With `skip`, the first 8x8 map h0 is upsampled and concatenated after every
+upsampling (the paper's skip connections). The learning rate halves whenever the mean M_global over
+a window of `lr_window_kimg` does not improve on the best window so far, down to `lr_floor`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ganforge.models.base import GanModel, StepContext
+
+
+def reconstruction_loss(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    """L(v) = mean |v - D(v)|, per-pixel L1 averaged over the batch."""
+    return (images.float() - reconstructions.float()).abs().mean()
+
+
+def k_t_update(k_t: torch.Tensor, loss_real: torch.Tensor, loss_fake_g: torch.Tensor, gamma: float,
+               lambda_k: float) -> torch.Tensor:
+    """k_{t+1} = clip(k_t + lambda_k (gamma L(x) - L(G(z_G))), 0, 1)."""
+    return (k_t + lambda_k * (gamma * loss_real - loss_fake_g)).clamp(0.0, 1.0)
+
+
+def m_global(loss_real: torch.Tensor, loss_fake_g: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Convergence measure M_global = L(x) + |gamma L(x) - L(G(z_G))|."""
+    return loss_real + (gamma * loss_real - loss_fake_g).abs()
+
+
+def conv_elu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ELU())
+
+
+class Decoder(nn.Module):
+    """h (64-d) -> image: linear to n x 8 x 8, then [conv, conv, upsample] per scale, conv3x3 to RGB (linear)."""
+
+    def __init__(self, resolution: int, channels: int, n: int, h_dim: int, skip: bool):
+        super().__init__()
+        self.n, self.skip = n, skip
+        self.scales = int(math.log2(resolution)) - 2       # 8x8 up to the resolution
+        self.fc = nn.Linear(h_dim, n * 8 * 8)
+        self.blocks = nn.ModuleList()
+        for i in range(self.scales):
+            cin = 2 * n if (skip and i > 0) else n
+            self.blocks.append(nn.Sequential(conv_elu(cin, n), conv_elu(n, n)))
+        self.to_image = nn.Conv2d(n, channels, 3, 1, 1)
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h0 = self.fc(h).view(-1, self.n, 8, 8)
+        x = h0
+        for i, block in enumerate(self.blocks):
+            if i > 0:
+                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+                if self.skip:
+                    x = torch.cat([x, F.interpolate(h0, size=x.shape[-2:], mode="nearest")], dim=1)
+            x = block(x)
+        return self.to_image(x)
+
+
+class Encoder(nn.Module):
+    """image -> h: conv3x3 to n, then [conv, conv, stride-2 conv to the next width] per scale, linear to h."""
+
+    def __init__(self, resolution: int, channels: int, n: int, h_dim: int):
+        super().__init__()
+        scales = int(math.log2(resolution)) - 2
+        layers: list[nn.Module] = [conv_elu(channels, n)]
+        for i in range(scales):
+            width = n * (i + 1)
+            layers += [conv_elu(width, width), conv_elu(width, width)]
+            if i < scales - 1:
+                layers.append(conv_elu(width, width + n, stride=2))  # filters n, 2n, 3n, ...
+        self.net = nn.Sequential(*layers)
+        self.fc = nn.Linear(n * scales * 8 * 8, h_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.net(images).flatten(1))
+
+
+class Autoencoder(nn.Module):
+    """BEGAN's discriminator: D(v) is the reconstruction of v."""
+
+    def __init__(self, resolution: int, channels: int, n: int, h_dim: int, skip: bool):
+        super().__init__()
+        self.encoder = Encoder(resolution, channels, n, h_dim)
+        self.decoder = Decoder(resolution, channels, n, h_dim, skip)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(self.encoder(images))
+
+
+class BEGAN(GanModel):
+    name = "began"
+    default_batch = 16  # the paper's
+    defaults = dict(z_dim=64, h_dim=64, base_channels=64, gamma=0.5, lambda_k=0.001, lr=1e-4, lr_floor=2e-5,
+                    lr_window_kimg=100.0, beta1=0.5, beta2=0.999, skip=False)
+
+    def __init__(self, config: dict):
+        config = {**self.defaults, **config, "num_classes": 0}
+        super().__init__(config)
+        r, c, n = config["resolution"], config["channels"], config["base_channels"]
+        if r < 8 or r & (r - 1):
+            raise ValueError(f"--resolution {r}: BEGAN needs a power of two >= 8 (its smallest map is 8x8)")
+        if not 0 < config["gamma"] <= 1:
+            raise ValueError(f"--gamma {config['gamma']}: must be in (0, 1]")
+        self.G = Decoder(r, c, n, config["z_dim"], config["skip"])
+        self.D = Autoencoder(r, c, n, config["h_dim"], config["skip"])
+        self.make_ema()
+        # Equilibrium state and the M_global stall detector, kept as buffers so snapshots resume exactly.
+        self.register_buffer("k_t", torch.zeros(()))
+        self.register_buffer("m_window_sum", torch.zeros(()))
+        self.register_buffer("m_window_steps", torch.zeros(()))
+        self.register_buffer("m_best", torch.tensor(float("inf")))
+        self._loss_real = self._loss_fake_g = None
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        betas = (c["beta1"], c["beta2"])
+        return {"G": torch.optim.Adam(self.G.parameters(), lr=c["lr"], betas=betas),
+                "D": torch.optim.Adam(self.D.parameters(), lr=c["lr"], betas=betas)}
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        return torch.rand(n, self.z_dim, generator=generator, device=device) * 2 - 1  # z ~ U[-1, 1]
+
+    def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        z = ctx.latents(reals.shape[0])
+        if phase == "D":
+            with torch.no_grad():
+                fakes = self.G(z)
+            loss_real = reconstruction_loss(reals, self.D(reals))
+            loss_fake = reconstruction_loss(fakes, self.D(fakes))
+            self._loss_real = loss_real.detach()
+            ctx.stats.update({"loss/L_real": self._loss_real, "loss/D": (loss_real - self.k_t * loss_fake).detach()})
+            return loss_real - self.k_t * loss_fake
+        if phase == "G":
+            loss_fake_g = reconstruction_loss(fakes := self.G(z), self.D(fakes))
+            self._loss_fake_g = loss_fake_g.detach()
+            ctx.stats["loss/L_fake"] = self._loss_fake_g
+            return loss_fake_g
+        raise ValueError(f"unknown phase {phase}")
+
+    @torch.no_grad()
+    def after_step(self, ctx: StepContext) -> None:
+        gamma, c = self.config["gamma"], self.config
+        m = m_global(self._loss_real, self._loss_fake_g, gamma)
+        self.k_t.copy_(k_t_update(self.k_t, self._loss_real, self._loss_fake_g, gamma, c["lambda_k"]))
+        self.m_window_sum += m
+        self.m_window_steps += 1
+        ctx.stats.update({"began/m_global": m, "began/k_t": self.k_t.clone()})
+        window = round(c["lr_window_kimg"] * 1000)
+        if ctx.images_seen // window != (ctx.images_seen + ctx.schedule.batch) // window:
+            mean = (self.m_window_sum / self.m_window_steps).item()
+            if mean < self.m_best.item():
+                self.m_best.fill_(mean)
+            else:  # M_global stalled over a whole window: halve the learning rate, down to the floor
+                for opt in ctx.optimizers.values():
+                    for group in opt.param_groups:
+                        group["lr"] = max(group["lr"] * 0.5, c["lr_floor"])
+            self.m_window_sum.zero_()
+            self.m_window_steps.zero_()
+        ctx.stats["began/lr"] = torch.tensor(ctx.optimizers["G"].param_groups[0]["lr"])
+
+    @torch.no_grad()
+    def visuals(self, reals: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """D's reconstructions beside the real images: pairs (real, D(real)) along each row."""
+        recon = self.D(reals).clamp(-1, 1)
+        return {"reconstructions": torch.stack([reals, recon], dim=1).flatten(0, 1)}

@@ -1,0 +1,45 @@
+"""Charts of a run's stats.jsonl against kimg (losses, and model measures such as BEGAN's M_global)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SKIP = {"kimg", "step", "time", "batch", "resolution", "alpha", "img_per_sec", "peak_mem_gb"}
+
+
+def read_stats(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "stats.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
+    """stats.png: one panel per group of series (loss/..., began/..., ...), x axis in kimg."""
+    rows = read_stats(run_dir)
+    if len(rows) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in rows for k, v in r.items() if k not in SKIP and isinstance(v, (int, float))})
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        groups.setdefault(k.split("/")[0] if "/" in k else "other", []).append(k)
+    panels = [[k] for k in groups.pop("began", [])] + list(groups.values())  # M_global, k_t, lr each on its own
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        for k in panel:
+            xs = [r["kimg"] for r in rows if k in r]
+            ax.plot(xs, [r[k] for r in rows if k in r], label=k, linewidth=1)
+        ax.legend(loc="upper right", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("kimg")
+    fig.tight_layout()
+    out = Path(out) if out else Path(run_dir) / "stats.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

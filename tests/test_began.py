@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from ganforge.models import Schedule, StepContext, build_model
+from ganforge.models.began import k_t_update, m_global, reconstruction_loss
+from ganforge.training import TrainOptions, train
+
+
+def t(x):
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def test_k_t_update_hand_computed():
+    # 0.5 + 0.001 * (0.5 * 0.2 - 0.05) = 0.50005
+    assert k_t_update(t(0.5), t(0.2), t(0.05), gamma=0.5, lambda_k=0.001).item() == pytest.approx(0.50005, abs=1e-7)
+    # fakes reconstructed worse than gamma L(x): k falls; 0.3 + 0.01 * (0.7 * 0.4 - 0.5) = 0.2978
+    assert k_t_update(t(0.3), t(0.4), t(0.5), gamma=0.7, lambda_k=0.01).item() == pytest.approx(0.2978, abs=1e-7)
+
+
+def test_k_t_is_clipped_at_both_bounds():
+    assert k_t_update(t(0.9995), t(1.0), t(0.0), gamma=1.0, lambda_k=0.001).item() == 1.0   # 1.0005 -> 1
+    assert k_t_update(t(0.0), t(0.1), t(0.9), gamma=0.5, lambda_k=0.001).item() == 0.0      # -0.00085 -> 0
+
+
+def test_m_global_and_reconstruction_loss_hand_computed():
+    assert m_global(t(0.2), t(0.3), gamma=0.5).item() == pytest.approx(0.2 + 0.2)     # 0.2 + |0.1 - 0.3|
+    assert m_global(t(0.2), t(0.05), gamma=0.5).item() == pytest.approx(0.2 + 0.05)   # 0.2 + |0.1 - 0.05|
+    v = torch.tensor([[[[1.0, -1.0], [0.5, 0.0]]]])
+    r = torch.tensor([[[[0.5, -1.0], [0.0, 1.0]]]])
+    assert reconstruction_loss(v, r).item() == pytest.approx((0.5 + 0 + 0.5 + 1.0) / 4)
+
+
+@pytest.mark.parametrize("resolution", [8, 32, 64, 128])
+@pytest.mark.parametrize("skip", [False, True])
+def test_shapes(resolution, skip):
+    model = build_model("began", dict(resolution=resolution, channels=3, base_channels=4, skip=skip))
+    z = model.sample_latents(3)
+    assert z.shape == (3, 64) and z.min() >= -1 and z.max() <= 1
+    images = model.G(z)
+    assert images.shape == (3, 3, resolution, resolution)
+    assert model.D(images).shape == images.shape
+    assert model.D.encoder(images).shape == (3, 64)
+
+
+def test_encoder_filters_grow_n_2n_3n():
+    model = build_model("began", dict(resolution=32, channels=3, base_channels=8))
+    widths = [m.out_channels for m in model.D.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    strides = [m.stride[0] for m in model.D.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    # 32 -> 16 -> 8: three scales of two convs, two stride-2 convs between them
+    assert widths == [8, 8, 8, 16, 16, 16, 24, 24, 24]
+    assert strides == [1, 1, 1, 2, 1, 1, 2, 1, 1]
+
+
+def test_losses_follow_the_equations():
+    torch.manual_seed(0)
+    model = build_model("began", dict(resolution=8, channels=1, base_channels=4))
+    model.k_t.fill_(0.25)
+    reals = torch.rand(4, 1, 8, 8) * 2 - 1
+    z = model.sample_latents(4)
+    ctx = StepContext(latents=lambda n: z, schedule=Schedule(8, 4))
+    fakes = model.G(z)
+    expected_d = reconstruction_loss(reals, model.D(reals)) - 0.25 * reconstruction_loss(fakes, model.D(fakes))
+    assert model.loss("D", reals, None, ctx).item() == pytest.approx(expected_d.item(), rel=1e-6)
+    assert model.loss("G", reals, None, ctx).item() == pytest.approx(reconstruction_loss(fakes, model.D(fakes)).item(), rel=1e-6)
+
+
+def test_learning_rate_halves_when_m_global_stalls_down_to_the_floor():
+    model = build_model("began", dict(resolution=8, channels=1, base_channels=4, lr=1e-4, lr_floor=3e-5,
+                                      lr_window_kimg=0.032))
+    optimizers = model.optimizers()
+    lrs = []
+    for step, m_real in enumerate([0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]):  # windows of 2 steps of 16 images
+        model._loss_real, model._loss_fake_g = t(m_real), t(m_real * 0.5)  # M_global = L(x) at equilibrium
+        model.after_step(StepContext(latents=None, schedule=Schedule(8, 16), images_seen=16 * step,
+                                     optimizers=optimizers))
+        lrs.append(optimizers["D"].param_groups[0]["lr"])
+    # window 1 (M 0.5): best; window 2 (0.4): improves; window 3 (0.4): stalls -> 5e-5; window 4: -> floor 3e-5
+    assert lrs == pytest.approx([1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 5e-5, 5e-5, 3e-5])
+    assert optimizers["G"].param_groups[0]["lr"] == pytest.approx(3e-5)
+
+
+def test_short_training_on_real_digits_lowers_m_global(tmp_path):
+    run = train(TrainOptions(model="began", data="mnist", resolution=16, batch=16, base_channels=16, kimg=4,
+                             tick=0.5, sample_every=4, snap=4, outdir=str(tmp_path)), progress=False)
+    rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    m = [r["began/m_global"] for r in rows]
+    assert m[-1] < 0.6 * m[0], m
+    k = [r["began/k_t"] for r in rows]
+    assert all(0 <= v <= 1 for v in k) and max(k) > 0  # k_t moves and stays clipped to [0, 1]
+    for name in ("stats.png", "reconstructions000004.png", "fakes000004.png"):
+        assert (run / name).exists(), name
+
+
+def test_unknown_model_option_is_named():
+    with pytest.raises(ValueError, match="--model-opt gammma: not an option of began"):
+        build_model("began", dict(resolution=32, channels=3, gammma=0.5))
+    with pytest.raises(ValueError, match="--gamma 1.5"):
+        build_model("began", dict(resolution=32, channels=3, gamma=1.5))

@@ -18,6 +18,7 @@ import csv
 import io
 import math
 import os
+import threading
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".
 BUILTIN_DATASETS = ("mnist",)
 PRELOAD_LIMIT_BYTES = 2 << 30  # decode everything up front when it fits: faster and reports bad files at once
 
+_size_lock = threading.Lock()
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we report, not a grey image
 Image.MAX_IMAGE_PIXELS = 40_000 * 40_000  # refuse decompression bombs, allow large photos
 
@@ -57,7 +59,7 @@ class ImageDataset(torch.utils.data.Dataset):
     root: str | None = None
     images: torch.Tensor | None = None       # uint8 [N, C, R, R] once preloaded
     bad_files: list[str] = field(default_factory=list)
-    upscaled: int = 0
+    smallest_side: int | None = None         # of the source images seen so far (before resizing)
     _zip: zipfile.ZipFile | None = field(default=None, repr=False)
 
     @property
@@ -79,8 +81,13 @@ class ImageDataset(torch.utils.data.Dataset):
         """Decode entry i to uint8 [C, R, R]; raises on a corrupt file."""
         with Image.open(io.BytesIO(self.read_bytes(i))) as img:
             img.load()
+            self._note_size(img.size)
             pixels = to_tensor(img, self.channels)
         return fit_square(pixels, self.resolution, self.center_crop)
+
+    def _note_size(self, size: tuple[int, int]) -> None:
+        with _size_lock:
+            self.smallest_side = min(size) if self.smallest_side is None else min(self.smallest_side, *size)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         if self.images is not None:
@@ -248,7 +255,7 @@ def _mnist(**kw) -> ImageDataset:
     images = TF.resize(digits, [resolution, resolution], antialias=True) if resolution != 28 else digits.clone()
     names = [str(i) for i in range(10)]
     return ImageDataset(name="mnist", entries=[f"mnist[{i}]" for i in range(len(y))], labels=y.tolist(),
-                        class_names=names, images=images.contiguous(), **kw)
+                        class_names=names, images=images.contiguous(), smallest_side=28, **kw)
 
 
 def load_dataset(data: str, resolution: int, channels: int | None = None, center_crop: bool = True,
@@ -291,8 +298,8 @@ def _unreadable_headers(ds: ImageDataset) -> list[str]:
     bad = []
     for i, entry in enumerate(ds.entries):
         try:
-            with Image.open(io.BytesIO(ds.read_bytes(i))):
-                pass
+            with Image.open(io.BytesIO(ds.read_bytes(i))) as img:
+                ds._note_size(img.size)
         except (OSError, UnidentifiedImageError, zipfile.BadZipFile):
             bad.append(entry)
     return bad

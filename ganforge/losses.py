@@ -17,3 +17,15 @@ def bce_with_logits(logits: torch.Tensor, target: float) -> torch.Tensor:
     """
     logits = logits.float()
     return (target * F.softplus(-logits) + (1.0 - target) * F.softplus(logits)).mean()
+
+
+def gradient_penalty(critic, points: torch.Tensor, target: float = 1.0) -> torch.Tensor:
+    """WGAN-GP term E[(||grad_x critic(x)|| - target)^2] / target^2 at `points` (PGGAN's target-scaled form).
+
+    The graph is kept (create_graph) so the penalty itself trains the critic.
+    """
+    points = points.detach().requires_grad_(True)
+    scores = critic(points)
+    (grad,) = torch.autograd.grad(scores.float().sum(), points, create_graph=True)
+    norms = grad.float().flatten(1).norm(dim=1)
+    return ((norms - target) ** 2).mean() / target**2

@@ -32,6 +32,7 @@ class Schedule:
     batch: int
     alpha: float = 1.0                    # fade-in weight of the newest block (1 = fully grown)
     stage: str = ""                       # changes when optimizers must be reset (a new resolution)
+    phase: str = ""                       # changes when a sample grid of the finished phase is worth keeping
 
 
 @dataclass
@@ -42,6 +43,7 @@ class StepContext:
     schedule: Schedule
     step: int = 0
     images_seen: int = 0                         # before this step
+    generator: torch.Generator | None = None     # the run's seeded generator, for any other randomness
     optimizers: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)    # scalars (tensors) a loss wants logged
 
@@ -72,7 +74,11 @@ class GanModel(nn.Module):
     def phases(self) -> list[Phase]:
         return [Phase("D", "D", "D"), Phase("G", "G", "G")]
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    needs_full_size_images: bool = False  # refuse data smaller than --resolution instead of upscaling it
+    ema_beta: float | None = None  # fixed EMA decay per step; None: the loop's half-life in kimg (--ema-kimg)
+
+    def optimizers(self, schedule: Schedule | None = None) -> dict[str, torch.optim.Optimizer]:
+        """Fresh optimizers; called again whenever Schedule.stage changes (state reset)."""
         raise NotImplementedError
 
     def schedule(self, images_seen: int, batch: int, resolution: int) -> Schedule:

@@ -128,7 +128,7 @@ class BEGAN(GanModel):
         self.register_buffer("m_best", torch.tensor(float("inf")))
         self._loss_real = self._loss_fake_g = None
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def optimizers(self, schedule=None) -> dict[str, torch.optim.Optimizer]:
         c = self.config
         betas = (c["beta1"], c["beta2"])
         return {"G": torch.optim.Adam(self.G.parameters(), lr=c["lr"], betas=betas),

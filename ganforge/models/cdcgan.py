@@ -110,7 +110,7 @@ class CDCGAN(GanModel):
         self.D = Discriminator(r, c, n, config["base_channels"], config["max_channels"])
         self.make_ema()
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def optimizers(self, schedule=None) -> dict[str, torch.optim.Optimizer]:
         c = self.config
         betas = (c["beta1"], c["beta2"])
         return {"G": torch.optim.Adam(self.G.parameters(), lr=c["lr"], betas=betas),

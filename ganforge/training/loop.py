@@ -89,8 +89,9 @@ def dataset_desc(data: str) -> str:
 
 
 def model_config(opts: TrainOptions, dataset: ImageDataset) -> dict:
+    labelled = opts.model in CONDITIONAL or opts.model_opts.get("conditional", False)
     config = dict(resolution=opts.resolution, channels=dataset.channels,
-                  num_classes=dataset.num_classes if opts.model in CONDITIONAL else 0)
+                  num_classes=dataset.num_classes if labelled else 0)
     if opts.base_channels is not None:
         config["base_channels"] = opts.base_channels
     return {**config, **opts.model_opts}
@@ -104,11 +105,16 @@ def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
         b_ema.copy_(b)
 
 
-def ema_beta(opts: TrainOptions, batch: int, images_seen: int) -> float:
-    half_life = opts.ema_kimg * 1000
+def ema_beta(opts: TrainOptions, batch: int, images_seen: int, fixed: float | None = None) -> float:
+    """EMA decay per step: from a half-life of --ema-kimg, or a model's fixed beta (PGGAN's 0.999).
+
+    The ramp-up bounds the half-life by a fraction of the images seen, so early samples (and short
+    runs) are not dominated by the random initial weights; long runs reach the plain decay.
+    """
+    beta = fixed if fixed is not None else 0.5 ** (batch / (opts.ema_kimg * 1000))
     if opts.ema_rampup is not None:
-        half_life = min(half_life, images_seen * opts.ema_rampup)
-    return 0.5 ** (batch / max(half_life, 1e-8))
+        beta = min(beta, 0.5 ** (batch / max(images_seen * opts.ema_rampup, 1e-8)))
+    return beta
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -198,7 +204,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             raise TrainingError(str(e)) from e
         opts = _check_resume(opts, snapshot["options"], explicit or set(), resume)
     opts = resolve_options(opts)
-    if opts.batch < 1 or not math.isfinite(opts.kimg) or opts.kimg <= 0:
+    if (opts.batch is not None and opts.batch < 1) or not math.isfinite(opts.kimg) or opts.kimg <= 0:
         raise TrainingError("--batch must be >= 1 and --kimg a positive number")
 
     device = resolve_device(opts.device)
@@ -207,16 +213,24 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     torch.manual_seed(opts.seed)
 
     dataset = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split)
-    if opts.model in CONDITIONAL and dataset.num_classes < 2:
+    if (opts.model in CONDITIONAL or opts.model_opts.get("conditional")) and dataset.num_classes < 2:
         raise TrainingError(f"--model {opts.model} needs labelled data, but --data {opts.data} has no labels "
                             f"(use class sub-folders or split.csv, or --model dcgan)")
     model = build_model(opts.model, model_config(opts, dataset)).to(device)
-    optimizers = model.optimizers()
+    notes = []  # for log.txt once the run directory exists
+    if dataset.smallest_side is not None and dataset.smallest_side < opts.resolution:
+        message = (f"--resolution {opts.resolution}: some images in --data {opts.data} are smaller "
+                   f"(smallest side {dataset.smallest_side} px)")
+        if model.needs_full_size_images:
+            raise TrainingError(message + f"; {opts.model} would learn upscaling blur. Use a lower --resolution "
+                                          "or larger images")
+        notes.append(message + "; they are upscaled")
+    optimizers = model.optimizers(model.schedule(0, opts.batch, opts.resolution))
     gen = torch.Generator(device).manual_seed(opts.seed)
     stream = RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=device, workers=opts.workers)
     scaler = torch.amp.GradScaler(device.type, enabled=opts.precision == "fp16")
     images_seen = step = 0
-    stage = None
+    stage = grown_phase = None
 
     if snapshot is not None:
         if snapshot["model"] != opts.model or snapshot["model_config"] != model.config:
@@ -225,6 +239,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         run_dir = Path(snapshot["path"]).parent
         model.load_state_dict(snapshot["state"])
         stage = snapshot["stage"]
+        optimizers = model.optimizers(model.schedule(snapshot["images_seen"], opts.batch, opts.resolution))
         for name, opt in optimizers.items():
             opt.load_state_dict(snapshot["optimizers"][name])
         scaler.load_state_dict(snapshot["scaler"])
@@ -250,6 +265,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     log(f"{'resuming' if snapshot else 'starting'} {run_dir} at {images_seen / 1000:.1f} kimg on {device}: "
         f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {dataset.num_classes} classes, "
         f"G {parameter_count(model.G):,} / D {parameter_count(model.D):,} parameters")
+    for note in notes:
+        log(note)
     if dataset.bad_files:
         log(f"skipped {len(dataset.bad_files)} unreadable image(s), e.g. {dataset.bad_files[0]}")
 
@@ -296,12 +313,16 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             sched: Schedule = model.schedule(images_seen, opts.batch, opts.resolution)
             if sched.stage != stage:  # a new resolution: optimizer state starts afresh (PGGAN)
                 if stage is not None:
-                    optimizers = model.optimizers()
+                    optimizers = model.optimizers(sched)
                 stage = sched.stage
+            if sched.phase != grown_phase:  # keep a grid of each finished phase (PGGAN's growth)
+                if grown_phase:
+                    grid.write(model, run_dir / f"phase-{grown_phase}.png")
+                grown_phase = sched.phase
             real_u8, labels = stream.next_batch(sched.batch)
             reals = to_float(real_u8)
             ctx = StepContext(latents=lambda n: model.sample_latents(n, gen, device), schedule=sched, step=step,
-                              images_seen=images_seen, optimizers=optimizers)
+                              images_seen=images_seen, optimizers=optimizers, generator=gen)
             for phase in model.phases():
                 for net in ("G", "D"):  # train one network, freeze the other (the NNC sample's lesson)
                     getattr(model, net).requires_grad_(net == phase.network)
@@ -314,7 +335,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                 scaler.update()
             model.after_step(ctx)
             before, images_seen, step = images_seen, images_seen + sched.batch, step + 1
-            update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, images_seen))
+            update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, images_seen, model.ema_beta))
 
             for k, v in ctx.stats.items():
                 tick_sums[k] = tick_sums.get(k, 0.0) + v.float()
@@ -350,9 +371,28 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                 write_snapshots(keep=crossed(before, images_seen, opts.snap) or images_seen >= total)
 
     tb.close()
+    if grown_phase and images_seen >= total:
+        grid.write(model, run_dir / f"phase-{grown_phase}.png")
+        growth_picture(run_dir)
     if stop.requested:
         tqdm_write(f"stopped at {images_seen / 1000:.1f} kimg; continue with: ganforge train --resume {run_dir}")
     return run_dir
+
+
+def growth_picture(run_dir: Path) -> Path | None:
+    """growth.png: the grid of every phase side by side, upscaled to the largest (nearest, so pixels show)."""
+    from PIL import Image
+
+    paths = sorted(run_dir.glob("phase-*.png"))
+    if len(paths) < 2:
+        return None
+    grids = [Image.open(p).convert("RGB") for p in paths]
+    width = min(max(g.size[0] for g in grids), 512)
+    strip = Image.new("RGB", (width * len(grids), width), "white")
+    for i, g in enumerate(grids):
+        strip.paste(g.resize((width, width), Image.NEAREST), (i * width, 0))
+    strip.save(run_dir / "growth.png")
+    return run_dir / "growth.png"
 
 
 def tqdm_write(line: str) -> None:

@@ -1,0 +1,316 @@
+"""PGGAN: progressive growing of GANs (Karras et al., ICLR 2018; SPEC.md section 2).
+
+G and D start at 4x4 and grow together, one resolution at a time, up to the target (<= 1024).
+Each new resolution is faded in over `fade_kimg` images (alpha 0 -> 1: the new block's toRGB /
+fromRGB output is blended with the 2x-upsampled / 0.5x-pooled path of the previous resolution,
+and the real images are crossfaded the same way), then stabilised for `stab_kimg`. Adam state
+is reset when a resolution is added (the loop does this when `Schedule.stage` changes).
+
+Layers: equalized learning rate (weights N(0, 1), scaled at run time by gain / sqrt(fan_in)),
+PixelNorm after every conv of G, LeakyReLU(0.2) except on outputs, minibatch standard deviation
+before D's last block, feature maps min(8192 / 2^stage, 512). At 128x128 and above the resampling
+is fused into the convolutions as in the official code (upsample + conv3x3 = stride-2 transposed
+conv with a 4x4 kernel; conv3x3 + avgpool = stride-2 conv with a 4x4 kernel): the same function,
+a quarter of the work. Loss: WGAN-GP (lambda 10, target 1) + drift 0.001 E[D(x)^2]; with labels,
+an AC-GAN head adds cross-entropy on D's class outputs. G is sampled from its EMA (beta 0.999).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ganforge.losses import gradient_penalty
+from ganforge.models.base import GanModel, Schedule, StepContext
+
+SQRT2 = math.sqrt(2.0)
+
+# Presets: images per phase (kimg) and minibatch per resolution.
+PRESETS = {
+    # The paper: 800k fade + 800k stabilise, batch 16 up to 128, then 14 / 6 / 3.
+    "v1": dict(fade_kimg=800, stab_kimg=800, batch={4: 16, 8: 16, 16: 16, 32: 16, 64: 16, 128: 16, 256: 14, 512: 6, 1024: 3},
+               lr={}),
+    # The official single-GPU configuration: 600k + 600k, larger batches at low resolution, lr 0.0015 at 1024.
+    "v2": dict(fade_kimg=600, stab_kimg=600, batch={4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4},
+               lr={1024: 0.0015}),
+}
+
+
+def nf(stage: int, fmap_base: int = 8192, fmap_max: int = 512) -> int:
+    """Feature maps at stage s (resolution 2^(s+1)): min(8192 / 2^s, 512)."""
+    return max(1, min(fmap_base // (2 ** stage), fmap_max))
+
+
+def channels_at(res: int, fmap_base: int = 8192, fmap_max: int = 512) -> int:
+    return nf(int(math.log2(res)) - 1, fmap_base, fmap_max)
+
+
+class EqualizedConv2d(nn.Module):
+    """Conv with weights N(0, 1) scaled at run time by gain / sqrt(fan_in); bias starts at 0.
+
+    `resample`: "up" fuses nearest 2x upsampling into a stride-2 transposed conv, "down" fuses
+    2x2 average pooling into a stride-2 conv (both only for 3x3 kernels); None is a plain conv.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int, gain: float = SQRT2, resample: str | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        self.scale = gain / math.sqrt(cin * kernel * kernel)
+        self.resample = resample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * self.scale
+        if self.resample is None:
+            return F.conv2d(x, w, self.bias, padding=self.weight.shape[-1] // 2)
+        # Sum the 3x3 kernel at the four offsets of a 2x2 block: a 4x4 kernel that does the
+        # resampling and the conv in one stride-2 pass.
+        w = F.pad(w, (1, 1, 1, 1))
+        w = w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
+        if self.resample == "up":  # a transposed conv applies its kernel mirrored: flip to match upsample + conv
+            return F.conv_transpose2d(x, w.flip(-1, -2).transpose(0, 1), self.bias, stride=2, padding=1)
+        return F.conv2d(x, w * 0.25, self.bias, stride=2, padding=1)
+
+
+class EqualizedLinear(nn.Module):
+    def __init__(self, cin: int, cout: int, gain: float = SQRT2):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        self.scale = gain / math.sqrt(cin)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+class PixelNorm(nn.Module):
+    """b = a / sqrt(mean over channels of a^2 + 1e-8), at every pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class MinibatchStdDev(nn.Module):
+    """Append one feature map: the std over a group of samples, averaged over features and pixels.
+
+    The group is min(group_size, batch), reduced to the largest size that divides the batch, so
+    any batch works (a batch of 14 with groups of 4 uses groups of 2).
+    """
+
+    def __init__(self, group_size: int = 4):
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        while n % g:
+            g -= 1
+        y = x.float().view(g, n // g, c, h, w)             # sample i is in group i % (n // g), as in the official code
+        y = (y - y.mean(dim=0)).pow(2).mean(dim=0)          # variance over the group
+        y = (y + 1e-8).sqrt().mean(dim=(1, 2, 3))           # one std per group
+        y = y.repeat(g).view(n, 1, 1, 1).expand(n, 1, h, w).to(x.dtype)
+        return torch.cat([x, y], dim=1)
+
+
+def lrelu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2)
+
+
+def fused_at(res: int, fused_min: int) -> bool:
+    return res >= fused_min
+
+
+class Generator(nn.Module):
+    def __init__(self, resolution: int, channels: int, z_dim: int, num_classes: int, fused_min: int,
+                 fmap_base: int = 8192, fmap_max: int = 512):
+        super().__init__()
+        self.num_classes = num_classes
+        ch = lambda r: channels_at(r, fmap_base, fmap_max)  # noqa: E731
+        self.pixel_norm = PixelNorm()
+        self.dense = EqualizedLinear(z_dim + num_classes, ch(4) * 16, gain=SQRT2 / 4)
+        self.conv4 = EqualizedConv2d(ch(4), ch(4), 3)
+        self.blocks = nn.ModuleDict()
+        self.to_rgb = nn.ModuleDict({"4": EqualizedConv2d(ch(4), channels, 1, gain=1.0)})
+        res = 8
+        while res <= resolution:
+            up = "up" if fused_at(res, fused_min) else None
+            self.blocks[str(res)] = nn.ModuleList([EqualizedConv2d(ch(res // 2), ch(res), 3, resample=up),
+                                                   EqualizedConv2d(ch(res), ch(res), 3)])
+            self.to_rgb[str(res)] = EqualizedConv2d(ch(res), channels, 1, gain=1.0)
+            res *= 2
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, resolution: int | None = None,
+                alpha: float = 1.0) -> torch.Tensor:
+        """Images at `resolution` (default: the largest), the newest block blended in by alpha."""
+        resolution = resolution or int(list(self.to_rgb)[-1])
+        if self.num_classes:
+            z = torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], dim=1)
+        x = self.dense(self.pixel_norm(z)).view(z.shape[0], -1, 4, 4)
+        x = self.pixel_norm(lrelu(x))
+        x = self.pixel_norm(lrelu(self.conv4(x)))
+        prev = x
+        res = 4
+        while res < resolution:
+            res *= 2
+            prev = x
+            conv_up, conv = self.blocks[str(res)]
+            if conv_up.resample is None:
+                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = self.pixel_norm(lrelu(conv_up(x)))
+            x = self.pixel_norm(lrelu(conv(x)))
+        rgb = self.to_rgb[str(res)](x)
+        if alpha < 1.0 and res > 4:
+            rgb_prev = F.interpolate(self.to_rgb[str(res // 2)](prev), scale_factor=2.0, mode="nearest")
+            rgb = torch.lerp(rgb_prev, rgb, alpha)
+        return rgb
+
+
+class Discriminator(nn.Module):
+    def __init__(self, resolution: int, channels: int, num_classes: int, fused_min: int, mbstd_group: int,
+                 fmap_base: int = 8192, fmap_max: int = 512):
+        super().__init__()
+        ch = lambda r: channels_at(r, fmap_base, fmap_max)  # noqa: E731
+        self.from_rgb = nn.ModuleDict({"4": EqualizedConv2d(channels, ch(4), 1)})
+        self.blocks = nn.ModuleDict()
+        res = 8
+        while res <= resolution:
+            down = "down" if fused_at(res, fused_min) else None
+            self.blocks[str(res)] = nn.ModuleList([EqualizedConv2d(ch(res), ch(res), 3),
+                                                   EqualizedConv2d(ch(res), ch(res // 2), 3, resample=down)])
+            self.from_rgb[str(res)] = EqualizedConv2d(channels, ch(res), 1)
+            res *= 2
+        self.mbstd = MinibatchStdDev(mbstd_group)
+        self.conv4 = EqualizedConv2d(ch(4) + 1, ch(4), 3)
+        self.dense4 = EqualizedLinear(ch(4) * 16, ch(4))
+        self.out = EqualizedLinear(ch(4), 1 + num_classes, gain=1.0)
+
+    def forward(self, images: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """[N, 1 + num_classes]: the critic score, then class logits (AC-GAN)."""
+        res = images.shape[-1]
+        x = lrelu(self.from_rgb[str(res)](images))
+        while res > 4:
+            conv, conv_down = self.blocks[str(res)]
+            x = lrelu(conv(x))
+            x = lrelu(conv_down(x))
+            if conv_down.resample is None:
+                x = F.avg_pool2d(x, 2)
+            if alpha < 1.0 and res == images.shape[-1]:
+                skip = lrelu(self.from_rgb[str(res // 2)](F.avg_pool2d(images, 2)))
+                x = torch.lerp(skip, x, alpha)
+            res //= 2
+        x = lrelu(self.conv4(self.mbstd(x)))
+        x = lrelu(self.dense4(x.flatten(1)))
+        return self.out(x)
+
+
+def crossfade_reals(reals: torch.Tensor, resolution: int, alpha: float) -> torch.Tensor:
+    """Reals at `resolution`, blended like the networks: lerp(upsample(avgpool2(x)), x, alpha)."""
+    if reals.shape[-1] != resolution:
+        reals = F.adaptive_avg_pool2d(reals, resolution)  # exact box filter: the sizes are powers of two
+    if alpha < 1.0 and resolution > 4:
+        low = F.interpolate(F.avg_pool2d(reals, 2), scale_factor=2.0, mode="nearest")
+        reals = torch.lerp(low, reals, alpha)
+    return reals
+
+
+class PGGAN(GanModel):
+    name = "pggan"
+    default_batch = None  # per resolution, from the preset
+    ema_beta = 0.999
+    needs_full_size_images = True
+    defaults = dict(conditional=False, z_dim=512, preset="v2", fade_kimg=None, stab_kimg=None, lr=0.001, beta1=0.0, beta2=0.99,
+                    eps=1e-8, lambda_gp=10.0, drift=0.001, mbstd_group=4, label_weight=1.0, fused_min=128,
+                    fmap_base=8192, fmap_max=512)
+
+    def __init__(self, config: dict):
+        config = {**self.defaults, **config}
+        if config["preset"] not in PRESETS:
+            raise ValueError(f"--model-opt preset={config['preset']}: choose {' or '.join(PRESETS)}")
+        preset = PRESETS[config["preset"]]
+        config["fade_kimg"] = preset["fade_kimg"] if config["fade_kimg"] is None else config["fade_kimg"]
+        config["stab_kimg"] = preset["stab_kimg"] if config["stab_kimg"] is None else config["stab_kimg"]
+        super().__init__(config)
+        r = config["resolution"]
+        if r < 8 or r > 1024 or r & (r - 1):
+            raise ValueError(f"--resolution {r}: PGGAN grows to a power of two from 8 to 1024")
+        c, n = config["channels"], config.get("num_classes", 0)
+        fm = dict(fmap_base=config["fmap_base"], fmap_max=config["fmap_max"])
+        self.G = Generator(r, c, config["z_dim"], n, config["fused_min"], **fm)
+        self.D = Discriminator(r, c, n, config["fused_min"], config["mbstd_group"], **fm)
+        self.make_ema()
+        # How far the run has grown, so a snapshot samples at the resolution and fade it reached.
+        self.register_buffer("grown_resolution", torch.tensor(4))
+        self.register_buffer("grown_alpha", torch.tensor(1.0))
+
+    # --- schedule ---------------------------------------------------------------------------
+    def schedule(self, images_seen: int, batch: int | None, resolution: int) -> Schedule:
+        c = self.config
+        fade, stab = round(c["fade_kimg"] * 1000), round(c["stab_kimg"] * 1000)
+        target = c["resolution"]
+        res, alpha = 4, 1.0                         # 4x4 first, stabilise only
+        if images_seen >= stab:
+            level, within = divmod(images_seen - stab, fade + stab)
+            if level < int(math.log2(target)) - 2:  # fading in (then stabilising) resolution 8 * 2^level
+                res, alpha = 8 * 2 ** level, (min(within / fade, 1.0) if fade else 1.0)
+            else:                                   # fully grown: stabilise at the target for the rest of the run
+                res = target
+        batch = batch or PRESETS[c["preset"]]["batch"][res]
+        return Schedule(resolution=res, batch=batch, alpha=alpha, stage=str(res),
+                        phase=f"{res:04d}-{'fade' if alpha < 1 else 'stable'}")
+
+    def optimizers(self, schedule: Schedule | None = None) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        res = schedule.resolution if schedule else 4
+        lr = PRESETS[c["preset"]]["lr"].get(res, c["lr"])
+        kw = dict(lr=lr, betas=(c["beta1"], c["beta2"]), eps=c["eps"])
+        return {"G": torch.optim.Adam(self.G.parameters(), **kw), "D": torch.optim.Adam(self.D.parameters(), **kw)}
+
+    # --- training ---------------------------------------------------------------------------
+    def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        c, s = self.config, ctx.schedule
+        labels = labels if self.num_classes else None
+        z = ctx.latents(reals.shape[0])
+        if phase == "D":
+            reals = crossfade_reals(reals, s.resolution, s.alpha)
+            with torch.no_grad():
+                fakes = self.G(z, labels, s.resolution, s.alpha)
+            out_real, out_fake = self.D(reals, s.alpha), self.D(fakes, s.alpha)
+            score_real, score_fake = out_real[:, 0].float(), out_fake[:, 0].float()
+            mix = torch.rand(reals.shape[0], 1, 1, 1, generator=ctx.generator, device=reals.device)
+            penalty = gradient_penalty(lambda x: self.D(x, s.alpha)[:, 0], torch.lerp(reals, fakes, mix))
+            loss = (score_fake.mean() - score_real.mean() + c["lambda_gp"] * penalty
+                    + c["drift"] * score_real.pow(2).mean())
+            ctx.stats.update({"loss/D": loss.detach(), "loss/D_gp": penalty.detach(),
+                              "loss/D_wdist": (score_real.mean() - score_fake.mean()).detach()})
+            if labels is not None:  # AC-GAN: D classifies reals and fakes
+                ac = F.cross_entropy(out_real[:, 1:].float(), labels) + F.cross_entropy(out_fake[:, 1:].float(), labels)
+                loss = loss + c["label_weight"] * ac
+                ctx.stats["loss/D_ac"] = ac.detach()
+            return loss
+        if phase == "G":
+            out = self.D(self.G(z, labels, s.resolution, s.alpha), s.alpha)
+            loss = -out[:, 0].float().mean()
+            if labels is not None:
+                loss = loss + c["label_weight"] * F.cross_entropy(out[:, 1:].float(), labels)
+            ctx.stats["loss/G"] = loss.detach()
+            return loss
+        raise ValueError(f"unknown phase {phase}")
+
+    def after_step(self, ctx: StepContext) -> None:
+        self.grown_resolution.fill_(ctx.schedule.resolution)
+        self.grown_alpha.fill_(ctx.schedule.alpha)
+
+    # --- sampling ---------------------------------------------------------------------------
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, ema: bool = True,
+                 resolution: int | None = None) -> torch.Tensor:
+        """At the resolution (and fade) the run reached, or any lower grown resolution."""
+        grown = int(self.grown_resolution)
+        if resolution is not None and resolution > grown:
+            raise ValueError(f"--resolution {resolution}: this run has only grown to {grown}x{grown}")
+        alpha = float(self.grown_alpha) if resolution in (None, grown) else 1.0
+        G = self.G_ema if ema else self.G
+        return G(z, labels if self.num_classes else None, resolution or grown, alpha)

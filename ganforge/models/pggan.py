@@ -281,7 +281,8 @@ class PGGAN(GanModel):
             out_real, out_fake = self.D(reals, s.alpha), self.D(fakes, s.alpha)
             score_real, score_fake = out_real[:, 0].float(), out_fake[:, 0].float()
             mix = torch.rand(reals.shape[0], 1, 1, 1, generator=ctx.generator, device=reals.device)
-            penalty = gradient_penalty(lambda x: self.D(x, s.alpha)[:, 0], torch.lerp(reals, fakes, mix))
+            mixed = torch.lerp(reals, fakes.to(reals.dtype), mix)
+            penalty = gradient_penalty(lambda x: self.D(x, s.alpha)[:, 0], mixed)
             loss = (score_fake.mean() - score_real.mean() + c["lambda_gp"] * penalty
                     + c["drift"] * score_real.pow(2).mean())
             ctx.stats.update({"loss/D": loss.detach(), "loss/D_gp": penalty.detach(),

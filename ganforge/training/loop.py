@@ -124,6 +124,22 @@ def autocast_for(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
+def training_step(model: GanModel, optimizers: dict, scaler: torch.amp.GradScaler, reals: torch.Tensor,
+                  labels: torch.Tensor, ctx: StepContext, precision: str, device: torch.device) -> None:
+    """One step: each phase of the model updates its network with the other frozen (the NNC sample's lesson)."""
+    for phase in model.phases():
+        for net in ("G", "D"):
+            getattr(model, net).requires_grad_(net == phase.network)
+        optimizer = optimizers[phase.optimizer]
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_for(precision, device):
+            loss = model.loss(phase.name, reals, labels, ctx)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    model.after_step(ctx)
+
+
 def crossed(before: int, after: int, every_kimg: float) -> bool:
     """True when images_seen passed a multiple of every_kimg between two steps."""
     every = max(1, round(every_kimg * 1000))
@@ -323,17 +339,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             reals = to_float(real_u8)
             ctx = StepContext(latents=lambda n: model.sample_latents(n, gen, device), schedule=sched, step=step,
                               images_seen=images_seen, optimizers=optimizers, generator=gen)
-            for phase in model.phases():
-                for net in ("G", "D"):  # train one network, freeze the other (the NNC sample's lesson)
-                    getattr(model, net).requires_grad_(net == phase.network)
-                optimizer = optimizers[phase.optimizer]
-                optimizer.zero_grad(set_to_none=True)
-                with autocast_for(opts.precision, device):
-                    loss = model.loss(phase.name, reals, labels, ctx)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            model.after_step(ctx)
+            training_step(model, optimizers, scaler, reals, labels, ctx, opts.precision, device)
             before, images_seen, step = images_seen, images_seen + sched.batch, step + 1
             update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, images_seen, model.ema_beta))
 

@@ -88,6 +88,14 @@ def main():
               help="kimg between sample grids")
 @click.option("--snap", type=float, default=25.0, show_default=True, callback=_finite_positive,
               help="kimg between kept snapshots")
+@click.option("--metrics", default="", help="Metrics to evaluate during training, e.g. fid,swd,acc (see evaluate)")
+@click.option("--metrics-every", type=float, default=50.0, show_default=True, callback=_finite_positive,
+              help="kimg between metric evaluations")
+@click.option("--metrics-n", type=click.IntRange(min=2), default=5000, show_default=True,
+              help="Generated images per evaluation")
+@click.option("--best-metric", default=None, help="Keep best.pt by this metric [default: the first of --metrics]")
+@click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TorchScript Inception for FID/KID/PR/IS [default: the bundled FID weights]")
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image decoding threads")
@@ -96,14 +104,18 @@ def main():
 @click.option("--dry-run", is_flag=True, help="Print the resolved options and exit")
 @click.option("--quiet", is_flag=True, help="No progress bar")
 @click.pass_context
-def train(ctx, resume, dry_run, quiet, **kwargs):
+def train(ctx, resume, dry_run, quiet, inception_weights, **kwargs):
     """Train a GAN (default: the conditional DCGAN on the built-in MNIST digits)."""
+    from ganforge.metrics.evaluate import parse_metrics, training_evaluator
     from ganforge.training.loop import TrainOptions, resolve_options, train as run_training
 
     if kwargs["channels"] is not None:
         kwargs["channels"] = int(kwargs["channels"])
     explicit = {k for k in kwargs if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     kwargs["model_opts"] = _parse_model_opts(kwargs.pop("model_opt"), kwargs.pop("gamma"))
+    kwargs["metrics"] = parse_metrics(kwargs["metrics"])
+    if kwargs["best_metric"] is not None and kwargs["best_metric"] not in kwargs["metrics"]:
+        raise click.BadParameter(f"{kwargs['best_metric']} is not among --metrics", param_hint="--best-metric")
     if explicit & {"model_opt", "gamma"}:
         explicit.add("model_opts")
     opts = TrainOptions(**kwargs)
@@ -115,7 +127,13 @@ def train(ctx, resume, dry_run, quiet, **kwargs):
             opts = _check_resume(opts, load_snapshot(resume)["options"], explicit, resume)
         click.echo(json.dumps(resolve_options(opts).to_json(), indent=2))
         return
-    run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet)
+    factory = training_evaluator(opts.metrics, opts.metrics_n, inception_weights) if opts.metrics else None
+    if resume and "metrics" not in explicit:
+        from ganforge.training.checkpoint import load_snapshot
+
+        saved = load_snapshot(resume)["options"]
+        factory = training_evaluator(saved.get("metrics", []), saved.get("metrics_n", 5000), inception_weights)
+    run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet, evaluator_factory=factory)
     click.echo(f"run directory: {run_dir}")
 
 
@@ -151,6 +169,91 @@ def export(run_or_snapshot, fmt, out):
     path = write_export(model, fmt, out)
     inputs = f"z [N, {model.z_dim}] float32" + (", labels [N] int64" if model.num_classes else "")
     click.echo(f"wrote {path}: inputs {inputs}; output images [N, C, H, W] in [-1, 1]")
+
+
+@main.command()
+@click.argument("run_or_snapshot", required=False, type=click.Path(exists=True))
+@click.option("--metrics", default="swd,msssim,fid,kid,pr", show_default=True,
+              help="Comma-separated: swd, msssim, fid, kid, is, pr, acc")
+@click.option("--real", default=None, help="Real data (any --data form) [default: the run's training data]")
+@click.option("--fake", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A folder of generated images instead of a run")
+@click.option("--n", type=click.IntRange(min=2), default=10_000, show_default=True, help="Images a side")
+@click.option("--resolution", type=int, default=None, callback=_power_of_two,
+              help="Resolution for --fake/--real folders [default: the run's, or the first fake image's]")
+@click.option("--floor/--no-floor", default=True, show_default=True, help="Also report SWD of real vs real")
+@click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Cache real statistics here [default: the run directory's metric-cache/, none for folders]")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON here")
+def evaluate(run_or_snapshot, metrics, real, fake, n, resolution, floor, inception_weights, cache_dir, device, seed,
+             out):
+    """Measure a run's generator (or a folder of images) against real images."""
+    from ganforge.data import load_dataset
+    from ganforge.metrics.evaluate import Evaluator, fake_images, parse_metrics
+    from ganforge.training.checkpoint import find_snapshot, load_snapshot
+    from ganforge.training.loop import resolve_device
+
+    names = parse_metrics(metrics)
+    dev = resolve_device(device)
+    if (run_or_snapshot is None) == (fake is None):
+        raise click.UsageError("give either RUN_OR_SNAPSHOT or --fake DIR")
+    if run_or_snapshot is not None:
+        from ganforge.inference import load_model
+
+        options = load_snapshot(run_or_snapshot)["options"]
+        model = load_model(run_or_snapshot, dev)
+        grown = int(getattr(model, "grown_resolution", options["resolution"]))
+        real_ds = load_dataset(real or options["data"], grown, model.config["channels"], options["center_crop"],
+                               options["split"])
+        cache = cache_dir or find_snapshot(run_or_snapshot).parent / "metric-cache"
+        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache, seed)
+        fake_u8, fake_labels = fake_images(model, n, seed=seed + 1, device=dev)
+    else:
+        if real is None:
+            raise click.UsageError("--fake needs --real")
+        fake_ds = load_dataset(fake, resolution or _first_image_size(fake))
+        real_ds = load_dataset(real, fake_ds.resolution, fake_ds.channels)
+        evaluator = Evaluator([m for m in names], real_ds, n, dev, inception_weights, cache_dir, seed)
+        from ganforge.metrics.evaluate import sample_real
+
+        fake_u8, _ = sample_real(fake_ds, n, seed + 1)
+        fake_labels = None
+    if len(fake_u8) < n or len(evaluator.real_images) < n:
+        click.echo(f"note: using {len(fake_u8)} fake and {len(evaluator.real_images)} real images (asked for {n})")
+    results = evaluator(fake_u8, fake_labels)
+    if floor and "swd" in names:
+        results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()
+    click.echo(json.dumps(results, indent=2))
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _first_image_size(folder: str) -> int:
+    from PIL import Image
+
+    from ganforge.data import IMAGE_EXTENSIONS
+
+    for p in sorted(Path(folder).rglob("*")):
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            with Image.open(p) as img:
+                return min(img.size)
+    raise click.BadParameter(f"{folder}: no images", param_hint="--fake")
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="[default: RUN/stats.png]")
+def plot(run, out):
+    """Chart a run's losses and measures (stats.jsonl) and its metrics (metric-*.jsonl) against kimg."""
+    from ganforge.training.plots import plot_stats
+
+    path = plot_stats(run, out)
+    if path is None:
+        raise click.ClickException(f"{run}: not enough rows in stats.jsonl to plot yet")
+    click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

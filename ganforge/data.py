@@ -235,13 +235,18 @@ def _captioned(root: Path, split: str, **kw) -> ImageDataset:
                         captions=captions, root=str(root), **kw)
 
 
-def read_captions(path: Path, max_chars: int = 2000) -> list[str]:
-    """Captions one a line, any script; missing or empty files give no captions (reported by callers)."""
+def read_captions(path: Path, max_chars: int = 2000, max_lines: int = 1000) -> list[str]:
+    """Captions one a line, any script (bad UTF-8 replaced); a missing or empty file gives none.
+
+    At most `max_lines` captions of `max_chars` each are kept, so a runaway file cannot fill memory.
+    """
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as f:
+            raw = f.read(max_chars * max_lines * 4)
     except FileNotFoundError:
         return []
-    return [line.strip()[:max_chars] for line in text.splitlines() if line.strip()]
+    lines = raw.decode("utf-8", errors="replace").splitlines()
+    return [line.strip()[:max_chars] for line in lines if line.strip()][:max_lines]
 
 
 def _mnist(**kw) -> ImageDataset:
@@ -300,7 +305,7 @@ def _unreadable_headers(ds: ImageDataset) -> list[str]:
         try:
             with Image.open(io.BytesIO(ds.read_bytes(i))) as img:
                 ds._note_size(img.size)
-        except (OSError, UnidentifiedImageError, zipfile.BadZipFile):
+        except (OSError, UnidentifiedImageError, zipfile.BadZipFile, Image.DecompressionBombError, ValueError):
             bad.append(entry)
     return bad
 

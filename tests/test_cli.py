@@ -107,3 +107,14 @@ def test_export_torchscript_runs_without_ganforge_classes(run_dir, tmp_path):
     scripted = torch.jit.load(str(out))
     z, labels = torch.randn(3, 100), torch.tensor([0, 5, 9])
     torch.testing.assert_close(scripted(z, labels), RuntimeGenerator(load_model(run_dir))(z, labels))
+
+
+def test_resume_with_another_model_or_a_tampered_snapshot_is_refused(run_dir, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--resume", str(run_dir), "--model", "began"])
+    assert result.exit_code != 0 and "--model 'began' differs from the run's 'cdcgan'" in result.output
+    snap = torch.load(run_dir / "latest.pt", weights_only=True)
+    snap["model_config"]["resolution"] = 64  # weights of 16x16 networks labelled as 64x64
+    torch.save(snap, tmp_path / "tampered.pt")
+    result = CliRunner().invoke(main, ["generate", str(tmp_path / "tampered.pt"), "--out", str(tmp_path / "x.png")])
+    assert result.exit_code != 0 and "does not match the cdcgan networks" in result.output
+    assert "Traceback" not in result.output

@@ -172,3 +172,39 @@ def test_uint8_float_round_trip():
     x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
     assert to_float(x).min() == -1 and to_float(x).max() == 1
     assert torch.equal(to_uint8(to_float(x)), x)
+
+
+def png_claiming(width, height):
+    """A tiny PNG file whose header claims a huge size (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_skipped_not_decoded(tmp_path):
+    save(tmp_path / "ok.png")
+    (tmp_path / "bomb.png").write_bytes(png_claiming(70_000, 70_000))
+    for preload in (True, False):
+        with pytest.warns(UserWarning, match="unreadable"):
+            ds = load_dataset(str(tmp_path), 8, preload=preload)
+        assert len(ds) == 1 and any("bomb.png" in f for f in ds.bad_files)
+
+
+def test_captions_empty_enormous_and_any_script(tmp_path):
+    from ganforge.data import read_captions
+
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "huge.txt").write_text(("x" * 5000 + "\n") * 3000)
+    (tmp_path / "scripts.txt").write_text("鳥が飛ぶ\nптица летит\nطائر يطير\n🐦 bird\n", encoding="utf-8")
+    (tmp_path / "latin1.txt").write_bytes("oiseau d\xe9j\xe0 vu\n".encode("latin-1"))
+    assert read_captions(tmp_path / "empty.txt") == []
+    huge = read_captions(tmp_path / "huge.txt")
+    assert len(huge) <= 1000 and all(len(c) == 2000 for c in huge)  # capped, never the whole file
+    assert read_captions(tmp_path / "scripts.txt") == ["鳥が飛ぶ", "птица летит", "طائر يطير", "🐦 bird"]
+    assert read_captions(tmp_path / "latin1.txt")[0].startswith("oiseau d")  # undecodable bytes replaced
+    assert read_captions(tmp_path / "missing.txt") == []

@@ -118,3 +118,70 @@ def build_untrained_accuracy(model, classifier):
     fresh = build_model("cdcgan", model.config).eval()
     images, labels, _ = generate(fresh, 500, seed=1)
     return accuracy(classifier, images, labels)
+
+
+def test_nonfinite_loss_restores_the_last_snapshot_and_continues(tmp_path, monkeypatch):
+    from ganforge.models.cdcgan import CDCGAN
+
+    original, calls = CDCGAN.loss, {"n": 0}
+
+    def poisoned_once(self, phase, reals, labels, ctx):
+        loss = original(self, phase, reals, labels, ctx)
+        if phase == "G":
+            calls["n"] += 1
+            if calls["n"] == 7:  # step 7, after the snapshot at step 4
+                ctx.stats["loss/G"] = torch.tensor(float("nan"))
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(CDCGAN, "loss", poisoned_once)
+    run = train(TrainOptions(**TINY, kimg=0.16, outdir=str(tmp_path)), progress=False)
+    snap = load_snapshot(run)
+    assert snap["step"] == 10 and all(torch.isfinite(v).all() for v in snap["state"].values() if v.is_floating_point())
+    assert "warning: non-finite loss at" in (run / "log.txt").read_text()
+
+
+def test_persistent_nan_stops_with_a_clear_message_and_keeps_the_good_snapshot(tmp_path, monkeypatch):
+    from ganforge.models.cdcgan import CDCGAN
+
+    original = CDCGAN.loss
+
+    def always_nan_after_step_5(self, phase, reals, labels, ctx):
+        loss = original(self, phase, reals, labels, ctx)
+        return loss * float("nan") if ctx.step >= 5 else loss
+
+    monkeypatch.setattr(CDCGAN, "loss", always_nan_after_step_5)
+    with pytest.raises(TrainingError, match="training diverged; the last good snapshot"):
+        train(TrainOptions(**TINY, kimg=0.256, outdir=str(tmp_path)), progress=False)
+    snap = load_snapshot(next(tmp_path.iterdir()))
+    assert snap["step"] == 4 and all(torch.isfinite(v).all() for v in snap["state"].values() if v.is_floating_point())
+
+
+def test_failed_snapshot_write_is_clear_and_keeps_the_previous(tmp_path, monkeypatch):
+    import ganforge.training.loop as loop
+
+    real_save, calls = loop.save_snapshot, {"n": 0}
+
+    def disk_full_on_third(path, state):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        real_save(path, state)
+
+    monkeypatch.setattr(loop, "save_snapshot", disk_full_on_third)
+    with pytest.raises(TrainingError, match="No space left on device; the previous snapshot is intact"):
+        train(TrainOptions(**TINY, kimg=0.256, outdir=str(tmp_path)), progress=False)
+    assert load_snapshot(next(tmp_path.iterdir()))["step"] == 4
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kill_test.py"
+    spec = importlib.util.spec_from_file_location("kill_test", path)
+    kill_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kill_test)
+    result = kill_test.kill_and_resume(kills=3, seed=1, max_delay=6.0, workdir=tmp_path)
+    assert result["kills_survived"] >= 1 and result["unreadable_snapshots"] == 0 and result["final_weights_equal"]

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class TrainOptions:
     precision: str = "fp32"          # fp32 | tf32 | bf16 | fp16 (autocast; fp16 with loss scaling)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     workers: int = 4                 # decoding threads when images are not preloaded
+    nonfinite_retries: int = 3       # NaN/Inf: restore the last snapshot and continue this many times, then stop
     outdir: str = "runs"
 
     def to_json(self) -> dict:
@@ -62,7 +64,7 @@ class TrainOptions:
 
 
 # Options that may differ when a run is resumed: they change how long or where it runs, not what it computes.
-RESUME_MAY_CHANGE = {"kimg", "tick", "sample_every", "snap", "device", "workers", "outdir", "metrics",
+RESUME_MAY_CHANGE = {"nonfinite_retries", "kimg", "tick", "sample_every", "snap", "device", "workers", "outdir", "metrics",
                      "metrics_every", "metrics_n", "best_metric"}
 
 
@@ -128,6 +130,36 @@ def autocast_for(precision: str, device: torch.device):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
+
+
+def restore(snap: dict, model: GanModel, scaler, gen: torch.Generator, stream: RealStream, opts: TrainOptions):
+    """Load a snapshot's full state into a live run; returns (optimizers, stage, images_seen, step, best)."""
+    model.load_state_dict(snap["state"])
+    optimizers = model.optimizers(model.schedule(snap["images_seen"], opts.batch, opts.resolution))
+    for name, opt in optimizers.items():
+        opt.load_state_dict(snap["optimizers"][name])
+    scaler.load_state_dict(snap["scaler"])
+    gen.set_state(snap["rng"]["loop"])
+    torch.set_rng_state(snap["rng"]["torch"])
+    stream.position = snap["stream_position"]
+    return optimizers, snap["stage"], snap["images_seen"], snap["step"], snap.get("best_value")
+
+
+def truncate_logs(run_dir: Path, step: int) -> None:
+    """Drop log rows after `step` (and any line torn by a kill) from stats.jsonl and metric-*.jsonl."""
+    for path in [run_dir / "stats.jsonl", *run_dir.glob("metric-*.jsonl")]:
+        if not path.exists():
+            continue
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                pass
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def training_step(model: GanModel, optimizers: dict, scaler: torch.amp.GradScaler, reals: torch.Tensor,
@@ -265,16 +297,10 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             raise TrainingError(f"--resume {snapshot['path']}: snapshot holds {snapshot['model']} "
                                 f"{snapshot['model_config']}, this data gives {model.config}")
         run_dir = Path(snapshot["path"]).parent
-        model.load_state_dict(snapshot["state"])
-        stage = snapshot["stage"]
-        optimizers = model.optimizers(model.schedule(snapshot["images_seen"], opts.batch, opts.resolution))
-        for name, opt in optimizers.items():
-            opt.load_state_dict(snapshot["optimizers"][name])
-        scaler.load_state_dict(snapshot["scaler"])
-        gen.set_state(snapshot["rng"]["loop"])
-        torch.set_rng_state(snapshot["rng"]["torch"])
-        images_seen, step, stream.position = snapshot["images_seen"], snapshot["step"], snapshot["stream_position"]
-        best_value = snapshot.get("best_value")
+        optimizers, stage, images_seen, step, best_value = restore(snapshot, model, scaler, gen, stream, opts)
+        truncate_logs(run_dir, step)  # rows written after this snapshot will be written again
+        for stale in run_dir.glob(".*.tmp"):  # a snapshot write cut short by a kill
+            stale.unlink(missing_ok=True)
     else:
         run_dir = make_run_dir(opts.outdir, f"{opts.model}-{dataset_desc(opts.data)}")
         (run_dir / "training_options.json").write_text(json.dumps(opts.to_json(), indent=2) + "\n")
@@ -329,13 +355,35 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                     images_seen=images_seen, step=step, stream_position=stream.position, best_value=best_value)
 
     def write_snapshots(keep: bool) -> None:
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise TrainingError(f"non-finite weights at {images_seen / 1000:.1f} kimg: training diverged; "
-                                f"the last good snapshot in {run_dir} is kept (try a lower learning rate)")
         state = make_snapshot()
-        save_snapshot(run_dir / LATEST, state)
-        if keep:
-            save_snapshot(run_dir / f"snapshot-{images_seen // 1000:06d}.pt", state)
+        paths = [run_dir / LATEST] + ([run_dir / f"snapshot-{images_seen // 1000:06d}.pt"] if keep else [])
+        for path in paths:
+            try:
+                save_snapshot(path, state)
+            except OSError as e:
+                raise TrainingError(f"could not write snapshot {path}: {e.strerror or e}; the previous snapshot "
+                                    f"is intact, resume with: ganforge train --resume {run_dir}") from e
+
+    retries = 0
+
+    def recover(reason: str) -> None:
+        """Go back to the last good snapshot, move the noise and data on, and continue (a few times)."""
+        nonlocal optimizers, stage, images_seen, step, best_value, retries, tick_sums, tick_count
+        retries += 1
+        where = f"{images_seen / 1000:.1f} kimg (step {step})"
+        if retries > opts.nonfinite_retries or not (run_dir / LATEST).exists():
+            kept = f"the last good snapshot in {run_dir} is kept" if (run_dir / LATEST).exists() else "no snapshot yet"
+            raise TrainingError(f"{reason} at {where}: training diverged; {kept} "
+                                f"(try a lower learning rate or --precision fp32)")
+        good = load_snapshot(run_dir / LATEST)
+        optimizers, stage, images_seen, step, best_value = restore(good, model, scaler, gen, stream, opts)
+        gen.manual_seed(opts.seed + 1_000_003 * retries + step)
+        stream.position += retries * (opts.batch or 1)
+        tick_sums, tick_count = {}, 0
+        bar.n = min(images_seen, total)
+        bar.refresh()
+        log(f"warning: {reason} at {where}; restored {LATEST} ({images_seen / 1000:.1f} kimg) and continue with "
+            f"fresh noise (retry {retries} of {opts.nonfinite_retries})")
 
     evaluate = None
     if opts.metrics:
@@ -381,6 +429,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             before, images_seen, step = images_seen, images_seen + sched.batch, step + 1
             update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, images_seen, model.ema_beta))
 
+            if ctx.stats and not bool(torch.stack([v.float() for v in ctx.stats.values()]).isfinite().all()):
+                recover("non-finite loss")
+                continue
             for k, v in ctx.stats.items():
                 tick_sums[k] = tick_sums.get(k, 0.0) + v.float()
             tick_count += 1
@@ -414,6 +465,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             if evaluate is not None and (crossed(before, images_seen, opts.metrics_every) or images_seen >= total):
                 run_metrics()
             if crossed(before, images_seen, opts.snap) or done:
+                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    recover("non-finite weights")  # never overwrite a good snapshot with a poisoned one
+                    continue
                 write_snapshots(keep=crossed(before, images_seen, opts.snap) or images_seen >= total)
 
     tb.close()

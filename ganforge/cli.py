@@ -143,12 +143,28 @@ def train(ctx, resume, dry_run, quiet, inception_weights, **kwargs):
 @click.option("--label", type=int, default=None, help="Class to generate [default: one row per class]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", default="samples.png", show_default=True, help="A .png grid, or a folder for one PNG per image")
+@click.option("--prompt", "prompts", multiple=True, help="Text-to-image (dfgan): a caption; repeat for more rows")
+@click.option("--prompts", "prompt_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Text-to-image: a UTF-8 file of captions, one a line")
+@click.option("--no-truncation", is_flag=True, help="Text-to-image: plain N(0, 1) noise instead of truncated")
 @click.option("--device", default="cpu", show_default=True)
-def generate(run_or_snapshot, n, label, seed, out, device):
-    """Sample images from a run's EMA generator (the RuntimeGenerator)."""
-    from ganforge.inference import generate as sample, load_model, write_images
+def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_truncation, device):
+    """Sample images from a run's EMA generator (the RuntimeGenerator).
+
+    For text-to-image runs, --n images are drawn for each prompt, one grid row per prompt.
+    """
+    from ganforge.inference import generate as sample, generate_from_prompts, load_model, write_images
 
     model = load_model(run_or_snapshot, device)
+    if prompt_file:
+        prompts = (*prompts, *Path(prompt_file).read_text(encoding="utf-8", errors="replace").splitlines())
+    if prompts or model.name == "dfgan":
+        if not prompts:
+            raise click.UsageError("this is a text-to-image run: give --prompt TEXT (or --prompts FILE)")
+        images = generate_from_prompts(model, list(prompts), n, seed=seed, device=device, truncate=not no_truncation)
+        paths = write_images(images, out, n)
+        click.echo(f"wrote {len(images)} images ({n} per prompt) to {out if len(paths) == 1 else Path(out)}")
+        return
     images, _, columns = sample(model, n, seed=seed, label=label, device=device)
     paths = write_images(images, out, columns)
     click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
@@ -174,11 +190,13 @@ def export(run_or_snapshot, fmt, out):
 @main.command()
 @click.argument("run_or_snapshot", required=False, type=click.Path(exists=True))
 @click.option("--metrics", default="swd,msssim,fid,kid,pr", show_default=True,
-              help="Comma-separated: swd, msssim, fid, kid, is, pr, acc")
+              help="Comma-separated: swd, msssim, fid, kid, is, pr, acc, rprec")
 @click.option("--real", default=None, help="Real data (any --data form) [default: the run's training data]")
 @click.option("--fake", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder of generated images instead of a run")
 @click.option("--n", type=click.IntRange(min=2), default=10_000, show_default=True, help="Images a side")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default=None,
+              help="Split of a captioned real dataset [default: the run's]; DF-GAN is evaluated on test")
 @click.option("--resolution", type=int, default=None, callback=_power_of_two,
               help="Resolution for --fake/--real folders [default: the run's, or the first fake image's]")
 @click.option("--floor/--no-floor", default=True, show_default=True, help="Also report SWD of real vs real")
@@ -188,7 +206,7 @@ def export(run_or_snapshot, fmt, out):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON here")
-def evaluate(run_or_snapshot, metrics, real, fake, n, resolution, floor, inception_weights, cache_dir, device, seed,
+def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, inception_weights, cache_dir, device, seed,
              out):
     """Measure a run's generator (or a folder of images) against real images."""
     from ganforge.data import load_dataset
@@ -207,9 +225,12 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, resolution, floor, incepti
         model = load_model(run_or_snapshot, dev)
         grown = int(getattr(model, "grown_resolution", options["resolution"]))
         real_ds = load_dataset(real or options["data"], grown, model.config["channels"], options["center_crop"],
-                               options["split"])
+                               split or options["split"])
         cache = cache_dir or find_snapshot(run_or_snapshot).parent / "metric-cache"
         evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache, seed)
+        if model.name == "dfgan":  # generate from this split's captions, as DF-GAN is evaluated on test captions
+            model.prepare(real_ds, dev, resumed=True)
+            evaluator.use_captions_of(model)
         fake_u8, fake_labels = fake_images(model, n, seed=seed + 1, device=dev)
     else:
         if real is None:

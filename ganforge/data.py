@@ -31,7 +31,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
-BUILTIN_DATASETS = ("mnist",)
+BUILTIN_DATASETS = ("mnist", "mnist-captions")
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PRELOAD_LIMIT_BYTES = 2 << 30  # decode everything up front when it fits: faster and reports bad files at once
 
 _size_lock = threading.Lock()
@@ -263,18 +264,29 @@ def _mnist(**kw) -> ImageDataset:
                         class_names=names, images=images.contiguous(), smallest_side=28, **kw)
 
 
+def _mnist_captions(**kw) -> ImageDataset:
+    """The built-in digits with templated captions, for text-to-image tests and demos."""
+    ds = _mnist(**kw)
+    ds.name = "mnist-captions"
+    ds.captions = [[f"a handwritten digit {DIGIT_NAMES[y]}", f"the number {y} written by hand",
+                    f"a {DIGIT_NAMES[y]} drawn in white on black"] for y in ds.labels]
+    return ds
+
+
 def load_dataset(data: str, resolution: int, channels: int | None = None, center_crop: bool = True,
                  split: str = "train", preload: bool | None = None) -> ImageDataset:
     """Open `data` (see the module docstring). `channels=None` picks 1 for mnist, 3 otherwise."""
     if resolution < 1:
         raise DatasetError(f"--resolution {resolution}: must be positive")
     if channels is None:
-        channels = 1 if data == "mnist" else 3
+        channels = 1 if data.startswith("mnist") else 3
     if channels not in (1, 3):
         raise DatasetError(f"--channels {channels}: must be 1 or 3")
     kw = dict(resolution=resolution, channels=channels, center_crop=center_crop)
     if data == "mnist":
         return _mnist(**kw)
+    if data == "mnist-captions":
+        return _mnist_captions(**kw)
     path = Path(data).expanduser()
     if not path.exists():
         raise DatasetError(f"--data {data}: no such file or folder (built-in datasets: {', '.join(BUILTIN_DATASETS)})")
@@ -325,6 +337,7 @@ class RealStream:
         self._epoch_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.labels = dataset.labels_tensor()
         self.images = dataset.images.to(self.device) if dataset.images is not None else None
+        self.last_indices: torch.Tensor | None = None
 
     def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
@@ -354,6 +367,7 @@ class RealStream:
         if self.world_size > 1:
             share = batch // self.world_size
             idx, flip = idx[self.rank * share:(self.rank + 1) * share], flip[self.rank * share:(self.rank + 1) * share]
+        self.last_indices = idx.to(self.device)
         if self.images is not None:
             images = self.images[idx.to(self.device)]
         else:

@@ -65,6 +65,23 @@ def generate(model: GanModel, n: int, seed: int = 0, label: int | None = None, b
     return torch.cat(out), labels, columns
 
 
+@torch.no_grad()
+def generate_from_prompts(model: GanModel, prompts: list[str], per_prompt: int, seed: int = 0,
+                          device: str | torch.device = "cpu", truncate: bool = True) -> torch.Tensor:
+    """Text-to-image: per_prompt images for each prompt (rows in prompt order), truncated noise by default."""
+    if not hasattr(model, "generate_from_text"):
+        raise ValueError(f"--prompt: {model.name} is not a text-to-image model")
+    prompts = [p.strip() for p in prompts if p.strip()]
+    if not prompts:
+        raise ValueError("--prompt: give at least one non-empty prompt")
+    g = torch.Generator().manual_seed(seed)
+    z = (model.truncated_latents if truncate else model.sample_latents)(len(prompts) * per_prompt, generator=g)
+    captions = [p for p in prompts for _ in range(per_prompt)]
+    out = [model.generate_from_text(captions[i:i + 64], z[i:i + 64].to(device)).float().cpu()
+           for i in range(0, len(captions), 64)]
+    return torch.cat(out)
+
+
 def write_images(images: torch.Tensor, out: str | Path, columns: int) -> list[Path]:
     """A grid when `out` names a .png/.jpg file, otherwise one PNG per image in the folder `out`."""
     out = Path(out)
@@ -87,6 +104,9 @@ def export(model: GanModel, fmt: str, out: str | Path) -> Path:
     """Write the RuntimeGenerator as ONNX or TorchScript; inputs z [N, z_dim] float32 (and labels [N] int64)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if model.name == "dfgan":
+        raise ValueError("--format: exporting the text-to-image generator is not supported yet (its text "
+                         "encoder is a separate network); use ganforge generate --prompt")
     runtime = RuntimeGenerator(model).eval().cpu()
     z = torch.randn(2, model.z_dim)
     args = (z, torch.zeros(2, dtype=torch.long)) if runtime.conditional else (z,)

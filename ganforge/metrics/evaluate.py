@@ -21,6 +21,8 @@ from ganforge.metrics import feature_metrics as fm
 from ganforge.metrics.conditional_accuracy import Classifier, accuracy, train_classifier
 from ganforge.metrics.inception import InceptionFeatures, cache_key
 from ganforge.metrics.msssim import mean_ms_ssim
+from ganforge.metrics.rprecision import fit_matcher, r_precision
+from ganforge.models.text import Matcher
 from ganforge.metrics.swd import swd
 
 
@@ -39,6 +41,7 @@ METRICS = {
     "is": MetricInfo("is", False),
     "pr": MetricInfo("precision", False),
     "acc": MetricInfo("conditional_accuracy", False, needs_labels=True),
+    "rprec": MetricInfo("r_precision", False),
 }
 INCEPTION_METRICS = {"fid", "kid", "is", "pr"}
 
@@ -61,10 +64,19 @@ def sample_real(dataset: ImageDataset, n: int, seed: int = 0) -> tuple[torch.Ten
 
 
 def fake_images(model, n: int, seed: int = 1, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """n samples of the EMA generator as uint8 (balanced classes when conditional), with their labels."""
+    """n samples of the EMA generator as uint8, with their labels: balanced classes when conditional,
+    random captions of the prepared data (caption ids) with truncated noise for text-to-image."""
     was_training = model.training
     model.eval()
-    images, labels, _ = generate(model, n, seed=seed, device=device)
+    if getattr(model, "caption_emb", None) is not None:
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, len(model.caption_emb), (n,), generator=g)
+        z = model.truncated_latents(n, generator=g)
+        with torch.no_grad():
+            images = torch.cat([model.generate(z[i:i + 64].to(device), labels[i:i + 64]).float().cpu()
+                                for i in range(0, n, 64)])
+    else:
+        images, labels, _ = generate(model, n, seed=seed, device=device)
     model.train(was_training)
     model.G_ema.eval()
     return to_uint8(images), labels
@@ -86,6 +98,8 @@ class Evaluator:
         self._real_features = None
         self._classifier: Classifier | None = None
         self._real_msssim = None
+        self.captions = None  # (embeddings, start, count, text ids) of the real captions, for rprec
+        self._matcher = None
 
     # --- real-side statistics, computed once -------------------------------------------------
     def _cached(self, kind: str, *key) -> Path | None:
@@ -146,6 +160,11 @@ class Evaluator:
                 r = fm.inception_score(fake_logits)
             elif name == "pr":
                 r = fm.precision_recall(real_feats, fake_feats)
+            elif name == "rprec":
+                if self.captions is None or fake_labels is None:
+                    raise ValueError("--metrics rprec: needs a text-to-image run (dfgan)")
+                r = r_precision(self.matcher(), fake.float() / 127.5 - 1, fake_labels, self.captions[0],
+                                self.captions[3], seed=self.seed)
             elif name == "acc":
                 if fake_labels is None:
                     raise ValueError("--metrics acc: needs a conditional generator")
@@ -153,6 +172,27 @@ class Evaluator:
             r.update(n_fake=len(fake), n_real=len(self.real_images), seconds=round(time.time() - start, 2))
             results[name] = r
         return results
+
+    def matcher(self):
+        if self._matcher is None:
+            emb, start, count, _ = self.captions
+            path = self._cached("matcher", emb.shape, float(emb.sum()))
+            matcher = Matcher(self.real.channels, emb.shape[1])
+            if path is not None and path.exists():
+                matcher.load_state_dict(torch.load(path, weights_only=True))
+            else:
+                images = self.real.images if self.real.images is not None else sample_real(self.real, len(self.real))[0]
+                matcher = fit_matcher(images, emb, start, count, seed=self.seed)
+                if path is not None:
+                    torch.save(matcher.state_dict(), path)
+            self._matcher = matcher.eval()
+        return self._matcher
+
+    def use_captions_of(self, model) -> None:
+        """Take the caption table a text-to-image model prepared on this real data."""
+        if getattr(model, "caption_emb", None) is not None:
+            self.captions = (model.caption_emb.cpu(), model.caption_start.cpu(), model.caption_count.cpu(),
+                             model.caption_text_id.cpu())
 
     def swd_floor(self) -> dict:
         """SWD between two halves of the real sample: the value a perfect generator would approach."""
@@ -176,6 +216,10 @@ def training_evaluator(names: list[str], n: int, inception_weights: str | None =
     def make(dataset: ImageDataset, run_dir: Path, device: torch.device):
         ev = Evaluator(names, dataset, n=n, device=device, inception_weights=inception_weights,
                        cache_dir=Path(run_dir) / "metric-cache")
-        return lambda model: ev(*fake_images(model, n, device=device))
+        def evaluate(model):
+            ev.use_captions_of(model)
+            return ev(*fake_images(model, n, device=device))
+
+        return evaluate
 
     return make

@@ -5,9 +5,10 @@ from __future__ import annotations
 from ganforge.models.base import GanModel, Phase, Schedule, StepContext, parameter_count
 from ganforge.models.began import BEGAN
 from ganforge.models.cdcgan import CDCGAN, DCGAN
+from ganforge.models.dfgan import DFGAN
 from ganforge.models.pggan import PGGAN
 
-MODELS: dict[str, type[GanModel]] = {m.name: m for m in (CDCGAN, DCGAN, BEGAN, PGGAN)}
+MODELS: dict[str, type[GanModel]] = {m.name: m for m in (CDCGAN, DCGAN, BEGAN, PGGAN, DFGAN)}
 CONDITIONAL = {"cdcgan"}  # models that need labelled data
 
 

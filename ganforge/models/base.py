@@ -44,6 +44,8 @@ class StepContext:
     step: int = 0
     images_seen: int = 0                         # before this step
     generator: torch.Generator | None = None     # the run's seeded generator, for any other randomness
+    indices: torch.Tensor | None = None          # dataset indices of the real batch (captions, ...)
+    shared: dict = field(default_factory=dict)   # values one phase of this step hands to the next
     optimizers: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)    # scalars (tensors) a loss wants logged
 
@@ -89,6 +91,15 @@ class GanModel(nn.Module):
     def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """Scalar loss of `phase` on a real batch in [-1, 1]; put scalars to log into ctx.stats."""
         raise NotImplementedError
+
+    def prepare(self, dataset, device, resumed: bool) -> None:
+        """Called once the data is known, before training (DF-GAN embeds its captions here)."""
+
+    def grid_labels(self, rows: int, columns: int) -> torch.Tensor | None:
+        """Labels of the training sample grid: one row per class when conditional."""
+        if not self.num_classes:
+            return None
+        return torch.arange(min(self.num_classes, rows)).repeat_interleave(columns)
 
     def after_step(self, ctx: StepContext) -> None:
         """Hook after all phases of a step (BEGAN's k_t update lives here)."""

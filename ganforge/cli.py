@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -101,11 +102,19 @@ def main():
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image decoding threads")
 @click.option("--outdir", default="runs", show_default=True, help="Parent folder of numbered run directories")
 @click.option("--resume", type=click.Path(exists=True), default=None, help="Run directory or snapshot to continue")
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes on this machine (one per GPU) through torchrun; --batch is the total over all")
 @click.option("--dry-run", is_flag=True, help="Print the resolved options and exit")
 @click.option("--quiet", is_flag=True, help="No progress bar")
 @click.pass_context
-def train(ctx, resume, dry_run, quiet, inception_weights, **kwargs):
+def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
     """Train a GAN (default: the conditional DCGAN on the built-in MNIST digits)."""
+    if gpus > 1 and "WORLD_SIZE" not in os.environ and not dry_run:  # relaunch this command under torchrun
+        args = [a for a in sys.argv[1:]]
+        i = next(i for i, a in enumerate(args) if a.startswith("--gpus"))
+        del args[i:i + (1 if "=" in args[i] else 2)]
+        os.execvp(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                   f"--nproc_per_node={gpus}", "-m", "ganforge", *args])
     from ganforge.metrics.evaluate import parse_metrics, training_evaluator
     from ganforge.training.loop import TrainOptions, resolve_options, train as run_training
 
@@ -134,7 +143,8 @@ def train(ctx, resume, dry_run, quiet, inception_weights, **kwargs):
         saved = load_snapshot(resume)["options"]
         factory = training_evaluator(saved.get("metrics", []), saved.get("metrics_n", 5000), inception_weights)
     run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet, evaluator_factory=factory)
-    click.echo(f"run directory: {run_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"run directory: {run_dir}")
 
 
 @main.command()
@@ -275,6 +285,32 @@ def plot(run, out):
     if path is None:
         raise click.ClickException(f"{run}: not enough rows in stats.jsonl to plot yet")
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--model", type=click.Choice(sorted(MODELS)), default="pggan", show_default=True)
+@click.option("--resolution", type=int, default=64, show_default=True, callback=_power_of_two)
+@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--channels-last", is_flag=True, help="NHWC memory layout for the convolutions")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile G and D (falls back to eager if it fails)")
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE")
+@click.option("--device", default="auto", show_default=True)
+def bench(model, resolution, batch, precision, channels_last, compile_, steps, warmup, model_opt, device):
+    """Time full training steps (D step with penalties + G step) of a model: img/s, memory, TFLOP/s.
+
+    FLOPs are counted by torch.utils.flop_counter over one whole training step (forward and backward
+    passes, penalties included); achieved TFLOP/s = FLOPs per step x steps / seconds.
+    """
+    from ganforge.training.bench import bench_training_step
+
+    extra = _parse_model_opts(model_opt, None)
+    result = bench_training_step(model, resolution, batch, precision, steps, warmup, device,
+                                 channels=3, model_opts=extra, channels_last=channels_last, compile=compile_,
+                                 count_flops=True)
+    click.echo(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganforge.models.base import GanModel, StepContext
+from ganforge.models.base import GanModel, adam, StepContext
 
 
 def reconstruction_loss(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
@@ -131,8 +131,8 @@ class BEGAN(GanModel):
     def optimizers(self, schedule=None) -> dict[str, torch.optim.Optimizer]:
         c = self.config
         betas = (c["beta1"], c["beta2"])
-        return {"G": torch.optim.Adam(self.G.parameters(), lr=c["lr"], betas=betas),
-                "D": torch.optim.Adam(self.D.parameters(), lr=c["lr"], betas=betas)}
+        return {"G": adam(self.G.parameters(), lr=c["lr"], betas=betas),
+                "D": adam(self.D.parameters(), lr=c["lr"], betas=betas)}
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         return torch.rand(n, self.z_dim, generator=generator, device=device) * 2 - 1  # z ~ U[-1, 1]
@@ -157,8 +157,10 @@ class BEGAN(GanModel):
     @torch.no_grad()
     def after_step(self, ctx: StepContext) -> None:
         gamma, c = self.config["gamma"], self.config
-        m = m_global(self._loss_real, self._loss_fake_g, gamma)
-        self.k_t.copy_(k_t_update(self.k_t, self._loss_real, self._loss_fake_g, gamma, c["lambda_k"]))
+        # With several processes, k_t follows the losses of the whole batch, identically on every rank.
+        loss_real, loss_fake_g = ctx.reduce_mean(self._loss_real), ctx.reduce_mean(self._loss_fake_g)
+        m = m_global(loss_real, loss_fake_g, gamma)
+        self.k_t.copy_(k_t_update(self.k_t, loss_real, loss_fake_g, gamma, c["lambda_k"]))
         self.m_window_sum += m
         self.m_window_steps += 1
         ctx.stats.update({"began/m_global": m, "began/k_t": self.k_t.clone()})

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ganforge.losses import bce_with_logits
-from ganforge.models.base import GanModel, StepContext
+from ganforge.models.base import GanModel, adam, StepContext
 
 
 def channels_at(res: int, resolution: int, base: int, cap: int) -> int:
@@ -113,8 +113,8 @@ class CDCGAN(GanModel):
     def optimizers(self, schedule=None) -> dict[str, torch.optim.Optimizer]:
         c = self.config
         betas = (c["beta1"], c["beta2"])
-        return {"G": torch.optim.Adam(self.G.parameters(), lr=c["lr"], betas=betas),
-                "D": torch.optim.Adam(self.D.parameters(), lr=c["lr"], betas=betas)}
+        return {"G": adam(self.G.parameters(), lr=c["lr"], betas=betas),
+                "D": adam(self.D.parameters(), lr=c["lr"], betas=betas)}
 
     def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         labels = labels if self.num_classes else None

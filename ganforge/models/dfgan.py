@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganforge.models.base import GanModel, StepContext
+from ganforge.models.base import GanModel, adam, StepContext
 from ganforge.models.text import PAD, UNK, BiLSTMEncoder, MiniLMEncoder, build_vocab, train_matcher
 
 
@@ -151,6 +151,7 @@ def truncated_noise(n: int, dim: int, bound: float, scale: float, generator: tor
 
 class DFGAN(GanModel):
     name = "dfgan"
+    step_forwards = (4, 14)  # the gradient penalty differentiates D twice
     default_batch = 32
     defaults = dict(z_dim=100, nf=32, text_encoder="minilm", text_dim=None, cond_noise=True, lr_g=1e-4, lr_d=4e-4,
                     beta1=0.0, beta2=0.9, ma_k=2.0, ma_p=6.0, trunc_bound=2.0, trunc_scale=0.88, vocab=None,
@@ -243,8 +244,8 @@ class DFGAN(GanModel):
     def optimizers(self, schedule=None) -> dict[str, torch.optim.Optimizer]:
         c = self.config
         betas = (c["beta1"], c["beta2"])
-        return {"G": torch.optim.Adam(self.G.parameters(), lr=c["lr_g"], betas=betas),
-                "D": torch.optim.Adam(self.D.parameters(), lr=c["lr_d"], betas=betas)}
+        return {"G": adam(self.G.parameters(), lr=c["lr_g"], betas=betas),
+                "D": adam(self.D.parameters(), lr=c["lr_d"], betas=betas)}
 
     def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         if self.caption_emb is None:

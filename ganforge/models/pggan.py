@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganforge.losses import gradient_penalty
-from ganforge.models.base import GanModel, Schedule, StepContext
+from ganforge.models.base import GanModel, adam, Schedule, StepContext
 
 SQRT2 = math.sqrt(2.0)
 
@@ -219,6 +219,7 @@ def crossfade_reals(reals: torch.Tensor, resolution: int, alpha: float) -> torch
 
 class PGGAN(GanModel):
     name = "pggan"
+    step_forwards = (4, 14)  # the gradient penalty differentiates D twice
     default_batch = None  # per resolution, from the preset
     ema_beta = 0.999
     needs_full_size_images = True
@@ -267,7 +268,7 @@ class PGGAN(GanModel):
         res = schedule.resolution if schedule else 4
         lr = PRESETS[c["preset"]]["lr"].get(res, c["lr"])
         kw = dict(lr=lr, betas=(c["beta1"], c["beta2"]), eps=c["eps"])
-        return {"G": torch.optim.Adam(self.G.parameters(), **kw), "D": torch.optim.Adam(self.D.parameters(), **kw)}
+        return {"G": adam(self.G.parameters(), **kw), "D": adam(self.D.parameters(), **kw)}
 
     # --- training ---------------------------------------------------------------------------
     def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:

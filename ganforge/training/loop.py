@@ -25,6 +25,8 @@ from torchvision.utils import save_image
 from ganforge.data import ImageDataset, RealStream, load_dataset, to_float
 from ganforge.models import CONDITIONAL, MODELS, GanModel, Schedule, StepContext, build_model, parameter_count
 from ganforge.training.checkpoint import LATEST, SnapshotError, load_snapshot, save_snapshot
+from ganforge.training.distributed import (all_true, average_gradients, barrier, broadcast_object,
+                                           broadcast_parameters, init_from_env, reduce_mean)
 from ganforge.training.plots import plot_stats
 
 
@@ -170,7 +172,8 @@ def prepare_model(model: GanModel, dataset: ImageDataset, device: torch.device, 
 
 
 def training_step(model: GanModel, optimizers: dict, scaler: torch.amp.GradScaler, reals: torch.Tensor,
-                  labels: torch.Tensor, ctx: StepContext, precision: str, device: torch.device) -> None:
+                  labels: torch.Tensor, ctx: StepContext, precision: str, device: torch.device,
+                  world_size: int = 1) -> None:
     """One step: each phase of the model updates its network with the other frozen (the NNC sample's lesson)."""
     for phase in model.phases():
         for net in ("G", "D"):
@@ -180,6 +183,7 @@ def training_step(model: GanModel, optimizers: dict, scaler: torch.amp.GradScale
         with autocast_for(precision, device):
             loss = model.loss(phase.name, reals, labels, ctx)
         scaler.scale(loss).backward()
+        average_gradients(getattr(model, phase.network), world_size)
         scaler.step(optimizer)
         scaler.update()
     model.after_step(ctx)
@@ -269,7 +273,11 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     if (opts.batch is not None and opts.batch < 1) or not math.isfinite(opts.kimg) or opts.kimg <= 0:
         raise TrainingError("--batch must be >= 1 and --kimg a positive number")
 
-    device = resolve_device(opts.device)
+    ddp, device_name = init_from_env(opts.device)
+    device = resolve_device(device_name)
+    world = ddp.world_size
+    if opts.batch is not None and opts.batch % world:
+        raise TrainingError(f"--batch {opts.batch}: must divide evenly among {world} processes")
     if opts.precision == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(opts.seed)
@@ -298,7 +306,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         notes.append(message + "; they are upscaled")
     optimizers = model.optimizers(model.schedule(0, opts.batch, opts.resolution))
     gen = torch.Generator(device).manual_seed(opts.seed)
-    stream = RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=device, workers=opts.workers)
+    stream = RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=device, workers=opts.workers,
+                        rank=ddp.rank, world_size=world)
+    broadcast_parameters(model, world)
     scaler = torch.amp.GradScaler(device.type, enabled=opts.precision == "fp16")
     images_seen = step = 0
     stage = grown_phase = None
@@ -313,19 +323,22 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         prepare_model(model, dataset, device, resumed=True)
     else:
         prepare_model(model, dataset, device, resumed=False)  # before the run directory: it may refuse the data
-        run_dir = make_run_dir(opts.outdir, f"{opts.model}-{dataset_desc(opts.data)}")
-        (run_dir / "training_options.json").write_text(json.dumps(opts.to_json(), indent=2) + "\n")
-    log_file = open(run_dir / "log.txt", "a", encoding="utf-8")
+        if ddp.main:
+            run_dir = make_run_dir(opts.outdir, f"{opts.model}-{dataset_desc(opts.data)}")
+            (run_dir / "training_options.json").write_text(json.dumps(opts.to_json(), indent=2) + "\n")
+        run_dir = Path(broadcast_object(str(run_dir) if ddp.main else None, world))
+    # Rank 0 writes the run directory; the other ranks compute the same steps and write nothing.
+    log_file = open(run_dir / "log.txt" if ddp.main else os.devnull, "a", encoding="utf-8")
 
     def log(line: str) -> None:
         log_file.write(line + "\n")
         log_file.flush()
-        if progress:
+        if progress and ddp.main:
             tqdm_write(line)
 
     from torch.utils.tensorboard import SummaryWriter  # import here: tensorboard is slow to import
-    tb = SummaryWriter(str(run_dir))
-    stats_file = open(run_dir / "stats.jsonl", "a", encoding="utf-8")
+    tb = SummaryWriter(str(run_dir)) if ddp.main else _NullWriter()
+    stats_file = open(run_dir / "stats.jsonl" if ddp.main else os.devnull, "a", encoding="utf-8")
 
     log(f"{'resuming' if snapshot else 'starting'} {run_dir} at {images_seen / 1000:.1f} kimg on {device}: "
         f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {dataset.num_classes} classes, "
@@ -340,6 +353,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     grid_reals = to_float(grid_reals)
 
     def write_grids() -> None:
+        if not ddp.main:
+            return
         kimg = images_seen // 1000
         grid.write(model, run_dir / f"fakes{kimg:06d}.png")
         with torch.no_grad():
@@ -348,14 +363,14 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                            value_range=(-1, 1), padding=1)
         plot_stats(run_dir)
 
-    if snapshot is None:
+    if snapshot is None and ddp.main:
         save_image(grid_reals, run_dir / "reals.png", nrow=grid.columns, normalize=True, value_range=(-1, 1), padding=1)
         write_grids()
 
     total = round(opts.kimg * 1000)
     tick_start, tick_images, tick_sums, tick_count = time.time(), images_seen, {}, 0
     from tqdm import tqdm
-    bar = tqdm(total=total, initial=min(images_seen, total), unit="img", unit_scale=True, disable=not progress,
+    bar = tqdm(total=total, initial=min(images_seen, total), unit="img", unit_scale=True, disable=not (progress and ddp.main),
                dynamic_ncols=True, smoothing=0.1)
 
     def make_snapshot() -> dict:
@@ -365,6 +380,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                     images_seen=images_seen, step=step, stream_position=stream.position, best_value=best_value)
 
     def write_snapshots(keep: bool) -> None:
+        if not ddp.main:
+            barrier(world)
+            return
         state = make_snapshot()
         paths = [run_dir / LATEST] + ([run_dir / f"snapshot-{images_seen // 1000:06d}.pt"] if keep else [])
         for path in paths:
@@ -373,6 +391,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             except OSError as e:
                 raise TrainingError(f"could not write snapshot {path}: {e.strerror or e}; the previous snapshot "
                                     f"is intact, resume with: ganforge train --resume {run_dir}") from e
+        barrier(world)  # other ranks may read it back (recovery) only once it is complete
 
     retries = 0
 
@@ -428,19 +447,25 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                     optimizers = model.optimizers(sched)
                 stage = sched.stage
             if sched.phase != grown_phase:  # keep a grid of each finished phase (PGGAN's growth)
-                if grown_phase:
+                if grown_phase and ddp.main:
                     grid.write(model, run_dir / f"phase-{grown_phase}.png")
                 grown_phase = sched.phase
             real_u8, labels = stream.next_batch(sched.batch)
             reals = to_float(real_u8)
-            ctx = StepContext(latents=lambda n: model.sample_latents(n, gen, device), schedule=sched, step=step,
+            if sched.batch % world:
+                raise TrainingError(f"batch {sched.batch} at {sched.resolution}x{sched.resolution} does not divide "
+                                    f"among {world} processes: set --batch")
+            # Each rank takes its slice of the global batch's noise: the same numbers a single process would use.
+            ctx = StepContext(latents=lambda n: model.sample_latents(n * world, gen, device)[ddp.rank * n:(ddp.rank + 1) * n],
+                              reduce_mean=lambda t: reduce_mean(t, world), schedule=sched, step=step,
                               images_seen=images_seen, optimizers=optimizers, generator=gen,
                               indices=stream.last_indices)
-            training_step(model, optimizers, scaler, reals, labels, ctx, opts.precision, device)
+            training_step(model, optimizers, scaler, reals, labels, ctx, opts.precision, device, world)
             before, images_seen, step = images_seen, images_seen + sched.batch, step + 1
             update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, images_seen, model.ema_beta))
 
-            if ctx.stats and not bool(torch.stack([v.float() for v in ctx.stats.values()]).isfinite().all()):
+            finite = not ctx.stats or bool(torch.stack([v.float() for v in ctx.stats.values()]).isfinite().all())
+            if not all_true(finite, world, device):
                 recover("non-finite loss")
                 continue
             for k, v in ctx.stats.items():
@@ -473,21 +498,31 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                 tick_start, tick_images, tick_sums, tick_count = now, images_seen, {}, 0
             if crossed(before, images_seen, opts.sample_every) or done:
                 write_grids()
-            if evaluate is not None and (crossed(before, images_seen, opts.metrics_every) or images_seen >= total):
+            if ddp.main and evaluate is not None and (crossed(before, images_seen, opts.metrics_every) or images_seen >= total):
                 run_metrics()
             if crossed(before, images_seen, opts.snap) or done:
-                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                if not all_true(all(bool(torch.isfinite(p).all()) for p in model.parameters()), world, device):
                     recover("non-finite weights")  # never overwrite a good snapshot with a poisoned one
                     continue
                 write_snapshots(keep=crossed(before, images_seen, opts.snap) or images_seen >= total)
 
     tb.close()
-    if grown_phase and images_seen >= total:
+    if grown_phase and images_seen >= total and ddp.main:
         grid.write(model, run_dir / f"phase-{grown_phase}.png")
         growth_picture(run_dir)
     if stop.requested:
         tqdm_write(f"stopped at {images_seen / 1000:.1f} kimg; continue with: ganforge train --resume {run_dir}")
     return run_dir
+
+
+class _NullWriter:
+    """TensorBoard stand-in for ranks other than 0."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
 
 
 def growth_picture(run_dir: Path) -> Path | None:

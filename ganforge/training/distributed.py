@@ -1,0 +1,95 @@
+"""Data-parallel training across processes (torchrun): one process per GPU, or gloo processes on CPUs.
+
+Every rank holds the whole model and sees its slice of each global batch; after each backward the
+gradients are averaged over ranks (one flattened all-reduce per network) before the optimizer
+step, so all ranks keep identical weights, exactly as DistributedDataParallel does. The reduction
+is done here rather than by wrapping the networks in DDP because the gradient penalties
+(WGAN-GP, MA-GP) differentiate through D twice and the models call D several times per step,
+which DDP's bucketed hooks do not support. Rank 0 alone writes the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def init_from_env(device_name: str) -> tuple[Dist, str]:
+    """Join the process group torchrun describes in the environment; returns it and this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), device_name
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        return Dist(rank, world, local), f"cuda:{local}"
+    return Dist(rank, world, local), "cpu"
+
+
+def average_gradients(module: torch.nn.Module, world_size: int) -> None:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads or world_size <= 1:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world_size
+    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+def reduce_mean(t: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size <= 1:
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t / world_size
+
+
+def all_true(flag: bool, world_size: int, device) -> bool:
+    if world_size <= 1:
+        return flag
+    t = torch.tensor(int(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def broadcast_object(obj, world_size: int):
+    if world_size <= 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_parameters(module: torch.nn.Module, world_size: int) -> None:
+    if world_size <= 1:
+        return
+    for t in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(t.data, src=0)
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()

@@ -1,0 +1,92 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ganforge.models import build_model
+from ganforge.training.bench import bench_training_step
+from ganforge.training.checkpoint import load_snapshot
+
+ARGS = ["--model", "began", "--data", "mnist", "--resolution", "16", "--batch", "16", "--base-channels", "8",
+        "--tick", "0.16", "--snap", "0.16", "--sample-every", "0.32", "--device", "cpu", "--quiet"]
+
+
+def run(cmd):
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def torchrun(n, *args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "ganforge",
+            "train", *ARGS, *args]
+
+
+def assert_close_states(a, b):
+    assert a["step"] == b["step"]
+    for k in a["state"]:
+        torch.testing.assert_close(a["state"][k].float(), b["state"][k].float(), atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path):
+    run(torchrun(2, "--kimg", "0.32", "--outdir", str(tmp_path / "two")))
+    run([sys.executable, "-m", "ganforge", "train", *ARGS, "--kimg", "0.32", "--outdir", str(tmp_path / "one")])
+    two, one = load_snapshot(next((tmp_path / "two").iterdir())), load_snapshot(next((tmp_path / "one").iterdir()))
+    assert_close_states(one, two)
+    assert abs(one["state"]["k_t"].item() - two["state"]["k_t"].item()) < 1e-6  # k_t follows the global batch
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["00000-began-mnist"]  # only rank 0 writes
+
+
+@pytest.mark.slow
+def test_resume_with_a_different_number_of_processes(tmp_path):
+    run(torchrun(2, "--kimg", "0.16", "--outdir", str(tmp_path / "mixed")))
+    mixed = next((tmp_path / "mixed").iterdir())
+    run([sys.executable, "-m", "ganforge", "train", "--resume", str(mixed), "--kimg", "0.32", "--quiet"])
+    run([sys.executable, "-m", "ganforge", "train", *ARGS, "--kimg", "0.32", "--outdir", str(tmp_path / "one")])
+    assert_close_states(load_snapshot(next((tmp_path / "one").iterdir())), load_snapshot(mixed))
+
+
+@pytest.mark.slow
+def test_gpus_option_launches_torchrun(tmp_path):
+    run([sys.executable, "-m", "ganforge", "train", *ARGS, "--kimg", "0.064", "--gpus", "2",
+         "--outdir", str(tmp_path)])
+    assert load_snapshot(next(tmp_path.iterdir()))["step"] == 4
+
+
+def test_batch_must_divide_among_processes(tmp_path, monkeypatch):
+    from ganforge.training import TrainingError, TrainOptions, train
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
+    with pytest.raises(TrainingError, match="--batch 16: must divide evenly among 3 processes"):
+        train(TrainOptions(batch=16, kimg=0.016, outdir=str(tmp_path)), progress=False)
+
+
+@pytest.mark.parametrize("model,opts", [("cdcgan", {}), ("began", {"base_channels": 8}),
+                                        ("pggan", {"fmap_max": 16}), ("dfgan", {"nf": 4, "text_encoder": "bilstm"})])
+def test_bench_times_a_full_step_and_counts_flops(model, opts):
+    r = bench_training_step(model, 16, 4, steps=1, warmup=1, device="cpu", channels=3, model_opts=opts,
+                            channels_last=True, count_flops=True)
+    assert r["img_per_sec"] > 0 and r["gflop_per_step"] > 0 and r["tflop_per_sec"] > 0
+
+
+def test_bf16_autocast_step_with_gradient_penalty_runs():
+    r = bench_training_step("pggan", 16, 4, "bf16", steps=1, warmup=1, device="cpu", model_opts={"fmap_max": 16})
+    assert r["img_per_sec"] > 0
+
+
+@pytest.mark.parametrize("resolution,gflop", [(32, 12.8), (64, 27.3), (256, 56.3), (1024, 85.4)])
+def test_pggan_forward_flops_match_the_reference_networks(resolution, gflop):
+    """G and D forwards per image, counted on the meta device (no compute), as SPEC.md's table (unfused)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build_model("pggan", dict(resolution=resolution, channels=3, fused_min=4096))
+        with FlopCounterMode(display=False) as g:
+            images = model.G(torch.randn(1, 512))
+        with FlopCounterMode(display=False) as d:
+            model.D(images)
+    assert g.get_total_flops() / 1e9 == pytest.approx(gflop, abs=0.06)
+    assert d.get_total_flops() / 1e9 == pytest.approx(gflop, abs=0.06)

@@ -98,6 +98,9 @@ def main():
 @click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TorchScript Inception for FID/KID/PR/IS [default: the bundled FID weights]")
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--channels-last/--no-channels-last", default=False, show_default=True, help="NHWC convolutions")
+@click.option("--compile/--no-compile", "compile", default=False, show_default=True,
+              help="torch.compile G and D where the graph allows (not through double backward)")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image decoding threads")
 @click.option("--outdir", default="runs", show_default=True, help="Parent folder of numbered run directories")

@@ -90,3 +90,13 @@ def test_pggan_forward_flops_match_the_reference_networks(resolution, gflop):
             model.D(images)
     assert g.get_total_flops() / 1e9 == pytest.approx(gflop, abs=0.06)
     assert d.get_total_flops() / 1e9 == pytest.approx(gflop, abs=0.06)
+
+
+def test_compile_keeps_double_backward_networks_eager_and_snapshot_keys():
+    from ganforge.training.bench import compile_networks
+
+    model = build_model("pggan", dict(resolution=8, channels=3, fmap_max=16))
+    keys = set(model.state_dict())
+    notes = compile_networks(model)  # compiles lazily: nothing runs here
+    assert notes[0] == "G compiled" and notes[1].startswith("D stays eager")
+    assert set(model.state_dict()) == keys

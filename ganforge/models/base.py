@@ -78,6 +78,7 @@ class GanModel(nn.Module):
         return [Phase("D", "D", "D"), Phase("G", "G", "G")]
 
     step_forwards: tuple[int, int] = (4, 9)  # (G, D) forward-equivalents of one training step, for FLOP counts
+    double_backward: tuple[str, ...] = ()  # networks a gradient penalty differentiates twice (kept out of compile)
     needs_full_size_images: bool = False  # refuse data smaller than --resolution instead of upscaling it
     ema_beta: float | None = None  # fixed EMA decay per step; None: the loop's half-life in kimg (--ema-kimg)
 

@@ -152,6 +152,7 @@ def truncated_noise(n: int, dim: int, bound: float, scale: float, generator: tor
 class DFGAN(GanModel):
     name = "dfgan"
     step_forwards = (4, 14)  # the gradient penalty differentiates D twice
+    double_backward = ("D",)
     default_batch = 32
     defaults = dict(z_dim=100, nf=32, text_encoder="minilm", text_dim=None, cond_noise=True, lr_g=1e-4, lr_d=4e-4,
                     beta1=0.0, beta2=0.9, ma_k=2.0, ma_p=6.0, trunc_bound=2.0, trunc_scale=0.88, vocab=None,

@@ -220,6 +220,7 @@ def crossfade_reals(reals: torch.Tensor, resolution: int, alpha: float) -> torch
 class PGGAN(GanModel):
     name = "pggan"
     step_forwards = (4, 14)  # the gradient penalty differentiates D twice
+    double_backward = ("D",)
     default_batch = None  # per resolution, from the preset
     ema_beta = 0.999
     needs_full_size_images = True

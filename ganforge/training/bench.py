@@ -97,13 +97,31 @@ def step_flops(model, reals: torch.Tensor, labels: torch.Tensor, gen: torch.Gene
 
 
 def compile_networks(model) -> list[str]:
-    """torch.compile G and D where it works; a network whose graph does not compile stays eager."""
+    """torch.compile the forward of G and D, keeping the modules (and their snapshot keys) as they are.
+
+    A network that a gradient penalty differentiates twice (model.double_backward) stays eager:
+    compiled graphs do not support double backward. A network whose forward fails to compile
+    falls back to eager on its first call, with a warning.
+    """
+    import warnings
+
     notes = []
     for name in ("G", "D"):
+        if name in model.double_backward:
+            notes.append(f"{name} stays eager: its gradient penalty needs double backward, which compile does not support")
+            continue
         net = getattr(model, name)
-        try:
-            compiled = torch.compile(net)
-            setattr(model, name, compiled)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: keep eager, say so
-            notes.append(f"{name} stays eager: {type(e).__name__}: {e}")
+        eager, compiled = net.forward, torch.compile(net.forward)
+
+        def forward(*args, _net=net, _eager=eager, _compiled=compiled, _name=name, **kwargs):
+            try:
+                return _compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: run eagerly from now on
+                warnings.warn(f"torch.compile failed for {_name}; running it eagerly ({type(e).__name__}: {e})",
+                              stacklevel=2)
+                _net.forward = _eager
+                return _eager(*args, **kwargs)
+
+        net.forward = forward
+        notes.append(f"{name} compiled")
     return notes

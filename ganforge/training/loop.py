@@ -56,6 +56,8 @@ class TrainOptions:
     metrics_n: int = 5000            # generated (and real) images per evaluation
     best_metric: str | None = None   # keep best.pt by this metric (default: the first of --metrics)
     precision: str = "fp32"          # fp32 | tf32 | bf16 | fp16 (autocast; fp16 with loss scaling)
+    channels_last: bool = False      # NHWC layout for the convolutions (faster with bf16/fp16 on GPUs)
+    compile: bool = False            # torch.compile G and D where the graph allows
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     workers: int = 4                 # decoding threads when images are not preloaded
     nonfinite_retries: int = 3       # NaN/Inf: restore the last snapshot and continue this many times, then stop
@@ -66,7 +68,7 @@ class TrainOptions:
 
 
 # Options that may differ when a run is resumed: they change how long or where it runs, not what it computes.
-RESUME_MAY_CHANGE = {"nonfinite_retries", "kimg", "tick", "sample_every", "snap", "device", "workers", "outdir", "metrics",
+RESUME_MAY_CHANGE = {"channels_last", "compile", "nonfinite_retries", "kimg", "tick", "sample_every", "snap", "device", "workers", "outdir", "metrics",
                      "metrics_every", "metrics_n", "best_metric"}
 
 
@@ -297,6 +299,12 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         config = saved
     model = build_model(opts.model, config).to(device)
     notes = []  # for log.txt once the run directory exists
+    if opts.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if opts.compile:
+        from ganforge.training.bench import compile_networks
+
+        notes += compile_networks(model)
     if dataset.smallest_side is not None and dataset.smallest_side < opts.resolution:
         message = (f"--resolution {opts.resolution}: some images in --data {opts.data} are smaller "
                    f"(smallest side {dataset.smallest_side} px)")

@@ -32,10 +32,11 @@ class RuntimeGenerator(nn.Module):
     def __init__(self, model: GanModel):
         super().__init__()
         self.G = model.G_ema
+        self.options = model.sampling_options()  # fixed at export (PGGAN: the size and fade the run reached)
         self.conditional = model.num_classes > 0
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.G(z, labels if self.conditional else None)
+        return self.G(z, labels if self.conditional else None, **self.options)
 
 
 def sample_labels(model: GanModel, n: int, label: int | None) -> tuple[torch.Tensor | None, int]:

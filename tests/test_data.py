@@ -208,3 +208,19 @@ def test_captions_empty_enormous_and_any_script(tmp_path):
     assert read_captions(tmp_path / "scripts.txt") == ["鳥が飛ぶ", "птица летит", "طائر يطير", "🐦 bird"]
     assert read_captions(tmp_path / "latin1.txt")[0].startswith("oiseau d")  # undecodable bytes replaced
     assert read_captions(tmp_path / "missing.txt") == []
+
+
+def test_shared_captioned_datasets_read_as_user_data(shared_data):
+    """The real CUB birds and emoji sets (when ../shared is present): labels, splits, captions, alpha."""
+    birds = load_dataset(str(shared_data / "cub_birds"), 32, split="test", preload=False)
+    assert birds.num_classes == 100 and len(birds) > 1000
+    assert all(len(c) == 10 for c in birds.captions[:50])  # ten human captions an image
+    img, label = birds[0]
+    assert img.shape == (3, 32, 32) and 0 <= label < 100
+    emoji = load_dataset(str(shared_data / "emoji"), 16, split="all", preload=False)
+    assert len(emoji) == 3524 and emoji.num_classes == 10
+    transparent = [i for i in range(200) if Image.open(emoji.entries[i]).convert("RGBA").getpixel((0, 0))[3] == 0]
+    assert len(transparent) > 20
+    native = load_dataset(str(shared_data / "emoji"), 128, split="all", preload=False)  # no resampling at 128
+    corners = torch.stack([native[i][0][:, 0, 0] for i in transparent[:20]])
+    assert corners.min() == 255  # transparent pixels composited onto white

@@ -22,6 +22,7 @@ def test_round_trip(tmp_path):
     assert loaded["path"] == str(tmp_path / "s.pt")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the bare pickle below is not a torch file
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "latest.pt"

@@ -278,14 +278,7 @@ class DFGAN(GanModel):
         images = torch.linspace(0, len(self.caption_count) - 1, rows).long().to(self.caption_start.device)
         return self.caption_start[images].repeat_interleave(columns)
 
-    def caption_text(self, dataset, caption_ids: torch.Tensor) -> list[str]:
-        flat = [c for caps in dataset.captions for c in caps]
-        return [flat[i] for i in caption_ids.tolist()]
-
     # --- sampling --------------------------------------------------------------------------------
-    def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        return torch.randn(n, self.z_dim, generator=generator, device=device)
-
     def truncated_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         c = self.config
         return truncated_noise(n, self.z_dim, c["trunc_bound"], c["trunc_scale"], generator, device)

@@ -59,14 +59,15 @@ class _GanforgeErrors(click.Group):
 
 @click.group(cls=_GanforgeErrors)
 def main():
-    """ganforge: train, sample and export GANs on your own images."""
+    """ganforge: train, sample, measure and export GANs on your own images."""
     warnings.simplefilter("default", UserWarning)
 
 
 @main.command()
 @click.option("--model", type=click.Choice(sorted(MODELS)), default="cdcgan", show_default=True, help="GAN to train")
 @click.option("--data", default="mnist", show_default=True,
-              help="'mnist' (built in), an image folder (class sub-folders = labels), a .zip, or images/+text/+split.csv")
+              help="'mnist' or 'mnist-captions' (built in), an image folder (class sub-folders = labels), a .zip, "
+                   "or images/+text/+split.csv")
 @click.option("--resolution", type=int, default=32, show_default=True, callback=_power_of_two, help="Image size (power of two)")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="1 grey or 3 RGB [default: 1 for mnist, else 3]")
 @click.option("--center-crop/--no-center-crop", default=True, show_default=True, help="Square centre crop (else squash)")

@@ -100,10 +100,14 @@ def dataset_desc(data: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "data"
 
 
+def uses_labels(opts: TrainOptions) -> bool:
+    """Conditional models always, others (PGGAN's AC-GAN head) when asked with conditional=true."""
+    return opts.model in CONDITIONAL or bool(opts.model_opts.get("conditional", False))
+
+
 def model_config(opts: TrainOptions, dataset: ImageDataset) -> dict:
-    labelled = opts.model in CONDITIONAL or opts.model_opts.get("conditional", False)
     config = dict(resolution=opts.resolution, channels=dataset.channels,
-                  num_classes=dataset.num_classes if labelled else 0)
+                  num_classes=dataset.num_classes if uses_labels(opts) else 0)
     if opts.base_channels is not None:
         config["base_channels"] = opts.base_channels
     return {**config, **opts.model_opts}
@@ -285,7 +289,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     torch.manual_seed(opts.seed)
 
     dataset = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split)
-    if (opts.model in CONDITIONAL or opts.model_opts.get("conditional")) and dataset.num_classes < 2:
+    if uses_labels(opts) and dataset.num_classes < 2:
         raise TrainingError(f"--model {opts.model} needs labelled data, but --data {opts.data} has no labels "
                             f"(use class sub-folders or split.csv, or --model dcgan)")
     config = model_config(opts, dataset)

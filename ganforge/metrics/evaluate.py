@@ -102,34 +102,35 @@ class Evaluator:
         self._matcher = None
 
     # --- real-side statistics, computed once -------------------------------------------------
-    def _cached(self, kind: str, *key) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        return self.cache_dir / f"{kind}-{cache_key(self.real.name, self.real.resolution, self.real.channels, len(self.real_images), self.seed, *key)}.pt"
+    def _cached(self, kind: str, key: tuple, build) -> dict:
+        """A dict of tensors: read from the cache folder when there, else built (and stored)."""
+        path = None
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            real = (self.real.name, self.real.resolution, self.real.channels, len(self.real_images), self.seed)
+            path = self.cache_dir / f"{kind}-{cache_key(*real, *key)}.pt"
+            if path.exists():
+                return torch.load(path, weights_only=True)
+        state = build()
+        if path is not None:
+            torch.save(state, path)
+        return state
 
     def real_features(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._real_features is None:
-            path = self._cached("inception", self.inception.id)
-            if path is not None and path.exists():
-                state = torch.load(path, weights_only=True)
-                self._real_features = (state["features"], state.get("logits"))
-            else:
-                self._real_features = self.inception(self.real_images)
-                if path is not None:
-                    torch.save({"features": self._real_features[0], "logits": self._real_features[1]}, path)
+            def build():
+                features, logits = self.inception(self.real_images)
+                return {"features": features, "logits": logits}
+
+            state = self._cached("inception", (self.inception.id,), build)
+            self._real_features = (state["features"], state.get("logits"))
         return self._real_features
 
     def classifier(self) -> Classifier:
         if self._classifier is None:
-            path = self._cached("classifier", self.real.num_classes)
             net = Classifier(self.real.channels, self.real.resolution, self.real.num_classes)
-            if path is not None and path.exists():
-                net.load_state_dict(torch.load(path, weights_only=True))
-            else:
-                net, _ = train_classifier(self.real, seed=self.seed)
-                if path is not None:
-                    torch.save(net.state_dict(), path)
+            net.load_state_dict(self._cached("classifier", (self.real.num_classes,),
+                                             lambda: train_classifier(self.real, seed=self.seed)[0].state_dict()))
             self._classifier = net.eval()
         return self._classifier
 
@@ -166,8 +167,8 @@ class Evaluator:
                 r = r_precision(self.matcher(), fake.float() / 127.5 - 1, fake_labels, self.captions[0],
                                 self.captions[3], seed=self.seed)
             elif name == "acc":
-                if fake_labels is None:
-                    raise ValueError("--metrics acc: needs a conditional generator")
+                if fake_labels is None or self.captions is not None:  # caption ids are not class labels
+                    raise ValueError("--metrics acc: needs a class-conditional generator (text-to-image: use rprec)")
                 r = {"conditional_accuracy": accuracy(self.classifier(), fake.float() / 127.5 - 1, fake_labels)}
             r.update(n_fake=len(fake), n_real=len(self.real_images), seconds=round(time.time() - start, 2))
             results[name] = r
@@ -176,15 +177,13 @@ class Evaluator:
     def matcher(self):
         if self._matcher is None:
             emb, start, count, _ = self.captions
-            path = self._cached("matcher", emb.shape, float(emb.sum()))
-            matcher = Matcher(self.real.channels, emb.shape[1])
-            if path is not None and path.exists():
-                matcher.load_state_dict(torch.load(path, weights_only=True))
-            else:
+
+            def build():
                 images = self.real.images if self.real.images is not None else sample_real(self.real, len(self.real))[0]
-                matcher = fit_matcher(images, emb, start, count, seed=self.seed)
-                if path is not None:
-                    torch.save(matcher.state_dict(), path)
+                return fit_matcher(images, emb, start, count, seed=self.seed).state_dict()
+
+            matcher = Matcher(self.real.channels, emb.shape[1])
+            matcher.load_state_dict(self._cached("matcher", (tuple(emb.shape), float(emb.sum())), build))
             self._matcher = matcher.eval()
         return self._matcher
 

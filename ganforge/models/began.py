@@ -43,6 +43,21 @@ def m_global(loss_real: torch.Tensor, loss_fake_g: torch.Tensor, gamma: float) -
     return loss_real + (gamma * loss_real - loss_fake_g).abs()
 
 
+def xavier_init(module: nn.Module) -> None:
+    """Glorot-uniform weights, zero biases: the reference code's initialiser (TensorFlow slim's default).
+
+    PyTorch's default for conv and linear layers draws weights with a third of the variance that
+    keeps a signal's scale, so through the encoder's nine plain ELU layers (no normalisation, no
+    residuals) the embedding h varied by 0.1% across images at the start. D then learned the
+    pixel-wise median image, the fixed point of its L1 loss, whatever its input (L(x) stalled at
+    0.26 on digits, the loss of a blank image), and G copied that image: BEGAN's "white blob"
+    collapse on MNIST. With this init, h carries the image from the first step.
+    """
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 def conv_elu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ELU())
 
@@ -120,6 +135,8 @@ class BEGAN(GanModel):
             raise ValueError(f"--gamma {config['gamma']}: must be in (0, 1]")
         self.G = Decoder(r, c, n, config["z_dim"], config["skip"])
         self.D = Autoencoder(r, c, n, config["h_dim"], config["skip"])
+        self.G.apply(xavier_init)
+        self.D.apply(xavier_init)
         self.make_ema()
         # Equilibrium state and the M_global stall detector, kept as buffers so snapshots resume exactly.
         self.register_buffer("k_t", torch.zeros(()))
@@ -175,7 +192,7 @@ class BEGAN(GanModel):
                         group["lr"] = max(group["lr"] * 0.5, c["lr_floor"])
             self.m_window_sum.zero_()
             self.m_window_steps.zero_()
-        ctx.stats["began/lr"] = torch.tensor(ctx.optimizers["G"].param_groups[0]["lr"])
+        ctx.stats["began/lr"] = torch.tensor(ctx.optimizers["G"].param_groups[0]["lr"], device=self.k_t.device)
 
     @torch.no_grad()
     def visuals(self, reals: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:

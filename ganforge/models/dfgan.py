@@ -1,7 +1,8 @@
 """DF-GAN: deep fusion text-to-image GAN (Tao et al., CVPR 2022; SPEC.md section 4).
 
 One stage: z (100-d) -> dense -> 8nf x 4 x 4 -> UPBlocks (nearest 2x up, DFBlock, conv3x3,
-DFBlock, conv3x3, plus a 1x1 shortcut when the width changes) -> LeakyReLU -> conv3x3 -> tanh.
+DFBlock, conv3x3, plus a 1x1 shortcut when the width changes) -> LeakyReLU -> conv3x3 (-> tanh
+in the paper; linear here by default, see "Two departures" below).
 A DFBlock is Affine -> LeakyReLU(0.2) -> Affine -> LeakyReLU(0.2); each Affine scales and shifts
 every channel by MLPs (cond -> C -> C) of the condition, initialised to the identity (scale 1,
 shift 0). The condition is concat(z, sentence vector), as in the current reference code.
@@ -10,6 +11,21 @@ D: conv3x3, residual DownBlocks to 8nf x 4 x 4, then the one-way output: the sen
 tiled 4x4 and concatenated, conv3x3 -> LeakyReLU -> conv4x4 -> one logit. Hinge loss with
 mismatched pairs, and MA-GP: k * mean(||grad_(x, e) D(x, e)||^p) on real matched pairs (k 2, p 6).
 Adam G 1e-4 / D 4e-4, betas (0, 0.9). Samples for evaluation use truncated noise.
+
+Two departures from the reference code, each curing a failure it shows on data unlike CUB's
+(on the built-in captioned digits it made only black squares from 2 kimg on):
+- The output is linear, clamped to [-1, 1] only when images are written (`tanh=True` restores the
+  paper's tanh). Where many real pixels sit exactly at -1 or +1 (black or white backgrounds:
+  digits, line art, emoji on white), D's first lesson is "real is darker"; Adam with beta1 = 0
+  moves every weight a full step in that direction at each step, so G's pre-activations ran to
+  -15..-25 within 60 steps. tanh there is -1 in float32 and its gradient 0: G never comes back.
+  A linear output that overshoots -1 is pushed back by D, because no real pixel is below -1.
+- Sentence vectors are centred and scaled (one mean vector and one scalar over the run's distinct
+  captions, kept with the model) so that each dimension has unit variance on average. A frozen
+  sentence encoder gives unit-length vectors (per-dimension spread ~0.03 for MiniLM) whose
+  captions differ by a fraction of that length, while z (100-d, N(0, 1)) has length ~10: the text
+  was a twentieth of G's condition and of D's tiled input, and G ignored it (chance accuracy).
+  The DAMSM encoder of the paper has no unit-length output; its scale is set the same way here.
 
 Captions: each image's captions are embedded once by the (frozen) text encoder when the run
 starts (`prepare`); every step picks one caption per image at random, and a mismatched caption
@@ -76,9 +92,10 @@ def widths(resolution: int, nf: int) -> list[int]:
 
 
 class Generator(nn.Module):
-    def __init__(self, resolution: int, channels: int, z_dim: int, text_dim: int, nf: int, cond_noise: bool):
+    def __init__(self, resolution: int, channels: int, z_dim: int, text_dim: int, nf: int, cond_noise: bool,
+                 tanh: bool = False):
         super().__init__()
-        self.cond_noise = cond_noise
+        self.cond_noise, self.tanh = cond_noise, tanh
         cond_dim = text_dim + (z_dim if cond_noise else 0)
         ch = widths(resolution, nf)
         self.fc = nn.Linear(z_dim, ch[0] * 16)
@@ -90,7 +107,8 @@ class Generator(nn.Module):
         x = self.fc(z).view(z.shape[0], -1, 4, 4)
         for block in self.blocks:
             x = block(x, cond)
-        return torch.tanh(self.to_rgb(lrelu(x)))
+        x = self.to_rgb(lrelu(x))
+        return torch.tanh(x) if self.tanh else x
 
 
 class DownBlock(nn.Module):
@@ -156,7 +174,7 @@ class DFGAN(GanModel):
     default_batch = 32
     defaults = dict(z_dim=100, nf=32, text_encoder="minilm", text_dim=None, cond_noise=True, lr_g=1e-4, lr_d=4e-4,
                     beta1=0.0, beta2=0.9, ma_k=2.0, ma_p=6.0, trunc_bound=2.0, trunc_scale=0.88, vocab=None,
-                    encoder_epochs=10)
+                    encoder_epochs=10, tanh=False)
 
     def __init__(self, config: dict):
         config = {**self.defaults, **config, "num_classes": 0}
@@ -175,18 +193,32 @@ class DFGAN(GanModel):
             # The vocabulary is fixed when the encoder is trained (prepare) and kept in the config.
             self.text_encoder = BiLSTMEncoder(config["vocab"] or [PAD, UNK])
         c, t = config["channels"], config["text_dim"]
-        self.G = Generator(r, c, config["z_dim"], t, config["nf"], config["cond_noise"])
+        self.G = Generator(r, c, config["z_dim"], t, config["nf"], config["cond_noise"], config["tanh"])
         self.D = Discriminator(r, c, t, config["nf"])
         self.make_ema()
+        # Centring and scale of the sentence vectors, fitted on the run's captions (prepare), kept in snapshots.
+        self.register_buffer("text_mean", torch.zeros(t))
+        self.register_buffer("text_scale", torch.ones(()))
         self.caption_emb = self.caption_start = self.caption_count = None
 
     # --- text ------------------------------------------------------------------------------------
     def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """Sentence vectors as G and D see them: the encoder's, centred and scaled (see the module docstring)."""
         if self.config["text_encoder"] == "minilm":
-            return self._encoder[0](captions)
-        self.text_encoder.eval()
-        with torch.no_grad():
-            return self.text_encoder(captions).cpu()
+            raw = self._encoder[0](captions)
+        else:
+            self.text_encoder.eval()
+            with torch.no_grad():
+                raw = self.text_encoder(captions).cpu()
+        return (raw - self.text_mean.cpu()) / self.text_scale.cpu()
+
+    def fit_text_normalisation(self, captions: list[str]) -> None:
+        self.text_mean.zero_()
+        self.text_scale.fill_(1.0)
+        raw = self.encode_text(captions)
+        self.text_mean.copy_(raw.mean(0))
+        spread = (raw - raw.mean(0)).pow(2).mean().sqrt() if len(captions) > 1 else torch.tensor(1.0)
+        self.text_scale.fill_(max(spread.item(), 1e-6))
 
     def prepare(self, dataset, device, resumed: bool) -> None:
         """Embed every caption once (training the BiLSTM encoder first on a new run)."""
@@ -210,6 +242,8 @@ class DFGAN(GanModel):
         # Embed each distinct text once; text ids also tell which texts each image has, so that a
         # "mismatched" caption never repeats one of its own.
         distinct = list(dict.fromkeys(flat))
+        if not resumed:
+            self.fit_text_normalisation(distinct)
         text_id = {t: i for i, t in enumerate(distinct)}
         ids = torch.tensor([text_id[t] for t in flat])
         emb = self.encode_text(distinct)[ids]
@@ -229,14 +263,16 @@ class DFGAN(GanModel):
         return self.caption_start[images] + (r * self.caption_count[images]).long().clamp(max=self.caption_count[images] - 1)
 
     def mismatched_captions(self, images: torch.Tensor, generator: torch.Generator, tries: int = 10) -> torch.Tensor:
-        """A caption of another image whose text is none of this image's captions."""
+        """A caption of another image whose text is none of this image's captions.
+
+        A fixed number of redraws, each replacing only the captions that are still an image's own:
+        no data-dependent branch, so no GPU synchronisation in the training step.
+        """
         n = len(self.caption_count)
         other = images.roll(1)
         caps = self.pick_captions(other, generator)
         for _ in range(tries):
             own = (self.own_text_ids[images] == self.caption_text_id[caps][:, None]).any(dim=1)
-            if not own.any():
-                break
             other = torch.where(own, torch.randint(0, n, other.shape, generator=generator, device=images.device), other)
             caps = torch.where(own, self.pick_captions(other, generator), caps)
         return caps

@@ -32,10 +32,14 @@ SQRT2 = math.sqrt(2.0)
 PRESETS = {
     # The paper: 800k fade + 800k stabilise, batch 16 up to 128, then 14 / 6 / 3.
     "v1": dict(fade_kimg=800, stab_kimg=800, batch={4: 16, 8: 16, 16: 16, 32: 16, 64: 16, 128: 16, 256: 14, 512: 6, 1024: 3},
-               lr={}),
+               lr={}, fmap_max=512, z_dim=512),
     # The official single-GPU configuration: 600k + 600k, larger batches at low resolution, lr 0.0015 at 1024.
     "v2": dict(fade_kimg=600, stab_kimg=600, batch={4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4},
-               lr={1024: 0.0015}),
+               lr={1024: 0.0015}, fmap_max=512, z_dim=512),
+    # Sized for a CPU (not in the paper): 64 feature maps (about 1/60 of the arithmetic at 32x32), a
+    # 128-d latent and 6k + 6k images per phase, so 32x32 is reached in minutes instead of days.
+    "cpu": dict(fade_kimg=6, stab_kimg=6, batch={4: 64, 8: 64, 16: 32, 32: 32, 64: 16, 128: 8, 256: 4, 512: 2, 1024: 1},
+                lr={}, fmap_max=64, z_dim=128),
 }
 
 
@@ -116,6 +120,15 @@ class MinibatchStdDev(nn.Module):
         return torch.cat([x, y], dim=1)
 
 
+def fade(low: torch.Tensor, high: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """lerp(low, high, alpha) in the wider dtype of the two: under CUDA autocast one side of a fade
+    can be bf16/fp16 (a conv's output) and the other fp32 (an upsample's), which torch.lerp refuses."""
+    dtype = torch.promote_types(low.dtype, high.dtype)
+    if isinstance(alpha, torch.Tensor):
+        alpha = alpha.to(dtype)
+    return torch.lerp(low.to(dtype), high.to(dtype), alpha)
+
+
 def lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2)
 
@@ -165,7 +178,7 @@ class Generator(nn.Module):
         rgb = self.to_rgb[str(res)](x)
         if alpha < 1.0 and res > 4:
             rgb_prev = F.interpolate(self.to_rgb[str(res // 2)](prev), scale_factor=2.0, mode="nearest")
-            rgb = torch.lerp(rgb_prev, rgb, alpha)
+            rgb = fade(rgb_prev, rgb, alpha)
         return rgb
 
 
@@ -200,7 +213,7 @@ class Discriminator(nn.Module):
                 x = F.avg_pool2d(x, 2)
             if alpha < 1.0 and res == images.shape[-1]:
                 skip = lrelu(self.from_rgb[str(res // 2)](F.avg_pool2d(images, 2)))
-                x = torch.lerp(skip, x, alpha)
+                x = fade(skip, x, alpha)
             res //= 2
         x = lrelu(self.conv4(self.mbstd(x)))
         x = lrelu(self.dense4(x.flatten(1)))
@@ -213,7 +226,7 @@ def crossfade_reals(reals: torch.Tensor, resolution: int, alpha: float) -> torch
         reals = F.adaptive_avg_pool2d(reals, resolution)  # exact box filter: the sizes are powers of two
     if alpha < 1.0 and resolution > 4:
         low = F.interpolate(F.avg_pool2d(reals, 2), scale_factor=2.0, mode="nearest")
-        reals = torch.lerp(low, reals, alpha)
+        reals = fade(low, reals, alpha)
     return reals
 
 
@@ -224,17 +237,18 @@ class PGGAN(GanModel):
     default_batch = None  # per resolution, from the preset
     ema_beta = 0.999
     needs_full_size_images = True
-    defaults = dict(conditional=False, z_dim=512, preset="v2", fade_kimg=None, stab_kimg=None, lr=0.001, beta1=0.0, beta2=0.99,
-                    eps=1e-8, lambda_gp=10.0, drift=0.001, mbstd_group=4, label_weight=1.0, fused_min=128,
-                    fmap_base=8192, fmap_max=512)
+    # None: from the preset (fade_kimg, stab_kimg, fmap_max, z_dim).
+    defaults = dict(conditional=False, z_dim=None, preset="v2", fade_kimg=None, stab_kimg=None, lr=0.001, beta1=0.0,
+                    beta2=0.99, eps=1e-8, lambda_gp=10.0, drift=0.001, mbstd_group=4, label_weight=1.0, fused_min=128,
+                    fmap_base=8192, fmap_max=None)
 
     def __init__(self, config: dict):
         config = {**self.defaults, **config}
         if config["preset"] not in PRESETS:
             raise ValueError(f"--model-opt preset={config['preset']}: choose {' or '.join(PRESETS)}")
         preset = PRESETS[config["preset"]]
-        config["fade_kimg"] = preset["fade_kimg"] if config["fade_kimg"] is None else config["fade_kimg"]
-        config["stab_kimg"] = preset["stab_kimg"] if config["stab_kimg"] is None else config["stab_kimg"]
+        for key in ("fade_kimg", "stab_kimg", "fmap_max", "z_dim"):
+            config[key] = preset[key] if config[key] is None else config[key]
         super().__init__(config)
         r = config["resolution"]
         if r < 8 or r > 1024 or r & (r - 1):
@@ -283,7 +297,7 @@ class PGGAN(GanModel):
             out_real, out_fake = self.D(reals, s.alpha), self.D(fakes, s.alpha)
             score_real, score_fake = out_real[:, 0].float(), out_fake[:, 0].float()
             mix = torch.rand(reals.shape[0], 1, 1, 1, generator=ctx.generator, device=reals.device)
-            mixed = torch.lerp(reals, fakes.to(reals.dtype), mix)
+            mixed = fade(reals, fakes, mix)
             penalty = gradient_penalty(lambda x: self.D(x, s.alpha)[:, 0], mixed)
             loss = (score_fake.mean() - score_real.mean() + c["lambda_gp"] * penalty
                     + c["drift"] * score_real.pow(2).mean())

@@ -7,7 +7,7 @@ import time
 import torch
 
 from ganforge.models import Schedule, StepContext, build_model
-from ganforge.training.loop import resolve_device, training_step
+from ganforge.training.loop import check_precision, make_scalers, resolve_device, training_step
 
 
 def bench_training_step(model_name: str, resolution: int, batch: int, precision: str = "fp32", steps: int = 10,
@@ -18,6 +18,7 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
     dev = resolve_device(device)
     model = build_model(model_name, dict(resolution=resolution, channels=channels, num_classes=num_classes,
                                          **(model_opts or {}))).to(dev)
+    check_precision(model, precision)
     notes = []
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -25,7 +26,7 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
         notes += compile_networks(model)
     sched = Schedule(resolution=resolution, batch=batch, alpha=1.0, stage=str(resolution))
     optimizers = model.optimizers(sched)
-    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+    scalers = make_scalers(precision, dev)
     gen = torch.Generator(dev).manual_seed(0)
     reals = torch.rand(batch, channels, resolution, resolution, device=dev, generator=gen) * 2 - 1
     if channels_last:
@@ -44,7 +45,7 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
         ctx = StepContext(latents=lambda n: model.sample_latents(n, gen, dev), schedule=sched, step=i,
                           images_seen=i * batch, optimizers=optimizers, generator=gen,
                           indices=torch.arange(batch, device=dev))
-        training_step(model, optimizers, scaler, reals, labels, ctx, precision, dev)
+        training_step(model, optimizers, scalers, reals, labels, ctx, precision, dev)
 
     def sync() -> None:
         if dev.type == "cuda":

@@ -23,6 +23,7 @@ import torch
 from torchvision.utils import save_image
 
 from ganforge.data import ImageDataset, RealStream, load_dataset, to_float
+from ganforge.metrics.diversity import relative_diversity
 from ganforge.models import CONDITIONAL, MODELS, GanModel, Schedule, StepContext, build_model, parameter_count
 from ganforge.training.checkpoint import LATEST, SnapshotError, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, average_gradients, barrier, broadcast_object,
@@ -70,6 +71,9 @@ class TrainOptions:
 # Options that may differ when a run is resumed: they change how long or where it runs, not what it computes.
 RESUME_MAY_CHANGE = {"channels_last", "compile", "nonfinite_retries", "kimg", "tick", "sample_every", "snap", "device", "workers", "outdir", "metrics",
                      "metrics_every", "metrics_n", "best_metric"}
+
+
+COLLAPSED = 0.25  # tick diversity (samples' spread / reals') below which log.txt warns of mode collapse
 
 
 class TrainingError(RuntimeError):
@@ -140,13 +144,31 @@ def autocast_for(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def restore(snap: dict, model: GanModel, scaler, gen: torch.Generator, stream: RealStream, opts: TrainOptions):
+def make_scalers(precision: str, device: torch.device) -> dict[str, torch.amp.GradScaler]:
+    """One loss scaler per network (fp16 only): G's and D's overflows are their own, and each scale
+    grows on its own network's steps."""
+    return {net: torch.amp.GradScaler(device.type, enabled=precision == "fp16") for net in ("G", "D")}
+
+
+def check_precision(model: GanModel, precision: str) -> None:
+    """fp16 is refused where a gradient penalty differentiates D twice: the gradients of gradients of
+    an fp16 graph underflow unless every inner gradient is scaled and unscaled by hand; bf16 has
+    fp32's range, needs no loss scaling and is as fast on GPUs that have fp16."""
+    if precision == "fp16" and model.double_backward:
+        raise TrainingError(f"--precision fp16: {model.name}'s gradient penalty differentiates "
+                            f"{' and '.join(model.double_backward)} twice, which fp16 does not survive; "
+                            "use --precision bf16 (or tf32/fp32)")
+
+
+def restore(snap: dict, model: GanModel, scalers: dict, gen: torch.Generator, stream: RealStream, opts: TrainOptions):
     """Load a snapshot's full state into a live run; returns (optimizers, stage, images_seen, step, best)."""
     model.load_state_dict(snap["state"])
     optimizers = model.optimizers(model.schedule(snap["images_seen"], opts.batch, opts.resolution))
     for name, opt in optimizers.items():
         opt.load_state_dict(snap["optimizers"][name])
-    scaler.load_state_dict(snap["scaler"])
+    saved = snap["scaler"]
+    for net, scaler in scalers.items():  # snapshots before per-network scalers held one state for both
+        scaler.load_state_dict(saved[net] if set(saved) == set(scalers) else saved)
     gen.set_state(snap["rng"]["loop"])
     torch.set_rng_state(snap["rng"]["torch"])
     stream.position = snap["stream_position"]
@@ -177,7 +199,7 @@ def prepare_model(model: GanModel, dataset: ImageDataset, device: torch.device, 
         raise TrainingError(str(e)) from e
 
 
-def training_step(model: GanModel, optimizers: dict, scaler: torch.amp.GradScaler, reals: torch.Tensor,
+def training_step(model: GanModel, optimizers: dict, scalers: dict, reals: torch.Tensor,
                   labels: torch.Tensor, ctx: StepContext, precision: str, device: torch.device,
                   world_size: int = 1) -> None:
     """One step: each phase of the model updates its network with the other frozen (the NNC sample's lesson)."""
@@ -188,6 +210,7 @@ def training_step(model: GanModel, optimizers: dict, scaler: torch.amp.GradScale
         optimizer.zero_grad(set_to_none=True)
         with autocast_for(precision, device):
             loss = model.loss(phase.name, reals, labels, ctx)
+        scaler = scalers[phase.network]
         scaler.scale(loss).backward()
         average_gradients(getattr(model, phase.network), world_size)
         scaler.step(optimizer)
@@ -212,11 +235,13 @@ class SampleGrid:
         self.z = model.sample_latents(len(labels) if labels is not None else max_images, generator=g).to(device)
 
     @torch.no_grad()
+    def images(self, model: GanModel) -> torch.Tensor:
+        return torch.cat([model.generate(z, None if self.labels is None else y)
+                          for z, y in zip(self.z.split(50), (self.labels.split(50) if self.labels is not None
+                                                             else [None] * math.ceil(len(self.z) / 50)))])
+
     def write(self, model: GanModel, path: Path) -> None:
-        images = torch.cat([model.generate(z, None if self.labels is None else y)
-                            for z, y in zip(self.z.split(50), (self.labels.split(50) if self.labels is not None
-                                                               else [None] * math.ceil(len(self.z) / 50)))])
-        save_image(images.float(), path, nrow=self.columns, normalize=True, value_range=(-1, 1), padding=1)
+        save_image(self.images(model).float(), path, nrow=self.columns, normalize=True, value_range=(-1, 1), padding=1)
 
 
 def resolve_options(opts: TrainOptions) -> TrainOptions:
@@ -302,6 +327,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                                 f"{opts.model} with { {k: b for k, (a, b) in differ.items()} }")
         config = saved
     model = build_model(opts.model, config).to(device)
+    check_precision(model, opts.precision)
     notes = []  # for log.txt once the run directory exists
     if opts.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -321,14 +347,14 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     stream = RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=device, workers=opts.workers,
                         rank=ddp.rank, world_size=world)
     broadcast_parameters(model, world)
-    scaler = torch.amp.GradScaler(device.type, enabled=opts.precision == "fp16")
+    scalers = make_scalers(opts.precision, device)
     images_seen = step = 0
     stage = grown_phase = None
     best_value = None
 
     if snapshot is not None:
         run_dir = Path(snapshot["path"]).parent
-        optimizers, stage, images_seen, step, best_value = restore(snapshot, model, scaler, gen, stream, opts)
+        optimizers, stage, images_seen, step, best_value = restore(snapshot, model, scalers, gen, stream, opts)
         truncate_logs(run_dir, step)  # rows written after this snapshot will be written again
         for stale in run_dir.glob(".*.tmp"):  # a snapshot write cut short by a kill
             stale.unlink(missing_ok=True)
@@ -380,6 +406,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         write_grids()
 
     total = round(opts.kimg * 1000)
+    last_diversity = 1.0
     tick_start, tick_images, tick_sums, tick_count = time.time(), images_seen, {}, 0
     from tqdm import tqdm
     bar = tqdm(total=total, initial=min(images_seen, total), unit="img", unit_scale=True, dynamic_ncols=True,
@@ -387,7 +414,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
 
     def make_snapshot() -> dict:
         return dict(model=opts.model, model_config=model.config, options=opts.to_json(), state=model.state_dict(),
-                    optimizers={k: o.state_dict() for k, o in optimizers.items()}, scaler=scaler.state_dict(),
+                    optimizers={k: o.state_dict() for k, o in optimizers.items()}, scaler={k: s.state_dict() for k, s in scalers.items()},
                     rng={"loop": gen.get_state(), "torch": torch.get_rng_state()}, stage=stage,
                     images_seen=images_seen, step=step, stream_position=stream.position, best_value=best_value)
 
@@ -417,7 +444,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             raise TrainingError(f"{reason} at {where}: training diverged; {kept} "
                                 f"(try a lower learning rate or --precision fp32)")
         good = load_snapshot(run_dir / LATEST)
-        optimizers, stage, images_seen, step, best_value = restore(good, model, scaler, gen, stream, opts)
+        optimizers, stage, images_seen, step, best_value = restore(good, model, scalers, gen, stream, opts)
         gen.manual_seed(opts.seed + 1_000_003 * retries + step)
         stream.position += retries * (opts.batch or 1)
         tick_sums, tick_count = {}, 0
@@ -437,7 +464,11 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         nonlocal best_value
         from ganforge.metrics.evaluate import METRICS, append_jsonl, headline
 
-        results = evaluate(model)
+        try:
+            results = evaluate(model)
+        except torch.OutOfMemoryError as e:
+            raise TrainingError(out_of_memory(opts, sched, run_dir, f"--metrics {','.join(opts.metrics)} with "
+                                              f"--metrics-n {opts.metrics_n}")) from e
         kimg = images_seen / 1000
         for name, result in results.items():
             append_jsonl(run_dir / f"metric-{name}.jsonl", {"kimg": kimg, "step": step, **result})
@@ -471,7 +502,10 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                               reduce_mean=lambda t: reduce_mean(t, world), schedule=sched, step=step,
                               images_seen=images_seen, optimizers=optimizers, generator=gen,
                               indices=stream.last_indices)
-            training_step(model, optimizers, scaler, reals, labels, ctx, opts.precision, device, world)
+            try:
+                training_step(model, optimizers, scalers, reals, labels, ctx, opts.precision, device, world)
+            except torch.OutOfMemoryError as e:
+                raise TrainingError(out_of_memory(opts, sched, run_dir, "training step")) from e
             before, images_seen, step = images_seen, images_seen + sched.batch, step + 1
             update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, images_seen, model.ema_beta))
 
@@ -491,6 +525,12 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                 row = {"kimg": images_seen / 1000, "step": step, "time": now, "resolution": sched.resolution,
                        "batch": sched.batch, "alpha": sched.alpha,
                        "img_per_sec": (images_seen - tick_images) / max(now - tick_start, 1e-9), **means}
+                # A collapse signal beside the losses: how much the grid's samples vary, relative to reals.
+                row["diversity"] = relative_diversity(grid.images(model), grid_reals)
+                if row["diversity"] < COLLAPSED and last_diversity >= COLLAPSED:
+                    log(f"warning: at {images_seen / 1000:.1f} kimg the samples are nearly alike (diversity "
+                        f"{row['diversity']:.2f} of the reals'): the generator may be collapsing")
+                last_diversity = row["diversity"]
                 if device.type == "cuda":
                     row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 stats_file.write(json.dumps(row) + "\n")
@@ -498,7 +538,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                 for k, v in row.items():
                     if k not in ("kimg", "step", "time"):
                         tb.add_scalar(k, v, global_step=images_seen)  # x axis in images shown, like kimg
-                short = {k.split("/")[-1]: f"{v:.4g}" for k, v in means.items()}
+                short = {k.split("/")[-1]: f"{v:.4g}" for k, v in {**means, "diversity": row["diversity"]}.items()}
                 bar.set_postfix({"kimg": f"{images_seen / 1000:.1f}", **short})
                 log_file.write(f"kimg {images_seen / 1000:8.1f}  step {step:7d}  img/s {row['img_per_sec']:7.1f}  "
                                + "  ".join(f"{k} {v}" for k, v in short.items()) + "\n")
@@ -522,6 +562,15 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     if stop.requested and ddp.main:
         tqdm_write(f"stopped at {images_seen / 1000:.1f} kimg; continue with: ganforge train --resume {run_dir}")
     return run_dir
+
+
+def out_of_memory(opts: TrainOptions, sched: Schedule, run_dir: Path, where: str) -> str:
+    """What to lower when the GPU runs out of memory (PGGAN at 512 and 1024 is where runs meet it)."""
+    latest = run_dir / LATEST
+    kept = f"the last snapshot {latest} is intact" if latest.exists() else "no snapshot was written yet"
+    return (f"out of GPU memory in the {where}: {opts.model} at {sched.resolution}x{sched.resolution}, batch "
+            f"{sched.batch}, --precision {opts.precision}. Lower --batch (or --metrics-n), use --precision bf16 "
+            f"and --channels-last, or spread the batch over more GPUs with --gpus N; {kept}")
 
 
 def rank_slice(batch: torch.Tensor, ddp) -> torch.Tensor:

@@ -138,7 +138,10 @@ def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
             from ganforge.training.loop import _check_resume
 
             opts = _check_resume(opts, load_snapshot(resume)["options"], explicit, resume)
-        click.echo(json.dumps(resolve_options(opts).to_json(), indent=2))
+        opts = resolve_options(opts)
+        click.echo(json.dumps(opts.to_json(), indent=2))
+        for line in dry_run_schedule(opts):
+            click.echo(line)
         return
     factory = training_evaluator(opts.metrics, opts.metrics_n, inception_weights) if opts.metrics else None
     if resume and "metrics" not in explicit:
@@ -149,6 +152,21 @@ def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
     run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet, evaluator_factory=factory)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"run directory: {run_dir}")
+
+
+def dry_run_schedule(opts) -> list[str]:
+    """The schedule in words, asked of the model itself (built on the CPU, no data read); models
+    with the base class's fixed schedule have nothing to say."""
+    from ganforge.models import MODELS, GanModel, build_model
+    from ganforge.training.loop import describe_schedule, model_config
+
+    if MODELS[opts.model].schedule is GanModel.schedule:
+        return []
+    try:
+        model = build_model(opts.model, model_config(opts, opts.channels or 3, 0))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--model-opt") from e
+    return describe_schedule(model, opts)
 
 
 @main.command()

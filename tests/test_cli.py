@@ -118,3 +118,15 @@ def test_resume_with_another_model_or_a_tampered_snapshot_is_refused(run_dir, tm
     result = CliRunner().invoke(main, ["generate", str(tmp_path / "tampered.pt"), "--out", str(tmp_path / "x.png")])
     assert result.exit_code != 0 and "does not match the cdcgan networks" in result.output
     assert "Traceback" not in result.output
+
+
+def test_dry_run_states_the_pggan_schedule_and_warns_when_kimg_ends_early(tmp_path):
+    args = ["train", "--dry-run", "--model", "pggan", "--outdir", str(tmp_path / "r")]
+    short = CliRunner().invoke(main, [*args, "--resolution", "64"])  # v2: 600 kimg at 4x4 alone
+    assert short.exit_code == 0, short.output
+    assert "warning: --kimg 100 ends at 4x4, before the target 64x64" in short.output
+    grown = CliRunner().invoke(main, [*args, "--resolution", "32", "--model-opt", "preset=cpu", "--kimg", "70"])
+    assert ("schedule: 4x4 stable from 0 kimg (batch 32); 8x8 fade from 10 kimg (batch 32); 8x8 stable from 20 kimg "
+            "(batch 32); 16x16 fade from 30 kimg (batch 32)") in grown.output
+    assert "32x32 stable from 60 kimg" in grown.output and "warning" not in grown.output
+    assert not (tmp_path / "r").exists()

@@ -109,9 +109,8 @@ def uses_labels(opts: TrainOptions) -> bool:
     return opts.model in CONDITIONAL or bool(opts.model_opts.get("conditional", False))
 
 
-def model_config(opts: TrainOptions, dataset: ImageDataset) -> dict:
-    config = dict(resolution=opts.resolution, channels=dataset.channels,
-                  num_classes=dataset.num_classes if uses_labels(opts) else 0)
+def model_config(opts: TrainOptions, channels: int, num_classes: int) -> dict:
+    config = dict(resolution=opts.resolution, channels=channels, num_classes=num_classes)
     if opts.base_channels is not None:
         config["base_channels"] = opts.base_channels
     return {**config, **opts.model_opts}
@@ -244,6 +243,32 @@ class SampleGrid:
         save_image(self.images(model).float(), path, nrow=self.columns, normalize=True, value_range=(-1, 1), padding=1)
 
 
+def schedule_phases(model: GanModel, opts: TrainOptions) -> list[tuple[float, Schedule]]:
+    """(kimg where it starts, schedule) for each phase the run will pass through within --kimg."""
+    total = round(opts.kimg * 1000)
+    stride = max(1, total // 20_000)  # the model is asked every `stride` images: phase starts to 0.1 kimg at 2M images
+    phases: list[tuple[float, Schedule]] = []
+    for images in range(0, total, stride):
+        sched = model.schedule(images, opts.batch, opts.resolution)
+        if not phases or sched.phase != phases[-1][1].phase or sched.resolution != phases[-1][1].resolution:
+            phases.append((images / 1000, sched))
+    return phases
+
+
+def describe_schedule(model: GanModel, opts: TrainOptions) -> list[str]:
+    """Plain words for log.txt and --dry-run: the resolutions the run reaches, and when."""
+    phases = schedule_phases(model, opts)
+    lines = []
+    if len(phases) > 1:
+        lines.append("schedule: " + "; ".join(f"{s.resolution}x{s.resolution} {s.phase.split('-')[-1] or 'train'} "
+                                              f"from {round(kimg, 1):g} kimg (batch {s.batch})" for kimg, s in phases))
+    reached = phases[-1][1].resolution if phases else opts.resolution
+    if reached < opts.resolution:
+        lines.append(f"warning: --kimg {opts.kimg:g} ends at {reached}x{reached}, before the target "
+                     f"{opts.resolution}x{opts.resolution}: give a larger --kimg (or shorter phases)")
+    return lines
+
+
 def resolve_options(opts: TrainOptions) -> TrainOptions:
     """Fill the options left to the model (None) with its defaults."""
     if opts.batch is None:
@@ -317,7 +342,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     if uses_labels(opts) and dataset.num_classes < 2:
         raise TrainingError(f"--model {opts.model} needs labelled data, but --data {opts.data} has no labels "
                             f"(use class sub-folders or split.csv, or --model dcgan)")
-    config = model_config(opts, dataset)
+    config = model_config(opts, dataset.channels, dataset.num_classes if uses_labels(opts) else 0)
     if snapshot is not None:  # the snapshot's networks, if this data and these options still describe them
         saved = snapshot["model_config"]
         differ = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
@@ -381,7 +406,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     log(f"{'resuming' if snapshot else 'starting'} {run_dir} at {images_seen / 1000:.1f} kimg on {device}: "
         f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {dataset.num_classes} classes, "
         f"G {parameter_count(model.G):,} / D {parameter_count(model.D):,} parameters")
-    for note in notes:
+    for note in notes + describe_schedule(model, opts):
         log(note)
     if dataset.bad_files:
         log(f"skipped {len(dataset.bad_files)} unreadable image(s), e.g. {dataset.bad_files[0]}")
@@ -406,7 +431,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         write_grids()
 
     total = round(opts.kimg * 1000)
-    last_diversity = 1.0
+    collapse_warned = False
     tick_start, tick_images, tick_sums, tick_count = time.time(), images_seen, {}, 0
     from tqdm import tqdm
     bar = tqdm(total=total, initial=min(images_seen, total), unit="img", unit_scale=True, dynamic_ncols=True,
@@ -527,10 +552,11 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                        "img_per_sec": (images_seen - tick_images) / max(now - tick_start, 1e-9), **means}
                 # A collapse signal beside the losses: how much the grid's samples vary, relative to reals.
                 row["diversity"] = relative_diversity(grid.images(model), grid_reals)
-                if row["diversity"] < COLLAPSED and last_diversity >= COLLAPSED:
+                # Early samples of any model are alike: warn from 5 kimg on, once per fall below the line.
+                if row["diversity"] < COLLAPSED and not collapse_warned and images_seen >= 5000:
                     log(f"warning: at {images_seen / 1000:.1f} kimg the samples are nearly alike (diversity "
                         f"{row['diversity']:.2f} of the reals'): the generator may be collapsing")
-                last_diversity = row["diversity"]
+                collapse_warned = row["diversity"] < COLLAPSED and images_seen >= 5000
                 if device.type == "cuda":
                     row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 stats_file.write(json.dumps(row) + "\n")

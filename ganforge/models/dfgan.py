@@ -24,7 +24,8 @@ Two departures from the reference code, each curing a failure it shows on data u
   captions, kept with the model) so that each dimension has unit variance on average. A frozen
   sentence encoder gives unit-length vectors (per-dimension spread ~0.03 for MiniLM) whose
   captions differ by a fraction of that length, while z (100-d, N(0, 1)) has length ~10: the text
-  was a twentieth of G's condition and of D's tiled input, and G ignored it (chance accuracy).
+  had a tenth of z's length in G's condition and was as faint in D's tiled input, and G ignored it
+  (its digits matched the prompt by chance).
   The DAMSM encoder of the paper has no unit-length output; its scale is set the same way here.
 
 Captions: each image's captions are embedded once by the (frozen) text encoder when the run

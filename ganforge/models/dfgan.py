@@ -205,21 +205,20 @@ class DFGAN(GanModel):
     # --- text ------------------------------------------------------------------------------------
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         """Sentence vectors as G and D see them: the encoder's, centred and scaled (see the module docstring)."""
+        return (self.raw_text_vectors(captions) - self.text_mean.cpu()) / self.text_scale.cpu()
+
+    def raw_text_vectors(self, captions: list[str]) -> torch.Tensor:
         if self.config["text_encoder"] == "minilm":
-            raw = self._encoder[0](captions)
-        else:
-            self.text_encoder.eval()
-            with torch.no_grad():
-                raw = self.text_encoder(captions).cpu()
-        return (raw - self.text_mean.cpu()) / self.text_scale.cpu()
+            return self._encoder[0](captions)
+        self.text_encoder.eval()
+        with torch.no_grad():
+            return self.text_encoder(captions).cpu()
 
     def fit_text_normalisation(self, captions: list[str]) -> None:
-        self.text_mean.zero_()
-        self.text_scale.fill_(1.0)
-        raw = self.encode_text(captions)
+        raw = self.raw_text_vectors(captions)
         self.text_mean.copy_(raw.mean(0))
-        spread = (raw - raw.mean(0)).pow(2).mean().sqrt() if len(captions) > 1 else torch.tensor(1.0)
-        self.text_scale.fill_(max(spread.item(), 1e-6))
+        spread = (raw - raw.mean(0)).pow(2).mean().sqrt().item() if len(captions) > 1 else 1.0
+        self.text_scale.fill_(max(spread, 1e-6))
 
     def prepare(self, dataset, device, resumed: bool) -> None:
         """Embed every caption once (training the BiLSTM encoder first on a new run)."""

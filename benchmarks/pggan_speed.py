@@ -11,6 +11,7 @@ With --best, also tries doubling batches until memory runs out and reports the f
 
 import argparse
 import json
+import sys
 
 import torch
 
@@ -49,4 +50,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)  # the lines printed so far are the results

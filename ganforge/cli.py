@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ganforge.models import MODELS
+from ganforge.errors import GanforgeError
+from ganforge.models import model_names
 
 
 def _power_of_two(ctx, param, value):
@@ -43,18 +44,31 @@ def _parse_model_opts(pairs: tuple[str, ...], gamma: float | None) -> dict:
     return opts
 
 
+# Options several commands share, declared once so their defaults and help agree everywhere.
+DEVICE = click.option("--device", default="auto", show_default=True,
+                      help="auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N")
+SEED = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                    help="Random seed (noise, data order); the same seed gives the same result")
+PRECISION = click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32",
+                         show_default=True, help="Arithmetic: fp32, tf32 matmuls, or bf16/fp16 autocast")
+MODEL_OPT = click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
+                         help="Set one of the model's hyperparameters, e.g. lr=5e-5 or skip=true (repeatable)")
+INCEPTION_WEIGHTS = click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+                                 help="TorchScript Inception for FID/KID/PR/IS [default: the bundled FID weights]")
+
+
 class _GanforgeErrors(click.Group):
     """Known errors (bad data, bad snapshot, bad option) end with one clear line, not a traceback."""
 
     def invoke(self, ctx):
-        from ganforge.data import DatasetError
-        from ganforge.training.checkpoint import SnapshotError
-        from ganforge.training.loop import TrainingError
-
         try:
             return super().invoke(ctx)
-        except (DatasetError, SnapshotError, TrainingError, ValueError) as e:
+        except (GanforgeError, ValueError) as e:
             raise click.ClickException(str(e)) from e
+        except KeyboardInterrupt:  # one line and the shell's code for Ctrl-C, not click's bare "Aborted!"
+            click.echo("\ninterrupted: the work done so far is kept (metric features in the cache folder, "
+                       "training in latest.pt); run the same command again to continue", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=_GanforgeErrors)
@@ -64,7 +78,7 @@ def main():
 
 
 @main.command()
-@click.option("--model", type=click.Choice(sorted(MODELS)), default="cdcgan", show_default=True, help="GAN to train")
+@click.option("--model", type=click.Choice(model_names()), default="cdcgan", show_default=True, help="GAN to train")
 @click.option("--data", default="mnist", show_default=True,
               help="'mnist' or 'mnist-captions' (built in), an image folder (class sub-folders = labels), a .zip, "
                    "or images/+text/+split.csv")
@@ -77,12 +91,11 @@ def main():
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Images per step [default: model's, 64 for cdcgan]")
 @click.option("--kimg", type=float, default=100.0, show_default=True, callback=_finite_positive,
               help="Training length in thousands of real images shown")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@SEED
 @click.option("--base-channels", type=click.IntRange(min=1), default=None, help="Network width [default: model's]")
 @click.option("--gamma", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="BEGAN diversity ratio gamma (same as --model-opt gamma=...)")
-@click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
-              help="Set one of the model's hyperparameters, e.g. lr=5e-5 or skip=true (repeatable)")
+@MODEL_OPT
 @click.option("--ema-kimg", type=float, default=10.0, show_default=True, callback=_finite_positive,
               help="Half-life of the EMA generator in kimg")
 @click.option("--tick", type=float, default=1.0, show_default=True, callback=_finite_positive, help="kimg per stats row")
@@ -96,13 +109,12 @@ def main():
 @click.option("--metrics-n", type=click.IntRange(min=2), default=5000, show_default=True,
               help="Generated images per evaluation")
 @click.option("--best-metric", default=None, help="Keep best.pt by this metric [default: the first of --metrics]")
-@click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="TorchScript Inception for FID/KID/PR/IS [default: the bundled FID weights]")
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
+@INCEPTION_WEIGHTS
+@PRECISION
 @click.option("--channels-last/--no-channels-last", default=False, show_default=True, help="NHWC convolutions")
 @click.option("--compile/--no-compile", "compile", default=False, show_default=True,
               help="torch.compile G and D where the graph allows (not through double backward)")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@DEVICE
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image decoding threads")
 @click.option("--outdir", default="runs", show_default=True, help="Parent folder of numbered run directories")
 @click.option("--resume", type=click.Path(exists=True), default=None, help="Run directory or snapshot to continue")
@@ -152,34 +164,44 @@ def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
     run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet, evaluator_factory=factory)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"run directory: {run_dir}")
+        if _stopped_early(run_dir):  # Ctrl-C or SIGTERM: latest.pt is written, the shell sees the interrupt
+            ctx.exit(130)
+
+
+def _stopped_early(run_dir: Path) -> bool:
+    """Whether the run's last stats row is short of its --kimg (it was asked to stop)."""
+    rows = (run_dir / "stats.jsonl").read_text(encoding="utf-8").splitlines()
+    target = json.loads((run_dir / "training_options.json").read_text(encoding="utf-8"))["kimg"]
+    return bool(rows) and json.loads(rows[-1])["kimg"] < target
 
 
 def dry_run_schedule(opts) -> list[str]:
     """The schedule in words, asked of the model itself (built on the CPU, no data read); models
     with the base class's fixed schedule have nothing to say."""
-    from ganforge.models import MODELS, GanModel, build_model
+    from ganforge.models import GanModel, build_model, model_class
     from ganforge.training.loop import describe_schedule, model_config
 
-    if MODELS[opts.model].schedule is GanModel.schedule:
+    if model_class(opts.model).schedule is GanModel.schedule:
         return []
+    notes = [] if opts.batch is not None else ["batch: set per resolution by the model (see the schedule)"]
     try:
         model = build_model(opts.model, model_config(opts, opts.channels or 3, 0))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--model-opt") from e
-    return describe_schedule(model, opts)
+    return notes + describe_schedule(model, opts)
 
 
 @main.command()
 @click.argument("run_or_snapshot", type=click.Path(exists=True))
 @click.option("--n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of images")
 @click.option("--label", type=int, default=None, help="Class to generate [default: one row per class]")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@SEED
 @click.option("--out", default="samples.png", show_default=True, help="A .png grid, or a folder for one PNG per image")
 @click.option("--prompt", "prompts", multiple=True, help="Text-to-image (dfgan): a caption; repeat for more rows")
 @click.option("--prompts", "prompt_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Text-to-image: a UTF-8 file of captions, one a line")
 @click.option("--no-truncation", is_flag=True, help="Text-to-image: plain N(0, 1) noise instead of truncated")
-@click.option("--device", default="cpu", show_default=True)
+@DEVICE
 def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_truncation, device):
     """Sample images from a run's EMA generator (the RuntimeGenerator).
 
@@ -187,6 +209,9 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
     """
     from ganforge.inference import generate as sample, generate_from_prompts, load_model, write_images
 
+    from ganforge.training.loop import resolve_device
+
+    device = resolve_device(device)
     model = load_model(run_or_snapshot, device)
     if prompt_file:
         prompts = (*prompts, *Path(prompt_file).read_text(encoding="utf-8", errors="replace").splitlines())
@@ -197,14 +222,15 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
         paths = write_images(images, out, n)
         click.echo(f"wrote {len(images)} images ({n} per prompt) to {out if len(paths) == 1 else Path(out)}")
         return
-    images, _, columns = sample(model, n, seed=seed, label=label, device=device)
-    paths = write_images(images, out, columns)
+    images, labels, columns = sample(model, n, seed=seed, label=label, device=device)
+    paths = write_images(images, out, columns, labels if label is None else None)
     click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
 
 
 @main.command()
 @click.argument("run_or_snapshot", type=click.Path(exists=True))
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True,
+              help="onnx (onnxruntime, any language) or torchscript (PyTorch without ganforge)")
 @click.option("--out", default=None, help="Output file [default: generator.onnx / generator.pt beside the snapshot]")
 def export(run_or_snapshot, fmt, out):
     """Write a standalone generator (noise [+ label] -> image in [-1, 1]) that runs without ganforge."""
@@ -214,9 +240,10 @@ def export(run_or_snapshot, fmt, out):
     model = load_model(run_or_snapshot)
     if out is None:
         out = find_snapshot(run_or_snapshot).parent / ("generator.onnx" if fmt == "onnx" else "generator.pt")
-    path = write_export(model, fmt, out)
+    paths = write_export(model, fmt, out)
     inputs = f"z [N, {model.z_dim}] float32" + (", labels [N] int64" if model.num_classes else "")
-    click.echo(f"wrote {path}: inputs {inputs}; output images [N, C, H, W] in [-1, 1]")
+    together = " (keep these files together)" if len(paths) > 1 else ""
+    click.echo(f"wrote {', '.join(map(str, paths))}{together}: inputs {inputs}; output images [N, C, H, W] in [-1, 1]")
 
 
 @main.command()
@@ -232,11 +259,11 @@ def export(run_or_snapshot, fmt, out):
 @click.option("--resolution", type=int, default=None, callback=_power_of_two,
               help="Resolution for --fake/--real folders [default: the run's, or the first fake image's]")
 @click.option("--floor/--no-floor", default=True, show_default=True, help="Also report SWD of real vs real")
-@click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None)
+@INCEPTION_WEIGHTS
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Cache real statistics here [default: the run directory's metric-cache/, none for folders]")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@DEVICE
+@SEED
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON here")
 def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, inception_weights, cache_dir, device, seed,
              out):
@@ -310,16 +337,18 @@ def plot(run, out):
 
 
 @main.command()
-@click.option("--model", type=click.Choice(sorted(MODELS)), default="pggan", show_default=True)
-@click.option("--resolution", type=int, default=64, show_default=True, callback=_power_of_two)
-@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--model", type=click.Choice(model_names()), default="pggan", show_default=True, help="GAN to time")
+@click.option("--resolution", type=int, default=64, show_default=True, callback=_power_of_two,
+              help="Image size (power of two); progressive models are timed fully grown")
+@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per step")
+@PRECISION
 @click.option("--channels-last", is_flag=True, help="NHWC memory layout for the convolutions")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile G and D (falls back to eager if it fails)")
-@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
-@click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Untimed steps first (allocation, cuDNN autotuning, compilation)")
+@MODEL_OPT
+@DEVICE
 def bench(model, resolution, batch, precision, channels_last, compile_, steps, warmup, model_opt, device):
     """Time full training steps (D step with penalties + G step) of a model: img/s, memory, TFLOP/s.
 

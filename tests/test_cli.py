@@ -58,6 +58,41 @@ def test_generate_grid_and_folder(run_dir, tmp_path):
     assert result.exit_code != 0 and "--label 10: out of range" in result.output
 
 
+def test_generate_spreads_n_over_the_classes(run_dir, tmp_path):
+    result = CliRunner().invoke(main, ["generate", str(run_dir), "--n", "64", "--out", str(tmp_path / "all")])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "all").iterdir())) == 64
+    from ganforge.inference import load_model, sample_labels
+
+    labels, columns = sample_labels(load_model(run_dir), 64, None)
+    assert torch.bincount(labels).tolist() == [7, 7, 7, 7, 6, 6, 6, 6, 6, 6] and columns == 7
+    result = CliRunner().invoke(main, ["generate", str(run_dir), "--n", "64", "--out", str(tmp_path / "g.png")])
+    assert Image.open(tmp_path / "g.png").size == (7 * 17 + 1, 10 * 17 + 1)  # one row per class
+
+
+def test_help_answers_without_importing_torch():
+    import subprocess
+    import sys
+
+    for command in ("train", "generate", "evaluate", "export", "plot", "bench"):
+        code = (f"import sys; from click.testing import CliRunner; from ganforge.cli import main; "
+                f"r = CliRunner().invoke(main, ['{command}', '--help']); assert r.exit_code == 0, r.output; "
+                f"print('torch' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "False", command
+
+
+def test_every_option_has_help_and_shared_defaults_agree():
+    seen = {}
+    for name, command in main.commands.items():
+        for param in command.params:
+            if param.param_type_name != "option":
+                continue
+            assert param.help, f"{name} {param.opts[0]} has no help"
+            if param.name in ("device", "seed", "precision"):
+                assert seen.setdefault(param.name, param.default) == param.default, f"{name} {param.opts[0]}"
+
+
 def test_generate_is_reproducible_by_seed(run_dir, tmp_path):
     runner = CliRunner()
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
@@ -89,6 +124,7 @@ def test_export_onnx_matches_pytorch(run_dir, tmp_path):
     out = tmp_path / "g.onnx"
     result = CliRunner().invoke(main, ["export", str(run_dir), "--format", "onnx", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert f"wrote {out}:" in result.output and list(tmp_path.iterdir()) == [out]  # one file, named
     z = torch.randn(7, 100, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(7) % 10
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -124,9 +160,34 @@ def test_dry_run_states_the_pggan_schedule_and_warns_when_kimg_ends_early(tmp_pa
     args = ["train", "--dry-run", "--model", "pggan", "--outdir", str(tmp_path / "r")]
     short = CliRunner().invoke(main, [*args, "--resolution", "64"])  # v2: 600 kimg at 4x4 alone
     assert short.exit_code == 0, short.output
-    assert "warning: --kimg 100 ends at 4x4, before the target 64x64" in short.output
+    assert "warning: the run stays at 4x4: --kimg 100 ends before the target 64x64" in short.output
+    assert '"batch": null' in short.output and "batch: set per resolution by the model" in short.output
     grown = CliRunner().invoke(main, [*args, "--resolution", "32", "--model-opt", "preset=cpu", "--kimg", "70"])
     assert ("schedule: 4x4 stable from 0 kimg (batch 32); 8x8 fade from 10 kimg (batch 32); 8x8 stable from 20 kimg "
             "(batch 32); 16x16 fade from 30 kimg (batch 32)") in grown.output
     assert "32x32 stable from 60 kimg" in grown.output and "warning" not in grown.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_keeps_a_snapshot_and_exits_130(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "ganforge", "train", "--resolution", "16", "--batch", "16", "--base-channels", "8",
+               "--kimg", "50", "--tick", "0.032", "--outdir", str(tmp_path), "--quiet"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GANFORGE_PROGRESS": "0"})
+    stats = tmp_path / "00000-cdcgan-mnist" / "stats.jsonl"
+    deadline = time.monotonic() + 120
+    while not (stats.exists() and stats.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - sent < 5, (proc.returncode, err[-2000:])
+    assert "continue with: ganforge train --resume" in out + err and "Traceback" not in err
+    assert (tmp_path / "00000-cdcgan-mnist" / "latest.pt").exists()

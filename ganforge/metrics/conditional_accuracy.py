@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganforge.data import ImageDataset, to_float
+from ganforge.progress import bar_over
 
 
 class Classifier(nn.Module):
@@ -43,8 +44,9 @@ def train_classifier(dataset: ImageDataset, epochs: int = 4, batch: int = 64, se
     net = Classifier(images.shape[1], images.shape[2], dataset.num_classes)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     net.train()
-    for _ in range(epochs):
-        for idx in train[torch.randperm(len(train), generator=g)].split(batch):
+    for epoch in range(epochs):
+        for idx in bar_over(train[torch.randperm(len(train), generator=g)].split(batch),
+                            f"classifier for acc, epoch {epoch + 1}/{epochs}"):
             x = images[idx]
             shift = torch.randint(-2, 3, (2,), generator=g).tolist()  # small translations: robust to GAN jitter
             x = torch.roll(x, shifts=shift, dims=(2, 3))

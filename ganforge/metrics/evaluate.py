@@ -19,7 +19,7 @@ from ganforge.data import ImageDataset, to_uint8
 from ganforge.inference import generate
 from ganforge.metrics import feature_metrics as fm
 from ganforge.metrics.conditional_accuracy import Classifier, accuracy, train_classifier
-from ganforge.metrics.inception import InceptionFeatures, cache_key
+from ganforge.metrics.inception import InceptionFeatures, cache_key, content_key, load_or_discard, save_atomically
 from ganforge.metrics.msssim import mean_ms_ssim
 from ganforge.metrics.rprecision import fit_matcher, r_precision
 from ganforge.models.text import Matcher
@@ -102,46 +102,55 @@ class Evaluator:
         self._matcher = None
 
     # --- real-side statistics, computed once -------------------------------------------------
-    def _cached(self, kind: str, key: tuple, build) -> dict:
-        """A dict of tensors: read from the cache folder when there, else built (and stored)."""
-        path = None
-        if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            real = (self.real.name, self.real.resolution, self.real.channels, len(self.real_images), self.seed)
-            path = self.cache_dir / f"{kind}-{cache_key(*real, *key)}.pt"
-            if path.exists():
-                return torch.load(path, weights_only=True)
-        state = build()
-        if path is not None:
-            torch.save(state, path)
+    def _cached(self, kind: str, key: tuple, build, real_side: bool = True) -> dict:
+        """A dict of tensors: read from the cache folder when there (an unreadable file is rebuilt),
+        else built and stored atomically. `build` gets the path for partial progress (or None)."""
+        if self.cache_dir is None:
+            return build(None)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        real = (self.real.name, self.real.resolution, self.real.channels, len(self.real_images), self.seed) if real_side else ()
+        path = self.cache_dir / f"{kind}-{cache_key(*real, *key)}.pt"
+        state = load_or_discard(path) if path.exists() else None
+        if state is None:
+            state = build(path.with_name(path.stem + ".partial.pt"))
+            save_atomically(path, state)
+            path.with_name(path.stem + ".partial.pt").unlink(missing_ok=True)
         return state
+
+    def features(self, images: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inception features of an image set, cached by its content (an interrupted run resumes them)."""
+        def build(partial):
+            features, logits = self.inception(images, desc=f"Inception features ({side})", checkpoint=partial)
+            return {"features": features, "logits": logits}
+
+        state = self._cached("inception", (self.inception.id, content_key(images)), build, real_side=False)
+        return state["features"], state.get("logits")
 
     def real_features(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._real_features is None:
-            def build():
-                features, logits = self.inception(self.real_images)
-                return {"features": features, "logits": logits}
-
-            state = self._cached("inception", (self.inception.id,), build)
-            self._real_features = (state["features"], state.get("logits"))
+            self._real_features = self.features(self.real_images, "real")
         return self._real_features
 
     def classifier(self) -> Classifier:
         if self._classifier is None:
             net = Classifier(self.real.channels, self.real.resolution, self.real.num_classes)
             net.load_state_dict(self._cached("classifier", (self.real.num_classes,),
-                                             lambda: train_classifier(self.real, seed=self.seed)[0].state_dict()))
+                                             lambda _: train_classifier(self.real, seed=self.seed)[0].state_dict()))
             self._classifier = net.eval()
         return self._classifier
 
     # --- evaluation --------------------------------------------------------------------------
     def __call__(self, fake: torch.Tensor, fake_labels: torch.Tensor | None = None) -> dict[str, dict]:
         results = {}
-        if set(self.names) & INCEPTION_METRICS:
-            fake_feats, fake_logits = self.inception(fake)
-            real_feats, _ = self.real_features()
-        for name in self.names:
+        inception_metrics = [m for m in self.names if m in INCEPTION_METRICS]
+        shared_seconds = 0.0  # feature extraction, shared out among the metrics that use the features
+        if inception_metrics:
             start = time.time()
+            fake_feats, fake_logits = self.features(fake, "generated")
+            real_feats, _ = self.real_features()
+            shared_seconds = (time.time() - start) / len(inception_metrics)
+        for name in self.names:
+            start = time.time() - (shared_seconds if name in INCEPTION_METRICS else 0.0)
             if name == "swd":
                 m = min(len(fake), len(self.real_images))
                 r = swd(self.real_images[:m], fake[:m], seed=self.seed, device=self.device)
@@ -178,7 +187,7 @@ class Evaluator:
         if self._matcher is None:
             emb, start, count, _ = self.captions
 
-            def build():
+            def build(_):
                 images = self.real.images if self.real.images is not None else sample_real(self.real, len(self.real))[0]
                 return fit_matcher(images, emb, start, count, seed=self.seed).state_dict()
 

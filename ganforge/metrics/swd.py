@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ganforge.progress import bar
+
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
 GAUSSIAN_5X5 = torch.outer(_BINOMIAL, _BINOMIAL) / 256.0
 
@@ -77,15 +79,17 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator: torch.Genera
 
 
 def describe(images_uint8: torch.Tensor, per_image: int, generator: torch.Generator, batch: int = 256,
-             device: str | torch.device = "cpu") -> list[torch.Tensor]:
+             device: str | torch.device = "cpu", side: str = "images") -> list[torch.Tensor]:
     """Normalised descriptors of every pyramid level for a set of uint8 images [N, C, H, W]."""
     per_level: list[list[torch.Tensor]] = []
-    for chunk in images_uint8.split(batch):
-        levels = laplacian_pyramid(chunk.to(device).float())
-        if not per_level:
-            per_level = [[] for _ in levels]
-        for i, level in enumerate(levels):
-            per_level[i].append(patch_descriptors(level, per_image, generator))
+    with bar(len(images_uint8), f"SWD patches ({side})") as progress:
+        for chunk in images_uint8.split(batch):
+            levels = laplacian_pyramid(chunk.to(device).float())
+            if not per_level:
+                per_level = [[] for _ in levels]
+            for i, level in enumerate(levels):
+                per_level[i].append(patch_descriptors(level, per_image, generator))
+            progress.update(len(chunk))
     return [normalize_descriptors(torch.cat(d)) for d in per_level]
 
 
@@ -98,8 +102,8 @@ def swd(real_uint8: torch.Tensor, fake_uint8: torch.Tensor, seed: int = 0, per_i
         raise ValueError("SWD needs images of at least 16x16")
     # Both sets draw neighbourhood positions from the same stream (positions do not depend on content),
     # so identical sets give exactly 0 and the remaining noise is that of the projections.
-    real = describe(real_uint8, per_image, torch.Generator().manual_seed(seed), device=device)
-    fake = describe(fake_uint8, per_image, torch.Generator().manual_seed(seed), device=device)
+    real = describe(real_uint8, per_image, torch.Generator().manual_seed(seed), device=device, side="real")
+    fake = describe(fake_uint8, per_image, torch.Generator().manual_seed(seed), device=device, side="generated")
     g = torch.Generator().manual_seed(seed + 1)
     res = real_uint8.shape[-1]
     per_level = {}

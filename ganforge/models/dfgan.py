@@ -214,10 +214,10 @@ class DFGAN(GanModel):
         with torch.no_grad():
             return self.text_encoder(captions).cpu()
 
-    def fit_text_normalisation(self, captions: list[str]) -> None:
-        raw = self.raw_text_vectors(captions)
+    def fit_text_normalisation(self, raw: torch.Tensor) -> None:
+        """One mean vector and one scale from the encoder's raw vectors of the run's distinct captions."""
         self.text_mean.copy_(raw.mean(0))
-        spread = (raw - raw.mean(0)).pow(2).mean().sqrt().item() if len(captions) > 1 else 1.0
+        spread = (raw - raw.mean(0)).pow(2).mean().sqrt().item() if len(raw) > 1 else 1.0
         self.text_scale.fill_(max(spread, 1e-6))
 
     def prepare(self, dataset, device, resumed: bool) -> None:
@@ -242,11 +242,12 @@ class DFGAN(GanModel):
         # Embed each distinct text once; text ids also tell which texts each image has, so that a
         # "mismatched" caption never repeats one of its own.
         distinct = list(dict.fromkeys(flat))
+        raw = self.raw_text_vectors(distinct)  # encoded once: the slow part on large caption sets
         if not resumed:
-            self.fit_text_normalisation(distinct)
+            self.fit_text_normalisation(raw)
         text_id = {t: i for i, t in enumerate(distinct)}
         ids = torch.tensor([text_id[t] for t in flat])
-        emb = self.encode_text(distinct)[ids]
+        emb = ((raw - self.text_mean.cpu()) / self.text_scale.cpu())[ids]
         own = torch.full((len(count), int(count.max())), -1, dtype=torch.long)
         for i, (s, n) in enumerate(zip(start.tolist(), count.tolist())):
             own[i, :n] = ids[s:s + n]

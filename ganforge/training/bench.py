@@ -6,6 +6,8 @@ import time
 
 import torch
 
+from ganforge.progress import bar_over
+
 from ganforge.models import Schedule, StepContext, build_model
 from ganforge.training.loop import check_precision, make_scalers, resolve_device, training_step
 
@@ -51,14 +53,14 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    for i in range(warmup):
+    for i in bar_over(range(warmup), f"warm-up ({model_name} {resolution}x{resolution}, batch {batch})", unit="step"):
         step(i)
     sync()
     flops = step_flops(model, reals, labels, gen) if count_flops else None
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     start = time.perf_counter()
-    for i in range(steps):
+    for i in bar_over(range(steps), "timed steps", unit="step"):
         step(warmup + i)
     sync()
     seconds = time.perf_counter() - start

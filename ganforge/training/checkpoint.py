@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 
+from ganforge.errors import GanforgeError
+
 FORMAT_VERSION = 1
 LATEST = "latest.pt"
 
 
-class SnapshotError(ValueError):
+class SnapshotError(GanforgeError, ValueError):
     """A snapshot that cannot be used: the message names the file."""
 
 

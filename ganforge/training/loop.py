@@ -22,9 +22,10 @@ from typing import Callable
 import torch
 from torchvision.utils import save_image
 
-from ganforge.data import ImageDataset, RealStream, load_dataset, to_float
+from ganforge.data import ImageDataset, ImagesTooSmall, RealStream, detect_channels, load_dataset, to_float
+from ganforge.errors import GanforgeError
 from ganforge.metrics.diversity import relative_diversity
-from ganforge.models import CONDITIONAL, MODELS, GanModel, Schedule, StepContext, build_model, parameter_count
+from ganforge.models import CONDITIONAL, GanModel, Schedule, StepContext, build_model, model_class, parameter_count
 from ganforge.training.checkpoint import LATEST, SnapshotError, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, average_gradients, barrier, broadcast_object,
                                            broadcast_parameters, init_from_env, reduce_mean)
@@ -38,7 +39,7 @@ class TrainOptions:
     model: str = "cdcgan"            # cdcgan | dcgan
     data: str = "mnist"              # built-in name, image folder, zip, or captioned layout
     resolution: int = 32             # training resolution (power of two)
-    channels: int | None = None      # 1 or 3; None: 1 for mnist, 3 otherwise
+    channels: int | None = None      # 1 or 3; None: 1 for grey data (mnist, grey image files), else 3
     center_crop: bool = True         # square centre crop before resizing (else squash)
     xflip: bool = False              # random horizontal flips of real images
     split: str = "train"             # for the captioned layout: train | test | all
@@ -76,7 +77,7 @@ RESUME_MAY_CHANGE = {"channels_last", "compile", "nonfinite_retries", "kimg", "t
 COLLAPSED = 0.25  # tick diversity (samples' spread / reals') below which log.txt warns of mode collapse
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GanforgeError, RuntimeError):
     """A run that cannot start or continue; the message says why."""
 
 
@@ -174,6 +175,12 @@ def restore(snap: dict, model: GanModel, scalers: dict, gen: torch.Generator, st
     return optimizers, snap["stage"], snap["images_seen"], snap["step"], snap.get("best_value")
 
 
+def write_options(run_dir: Path, opts: TrainOptions) -> None:
+    tmp = run_dir / ".training_options.json.tmp"
+    tmp.write_text(json.dumps(opts.to_json(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / "training_options.json")
+
+
 def truncate_logs(run_dir: Path, step: int) -> None:
     """Drop log rows after `step` (and any line torn by a kill) from stats.jsonl and metric-*.jsonl."""
     for path in [run_dir / "stats.jsonl", *run_dir.glob("metric-*.jsonl")]:
@@ -259,20 +266,23 @@ def describe_schedule(model: GanModel, opts: TrainOptions) -> list[str]:
     """Plain words for log.txt and --dry-run: the resolutions the run reaches, and when."""
     phases = schedule_phases(model, opts)
     lines = []
-    if len(phases) > 1:
+    if len(phases) > 1 or (phases and phases[0][1].phase):
         lines.append("schedule: " + "; ".join(f"{s.resolution}x{s.resolution} {s.phase.split('-')[-1] or 'train'} "
                                               f"from {round(kimg, 1):g} kimg (batch {s.batch})" for kimg, s in phases))
     reached = phases[-1][1].resolution if phases else opts.resolution
     if reached < opts.resolution:
-        lines.append(f"warning: --kimg {opts.kimg:g} ends at {reached}x{reached}, before the target "
-                     f"{opts.resolution}x{opts.resolution}: give a larger --kimg (or shorter phases)")
+        stays = "stays at" if len(phases) == 1 else "reaches only"
+        lines.append(f"warning: the run {stays} {reached}x{reached}: --kimg {opts.kimg:g} ends before the target "
+                     f"{opts.resolution}x{opts.resolution}; give a larger --kimg (or shorter phases)")
     return lines
 
 
 def resolve_options(opts: TrainOptions) -> TrainOptions:
-    """Fill the options left to the model (None) with its defaults."""
+    """Fill the options left open (None): the batch with the model's default, the channels from the data."""
     if opts.batch is None:
-        opts = dataclasses.replace(opts, batch=MODELS[opts.model].default_batch)
+        opts = dataclasses.replace(opts, batch=model_class(opts.model).default_batch)
+    if opts.channels is None:
+        opts = dataclasses.replace(opts, channels=detect_channels(opts.data))
     return opts
 
 
@@ -325,6 +335,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         except SnapshotError as e:
             raise TrainingError(str(e)) from e
         opts = _check_resume(opts, snapshot["options"], explicit or set(), resume)
+        if opts.channels is None:  # runs made before channels were resolved: keep what the networks have
+            opts = dataclasses.replace(opts, channels=snapshot["model_config"]["channels"])
+    channels_source = "--channels" if opts.channels is not None else "detected from the data"
     opts = resolve_options(opts)
     if (opts.batch is not None and opts.batch < 1) or not math.isfinite(opts.kimg) or opts.kimg <= 0:
         raise TrainingError("--batch must be >= 1 and --kimg a positive number")
@@ -338,7 +351,13 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(opts.seed)
 
-    dataset = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split)
+    full_size = model_class(opts.model).needs_full_size_images
+    try:
+        dataset = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split,
+                               min_side=opts.resolution if full_size else None)
+    except ImagesTooSmall as e:
+        raise TrainingError(f"{e}; {opts.model} would learn upscaling blur. Use a lower --resolution or larger "
+                            "images") from e
     if uses_labels(opts) and dataset.num_classes < 2:
         raise TrainingError(f"--model {opts.model} needs labelled data, but --data {opts.data} has no labels "
                             f"(use class sub-folders or split.csv, or --model dcgan)")
@@ -381,6 +400,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         run_dir = Path(snapshot["path"]).parent
         optimizers, stage, images_seen, step, best_value = restore(snapshot, model, scalers, gen, stream, opts)
         truncate_logs(run_dir, step)  # rows written after this snapshot will be written again
+        if ddp.main:  # the options this continuation runs with (a longer --kimg, say)
+            write_options(run_dir, opts)
         for stale in run_dir.glob(".*.tmp"):  # a snapshot write cut short by a kill
             stale.unlink(missing_ok=True)
         prepare_model(model, dataset, device, resumed=True)
@@ -388,7 +409,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         prepare_model(model, dataset, device, resumed=False)  # before the run directory: it may refuse the data
         if ddp.main:
             run_dir = make_run_dir(opts.outdir, f"{opts.model}-{dataset_desc(opts.data)}")
-            (run_dir / "training_options.json").write_text(json.dumps(opts.to_json(), indent=2) + "\n")
+            write_options(run_dir, opts)
         run_dir = Path(broadcast_object(str(run_dir) if ddp.main else None, world))
     # Rank 0 writes the run directory; the other ranks compute the same steps and write nothing.
     log_file = open(run_dir / "log.txt" if ddp.main else os.devnull, "a", encoding="utf-8")
@@ -403,6 +424,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     tb = SummaryWriter(str(run_dir)) if ddp.main else _NullWriter()
     stats_file = open(run_dir / "stats.jsonl" if ddp.main else os.devnull, "a", encoding="utf-8")
 
+    grey = "grey, 1 channel" if dataset.channels == 1 else "colour, 3 channels"
+    notes.insert(0, f"images: {grey} ({channels_source})")
     log(f"{'resuming' if snapshot else 'starting'} {run_dir} at {images_seen / 1000:.1f} kimg on {device}: "
         f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {dataset.num_classes} classes, "
         f"G {parameter_count(model.G):,} / D {parameter_count(model.D):,} parameters")

@@ -126,6 +126,7 @@ def main():
 def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
     """Train a GAN (default: the conditional DCGAN on the built-in MNIST digits)."""
     if gpus > 1 and "WORLD_SIZE" not in os.environ and not dry_run:  # relaunch this command under torchrun
+        _check_before_launch(gpus, kwargs, resume)  # one clear line here, not one traceback per process
         args = [a for a in sys.argv[1:]]
         i = next(i for i, a in enumerate(args) if a.startswith("--gpus"))
         del args[i:i + (1 if "=" in args[i] else 2)]
@@ -173,6 +174,19 @@ def _stopped_early(run_dir: Path) -> bool:
     rows = (run_dir / "stats.jsonl").read_text(encoding="utf-8").splitlines()
     target = json.loads((run_dir / "training_options.json").read_text(encoding="utf-8"))["kimg"]
     return bool(rows) and json.loads(rows[-1])["kimg"] < target
+
+
+def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
+    """The mistakes every one of the --gpus processes would otherwise report at once."""
+    import torch
+
+    if torch.cuda.device_count() < gpus:
+        raise click.BadParameter(f"{gpus} processes need {gpus} GPUs; this machine has {torch.cuda.device_count()}",
+                                 param_hint="--gpus")
+    from ganforge.data import BUILTIN_DATASETS
+
+    if resume is None and options["data"] not in BUILTIN_DATASETS and not Path(options["data"]).expanduser().exists():
+        raise click.BadParameter(f"{options['data']}: no such file or folder", param_hint="--data")
 
 
 def dry_run_schedule(opts) -> list[str]:

@@ -191,3 +191,8 @@ def test_ctrl_c_during_training_keeps_a_snapshot_and_exits_130(tmp_path):
     assert proc.returncode == 130 and time.monotonic() - sent < 5, (proc.returncode, err[-2000:])
     assert "continue with: ganforge train --resume" in out + err and "Traceback" not in err
     assert (tmp_path / "00000-cdcgan-mnist" / "latest.pt").exists()
+
+
+def test_gpus_without_the_gpus_is_one_clear_line_before_any_launch(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--gpus", "64", "--outdir", str(tmp_path)])
+    assert result.exit_code == 2 and "64 processes need 64 GPUs" in result.output and "Traceback" not in result.output

@@ -52,6 +52,24 @@ def test_failed_write_keeps_the_previous_snapshot(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]  # no temp file left behind
 
 
+def test_a_really_full_disk_is_reported_as_an_os_error_and_keeps_the_previous_snapshot(tmp_path):
+    """torch's zip writer reports ENOSPC as a RuntimeError; a 1 MiB tmpfs provokes the real thing."""
+    import subprocess
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        save_snapshot(disk / "latest.pt", {"step": 1, "w": torch.zeros(1000)})
+        with pytest.raises(OSError, match="the write failed"):
+            save_snapshot(disk / "latest.pt", {"step": 2, "w": torch.zeros(1_000_000)})  # 4 MB
+        assert load_snapshot(disk / "latest.pt")["step"] == 1
+        assert [p.name for p in disk.iterdir()] == ["latest.pt"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 def test_truncated_future_and_foreign_files_are_clear_errors(tmp_path):
     save_snapshot(tmp_path / "good.pt", {"w": torch.zeros(1000)})
     data = (tmp_path / "good.pt").read_bytes()

@@ -234,3 +234,23 @@ def test_interrupted_evaluate_shows_progress_exits_130_and_keeps_its_features(tm
     assert 0 < kept < 300
     _, err, _ = interrupt_after(8)  # the next try starts where the first stopped
     assert f"{kept}/300" in err
+
+
+def test_a_non_finite_metric_never_becomes_the_best(tmp_path):
+    from ganforge.training import TrainOptions, train
+    from ganforge.training.checkpoint import load_snapshot
+
+    def scripted(values):  # an evaluator factory whose evaluations return the given values in turn
+        def make(dataset, run_dir, device):
+            calls = iter(values)
+            return lambda model: {"fid": {"fid": next(calls)}, "pr": {"precision": next(calls)}}
+        return make
+
+    # evaluations at 32, 64, 96, 128 images: fid 5, 7, NaN, 4 / precision 0.5, 0.6, NaN, 0.4
+    values = [5.0, 0.5, 7.0, 0.6, float("nan"), float("nan"), 4.0, 0.4]
+    common = dict(data="mnist", resolution=16, batch=16, base_channels=8, kimg=0.128, tick=0.064, sample_every=0.128,
+                  snap=0.128, metrics_every=0.032, metrics_n=16)
+    for best, expected in (("fid", 128), ("pr", 64)):
+        opts = TrainOptions(**common, metrics=["fid", "pr"], best_metric=best, outdir=str(tmp_path / best))
+        run = train(opts, progress=False, evaluator_factory=scripted(values))
+        assert load_snapshot(run / "best.pt")["images_seen"] == expected, best

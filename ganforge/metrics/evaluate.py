@@ -214,8 +214,20 @@ def append_jsonl(path: Path, row: dict) -> None:
 
 
 def headline(name: str, result: dict) -> float:
+    """The metric's one number; a non-finite value counts as the worst possible in its direction."""
     value = result[METRICS[name].headline]
-    return value if math.isfinite(value) else float("inf")
+    return value if math.isfinite(value) else worst(name)
+
+
+def worst(name: str) -> float:
+    return float("inf") if METRICS[name].lower_is_better else float("-inf")
+
+
+def improves(name: str, value: float, best: float | None) -> bool:
+    """Whether `value` beats the best so far; a non-finite value never does."""
+    if not math.isfinite(value):
+        return False
+    return best is None or (value < best if METRICS[name].lower_is_better else value > best)
 
 
 def training_evaluator(names: list[str], n: int, inception_weights: str | None = None):

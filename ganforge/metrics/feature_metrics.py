@@ -46,8 +46,11 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> dict:
-    """Kernel inception distance: mean (and std) of unbiased MMD^2 over random subsets."""
-    size = min(subset_size, len(real), len(fake))
+    """Kernel inception distance: mean (and std) of unbiased MMD^2 over random subsets.
+
+    Subsets hold `subset_size` features (the reference's 1,000), or half the smaller set when that
+    is fewer, so that the subsets differ and their spread (kid_std) means something."""
+    size = min(subset_size, max(2, min(len(real), len(fake)) // 2))
     g = torch.Generator().manual_seed(seed)
     values = [mmd2_unbiased(real[torch.randperm(len(real), generator=g)[:size]].double(),
                             fake[torch.randperm(len(fake), generator=g)[:size]].double()) for _ in range(subsets)]

@@ -8,8 +8,10 @@ kill at any moment leaves either the old or the new snapshot, never a torn one.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import torch
@@ -33,6 +35,13 @@ def save_snapshot(path: str | os.PathLike, state: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as e:
+        # torch's zip writer reports a failed write (a full disk, mostly) as a RuntimeError from
+        # its C++ core ("[enforce fail at inline_container.cc] ... unexpected pos"), not an OSError.
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(errno.ENOSPC if free < 64 << 20 else errno.EIO,
+                      f"the write failed ({free / 2**20:.0f} MiB free on its disk)") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

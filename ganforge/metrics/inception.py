@@ -49,7 +49,7 @@ class InceptionFeatures:
         self.device = torch.device(device)
         # Small batches on a CPU (about a second each): Ctrl-C is only seen between batches.
         self.batch = batch or (100 if self.device.type == "cuda" else 16)
-        self.id = f"{self.path.name}-{self.path.stat().st_size}"
+        self.id = f"{self.path.name}-{self.path.stat().st_size}-tf1bilinear"  # cached features name their preprocessing
 
     @torch.no_grad()
     def __call__(self, images_uint8: torch.Tensor, desc: str = "Inception features",

@@ -99,11 +99,20 @@ def test_inception_score_extremes():
 def test_precision_recall():
     g = torch.Generator().manual_seed(0)
     real = torch.randn(200, 5, generator=g)
-    assert fm.precision_recall(real, real.clone()) == {"precision": 1.0, "recall": 1.0, "k": 3}
+    same = fm.precision_recall(real, real.clone())
+    assert (same["precision"], same["recall"], same["k"], same["coverage"]) == (1.0, 1.0, 3, 1.0)
     far = fm.precision_recall(real, real + 100)
     assert far["precision"] == 0.0 and far["recall"] == 0.0
     collapsed = fm.precision_recall(real, real[:1].repeat(200, 1) + 1e-3 * torch.randn(200, 5, generator=g))
     assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.1  # fidelity without diversity
+
+
+def test_density_and_coverage_by_hand():
+    """Reals at 0..9 on a line, k = 1: every ball has radius 1. A fake at 0.5 lies in the balls of
+    0 and 1, one at 100 in none: density (2 + 0) / (1 x 2) = 1, coverage 2 of 10 balls."""
+    real = torch.arange(10.0).unsqueeze(1)
+    r = fm.density_coverage(real, torch.tensor([[0.5], [100.0]]), k=1)
+    assert r["density"] == 1.0 and r["coverage"] == 0.2
 
 
 # --- the evaluator, with a small stand-in feature extractor -------------------------------------

@@ -87,4 +87,16 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict
     real, fake = real.double(), fake.double()
     precision = _covered(fake, real, _kth_neighbour_radii(real, k)).double().mean().item()
     recall = _covered(real, fake, _kth_neighbour_radii(fake, k)).double().mean().item()
-    return {"precision": precision, "recall": recall, "k": k}
+    return {"precision": precision, "recall": recall, "k": k, **density_coverage(real, fake)}
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5, batch: int = 1000) -> dict:
+    """Density and coverage (Naeem et al. 2020), with the paper's k = 5 balls around the reals only.
+
+    density = how many real balls hold each fake, on average, divided by k (about 1 when fakes are
+    distributed like reals; above 1 where they crowd); coverage = fraction of real balls holding a fake."""
+    real, fake = real.double(), fake.double()
+    radii = _kth_neighbour_radii(real, k)
+    inside = torch.cat([torch.cdist(chunk, real) <= radii[None, :] for chunk in fake.split(batch)])  # [fake, real]
+    return {"density": inside.sum().item() / (k * len(fake)), "coverage": inside.any(dim=0).double().mean().item(),
+            "density_coverage_k": k}

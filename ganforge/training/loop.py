@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -84,19 +85,29 @@ class TrainingError(GanforgeError, RuntimeError):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise TrainingError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise TrainingError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda", "mps", "meta"):
+        raise TrainingError(f"--device {name}: not supported (use auto, cpu, cuda or cuda:N)")
     return device
 
 
 def make_run_dir(outdir: str | Path, desc: str) -> Path:
     """runs/00000-<desc>/, numbered one past the highest existing run."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    ids = [int(p.name[:5]) for p in outdir.iterdir() if p.is_dir() and p.name[:5].isdigit()]
-    run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
-    run_dir.mkdir()
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        ids = [int(p.name[:5]) for p in outdir.iterdir() if p.is_dir() and p.name[:5].isdigit()]
+        run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
+        run_dir.mkdir()
+    except OSError as e:
+        raise TrainingError(f"--outdir {outdir}: cannot make a run directory there ({e.strerror or e})") from e
     return run_dir
 
 
@@ -173,6 +184,25 @@ def restore(snap: dict, model: GanModel, scalers: dict, gen: torch.Generator, st
     torch.set_rng_state(snap["rng"]["torch"])
     stream.position = snap["stream_position"]
     return optimizers, snap["stage"], snap["images_seen"], snap["step"], snap.get("best_value")
+
+
+OWN_TEMPORARY = re.compile(r"\.(latest|best|snapshot-\d+)\.pt\.\d+\.tmp|\.training_options\.json\.tmp|\.lock\.\d+\.tmp")
+
+
+def check_run_directory(run_dir: Path, snapshot: dict) -> None:
+    """Resume only into a run directory ganforge made for this snapshot's model: a resumed run
+    rewrites its logs and snapshots, which must never happen to a folder that is not a run's."""
+    options = run_dir / "training_options.json"
+    if not options.exists():
+        raise TrainingError(f"--resume {snapshot['path']}: {run_dir} is not a ganforge run directory (no "
+                            "training_options.json); resume from the run directory the snapshot came from")
+    try:
+        model = json.loads(options.read_text(encoding="utf-8"))["model"]
+    except (ValueError, KeyError) as e:
+        raise TrainingError(f"--resume: {options} is unreadable ({e})") from e
+    if model != snapshot["model"]:
+        raise TrainingError(f"--resume {snapshot['path']}: the snapshot holds {snapshot['model']} but the run "
+                            f"directory {run_dir} is a {model} run; it was copied from another run")
 
 
 def write_options(run_dir: Path, opts: TrainOptions) -> None:
@@ -297,11 +327,16 @@ def _check_resume(opts: TrainOptions, saved: dict, explicit: set[str], path: str
     return merged
 
 
+class StopRequested(Exception):
+    """Raised inside an abandonable step when a stop is asked for."""
+
+
 class _StopFlag:
     """SIGINT/SIGTERM ask the loop to stop after the current step and write a snapshot."""
 
     def __init__(self):
         self.requested = False
+        self.raise_now = False  # set during long steps that can be abandoned (an evaluation)
 
     def __enter__(self):
         self._old = {}
@@ -314,6 +349,8 @@ class _StopFlag:
         if self.requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.requested = True
+        if self.raise_now:
+            raise StopRequested
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
@@ -398,18 +435,27 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
 
     if snapshot is not None:
         run_dir = Path(snapshot["path"]).parent
+        check_run_directory(run_dir, snapshot)
+        if snapshot["images_seen"] >= round(opts.kimg * 1000):
+            raise TrainingError(f"--resume {run_dir}: the run already reached {snapshot['images_seen'] / 1000:g} kimg "
+                                f"(--kimg {opts.kimg:g}); give a larger --kimg to continue it")
+        lock = RunLock(run_dir) if ddp.main else None  # before anything in the directory is rewritten
         optimizers, stage, images_seen, step, best_value = restore(snapshot, model, scalers, gen, stream, opts)
         truncate_logs(run_dir, step)  # rows written after this snapshot will be written again
         if ddp.main:  # the options this continuation runs with (a longer --kimg, say)
             write_options(run_dir, opts)
-        for stale in run_dir.glob(".*.tmp"):  # a snapshot write cut short by a kill
-            stale.unlink(missing_ok=True)
+        for stale in run_dir.glob(".*.tmp"):  # a snapshot or options write cut short by a kill (ours only)
+            if OWN_TEMPORARY.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
         prepare_model(model, dataset, device, resumed=True)
     else:
         prepare_model(model, dataset, device, resumed=False)  # before the run directory: it may refuse the data
         if ddp.main:
             run_dir = make_run_dir(opts.outdir, f"{opts.model}-{dataset_desc(opts.data)}")
+            lock = RunLock(run_dir)
             write_options(run_dir, opts)
+        else:
+            lock = None
         run_dir = Path(broadcast_object(str(run_dir) if ddp.main else None, world))
     # Rank 0 writes the run directory; the other ranks compute the same steps and write nothing.
     log_file = open(run_dir / "log.txt" if ddp.main else os.devnull, "a", encoding="utf-8")
@@ -426,6 +472,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
 
     grey = "grey, 1 channel" if dataset.channels == 1 else "colour, 3 channels"
     notes.insert(0, f"images: {grey} ({channels_source})")
+    if lock is not None and lock.took_over:
+        notes.append(lock.took_over)
     log(f"{'resuming' if snapshot else 'starting'} {run_dir} at {images_seen / 1000:.1f} kimg on {device}: "
         f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {dataset.num_classes} classes, "
         f"G {parameter_count(model.G):,} / D {parameter_count(model.D):,} parameters")
@@ -516,11 +564,17 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         nonlocal best_value
         from ganforge.metrics.evaluate import append_jsonl, headline, improves
 
+        stop.raise_now = True  # an evaluation can take minutes: a stop abandons it for the snapshot
         try:
             results = evaluate(model)
+        except StopRequested:
+            log(f"metrics at {images_seen / 1000:.1f} kimg abandoned: stop requested")
+            return
         except torch.OutOfMemoryError as e:
             raise TrainingError(out_of_memory(opts, sched, run_dir, f"--metrics {','.join(opts.metrics)} with "
                                               f"--metrics-n {opts.metrics_n}")) from e
+        finally:
+            stop.raise_now = False
         kimg = images_seen / 1000
         for name, result in results.items():
             append_jsonl(run_dir / f"metric-{name}.jsonl", {"kimg": kimg, "step": step, **result})
@@ -601,7 +655,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             metrics_due = crossed(before, images_seen, opts.metrics_every) or images_seen >= total
             if ddp.main and evaluate is not None and metrics_due:
                 run_metrics()
-            if crossed(before, images_seen, opts.snap) or done:
+            if crossed(before, images_seen, opts.snap) or images_seen >= total or stop.requested:  # asked anew:
+                # a stop may have come while the grids were written or the metrics ran
                 if not all_true(all(bool(torch.isfinite(p).all()) for p in model.parameters()), world, device):
                     recover("non-finite weights")  # never overwrite a good snapshot with a poisoned one
                     continue
@@ -613,7 +668,47 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         growth_picture(run_dir)
     if stop.requested and ddp.main:
         tqdm_write(f"stopped at {images_seen / 1000:.1f} kimg; continue with: ganforge train --resume {run_dir}")
+    if lock is not None:
+        lock.release()
     return run_dir
+
+
+class RunLock:
+    """`.lock` in a run directory holds the training process's id: a second process refuses to train
+    the same run (their logs and snapshots would interleave); a lock left by a process that no longer
+    runs (killed, crashed) is taken over, and `took_over` says so for log.txt."""
+
+    def __init__(self, run_dir: Path):
+        self.path, self.took_over = run_dir / ".lock", ""
+        holder = self._holder()
+        if holder is not None and holder != os.getpid():
+            if _running(holder):
+                raise TrainingError(f"{run_dir} is being trained by process {holder} (its .lock); wait for it to "
+                                    f"finish or stop it, then resume")
+            self.took_over = f"note: took over the lock of process {holder}, which no longer runs"
+        tmp = self.path.with_name(f".lock.{os.getpid()}.tmp")
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, self.path)
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._holder() == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it runs
+        return True
+    return True
 
 
 def out_of_memory(opts: TrainOptions, sched: Schedule, run_dir: Path, where: str) -> str:

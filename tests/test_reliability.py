@@ -1,0 +1,93 @@
+"""No stop loses work, no resume touches a folder it does not own, ordinary mistakes are one clear line."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from ganforge.training import TrainingError, TrainOptions, train
+from ganforge.training.checkpoint import load_snapshot
+
+TINY = dict(data="mnist", resolution=16, batch=16, base_channels=8, tick=0.032, sample_every=0.064, snap=0.064)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    return train(TrainOptions(**TINY, kimg=0.064, outdir=str(tmp_path_factory.mktemp("runs"))), progress=False)
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run_and_deletes_nothing(finished_run, tmp_path):
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    shutil.copy(finished_run / "latest.pt", folder / "model.pt")
+    (folder / ".thesis.tmp").write_text("precious")
+    (folder / "metric-loss.jsonl").write_text('{"step": 99}\n')
+    with pytest.raises(TrainingError, match="is not a ganforge run directory"):
+        train(TrainOptions(**TINY, kimg=0.128), resume=str(folder / "model.pt"), explicit={"kimg"}, progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == [".thesis.tmp", "metric-loss.jsonl", "model.pt"]
+    assert (folder / "metric-loss.jsonl").read_text() == '{"step": 99}\n'
+
+
+def test_resume_refuses_a_snapshot_of_another_model_copied_in(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    other = train(TrainOptions(**{**TINY, "model": "began"}, kimg=0.032, outdir=str(tmp_path / "b")), progress=False)
+    shutil.copy(other / "latest.pt", run / "latest.pt")
+    stats = (run / "stats.jsonl").read_text()
+    with pytest.raises(TrainingError, match="holds began but the run directory .* is a cdcgan run"):
+        train(TrainOptions(**TINY, kimg=0.128), resume=str(run), explicit={"kimg"}, progress=False)
+    assert (run / "stats.jsonl").read_text() == stats
+
+
+def test_resuming_a_finished_run_says_so(finished_run):
+    with pytest.raises(TrainingError, match="already reached 0.064 kimg"):
+        train(TrainOptions(**TINY, kimg=0.064), resume=str(finished_run), progress=False)
+
+
+def test_a_second_process_on_one_run_is_refused_and_a_dead_ones_lock_taken_over(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(str(other.pid))
+        with pytest.raises(TrainingError, match=f"being trained by process {other.pid}"):
+            train(TrainOptions(**TINY, kimg=0.096), resume=str(run), explicit={"kimg"}, progress=False)
+    finally:
+        other.kill()
+        other.wait()
+    train(TrainOptions(**TINY, kimg=0.096), resume=str(run), explicit={"kimg"}, progress=False)
+    assert f"took over the lock of process {other.pid}" in (run / "log.txt").read_text()
+    assert not (run / ".lock").exists() and load_snapshot(run)["images_seen"] == 96
+
+
+@pytest.mark.parametrize("opts,message", [
+    (dict(device="gpu0"), "--device gpu0: not a device"),
+    (dict(outdir="__FILE__"), "cannot make a run directory there"),
+])
+def test_bad_places_are_named_before_any_work(opts, message, tmp_path):
+    if opts.get("outdir") == "__FILE__":
+        (tmp_path / "afile").write_text("x")
+        opts = dict(outdir=str(tmp_path / "afile"))
+    with pytest.raises(TrainingError, match=message):
+        train(TrainOptions(**{**TINY, "outdir": str(tmp_path / "r"), **opts}, kimg=0.032), progress=False)
+
+
+def test_a_stop_during_a_long_evaluation_abandons_it_and_keeps_a_snapshot(tmp_path):
+    def slow_evaluator(dataset, run_dir, device):
+        def evaluate(model):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while the metric is being computed
+            for _ in range(10**9):  # a long evaluation: must be abandoned, not waited for
+                pass
+        return evaluate
+
+    opts = TrainOptions(**TINY, kimg=1.0, metrics=["swd"], metrics_every=0.064, outdir=str(tmp_path))
+    run = train(opts, progress=False, evaluator_factory=slow_evaluator)
+    snapshot = load_snapshot(run)
+    assert snapshot["images_seen"] == 64  # the step the stop came at: nothing lost
+    assert "abandoned: stop requested" in (run / "log.txt").read_text()
+    rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert rows[-1]["kimg"] == 0.064

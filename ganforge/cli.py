@@ -28,6 +28,10 @@ def _finite_positive(ctx, param, value):
     return value
 
 
+RESERVED_MODEL_OPTS = {"resolution": "--resolution", "channels": "--channels or the data",
+                       "num_classes": "the data's classes"}
+
+
 def _parse_model_opts(pairs: tuple[str, ...], gamma: float | None) -> dict:
     """KEY=VALUE strings -> dict; values read as JSON where they parse (numbers, true/false), else text."""
     opts = {}
@@ -35,6 +39,8 @@ def _parse_model_opts(pairs: tuple[str, ...], gamma: float | None) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--model-opt")
+        if key in RESERVED_MODEL_OPTS:
+            raise click.BadParameter(f"{key} is set by {RESERVED_MODEL_OPTS[key]}, not --model-opt", param_hint="--model-opt")
         try:
             opts[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -223,13 +229,17 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
     """
     from ganforge.inference import generate as sample, generate_from_prompts, load_model, write_images
 
+    from ganforge.inference import GRID_SUFFIXES
     from ganforge.training.loop import resolve_device
 
+    _check_writable(out, "--out", folder=Path(out).suffix.lower() not in GRID_SUFFIXES)
     device = resolve_device(device)
     model = load_model(run_or_snapshot, device)
     if prompt_file:
         prompts = (*prompts, *Path(prompt_file).read_text(encoding="utf-8", errors="replace").splitlines())
     if prompts or model.name == "dfgan":
+        if label is not None:
+            raise click.BadParameter("a text-to-image run is conditioned on --prompt, not on a class", param_hint="--label")
         if not prompts:
             raise click.UsageError("this is a text-to-image run: give --prompt TEXT (or --prompts FILE)")
         images = generate_from_prompts(model, list(prompts), n, seed=seed, device=device, truncate=not no_truncation)
@@ -251,9 +261,10 @@ def export(run_or_snapshot, fmt, out):
     from ganforge.inference import export as write_export, load_model
     from ganforge.training.checkpoint import find_snapshot
 
-    model = load_model(run_or_snapshot)
     if out is None:
         out = find_snapshot(run_or_snapshot).parent / ("generator.onnx" if fmt == "onnx" else "generator.pt")
+    _check_writable(out, "--out")
+    model = load_model(run_or_snapshot)
     paths = write_export(model, fmt, out)
     inputs = f"z [N, {model.z_dim}] float32" + (", labels [N] int64" if model.num_classes else "")
     together = " (keep these files together)" if len(paths) > 1 else ""
@@ -288,6 +299,8 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
     from ganforge.training.loop import resolve_device
 
     names = parse_metrics(metrics)
+    if out:
+        _check_writable(out, "--out")
     dev = resolve_device(device)
     if (run_or_snapshot is None) == (fake is None):
         raise click.UsageError("give either RUN_OR_SNAPSHOT or --fake DIR")
@@ -320,9 +333,35 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
     results = evaluator(fake_u8, fake_labels)
     if floor and "swd" in names:
         results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()
-    click.echo(json.dumps(results, indent=2))
+    text = json.dumps(_finite_or_null(results), indent=2)  # JSON has no NaN: an undefined value is null
+    click.echo(text)
     if out:
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+        Path(out).write_text(text + "\n")
+
+
+def _finite_or_null(value):
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _check_writable(path: str | Path, option: str, folder: bool = False) -> None:
+    """Refuse an output that cannot be written before the work that would fill it starts."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise click.BadParameter(f"{path} is a file; give a folder (or a .png file for a grid)", param_hint=option)
+    if not folder and path.is_dir():
+        raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=option)
+    parent = path if folder else path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".ganforge-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise click.BadParameter(f"cannot write in {parent} ({e.strerror or e})", param_hint=option) from e
 
 
 def _first_image_size(folder: str) -> int:
@@ -332,9 +371,12 @@ def _first_image_size(folder: str) -> int:
 
     for p in sorted(Path(folder).rglob("*")):
         if p.suffix.lower() in IMAGE_EXTENSIONS:
-            with Image.open(p) as img:
-                return min(img.size)
-    raise click.BadParameter(f"{folder}: no images", param_hint="--fake")
+            try:
+                with Image.open(p) as img:
+                    return min(img.size)
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue  # an unreadable file is reported when the folder is loaded
+    raise click.BadParameter(f"{folder}: no readable images", param_hint="--fake")
 
 
 @main.command()

@@ -29,7 +29,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ganforge.errors import GanforgeError
+from ganforge.errors import GanforgeError, check_memory
 from ganforge.progress import bar
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -195,6 +195,12 @@ def _image_folder(root: Path, **kw) -> ImageDataset:
     if not rel:
         raise DatasetError(f"--data {root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
     labels, class_names = _labels_from_folders(rel)
+    if class_names:
+        empty = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                       and d.name not in class_names)
+        if empty:
+            raise DatasetError(f"--data {root}: class folder(s) {', '.join(empty)} hold no images; add images or "
+                               "remove the folder (class ids follow the folder names)")
     return ImageDataset(name=str(root), entries=[str(root / r) for r in rel], labels=labels,
                         class_names=class_names, root=str(root), **kw)
 
@@ -267,6 +273,8 @@ def _mnist(**kw) -> ImageDataset:
         x, y = arrays["images"], arrays["labels"].astype(np.int64)
     digits = torch.from_numpy(x).unsqueeze(1)
     resolution, channels = kw["resolution"], kw["channels"]
+    check_memory(len(digits) * channels * resolution**2 * 2, f"the built-in digits at {resolution}x{resolution}",
+                 "--resolution")
     if channels == 3:
         digits = digits.expand(-1, 3, -1, -1)
     images = TF.resize(digits, [resolution, resolution], antialias=True) if resolution != 28 else digits.clone()

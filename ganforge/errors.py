@@ -22,3 +22,23 @@ def require(modules: str, extra: str, needed_for: str, alternative: str = "") ->
     if any(importlib.util.find_spec(m) is None for m in modules.split(",")):
         raise MissingExtra(f"{needed_for} needs the [{extra}] extra: pip install 'ganforge[{extra}]' "
                            f"(from a clone: pip install -e '.[{extra}]'){alternative}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(nbytes: float, what: str, lower: str) -> None:
+    """Refuse an allocation that cannot fit, before it is tried (the OOM killer gives no message)."""
+    available = available_memory()
+    if available is not None and nbytes > 0.9 * available:
+        raise GanforgeError(f"{what} needs {nbytes / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB is "
+                            f"available: lower {lower}")

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.utils import save_image
 
 from ganforge.data import to_uint8
-from ganforge.errors import require
+from ganforge.errors import check_memory, require
 from ganforge.progress import bar
 from ganforge.models import GanModel, build_model
 from ganforge.training.checkpoint import SnapshotError, load_snapshot
@@ -61,6 +61,8 @@ def generate(model: GanModel, n: int, seed: int = 0, label: int | None = None, b
              device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """n images in [-1, 1] from the EMA generator, their labels, and a grid width."""
     labels, columns = sample_labels(model, n, label)
+    r, c = model.config["resolution"], model.config["channels"]
+    check_memory(n * c * r * r * 4 * 2, f"--n {n} images at {r}x{r}", "--n")
     z = model.sample_latents(n, generator=torch.Generator().manual_seed(seed))
     out = []
     with bar(n, "generating") as progress:
@@ -88,6 +90,9 @@ def generate_from_prompts(model: GanModel, prompts: list[str], per_prompt: int, 
     return torch.cat(out)
 
 
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")  # else --out is a folder
+
+
 def class_rows(images: torch.Tensor, labels: torch.Tensor, columns: int) -> torch.Tensor:
     """Images laid out one row per class, each row filled to `columns` with blank (mid-grey) cells."""
     rows = []
@@ -101,7 +106,7 @@ def write_images(images: torch.Tensor, out: str | Path, columns: int, labels: to
     """A grid when `out` names a .png/.jpg file (one row per class when `labels` are given), otherwise
     one PNG per image in the folder `out`."""
     out = Path(out)
-    if out.suffix.lower() in (".png", ".jpg", ".jpeg"):
+    if out.suffix.lower() in GRID_SUFFIXES:
         out.parent.mkdir(parents=True, exist_ok=True)
         grid = class_rows(images, labels, columns) if labels is not None else images
         save_image(grid, out, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)

@@ -91,3 +91,64 @@ def test_a_stop_during_a_long_evaluation_abandons_it_and_keeps_a_snapshot(tmp_pa
     assert "abandoned: stop requested" in (run / "log.txt").read_text()
     rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert rows[-1]["kimg"] == 0.064
+
+
+def cli(*args):
+    from click.testing import CliRunner
+
+    from ganforge.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model-opt", "base_channels=abc"], "--model-opt base_channels='abc': cdcgan expects a number"),
+    (["--model", "began", "--model-opt", "skip=3"], "began expects true or false"),
+    (["--model-opt", "resolution=64"], "resolution is set by --resolution, not --model-opt"),
+    (["--resolution", "4096"], "the built-in digits at 4096x4096 needs"),
+    (["--batch", str(10**9)], f"--batch {10**9} at 32x32 needs"),
+    (["--kimg", "0.0001"], "--kimg 0.0001 is less than one image"),
+    (["--device", "gpu0"], "--device gpu0: not a device"),
+])
+def test_ordinary_mistakes_are_one_line_and_leave_no_run_directory(args, message, tmp_path):
+    result = cli("train", "--outdir", tmp_path / "runs", *args)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_outputs_are_checked_before_the_work(finished_run, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert "is a file" in cli("generate", finished_run, "--out", tmp_path / "afile").output
+    assert "cannot write in" in cli("export", finished_run, "--out", tmp_path / "afile" / "g.onnx").output
+    assert "cannot write in" in cli("evaluate", finished_run, "--metrics", "swd", "--out", tmp_path / "afile" / "r.json").output
+    assert cli("generate", finished_run, "--n", "4", "--out", tmp_path / "grid.gif").exit_code == 0
+    assert (tmp_path / "grid.gif").is_file()
+
+
+def test_an_empty_class_folder_is_named_not_silently_dropped(tmp_path):
+    from PIL import Image
+
+    from ganforge.data import DatasetError, load_dataset
+
+    for name in ("ant", "cat"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "0.png")
+    (tmp_path / "bee").mkdir()
+    with pytest.raises(DatasetError, match="class folder.s. bee hold no images"):
+        load_dataset(str(tmp_path), 8)
+
+
+def test_plot_skips_a_line_torn_by_a_kill(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with open(run / "stats.jsonl", "a") as f:
+        f.write('{"kimg": 0.09, "st')
+    assert cli("plot", run).exit_code == 0
+
+
+def test_undefined_metric_values_are_json_null():
+    from ganforge.cli import _finite_or_null
+
+    assert json.loads(json.dumps(_finite_or_null({"fid": {"fid": float("nan"), "n": 1}}))) == {"fid": {"fid": None, "n": 1}}

@@ -47,7 +47,8 @@ def test_run_directory_contents(tmp_path):
     run = train(TrainOptions(**TINY, kimg=0.128, outdir=str(tmp_path)), progress=False)
     assert run.name == "00000-cdcgan-mnist"
     names = {p.name for p in run.iterdir()}
-    assert {"training_options.json", "stats.jsonl", "log.txt", "reals.png", "fakes000000.png", "latest.pt"} <= names
+    assert {"training_options.json", "stats.jsonl", "log.txt", "reals.png", "fakes000000k000.png", "latest.pt"} <= names
+    assert {"fakes000000k064.png", "snapshot-000000k064.pt", "snapshot-000000k128.pt"} <= names  # 0.064 kimg apart
     assert any(n.startswith("events.out.tfevents") for n in names)
     assert json.loads((run / "training_options.json").read_text())["batch"] == 16
     assert train(TrainOptions(**TINY, kimg=0.016, outdir=str(tmp_path)), progress=False).name == "00001-cdcgan-mnist"

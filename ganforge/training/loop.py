@@ -24,7 +24,7 @@ import torch
 from torchvision.utils import save_image
 
 from ganforge.data import ImageDataset, ImagesTooSmall, RealStream, detect_channels, load_dataset, to_float
-from ganforge.errors import GanforgeError
+from ganforge.errors import GanforgeError, check_memory
 from ganforge.metrics.diversity import relative_diversity
 from ganforge.models import CONDITIONAL, GanModel, Schedule, StepContext, build_model, model_class, parameter_count
 from ganforge.training.checkpoint import LATEST, SnapshotError, load_snapshot, save_snapshot
@@ -254,6 +254,12 @@ def training_step(model: GanModel, optimizers: dict, scalers: dict, reals: torch
     model.after_step(ctx)
 
 
+def kimg_label(images_seen: int, fine: bool) -> str:
+    """The kimg in file names: whole kimg (000025), or with `fine` (intervals under 1 kimg) also the
+    images beyond it (000001k500), so that names never collide and sort in training order."""
+    return f"{images_seen // 1000:06d}" + (f"k{images_seen % 1000:03d}" if fine else "")
+
+
 def crossed(before: int, after: int, every_kimg: float) -> bool:
     """True when images_seen passed a multiple of every_kimg between two steps."""
     every = max(1, round(every_kimg * 1000))
@@ -378,6 +384,11 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     opts = resolve_options(opts)
     if (opts.batch is not None and opts.batch < 1) or not math.isfinite(opts.kimg) or opts.kimg <= 0:
         raise TrainingError("--batch must be >= 1 and --kimg a positive number")
+    if round(opts.kimg * 1000) < 1:
+        raise TrainingError(f"--kimg {opts.kimg:g} is less than one image")
+    if opts.batch is not None:  # the real batch alone, as uint8 and float, before any network
+        check_memory(opts.batch * (opts.channels or 3) * opts.resolution**2 * 5, f"--batch {opts.batch} at "
+                     f"{opts.resolution}x{opts.resolution}", "--batch")
 
     ddp, device_name = init_from_env(opts.device)
     device = resolve_device(device_name)
@@ -489,11 +500,11 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     def write_grids() -> None:
         if not ddp.main:
             return
-        kimg = images_seen // 1000
-        grid.write(model, run_dir / f"fakes{kimg:06d}.png")
+        kimg = kimg_label(images_seen, fine=opts.sample_every < 1)
+        grid.write(model, run_dir / f"fakes{kimg}.png")
         with torch.no_grad():
             for name, images in model.visuals(grid_reals[:32], grid_labels[:32]).items():
-                save_image(images.float(), run_dir / f"{name}{kimg:06d}.png", nrow=8, normalize=True,
+                save_image(images.float(), run_dir / f"{name}{kimg}.png", nrow=8, normalize=True,
                            value_range=(-1, 1), padding=1)
         plot_stats(run_dir)
 
@@ -519,7 +530,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             barrier(world)
             return
         state = make_snapshot()
-        paths = [run_dir / LATEST] + ([run_dir / f"snapshot-{images_seen // 1000:06d}.pt"] if keep else [])
+        paths = [run_dir / LATEST] + ([run_dir / f"snapshot-{kimg_label(images_seen, opts.snap < 1)}.pt"] if keep else [])
         for path in paths:
             write_snapshot(path, state)
         barrier(world)  # other ranks may read it back (recovery) only once it is complete

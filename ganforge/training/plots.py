@@ -13,7 +13,18 @@ def read_stats(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "stats.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a .jsonl log; a line torn by a kill (the last one, mid-write) is skipped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
@@ -34,7 +45,7 @@ def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
     metric_rows = {}
     for path in sorted(Path(run_dir).glob("metric-*.jsonl")):  # one panel per metric file, every number in it
         name = path.stem[len("metric-"):]
-        rows_m = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows_m = read_jsonl(path)
         series = sorted({k for r in rows_m for k, v in r.items() if isinstance(v, (int, float)) and k not in METRIC_SKIP})
         if rows_m and series:
             metric_rows[name] = rows_m

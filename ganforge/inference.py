@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.utils import save_image
 
 from ganforge.data import to_uint8
-from ganforge.errors import check_memory, require
+from ganforge.errors import OptionError, check_memory, require
 from ganforge.progress import bar
 from ganforge.models import GanModel, build_model
 from ganforge.training.checkpoint import SnapshotError, load_snapshot
@@ -45,11 +45,11 @@ def sample_labels(model: GanModel, n: int, label: int | None) -> tuple[torch.Ten
     """Labels for n samples and the grid width: a fixed label, or one row per class."""
     if not model.num_classes:
         if label is not None:
-            raise ValueError("--label: this model is unconditional (trained without labels)")
+            raise OptionError("--label: this model is unconditional (trained without labels)")
         return None, math.ceil(math.sqrt(n))
     if label is not None:
         if not 0 <= label < model.num_classes:
-            raise ValueError(f"--label {label}: out of range, the model has classes 0..{model.num_classes - 1}")
+            raise OptionError(f"--label {label}: out of range, the model has classes 0..{model.num_classes - 1}")
         return torch.full((n,), label, dtype=torch.long), math.ceil(math.sqrt(n))
     k = model.num_classes  # n spread as evenly as the classes allow: the first n % k get one more
     counts = torch.tensor([n // k + (c < n % k) for c in range(k)])
@@ -78,10 +78,10 @@ def generate_from_prompts(model: GanModel, prompts: list[str], per_prompt: int, 
                           device: str | torch.device = "cpu", truncate: bool = True) -> torch.Tensor:
     """Text-to-image: per_prompt images for each prompt (rows in prompt order), truncated noise by default."""
     if not hasattr(model, "generate_from_text"):
-        raise ValueError(f"--prompt: {model.name} is not a text-to-image model")
+        raise OptionError(f"--prompt: {model.name} is not a text-to-image model")
     prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
-        raise ValueError("--prompt: give at least one non-empty prompt")
+        raise OptionError("--prompt: give at least one non-empty prompt")
     g = torch.Generator().manual_seed(seed)
     z = (model.truncated_latents if truncate else model.sample_latents)(len(prompts) * per_prompt, generator=g)
     captions = [p for p in prompts for _ in range(per_prompt)]
@@ -130,7 +130,7 @@ def export(model: GanModel, fmt: str, out: str | Path) -> list[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if model.name == "dfgan":
-        raise ValueError("--format: exporting the text-to-image generator is not supported yet (its text "
+        raise OptionError("--format: exporting the text-to-image generator is not supported yet (its text "
                          "encoder is a separate network); use ganforge generate --prompt")
     runtime = RuntimeGenerator(model).eval().cpu()
     inline = sum(p.numel() * p.element_size() for p in runtime.parameters()) < 2**31 - 2**26
@@ -149,6 +149,6 @@ def export(model: GanModel, fmt: str, out: str | Path) -> list[Path]:
                               output_names=["images"], dynamic_shapes=tuple({0: batch} for _ in args),
                               external_data=not inline)
     else:
-        raise ValueError(f"--format {fmt}: choose onnx or torchscript")
+        raise OptionError(f"--format {fmt}: choose onnx or torchscript")
     data = out.with_name(out.name + ".data")  # ONNX external weights, written only beyond 2 GB
     return [out] + ([data] if fmt == "onnx" and not inline and data.exists() else [])

@@ -152,3 +152,23 @@ def test_undefined_metric_values_are_json_null():
     from ganforge.cli import _finite_or_null
 
     assert json.loads(json.dumps(_finite_or_null({"fid": {"fid": float("nan"), "n": 1}}))) == {"fid": {"fid": None, "n": 1}}
+
+
+def test_project_errors_are_one_line_faults_keep_their_traceback(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from ganforge.cli import main
+
+    runner = CliRunner()
+    one_line = runner.invoke(main, ["train", "--model-opt", "nf=3", "--outdir", str(tmp_path)])
+    assert one_line.exit_code == 1 and "Error: --model-opt nf: not an option of cdcgan" in one_line.output
+    assert one_line.exception is None or isinstance(one_line.exception, SystemExit)
+    debug = runner.invoke(main, ["--debug", "train", "--model-opt", "nf=3", "--outdir", str(tmp_path)])
+    assert debug.exit_code == 1 and "not an option of cdcgan" in str(debug.exception)  # raised: a traceback
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal mistake")
+
+    monkeypatch.setattr("ganforge.training.loop.train", broken)
+    fault = runner.invoke(main, ["train", "--outdir", str(tmp_path)])
+    assert isinstance(fault.exception, ValueError) and "probably a bug: please report it" in fault.output

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ganforge.data import ImageDataset, to_uint8
-from ganforge.errors import require
+from ganforge.errors import OptionError, require
 from ganforge.inference import generate
 from ganforge.metrics import feature_metrics as fm
 from ganforge.metrics.conditional_accuracy import Classifier, accuracy, train_classifier
@@ -51,7 +51,7 @@ def parse_metrics(text: str | list[str] | None) -> list[str]:
     names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else (text or [])) if m.strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown:
-        raise ValueError(f"--metrics {','.join(unknown)}: unknown (choose from {', '.join(METRICS)})")
+        raise OptionError(f"--metrics {','.join(unknown)}: unknown (choose from {', '.join(METRICS)})")
     return names
 
 
@@ -93,7 +93,7 @@ class Evaluator:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         for name in self.names:
             if METRICS[name].needs_labels and real.num_classes < 2:
-                raise ValueError(f"--metrics {name}: needs labelled real data, {real.name} has none")
+                raise OptionError(f"--metrics {name}: needs labelled real data, {real.name} has none")
         self.real_images, self.real_labels = sample_real(real, n, seed)
         self.inception = InceptionFeatures(inception_weights, self.device) if INCEPTION_METRICS & set(self.names) else None
         self._real_features = None
@@ -166,19 +166,19 @@ class Evaluator:
                 r = fm.kid(real_feats, fake_feats, seed=self.seed)
             elif name == "is":
                 if fake_logits is None:
-                    raise ValueError("--metrics is: the Inception weights in use return pool features only (the "
+                    raise OptionError("--metrics is: the Inception weights in use return pool features only (the "
                                      "bundled FID weights end there); pass --inception-weights FILE with logits")
                 r = fm.inception_score(fake_logits)
             elif name == "pr":
                 r = fm.precision_recall(real_feats, fake_feats)
             elif name == "rprec":
                 if self.captions is None or fake_labels is None:
-                    raise ValueError("--metrics rprec: needs a text-to-image run (dfgan)")
+                    raise OptionError("--metrics rprec: needs a text-to-image run (dfgan)")
                 r = r_precision(self.matcher(), fake.float() / 127.5 - 1, fake_labels, self.captions[0],
                                 self.captions[3], seed=self.seed)
             elif name == "acc":
                 if fake_labels is None or self.captions is not None:  # caption ids are not class labels
-                    raise ValueError("--metrics acc: needs a class-conditional generator (text-to-image: use rprec)")
+                    raise OptionError("--metrics acc: needs a class-conditional generator (text-to-image: use rprec)")
                 r = {"conditional_accuracy": accuracy(self.classifier(), fake.float() / 127.5 - 1, fake_labels)}
             r.update(n_fake=len(fake), n_real=len(self.real_images), seconds=round(time.time() - start, 2))
             results[name] = r

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ganforge.errors import OptionError
 from ganforge.progress import bar
 
 WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -60,7 +61,7 @@ def mean_ms_ssim(images_uint8: torch.Tensor, pairs: int = 10_000, seed: int = 0,
     """Mean MS-SSIM over random pairs of distinct images of one set."""
     n = len(images_uint8)
     if n < 2:
-        raise ValueError("MS-SSIM needs at least two images")
+        raise OptionError("MS-SSIM needs at least two images")
     g = torch.Generator().manual_seed(seed)
     first = torch.randint(0, n, (pairs,), generator=g)
     second = (first + torch.randint(1, n, (pairs,), generator=g)) % n  # never an image with itself

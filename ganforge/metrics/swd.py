@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ganforge.errors import OptionError
 from ganforge.progress import bar
 
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
@@ -97,9 +98,9 @@ def swd(real_uint8: torch.Tensor, fake_uint8: torch.Tensor, seed: int = 0, per_i
         device: str | torch.device = "cpu") -> dict:
     """SWD x1e3 per pyramid level (finest first, labelled by resolution) and their average."""
     if real_uint8.shape[1:] != fake_uint8.shape[1:] or len(real_uint8) != len(fake_uint8):
-        raise ValueError(f"SWD needs equal sets: real {tuple(real_uint8.shape)} vs fake {tuple(fake_uint8.shape)}")
+        raise OptionError(f"SWD needs equal sets: real {tuple(real_uint8.shape)} vs fake {tuple(fake_uint8.shape)}")
     if real_uint8.shape[-1] < 16:
-        raise ValueError("SWD needs images of at least 16x16")
+        raise OptionError("SWD needs images of at least 16x16")
     # Both sets draw neighbourhood positions from the same stream (positions do not depend on content),
     # so identical sets give exactly 0 and the remaining noise is that of the projections.
     real = describe(real_uint8, per_image, torch.Generator().manual_seed(seed), device=device, side="real")

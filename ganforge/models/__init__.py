@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 
+from ganforge.errors import OptionError
+
 _BUILT_IN = {"cdcgan": "ganforge.models.cdcgan:CDCGAN", "dcgan": "ganforge.models.cdcgan:DCGAN",
              "began": "ganforge.models.began:BEGAN", "pggan": "ganforge.models.pggan:PGGAN",
              "dfgan": "ganforge.models.dfgan:DFGAN"}
@@ -24,7 +26,7 @@ def model_class(name: str) -> type:
     if name in _registered:
         return _registered[name]
     if name not in _BUILT_IN:
-        raise ValueError(f"--model {name}: unknown (choose from {', '.join(model_names())})")
+        raise OptionError(f"--model {name}: unknown (choose from {', '.join(model_names())})")
     module, cls = _BUILT_IN[name].split(":")
     return getattr(importlib.import_module(module), cls)
 

@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ganforge.errors import OptionError
+
 
 @dataclass
 class Phase:
@@ -66,14 +68,14 @@ class GanModel(nn.Module):
         super().__init__()
         unknown = set(config) - set(self.defaults) - {"resolution", "channels", "num_classes"}
         if unknown:
-            raise ValueError(f"--model-opt {', '.join(sorted(unknown))}: not an option of {self.name} "
+            raise OptionError(f"--model-opt {', '.join(sorted(unknown))}: not an option of {self.name} "
                              f"(its options: {', '.join(sorted(self.defaults))})")
         for key, value in config.items():  # a value of the default's kind (an int where an int is expected)
             default = self.defaults.get(key)
             numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
             if (numeric and (isinstance(value, bool) or not isinstance(value, (int, float)))) or \
                     (isinstance(default, bool) and not isinstance(value, bool)) or (default is None and isinstance(value, str)):
-                raise ValueError(f"--model-opt {key}={value!r}: {self.name} expects "
+                raise OptionError(f"--model-opt {key}={value!r}: {self.name} expects "
                                  f"{'true or false' if isinstance(default, bool) else 'a number'} (default {default})")
         self.config = dict(config)  # everything needed to rebuild the networks from a snapshot
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganforge.errors import OptionError
 from ganforge.models.base import GanModel, adam, StepContext
 
 
@@ -130,9 +131,9 @@ class BEGAN(GanModel):
         super().__init__(config)
         r, c, n = config["resolution"], config["channels"], config["base_channels"]
         if r < 8 or r & (r - 1):
-            raise ValueError(f"--resolution {r}: BEGAN needs a power of two >= 8 (its smallest map is 8x8)")
+            raise OptionError(f"--resolution {r}: BEGAN needs a power of two >= 8 (its smallest map is 8x8)")
         if not 0 < config["gamma"] <= 1:
-            raise ValueError(f"--gamma {config['gamma']}: must be in (0, 1]")
+            raise OptionError(f"--gamma {config['gamma']}: must be in (0, 1]")
         self.G = Decoder(r, c, n, config["z_dim"], config["skip"])
         self.D = Autoencoder(r, c, n, config["h_dim"], config["skip"])
         self.G.apply(xavier_init)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ganforge.errors import OptionError
 from ganforge.losses import bce_with_logits
 from ganforge.models.base import GanModel, adam, StepContext
 
@@ -105,7 +106,7 @@ class CDCGAN(GanModel):
         super().__init__(config)
         r, c, n = config["resolution"], config["channels"], config.get("num_classes", 0)
         if r < 8 or r & (r - 1):
-            raise ValueError(f"--resolution {r}: DCGAN needs a power of two >= 8")
+            raise OptionError(f"--resolution {r}: DCGAN needs a power of two >= 8")
         self.G = Generator(r, c, config["z_dim"], n, config["base_channels"], config["max_channels"], config["embed_dim"])
         self.D = Discriminator(r, c, n, config["base_channels"], config["max_channels"])
         self.make_ema()

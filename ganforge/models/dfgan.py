@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganforge.errors import OptionError
 from ganforge.models.base import GanModel, adam, StepContext
 from ganforge.models.text import PAD, UNK, BiLSTMEncoder, MiniLMEncoder, build_vocab, train_matcher
 
@@ -181,14 +182,14 @@ class DFGAN(GanModel):
         config = {**self.defaults, **config, "num_classes": 0}
         r = config["resolution"]
         if r < 8 or r & (r - 1):
-            raise ValueError(f"--resolution {r}: DF-GAN needs a power of two >= 8 (64, 128 and 256 in the paper)")
+            raise OptionError(f"--resolution {r}: DF-GAN needs a power of two >= 8 (64, 128 and 256 in the paper)")
         if config["text_encoder"] == "minilm":
             self._encoder = [MiniLMEncoder()]
             config["text_dim"] = MiniLMEncoder.dim
         elif config["text_encoder"] == "bilstm":
             config["text_dim"] = 256
         else:
-            raise ValueError(f"--model-opt text_encoder={config['text_encoder']}: choose minilm or bilstm")
+            raise OptionError(f"--model-opt text_encoder={config['text_encoder']}: choose minilm or bilstm")
         super().__init__(config)
         if config["text_encoder"] == "bilstm":
             # The vocabulary is fixed when the encoder is trained (prepare) and kept in the config.
@@ -223,11 +224,11 @@ class DFGAN(GanModel):
     def prepare(self, dataset, device, resumed: bool) -> None:
         """Embed every caption once (training the BiLSTM encoder first on a new run)."""
         if dataset.captions is None:
-            raise ValueError(f"--model dfgan needs captions: --data {dataset.name} has no text/ folder "
+            raise OptionError(f"--model dfgan needs captions: --data {dataset.name} has no text/ folder "
                              "(use the captioned layout, or --data mnist-captions)")
         missing = [dataset.entries[i] for i, c in enumerate(dataset.captions) if not c]
         if missing:
-            raise ValueError(f"{len(missing)} image(s) have no captions, e.g. {missing[0]} (its text/ file is "
+            raise OptionError(f"{len(missing)} image(s) have no captions, e.g. {missing[0]} (its text/ file is "
                              "missing or empty)")
         flat = [c for caps in dataset.captions for c in caps]
         count = torch.tensor([len(c) for c in dataset.captions])

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganforge.errors import OptionError
 from ganforge.losses import gradient_penalty
 from ganforge.models.base import GanModel, adam, Schedule, StepContext
 
@@ -245,14 +246,14 @@ class PGGAN(GanModel):
     def __init__(self, config: dict):
         config = {**self.defaults, **config}
         if config["preset"] not in PRESETS:
-            raise ValueError(f"--model-opt preset={config['preset']}: choose {' or '.join(PRESETS)}")
+            raise OptionError(f"--model-opt preset={config['preset']}: choose {' or '.join(PRESETS)}")
         preset = PRESETS[config["preset"]]
         for key in ("fade_kimg", "stab_kimg", "fmap_max", "z_dim"):
             config[key] = preset[key] if config[key] is None else config[key]
         super().__init__(config)
         r = config["resolution"]
         if r < 8 or r > 1024 or r & (r - 1):
-            raise ValueError(f"--resolution {r}: PGGAN grows to a power of two from 8 to 1024")
+            raise OptionError(f"--resolution {r}: PGGAN grows to a power of two from 8 to 1024")
         c, n = config["channels"], config.get("num_classes", 0)
         fm = dict(fmap_base=config["fmap_base"], fmap_max=config["fmap_max"])
         self.G = Generator(r, c, config["z_dim"], n, config["fused_min"], **fm)
@@ -330,7 +331,7 @@ class PGGAN(GanModel):
         """At the resolution (and fade) the run reached, or any lower grown resolution."""
         grown = int(self.grown_resolution)
         if resolution is not None and resolution > grown:
-            raise ValueError(f"--resolution {resolution}: this run has only grown to {grown}x{grown}")
+            raise OptionError(f"--resolution {resolution}: this run has only grown to {grown}x{grown}")
         alpha = float(self.grown_alpha) if resolution in (None, grown) else 1.0
         G = self.G_ema if ema else self.G
         return G(z, labels if self.num_classes else None, resolution or grown, alpha)

@@ -172,3 +172,14 @@ def test_project_errors_are_one_line_faults_keep_their_traceback(monkeypatch, tm
     monkeypatch.setattr("ganforge.training.loop.train", broken)
     fault = runner.invoke(main, ["train", "--outdir", str(tmp_path)])
     assert isinstance(fault.exception, ValueError) and "probably a bug: please report it" in fault.output
+
+
+def test_a_failed_start_leaves_no_run_directory(tmp_path):
+    def refusing(dataset, run_dir, device):
+        raise TrainingError("--metrics acc: refused for this data")
+
+    opts = TrainOptions(**TINY, kimg=0.032, metrics=["acc"], outdir=str(tmp_path))
+    with pytest.raises(TrainingError, match="refused"):
+        train(opts, progress=False, evaluator_factory=refusing)
+    assert list(tmp_path.iterdir()) == []
+    assert train(TrainOptions(**TINY, kimg=0.032, outdir=str(tmp_path)), progress=False).name == "00000-cdcgan-mnist"

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -370,7 +371,20 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     `explicit`: the options the user set (only these may override a resumed run's).
     `evaluator_factory`: (dataset, run_dir, device) -> (model -> {metric: results}), needed for
     `opts.metrics`; ganforge.metrics.evaluate.training_evaluator makes one.
+    A new run that fails before its first step leaves no run directory behind (it would hold nothing
+    to resume and take the next run number).
     """
+    start: dict = {}
+    try:
+        return _train(opts, resume, explicit, progress, evaluator_factory, start)
+    except BaseException:
+        if start.get("new_run_dir") is not None and not start.get("stepped"):
+            shutil.rmtree(start["new_run_dir"], ignore_errors=True)
+        raise
+
+
+def _train(opts: TrainOptions, resume: str | None, explicit: set[str] | None, progress: bool,
+           evaluator_factory: Callable | None, start: dict) -> Path:
     snapshot = None
     if resume is not None:
         try:
@@ -463,6 +477,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         prepare_model(model, dataset, device, resumed=False)  # before the run directory: it may refuse the data
         if ddp.main:
             run_dir = make_run_dir(opts.outdir, f"{opts.model}-{dataset_desc(opts.data)}")
+            start["new_run_dir"] = run_dir
             lock = RunLock(run_dir)
             write_options(run_dir, opts)
         else:
@@ -624,6 +639,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                 raise TrainingError(out_of_memory(opts, sched, run_dir, "training step")) from e
             before, images_seen, step = images_seen, images_seen + sched.batch, step + 1
             update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, images_seen, model.ema_beta))
+            start["stepped"] = True
 
             finite = not ctx.stats or bool(torch.stack([v.float() for v in ctx.stats.values()]).isfinite().all())
             if not all_true(finite, world, device):

@@ -62,7 +62,7 @@ def generate(model: GanModel, n: int, seed: int = 0, label: int | None = None, b
     """n images in [-1, 1] from the EMA generator, their labels, and a grid width."""
     labels, columns = sample_labels(model, n, label)
     r, c = model.config["resolution"], model.config["channels"]
-    check_memory(n * c * r * r * 4 * 2, f"--n {n} images at {r}x{r}", "--n")
+    check_memory(n * c * r * r * 4 * 3, f"--n {n} images at {r}x{r}", "--n")  # batches, their concatenation, uint8
     z = model.sample_latents(n, generator=torch.Generator().manual_seed(seed))
     out = []
     with bar(n, "generating") as progress:

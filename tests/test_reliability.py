@@ -183,3 +183,14 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path):
         train(opts, progress=False, evaluator_factory=refusing)
     assert list(tmp_path.iterdir()) == []
     assert train(TrainOptions(**TINY, kimg=0.032, outdir=str(tmp_path)), progress=False).name == "00000-cdcgan-mnist"
+
+
+def test_hostile_input_catalogue_fast_subset():
+    """benchmarks/hostile_inputs.py, the cases that need no second training run: no traceback, nothing
+    silent, no work lost (the whole catalogue is in benchmarks/RESULTS.md)."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from hostile_inputs import main_
+
+    assert main_(["--cases", "1,2,5,8,9,10,12,13,16,17,18,20,21,22,24,25,26,28,29"]) == 0

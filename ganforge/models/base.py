@@ -75,8 +75,9 @@ class GanModel(nn.Module):
             numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
             if (numeric and (isinstance(value, bool) or not isinstance(value, (int, float)))) or \
                     (isinstance(default, bool) and not isinstance(value, bool)) or (default is None and isinstance(value, str)):
+                usual = "chosen by the model" if default is None else default
                 raise OptionError(f"--model-opt {key}={value!r}: {self.name} expects "
-                                 f"{'true or false' if isinstance(default, bool) else 'a number'} (default {default})")
+                                  f"{'true or false' if isinstance(default, bool) else 'a number'} (default: {usual})")
         self.config = dict(config)  # everything needed to rebuild the networks from a snapshot
 
     # --- set-up -----------------------------------------------------------------------------

@@ -195,9 +195,9 @@ def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
     """The mistakes every one of the --gpus processes would otherwise report at once."""
     import torch
 
-    if torch.cuda.device_count() < gpus:
-        raise click.BadParameter(f"{gpus} processes need {gpus} GPUs; this machine has {torch.cuda.device_count()}",
-                                 param_hint="--gpus")
+    if options["device"] != "cpu" and torch.cuda.device_count() < gpus:  # --device cpu: CPU processes (gloo)
+        raise click.BadParameter(f"{gpus} processes need {gpus} GPUs; this machine has {torch.cuda.device_count()} "
+                                 "(--device cpu runs the processes on CPUs)", param_hint="--gpus")
     from ganforge.data import BUILTIN_DATASETS
 
     if resume is None and options["data"] not in BUILTIN_DATASETS and not Path(options["data"]).expanduser().exists():

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganforge.errors import require
-from ganforge.progress import bar
+from ganforge.progress import bar, bar_over
 
 
 def cache_folder() -> Path:
@@ -194,8 +194,9 @@ def train_matcher(images: torch.Tensor, caption_start: torch.Tensor, caption_cou
     matcher = Matcher(images.shape[1], text_dim).to(device)
     opt = torch.optim.Adam([*matcher.parameters(), *extra_params], lr=lr)
     matcher.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(images), generator=g).split(batch):
+    for epoch in range(epochs):
+        for idx in bar_over(torch.randperm(len(images), generator=g).split(batch),
+                            f"image-text matcher, epoch {epoch + 1}/{epochs}"):
             if len(idx) < 2:
                 continue
             pick = (torch.rand(len(idx), generator=g) * caption_count[idx]).long()

@@ -187,7 +187,7 @@ def restore(snap: dict, model: GanModel, scalers: dict, gen: torch.Generator, st
     return optimizers, snap["stage"], snap["images_seen"], snap["step"], snap.get("best_value")
 
 
-OWN_TEMPORARY = re.compile(r"\.(latest|best|snapshot-\d+)\.pt\.\d+\.tmp|\.training_options\.json\.tmp|\.lock\.\d+\.tmp")
+OWN_TEMPORARY = re.compile(r"\.(latest|best|snapshot-\d+(k\d+)?)\.pt\.\d+\.tmp|\.training_options\.json\.tmp|\.lock\.\d+\.tmp")
 
 
 def check_run_directory(run_dir: Path, snapshot: dict) -> None:
@@ -386,15 +386,16 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
 def _train(opts: TrainOptions, resume: str | None, explicit: set[str] | None, progress: bool,
            evaluator_factory: Callable | None, start: dict) -> Path:
     snapshot = None
+    channels_source = "--channels" if opts.channels is not None else "detected from the data"
     if resume is not None:
         try:
             snapshot = load_snapshot(resume)
         except SnapshotError as e:
             raise TrainingError(str(e)) from e
         opts = _check_resume(opts, snapshot["options"], explicit or set(), resume)
+        channels_source = "as the run was trained"
         if opts.channels is None:  # runs made before channels were resolved: keep what the networks have
             opts = dataclasses.replace(opts, channels=snapshot["model_config"]["channels"])
-    channels_source = "--channels" if opts.channels is not None else "detected from the data"
     opts = resolve_options(opts)
     if (opts.batch is not None and opts.batch < 1) or not math.isfinite(opts.kimg) or opts.kimg <= 0:
         raise TrainingError("--batch must be >= 1 and --kimg a positive number")

@@ -103,9 +103,10 @@ class Evaluator:
         self._matcher = None
 
     # --- real-side statistics, computed once -------------------------------------------------
-    def _cached(self, kind: str, key: tuple, build, real_side: bool = True) -> dict:
+    def _cached(self, kind: str, key: tuple, build, real_side: bool = True, keep: bool = True) -> dict:
         """A dict of tensors: read from the cache folder when there (an unreadable file is rebuilt),
-        else built and stored atomically. `build` gets the path for partial progress (or None)."""
+        else built and, with `keep`, stored atomically. `build` gets a path where it may keep partial
+        progress (or None), removed once the whole is built."""
         if self.cache_dir is None:
             return build(None)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -113,23 +114,27 @@ class Evaluator:
         path = self.cache_dir / f"{kind}-{cache_key(*real, *key)}.pt"
         state = load_or_discard(path) if path.exists() else None
         if state is None:
-            state = build(path.with_name(path.stem + ".partial.pt"))
-            save_atomically(path, state)
-            path.with_name(path.stem + ".partial.pt").unlink(missing_ok=True)
+            partial = path.with_name(path.stem + ".partial.pt")
+            state = build(partial)
+            if keep:
+                save_atomically(path, state)
+            partial.unlink(missing_ok=True)
         return state
 
-    def features(self, images: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Inception features of an image set, cached by its content (an interrupted run resumes them)."""
+    def features(self, images: torch.Tensor, side: str, keep: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inception features of an image set, found by its content: an interrupted extraction resumes
+        from its partial file. Only `keep` sets stay cached (the reals: generated sets change every
+        evaluation and would fill the disk)."""
         def build(partial):
             features, logits = self.inception(images, desc=f"Inception features ({side})", checkpoint=partial)
             return {"features": features, "logits": logits}
 
-        state = self._cached("inception", (self.inception.id, content_key(images)), build, real_side=False)
+        state = self._cached("inception", (self.inception.id, content_key(images)), build, real_side=False, keep=keep)
         return state["features"], state.get("logits")
 
     def real_features(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._real_features is None:
-            self._real_features = self.features(self.real_images, "real")
+            self._real_features = self.features(self.real_images, "real", keep=True)
         return self._real_features
 
     def classifier(self) -> Classifier:
@@ -147,7 +152,7 @@ class Evaluator:
         shared_seconds = 0.0  # feature extraction, shared out among the metrics that use the features
         if inception_metrics:
             start = time.time()
-            fake_feats, fake_logits = self.features(fake, "generated")
+            fake_feats, fake_logits = self.features(fake, "generated", keep=False)
             real_feats, _ = self.real_features()
             shared_seconds = (time.time() - start) / len(inception_metrics)
         for name in self.names:

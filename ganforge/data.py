@@ -320,14 +320,13 @@ def load_dataset(data: str, resolution: int, channels: int | None = None, center
         ds = _captioned(path, split, **kw)
     else:
         ds = _image_folder(path, **kw)
-    if min_side is not None:
-        _check_sizes(ds, min_side)
     if preload is None:
         preload = len(ds) * channels * resolution * resolution <= PRELOAD_LIMIT_BYTES
+    unreadable = _read_headers(ds, min_side) if min_side is not None or not preload else []  # one pass
     if preload:
         ds.preload()
     else:
-        ds.bad_files += _unreadable_headers(ds)
+        ds.bad_files += unreadable
         keep = [i for i, e in enumerate(ds.entries) if e not in set(ds.bad_files)]
         ds._select(keep)
         ds._check_not_empty()
@@ -371,31 +370,23 @@ class ImagesTooSmall(DatasetError):
     """An image is smaller than the resolution a model must not upscale to."""
 
 
-def _check_sizes(ds: ImageDataset, min_side: int) -> None:
-    """Read each image's header (not its pixels) and stop at the first one smaller than min_side."""
-    with bar(len(ds), "checking image sizes") as progress:
+def _read_headers(ds: ImageDataset, min_side: int | None = None) -> list[str]:
+    """One pass over the image headers (not the pixels): the files PIL cannot even identify (empty,
+    not images), and with `min_side` a stop at the first image smaller than that."""
+    bad = []
+    with bar(len(ds), "reading image headers") as progress:
         for i, entry in enumerate(ds.entries):
             try:
                 with Image.open(io.BytesIO(ds.read_bytes(i))) as img:
                     size = img.size
             except (OSError, UnidentifiedImageError, zipfile.BadZipFile, Image.DecompressionBombError, ValueError):
-                continue  # unreadable files are reported when decoded
+                bad.append(entry)
+                continue
             ds._note_size(size)
-            if min(size) < min_side:
+            if min_side is not None and min(size) < min_side:
                 raise ImagesTooSmall(f"--resolution {min_side}: {entry} in --data {ds.name} is smaller "
                                      f"({size[0]}x{size[1]} px)")
             progress.update(1)
-
-
-def _unreadable_headers(ds: ImageDataset) -> list[str]:
-    """Cheap check before a lazy run: files PIL cannot even identify (empty, not images)."""
-    bad = []
-    for i, entry in enumerate(ds.entries):
-        try:
-            with Image.open(io.BytesIO(ds.read_bytes(i))) as img:
-                ds._note_size(img.size)
-        except (OSError, UnidentifiedImageError, zipfile.BadZipFile, Image.DecompressionBombError, ValueError):
-            bad.append(entry)
     return bad
 
 

@@ -15,7 +15,7 @@ import torch
 from ganforge.data import load_dataset
 from ganforge.inference import generate, load_model
 from ganforge.metrics.conditional_accuracy import accuracy, train_classifier
-from ganforge.training.checkpoint import load_snapshot
+from ganforge.snapshots import load_snapshot
 
 
 def main():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ganforge.training.checkpoint import load_snapshot
+from ganforge.snapshots import load_snapshot
 
 ARGS = ["--data", "mnist", "--resolution", "16", "--batch", "16", "--base-channels", "8", "--kimg", "12",
         "--tick", "0.8", "--sample-every", "4", "--snap", "0.032", "--quiet", "--device", "cpu"]

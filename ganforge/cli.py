@@ -9,11 +9,14 @@ import sys
 import warnings
 from pathlib import Path
 
+from dataclasses import MISSING, fields
+
 import click
 from click.core import ParameterSource
 
 from ganforge.errors import GanforgeError
 from ganforge.models import model_names
+from ganforge.training.options import TrainOptions
 
 
 def _power_of_two(ctx, param, value):
@@ -32,7 +35,7 @@ RESERVED_MODEL_OPTS = {"resolution": "--resolution", "channels": "--channels or 
                        "num_classes": "the data's classes"}
 
 
-def _parse_model_opts(pairs: tuple[str, ...], gamma: float | None) -> dict:
+def _parse_model_opts(pairs: tuple[str, ...], aliases: dict | None = None) -> dict:
     """KEY=VALUE strings -> dict; values read as JSON where they parse (numbers, true/false), else text."""
     opts = {}
     for pair in pairs:
@@ -45,22 +48,75 @@ def _parse_model_opts(pairs: tuple[str, ...], gamma: float | None) -> dict:
             opts[key] = json.loads(value)
         except json.JSONDecodeError:
             opts[key] = value
-    if gamma is not None:
-        opts["gamma"] = gamma
+    for key, value in (aliases or {}).items():
+        if value is not None and key in opts and opts[key] != value:
+            raise click.BadParameter(f"--{key.replace('_', '-')} {value} and --model-opt {key}={opts[key]!r} disagree; "
+                                     "give one", param_hint="--model-opt")
+        if value is not None:
+            opts[key] = value
     return opts
 
 
-# Options several commands share, declared once so their defaults and help agree everywhere.
-DEVICE = click.option("--device", default="auto", show_default=True,
-                      help="auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N")
-SEED = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-                    help="Random seed (noise, data order); the same seed gives the same result")
-PRECISION = click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32",
-                         show_default=True, help="Arithmetic: fp32, tf32 matmuls, or bf16/fp16 autocast")
+class _ModelChoice(click.Choice):
+    """The registered models, read when the option is parsed: a model registered after this module
+    was imported (a plug-in, a test) is a choice too."""
+
+    def __init__(self):
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return model_names()
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+def option_from(name: str, **override):
+    """The click option of a TrainOptions field, from its one declaration (default, help, form);
+    `override` changes what another command needs differently (its default, say)."""
+    spec = next(f for f in fields(TrainOptions) if f.name == name)
+    form, flag = spec.metadata, "--" + name.replace("_", "-")
+    kwargs = dict(default=spec.default if spec.default is not MISSING else None, help=form["help"])
+    if form.get("flag"):
+        flag = f"{flag}/--no-{name.replace('_', '-')}"
+    elif form.get("comma"):
+        kwargs["default"] = ""
+    elif form.get("models"):
+        kwargs["type"] = _ModelChoice()
+    elif form.get("choices"):
+        kwargs["type"] = click.Choice([str(c) for c in form["choices"]])
+        if isinstance(form["choices"][0], int):  # given as text, kept as the number
+            kwargs["callback"] = lambda ctx, param, value: None if value is None else int(value)
+    elif "minimum" in form:
+        kwargs["type"] = click.IntRange(min=form["minimum"])
+    elif form.get("positive"):
+        kwargs.update(type=float, callback=_finite_positive)
+    elif form.get("power_of_two"):
+        kwargs.update(type=int, callback=_power_of_two)
+    kwargs["show_default"] = kwargs["default"] not in (None, "")
+    if isinstance(kwargs["default"], int) and "choices" in form:
+        kwargs["default"] = str(kwargs["default"])
+    kwargs.update(override)
+    return click.option(flag, name, **kwargs)
+
+
+def train_options(function):
+    """Every TrainOptions field that is a command-line option, in declaration order."""
+    for spec in reversed([f for f in fields(TrainOptions) if f.metadata["cli"]]):
+        function = option_from(spec.name)(function)
+    return function
+
+
+# Options several commands share, declared once (on TrainOptions) so their defaults and help agree.
+DEVICE, SEED, PRECISION = option_from("device"), option_from("seed"), option_from("precision")
 MODEL_OPT = click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
                          help="Set one of the model's hyperparameters, e.g. lr=5e-5 or skip=true (repeatable)")
 INCEPTION_WEIGHTS = click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None,
                                  help="TorchScript Inception for FID/KID/PR/IS [default: the bundled FID weights]")
+# Flags the papers' users expect, each the same as one --model-opt.
+MODEL_OPT_ALIASES = {"gamma": "BEGAN's diversity ratio gamma", "base_channels": "Network width (n, base filters)"}
 
 
 class _GanforgeErrors(click.Group):
@@ -93,45 +149,13 @@ def main(debug):
 
 
 @main.command()
-@click.option("--model", type=click.Choice(model_names()), default="cdcgan", show_default=True, help="GAN to train")
-@click.option("--data", default="mnist", show_default=True,
-              help="'mnist' or 'mnist-captions' (built in), an image folder (class sub-folders = labels), a .zip, "
-                   "or images/+text/+split.csv")
-@click.option("--resolution", type=int, default=32, show_default=True, callback=_power_of_two, help="Image size (power of two)")
-@click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="1 grey or 3 RGB [default: 1 for mnist, else 3]")
-@click.option("--center-crop/--no-center-crop", default=True, show_default=True, help="Square centre crop (else squash)")
-@click.option("--xflip/--no-xflip", default=False, show_default=True, help="Random horizontal flips of reals")
-@click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True,
-              help="Which split.csv rows to use (captioned layout)")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Images per step [default: model's, 64 for cdcgan]")
-@click.option("--kimg", type=float, default=100.0, show_default=True, callback=_finite_positive,
-              help="Training length in thousands of real images shown")
-@SEED
-@click.option("--base-channels", type=click.IntRange(min=1), default=None, help="Network width [default: model's]")
+@train_options
+@click.option("--base-channels", type=click.IntRange(min=1), default=None,
+              help=MODEL_OPT_ALIASES["base_channels"] + " [default: model's] (same as --model-opt base_channels=...)")
 @click.option("--gamma", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="BEGAN diversity ratio gamma (same as --model-opt gamma=...)")
+              help=MODEL_OPT_ALIASES["gamma"] + " (same as --model-opt gamma=...)")
 @MODEL_OPT
-@click.option("--ema-kimg", type=float, default=10.0, show_default=True, callback=_finite_positive,
-              help="Half-life of the EMA generator in kimg")
-@click.option("--tick", type=float, default=1.0, show_default=True, callback=_finite_positive, help="kimg per stats row")
-@click.option("--sample-every", type=float, default=10.0, show_default=True, callback=_finite_positive,
-              help="kimg between sample grids")
-@click.option("--snap", type=float, default=25.0, show_default=True, callback=_finite_positive,
-              help="kimg between kept snapshots")
-@click.option("--metrics", default="", help="Metrics to evaluate during training, e.g. fid,swd,acc (see evaluate)")
-@click.option("--metrics-every", type=float, default=50.0, show_default=True, callback=_finite_positive,
-              help="kimg between metric evaluations")
-@click.option("--metrics-n", type=click.IntRange(min=2), default=5000, show_default=True,
-              help="Generated images per evaluation")
-@click.option("--best-metric", default=None, help="Keep best.pt by this metric [default: the first of --metrics]")
 @INCEPTION_WEIGHTS
-@PRECISION
-@click.option("--channels-last/--no-channels-last", default=False, show_default=True, help="NHWC convolutions")
-@click.option("--compile/--no-compile", "compile", default=False, show_default=True,
-              help="torch.compile G and D where the graph allows (not through double backward)")
-@DEVICE
-@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, help="Image decoding threads")
-@click.option("--outdir", default="runs", show_default=True, help="Parent folder of numbered run directories")
 @click.option("--resume", type=click.Path(exists=True), default=None, help="Run directory or snapshot to continue")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this machine (one per GPU) through torchrun; --batch is the total over all")
@@ -147,37 +171,27 @@ def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
         del args[i:i + (1 if "=" in args[i] else 2)]
         os.execvp(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                    f"--nproc_per_node={gpus}", "-m", "ganforge", *args])
-    from ganforge.metrics.evaluate import parse_metrics, training_evaluator
-    from ganforge.training.loop import TrainOptions, resolve_options, train as run_training
+    from ganforge.metrics.evaluate import parse_metrics
+    from ganforge.training.loop import train as run_training
+    from ganforge.training.options import plan
 
-    if kwargs["channels"] is not None:
-        kwargs["channels"] = int(kwargs["channels"])
     explicit = {k for k in kwargs if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-    kwargs["model_opts"] = _parse_model_opts(kwargs.pop("model_opt"), kwargs.pop("gamma"))
+    aliases = {k: kwargs.pop(k) for k in MODEL_OPT_ALIASES}
+    kwargs["model_opts"] = _parse_model_opts(kwargs.pop("model_opt"), aliases)
     kwargs["metrics"] = parse_metrics(kwargs["metrics"])
     if kwargs["best_metric"] is not None and kwargs["best_metric"] not in kwargs["metrics"]:
         raise click.BadParameter(f"{kwargs['best_metric']} is not among --metrics", param_hint="--best-metric")
-    if explicit & {"model_opt", "gamma"}:
+    if explicit & {"model_opt", *MODEL_OPT_ALIASES}:
         explicit.add("model_opts")
+    explicit -= {"model_opt", *MODEL_OPT_ALIASES}
     opts = TrainOptions(**kwargs)
     if dry_run:
-        if resume:
-            from ganforge.training.checkpoint import load_snapshot
-            from ganforge.training.loop import _check_resume
-
-            opts = _check_resume(opts, load_snapshot(resume)["options"], explicit, resume)
-        opts = resolve_options(opts)
+        opts, schedule = plan(opts, resume, explicit)
         click.echo(json.dumps(opts.to_json(), indent=2))
-        for line in dry_run_schedule(opts):
+        for line in schedule:
             click.echo(line)
         return
-    factory = training_evaluator(opts.metrics, opts.metrics_n, inception_weights) if opts.metrics else None
-    if resume and "metrics" not in explicit:
-        from ganforge.training.checkpoint import load_snapshot
-
-        saved = load_snapshot(resume)["options"]
-        factory = training_evaluator(saved.get("metrics", []), saved.get("metrics_n", 5000), inception_weights)
-    run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet, evaluator_factory=factory)
+    run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet, inception_weights=inception_weights)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"run directory: {run_dir}")
         if _stopped_early(run_dir):  # Ctrl-C or SIGTERM: latest.pt is written, the shell sees the interrupt
@@ -204,22 +218,6 @@ def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
         raise click.BadParameter(f"{options['data']}: no such file or folder", param_hint="--data")
 
 
-def dry_run_schedule(opts) -> list[str]:
-    """The schedule in words, asked of the model itself (built on the CPU, no data read); models
-    with the base class's fixed schedule have nothing to say."""
-    from ganforge.models import GanModel, build_model, model_class
-    from ganforge.training.loop import describe_schedule, model_config
-
-    if model_class(opts.model).schedule is GanModel.schedule:
-        return []
-    notes = [] if opts.batch is not None else ["batch: set per resolution by the model (see the schedule)"]
-    try:
-        model = build_model(opts.model, model_config(opts, opts.channels or 3, 0))
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--model-opt") from e
-    return notes + describe_schedule(model, opts)
-
-
 @main.command()
 @click.argument("run_or_snapshot", type=click.Path(exists=True))
 @click.option("--n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of images")
@@ -239,14 +237,16 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
     from ganforge.inference import generate as sample, generate_from_prompts, load_model, write_images
 
     from ganforge.inference import GRID_SUFFIXES
-    from ganforge.training.loop import resolve_device
+    from ganforge.hardware import resolve_device
 
     _check_writable(out, "--out", folder=Path(out).suffix.lower() not in GRID_SUFFIXES)
     device = resolve_device(device)
     model = load_model(run_or_snapshot, device)
     if prompt_file:
         prompts = (*prompts, *Path(prompt_file).read_text(encoding="utf-8", errors="replace").splitlines())
-    if prompts or model.name == "dfgan":
+    from ganforge.models.base import TEXT
+
+    if prompts or model.conditioning == TEXT:
         if label is not None:
             raise click.BadParameter("a text-to-image run is conditioned on --prompt, not on a class", param_hint="--label")
         if not prompts:
@@ -267,15 +267,15 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
 @click.option("--out", default=None, help="Output file [default: generator.onnx / generator.pt beside the snapshot]")
 def export(run_or_snapshot, fmt, out):
     """Write a standalone generator (noise [+ label] -> image in [-1, 1]) that runs without ganforge."""
-    from ganforge.inference import export as write_export, load_model
-    from ganforge.training.checkpoint import find_snapshot
+    from ganforge.inference import RuntimeGenerator, export as write_export, load_model
+    from ganforge.snapshots import find_snapshot
 
     if out is None:
         out = find_snapshot(run_or_snapshot).parent / ("generator.onnx" if fmt == "onnx" else "generator.pt")
     _check_writable(out, "--out")
     model = load_model(run_or_snapshot)
     paths = write_export(model, fmt, out)
-    inputs = f"z [N, {model.z_dim}] float32" + (", labels [N] int64" if model.num_classes else "")
+    inputs = f"z [N, {model.z_dim}] float32" + (", labels [N] int64" if RuntimeGenerator(model).conditional else "")
     together = " (keep these files together)" if len(paths) > 1 else ""
     click.echo(f"wrote {', '.join(map(str, paths))}{together}: inputs {inputs}; output images [N, C, H, W] in [-1, 1]")
 
@@ -303,9 +303,10 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
              out):
     """Measure a run's generator (or a folder of images) against real images."""
     from ganforge.data import load_dataset
-    from ganforge.metrics.evaluate import Evaluator, fake_images, parse_metrics
-    from ganforge.training.checkpoint import find_snapshot, load_snapshot
-    from ganforge.training.loop import resolve_device
+    from ganforge.metrics.evaluate import Evaluator, Fakes, fake_images, parse_metrics
+    from ganforge.models.base import Condition
+    from ganforge.snapshots import find_snapshot, load_snapshot
+    from ganforge.hardware import resolve_device
 
     names = parse_metrics(metrics)
     if out:
@@ -318,15 +319,13 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
 
         options = load_snapshot(run_or_snapshot)["options"]
         model = load_model(run_or_snapshot, dev)
-        grown = int(getattr(model, "grown_resolution", options["resolution"]))
-        real_ds = load_dataset(real or options["data"], grown, model.config["channels"], options["center_crop"],
-                               split or options["split"])
+        real_ds = load_dataset(real or options["data"], model.sample_resolution, model.config["channels"],
+                               options["center_crop"], split or options["split"])
         cache = cache_dir or find_snapshot(run_or_snapshot).parent / "metric-cache"
         evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache, seed)
-        if model.name == "dfgan":  # generate from this split's captions, as DF-GAN is evaluated on test captions
-            model.prepare(real_ds, dev, resumed=True)
-            evaluator.use_captions_of(model)
-        fake_u8, fake_labels = fake_images(model, n, seed=seed + 1, device=dev)
+        model.prepare(real_ds, dev, resumed=True)  # a text model samples this split's captions (DF-GAN: test)
+        evaluator.use_captions_of(model)
+        fakes = fake_images(model, n, seed=seed + 1, device=dev)
     else:
         if real is None:
             raise click.UsageError("--fake needs --real")
@@ -335,11 +334,10 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
         evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir, seed)
         from ganforge.metrics.evaluate import sample_real
 
-        fake_u8, _ = sample_real(fake_ds, n, seed + 1)
-        fake_labels = None
-    if len(fake_u8) < n or len(evaluator.real_images) < n:
-        click.echo(f"note: using {len(fake_u8)} fake and {len(evaluator.real_images)} real images (asked for {n})")
-    results = evaluator(fake_u8, fake_labels)
+        fakes = Fakes(sample_real(fake_ds, n, seed + 1)[0], Condition())
+    if len(fakes.images) < n or len(evaluator.real_images) < n:
+        click.echo(f"note: using {len(fakes.images)} fake and {len(evaluator.real_images)} real images (asked for {n})")
+    results = evaluator(fakes)
     if floor and "swd" in names:
         results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()
     text = json.dumps(_finite_or_null(results), indent=2)  # JSON has no NaN: an undefined value is null
@@ -402,19 +400,18 @@ def plot(run, out):
 
 
 @main.command()
-@click.option("--model", type=click.Choice(model_names()), default="pggan", show_default=True, help="GAN to time")
-@click.option("--resolution", type=int, default=64, show_default=True, callback=_power_of_two,
-              help="Image size (power of two); progressive models are timed fully grown")
-@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Images per step")
+@option_from("model", default="pggan", show_default=True, help="GAN to time")
+@option_from("resolution", default=64, help="Image size (power of two); progressive models are timed fully grown")
+@option_from("batch", default=16, show_default=True, help="Images per step")
 @PRECISION
-@click.option("--channels-last", is_flag=True, help="NHWC memory layout for the convolutions")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile G and D (falls back to eager if it fails)")
+@option_from("channels_last")
+@option_from("compile")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
               help="Untimed steps first (allocation, cuDNN autotuning, compilation)")
 @MODEL_OPT
 @DEVICE
-def bench(model, resolution, batch, precision, channels_last, compile_, steps, warmup, model_opt, device):
+def bench(model, resolution, batch, precision, channels_last, compile, steps, warmup, model_opt, device):
     """Time full training steps (D step with penalties + G step) of a model: img/s, memory, TFLOP/s.
 
     FLOPs are counted by torch.utils.flop_counter over one whole training step (forward and backward
@@ -422,9 +419,9 @@ def bench(model, resolution, batch, precision, channels_last, compile_, steps, w
     """
     from ganforge.training.bench import bench_training_step
 
-    extra = _parse_model_opts(model_opt, None)
+    extra = _parse_model_opts(model_opt)
     result = bench_training_step(model, resolution, batch, precision, steps, warmup, device,
-                                 channels=3, model_opts=extra, channels_last=channels_last, compile=compile_,
+                                 channels=3, model_opts=extra, channels_last=channels_last, compile=compile,
                                  count_flops=True)
     click.echo(json.dumps(result))
 

@@ -46,3 +46,7 @@ def check_memory(nbytes: float, what: str, lower: str) -> None:
     if available is not None and nbytes > 0.9 * available:
         raise GanforgeError(f"{what} needs {nbytes / 2**30:.1f} GiB of memory, {available / 2**30:.1f} GiB is "
                             f"available: lower {lower}")
+
+
+class TrainingError(GanforgeError, RuntimeError):
+    """A run that cannot start or continue; the message says why."""

@@ -12,9 +12,10 @@ from torchvision.utils import save_image
 
 from ganforge.data import to_uint8
 from ganforge.errors import OptionError, check_memory, require
-from ganforge.progress import bar
-from ganforge.models import GanModel, build_model
-from ganforge.training.checkpoint import SnapshotError, load_snapshot
+from ganforge.models import build_model
+from ganforge.models.base import CLASS, TEXT, Condition, GanModel
+from ganforge.sampling import sample, sample_from_text
+from ganforge.snapshots import SnapshotError, load_snapshot
 
 
 def load_model(run_or_snapshot: str | Path, device: str | torch.device = "cpu") -> GanModel:
@@ -35,59 +36,46 @@ class RuntimeGenerator(nn.Module):
         super().__init__()
         self.G = model.G_ema
         self.options = model.sampling_options()  # fixed at export (PGGAN: the size and fade the run reached)
-        self.conditional = model.num_classes > 0
+        self.conditional = model.conditioning == CLASS
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.G(z, labels if self.conditional else None, **self.options)
 
 
-def sample_labels(model: GanModel, n: int, label: int | None) -> tuple[torch.Tensor | None, int]:
-    """Labels for n samples and the grid width: a fixed label, or one row per class."""
-    if not model.num_classes:
+def class_condition(model: GanModel, n: int, label: int | None) -> tuple[Condition | None, int]:
+    """The condition of n samples and the grid width: a fixed class, or one row per class (None:
+    the model's own choice)."""
+    if model.conditioning != CLASS:
         if label is not None:
-            raise OptionError("--label: this model is unconditional (trained without labels)")
+            raise OptionError("--label: this model is not class-conditional (trained without labels)")
         return None, math.ceil(math.sqrt(n))
     if label is not None:
         if not 0 <= label < model.num_classes:
             raise OptionError(f"--label {label}: out of range, the model has classes 0..{model.num_classes - 1}")
-        return torch.full((n,), label, dtype=torch.long), math.ceil(math.sqrt(n))
-    k = model.num_classes  # n spread as evenly as the classes allow: the first n % k get one more
-    counts = torch.tensor([n // k + (c < n % k) for c in range(k)])
-    return torch.repeat_interleave(torch.arange(k), counts), int(counts.max())
+        return Condition(classes=torch.full((n,), label, dtype=torch.long)), math.ceil(math.sqrt(n))
+    return None, math.ceil(n / model.num_classes)
 
 
-@torch.no_grad()
-def generate(model: GanModel, n: int, seed: int = 0, label: int | None = None, batch: int = 64,
+def generate(model: GanModel, n: int, seed: int = 0, label: int | None = None,
              device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """n images in [-1, 1] from the EMA generator, their labels, and a grid width."""
-    labels, columns = sample_labels(model, n, label)
-    r, c = model.config["resolution"], model.config["channels"]
+    """n images in [-1, 1] from the EMA generator, their class ids (None when not class-conditional),
+    and a grid width."""
+    condition, columns = class_condition(model, n, label)
+    r, c = model.sample_resolution, model.config["channels"]
     check_memory(n * c * r * r * 4 * 3, f"--n {n} images at {r}x{r}", "--n")  # batches, their concatenation, uint8
-    z = model.sample_latents(n, generator=torch.Generator().manual_seed(seed))
-    out = []
-    with bar(n, "generating") as progress:
-        for i in range(0, n, batch):
-            y = None if labels is None else labels[i:i + batch].to(device)
-            out.append(model.generate(z[i:i + batch].to(device), y).float().cpu())
-            progress.update(len(out[-1]))
-    return torch.cat(out), labels, columns
+    images, condition = sample(model, n, seed, condition, device=device, desc="generating")
+    return images, condition.classes, columns
 
 
-@torch.no_grad()
 def generate_from_prompts(model: GanModel, prompts: list[str], per_prompt: int, seed: int = 0,
                           device: str | torch.device = "cpu", truncate: bool = True) -> torch.Tensor:
     """Text-to-image: per_prompt images for each prompt (rows in prompt order), truncated noise by default."""
-    if not hasattr(model, "generate_from_text"):
+    if model.conditioning != TEXT:
         raise OptionError(f"--prompt: {model.name} is not a text-to-image model")
     prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
         raise OptionError("--prompt: give at least one non-empty prompt")
-    g = torch.Generator().manual_seed(seed)
-    z = (model.truncated_latents if truncate else model.sample_latents)(len(prompts) * per_prompt, generator=g)
-    captions = [p for p in prompts for _ in range(per_prompt)]
-    out = [model.generate_from_text(captions[i:i + 64], z[i:i + 64].to(device)).float().cpu()
-           for i in range(0, len(captions), 64)]
-    return torch.cat(out)
+    return sample_from_text(model, prompts, per_prompt, seed, device, truncate)
 
 
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")  # else --out is a folder
@@ -129,8 +117,8 @@ def export(model: GanModel, fmt: str, out: str | Path) -> list[Path]:
     protobuf's 2 GB limit (every generator here does), so the file can be copied alone."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if model.name == "dfgan":
-        raise OptionError("--format: exporting the text-to-image generator is not supported yet (its text "
+    if model.conditioning == TEXT:
+        raise OptionError("--format: exporting a text-to-image generator is not supported yet (its text "
                          "encoder is a separate network); use ganforge generate --prompt")
     runtime = RuntimeGenerator(model).eval().cpu()
     inline = sum(p.numel() * p.element_size() for p in runtime.parameters()) < 2**31 - 2**26

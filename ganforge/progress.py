@@ -15,12 +15,12 @@ def enabled() -> bool:
     return setting == "1" if setting in ("0", "1") else sys.stderr.isatty()
 
 
-def bar(total: int, desc: str, unit: str = "img", initial: int = 0):
-    """A tqdm bar with count, rate and ETA (a no-op object when progress is hidden)."""
+def bar(total: int, desc: str, unit: str = "img", initial: int = 0, show: bool = True):
+    """A tqdm bar with count, rate and ETA (a no-op object when progress is hidden or not `show`)."""
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
-                leave=False, mininterval=0.5, file=sys.stderr, disable=not enabled())
+                leave=False, mininterval=0.5, file=sys.stderr, disable=not (show and enabled()))
 
 
 def bar_over(items, desc: str, unit: str = "batch"):

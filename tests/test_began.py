@@ -82,7 +82,7 @@ def test_learning_rate_halves_when_m_global_stalls_down_to_the_floor():
 
 
 def test_short_training_on_real_digits_lowers_m_global(tmp_path):
-    run = train(TrainOptions(model="began", data="mnist", resolution=16, batch=16, base_channels=16, kimg=4,
+    run = train(TrainOptions(model="began", data="mnist", resolution=16, batch=16, model_opts={"base_channels": 16}, kimg=4,
                              tick=0.5, sample_every=4, snap=4, outdir=str(tmp_path)), progress=False)
     rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     m = [r["began/m_global"] for r in rows]

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from ganforge.training.checkpoint import FORMAT_VERSION, SnapshotError, load_snapshot, save_snapshot
+from ganforge.snapshots import FORMAT_VERSION, SnapshotError, load_snapshot, save_snapshot
 
 
 class Boom:

@@ -62,9 +62,9 @@ def test_generate_spreads_n_over_the_classes(run_dir, tmp_path):
     result = CliRunner().invoke(main, ["generate", str(run_dir), "--n", "64", "--out", str(tmp_path / "all")])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "all").iterdir())) == 64
-    from ganforge.inference import load_model, sample_labels
+    from ganforge.inference import generate, load_model
 
-    labels, columns = sample_labels(load_model(run_dir), 64, None)
+    _, labels, columns = generate(load_model(run_dir), 64)
     assert torch.bincount(labels).tolist() == [7, 7, 7, 7, 6, 6, 6, 6, 6, 6] and columns == 7
     result = CliRunner().invoke(main, ["generate", str(run_dir), "--n", "64", "--out", str(tmp_path / "g.png")])
     assert Image.open(tmp_path / "g.png").size == (7 * 17 + 1, 10 * 17 + 1)  # one row per class
@@ -104,7 +104,7 @@ def test_generate_is_reproducible_by_seed(run_dir, tmp_path):
 def test_resume_from_the_cli(run_dir):
     result = CliRunner().invoke(main, ["train", "--resume", str(run_dir), "--kimg", "0.096", "--quiet"])
     assert result.exit_code == 0, result.output
-    from ganforge.training.checkpoint import load_snapshot
+    from ganforge.snapshots import load_snapshot
 
     assert load_snapshot(run_dir)["images_seen"] == 96
     result = CliRunner().invoke(main, ["train", "--resume", str(run_dir), "--resolution", "32"])

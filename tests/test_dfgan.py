@@ -6,7 +6,7 @@ from ganforge.models import build_model
 from ganforge.models.dfgan import Affine, DFBlock, hinge_d_loss, ma_gp, truncated_noise, widths
 from ganforge.models.text import BiLSTMEncoder, build_vocab, tokenize
 from ganforge.training import TrainingError, TrainOptions, train
-from ganforge.training.checkpoint import load_snapshot
+from ganforge.snapshots import load_snapshot
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +60,10 @@ def test_mismatched_captions_never_repeat_the_images_own_text(digits16):
     for _ in range(20):
         images = torch.randint(0, len(digits16), (32,), generator=g)
         images[:4] = images[4]  # duplicates in a batch, and all same-class captions are shared texts
-        mismatch = model.mismatched_captions(images, g)
+        mismatch = model.captions.mismatched(images, g)
         for i, c in zip(images.tolist(), mismatch.tolist()):
             assert flat[c] not in digits16.captions[i]
-        matched = model.pick_captions(images, g)
+        matched = model.captions.pick(images, g)
         assert all(flat[c] in digits16.captions[i] for i, c in zip(images.tolist(), matched.tolist()))
 
 
@@ -158,8 +158,8 @@ def test_short_training_learns_which_caption_belongs_to_an_image(tmp_path, digit
         images = torch.randint(0, len(digits16), (256,), generator=g)
         reals = digits16.images[images].float() / 127.5 - 1
         with torch.no_grad():
-            own = m.D(reals, m.caption_emb[m.pick_captions(images, g)])
-            other = m.D(reals, m.caption_emb[m.mismatched_captions(images, g)])
+            own = m.D(reals, m.captions.embeddings[m.captions.pick(images, g)])
+            other = m.D(reals, m.captions.embeddings[m.captions.mismatched(images, g)])
         return (own - other).mean().item()
 
     untrained = build_model("dfgan", model.config)

@@ -11,8 +11,8 @@ from ganforge.training import TrainOptions, train
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 RUNS = {
-    "cdcgan": dict(data="mnist", base_channels=8),
-    "began": dict(data="mnist", base_channels=8),
+    "cdcgan": dict(data="mnist", model_opts={"base_channels": 8}),
+    "began": dict(data="mnist", model_opts={"base_channels": 8}),
     "pggan": dict(data="mnist", model_opts={"preset": "cpu", "fade_kimg": 0.032, "stab_kimg": 0.032, "fmap_max": 16}),
     "dfgan": dict(data="mnist-captions", model_opts={"nf": 4}),
 }

@@ -13,8 +13,9 @@ from ganforge.data import load_dataset
 from ganforge.models import Schedule, StepContext, build_model
 from ganforge.models.pggan import fade
 from ganforge.training import TrainingError, TrainOptions, train
+from ganforge.hardware import make_scalers
 from ganforge.training import loop
-from ganforge.training.checkpoint import load_snapshot
+from ganforge.snapshots import load_snapshot
 
 CONFIGS = {"cdcgan": dict(num_classes=10), "dcgan": {}, "began": dict(base_channels=4),
            "pggan": dict(preset="cpu", fmap_max=8), "dfgan": dict(nf=4)}
@@ -28,16 +29,16 @@ def test_every_tensor_of_a_step_lives_on_the_data_device(name):
     if name == "dfgan":
         model.prepare(load_dataset("mnist-captions", 16), "cpu", resumed=False)
     model = model.to("meta")
-    if name == "dfgan":  # the caption tables are plain attributes, moved as prepare(device) would
-        for key in ("caption_emb", "caption_start", "caption_count", "caption_text_id", "own_text_ids"):
-            setattr(model, key, getattr(model, key).to("meta"))
+    if name == "dfgan":  # the caption table is a plain attribute, moved as prepare(device) would
+        model.captions = model.captions.to("meta")
     reals = torch.zeros(4, 1, 16, 16, device="meta")
     labels = torch.zeros(4, dtype=torch.long, device="meta")
     sched = Schedule(16, 4, alpha=0.5, stage="16")  # mid-fade for PGGAN
     ctx = StepContext(latents=lambda n: model.sample_latents(n, None, "meta"), schedule=sched,
                       optimizers=model.optimizers(sched), indices=torch.arange(4, device="meta"))
+    condition = model.training_condition(labels, ctx)
     for phase in model.phases():
-        model.loss(phase.name, reals, labels, ctx).backward()
+        model.loss(phase.name, reals, condition, ctx).backward()
     model.after_step(ctx)
     assert ctx.stats and {k: v.device.type for k, v in ctx.stats.items()} == {k: "meta" for k in ctx.stats}
     assert all(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()])
@@ -66,19 +67,20 @@ def test_fp16_is_refused_where_d_is_differentiated_twice(tmp_path, model):
 
 
 def test_each_network_has_its_own_loss_scaler_and_old_snapshots_resume(tmp_path):
-    tiny = dict(data="mnist", resolution=16, batch=8, base_channels=4, tick=0.016, sample_every=1, snap=0.016,
+    tiny = dict(data="mnist", resolution=16, batch=8, model_opts={"base_channels": 4}, tick=0.016, sample_every=1, snap=0.016,
                 outdir=str(tmp_path))
     run = train(TrainOptions(kimg=0.016, **tiny), progress=False)
     snap = load_snapshot(run)
     assert set(snap["scaler"]) == {"G", "D"}
-    scalers = loop.make_scalers("fp32", torch.device("cpu"))
+    state = loop.RunState(optimizers={}, scalers=make_scalers("fp32", torch.device("cpu")), generator=torch.Generator(),
+                          stream=type("Stream", (), {})())
     snap["scaler"] = {}  # the single (disabled) scaler state of snapshots written before
-    loop.restore(snap, build_model("cdcgan", snap["model_config"]), scalers, torch.Generator(),
-                 type("Stream", (), {})(), TrainOptions(**snap["options"]))
+    state.restore(snap, build_model("cdcgan", snap["model_config"]), TrainOptions(**snap["options"]))
+    assert state.step == snap["step"] and set(state.optimizers) == {"G", "D"}
 
 
 def test_out_of_memory_names_model_size_batch_and_what_to_lower(tmp_path, monkeypatch):
-    opts = TrainOptions(data="mnist", resolution=16, batch=8, base_channels=4, kimg=0.064, tick=0.016,
+    opts = TrainOptions(data="mnist", resolution=16, batch=8, model_opts={"base_channels": 4}, kimg=0.064, tick=0.016,
                         sample_every=1, snap=0.016, outdir=str(tmp_path))
     run = train(dataclasses.replace(opts, kimg=0.016), progress=False)
     before = (run / "latest.pt").read_bytes()

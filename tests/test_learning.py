@@ -15,7 +15,7 @@ from ganforge.inference import load_model
 from ganforge.metrics.diversity import relative_diversity
 from ganforge.models import build_model
 from ganforge.training import TrainOptions, train
-from ganforge.training.loop import COLLAPSED
+from ganforge.training.runlog import COLLAPSED
 
 # Per model: options of a short run at 16x16; the band its logged losses must end in (BEGAN's
 # reconstruction of reals must beat the pixel-wise median image, the L1 fixed point its autoencoder
@@ -23,9 +23,9 @@ from ganforge.training.loop import COLLAPSED
 # reals, see ganforge.metrics.diversity); and how far the mean image must move toward the data's.
 # BEGAN starts slowest (its diversity dips before it grows), so its bars are the lowest.
 RUNS = {
-    "cdcgan": (dict(data="mnist", batch=32, base_channels=16, kimg=4),
+    "cdcgan": (dict(data="mnist", batch=32, kimg=4, model_opts={"base_channels": 16}),
                {"loss/G": (0.1, 6.0), "loss/D_real": (0.01, 3.0)}, COLLAPSED, 0.7),
-    "began": (dict(data="mnist", batch=16, base_channels=16, kimg=6, model_opts={"gamma": 1.0, "lambda_k": 0.01}),
+    "began": (dict(data="mnist", batch=16, kimg=6, model_opts={"base_channels": 16, "gamma": 1.0, "lambda_k": 0.01}),
               {"loss/L_real": (0.0, "median")}, 0.1, 0.8),
     "pggan": (dict(data="mnist", batch=32, kimg=3,
                    model_opts={"preset": "cpu", "fade_kimg": 0.5, "stab_kimg": 0.5, "fmap_max": 32}),
@@ -38,9 +38,9 @@ RUNS = {
 def samples(model, n=64, seed=3):
     g = torch.Generator().manual_seed(seed)
     z = model.sample_latents(n, generator=g)
-    labels = model.grid_labels(8, n // 8)
+    condition = model.grid_conditions(8, n // 8)
     with torch.no_grad():
-        return model.generate(z, labels).float()
+        return model.generate(z, condition).float()
 
 
 def distance_to_data(fakes, reals):

@@ -165,7 +165,7 @@ def test_training_with_metrics_keeps_the_best_snapshot(tmp_path):
     from ganforge.metrics.evaluate import training_evaluator
     from ganforge.training import TrainOptions, train
 
-    opts = TrainOptions(data="mnist", resolution=16, batch=16, base_channels=8, kimg=0.128, tick=0.064,
+    opts = TrainOptions(data="mnist", resolution=16, batch=16, model_opts={"base_channels": 8}, kimg=0.128, tick=0.064,
                         sample_every=0.128, snap=0.128, metrics=["swd", "acc"], metrics_every=0.064, metrics_n=64,
                         outdir=str(tmp_path))
     run = train(opts, progress=False, evaluator_factory=training_evaluator(opts.metrics, opts.metrics_n))
@@ -248,7 +248,7 @@ def test_interrupted_evaluate_shows_progress_exits_130_and_keeps_its_features(tm
 
 def test_a_non_finite_metric_never_becomes_the_best(tmp_path):
     from ganforge.training import TrainOptions, train
-    from ganforge.training.checkpoint import load_snapshot
+    from ganforge.snapshots import load_snapshot
 
     def scripted(values):  # an evaluator factory whose evaluations return the given values in turn
         def make(dataset, run_dir, device):
@@ -258,7 +258,7 @@ def test_a_non_finite_metric_never_becomes_the_best(tmp_path):
 
     # evaluations at 32, 64, 96, 128 images: fid 5, 7, NaN, 4 / precision 0.5, 0.6, NaN, 0.4
     values = [5.0, 0.5, 7.0, 0.6, float("nan"), float("nan"), 4.0, 0.4]
-    common = dict(data="mnist", resolution=16, batch=16, base_channels=8, kimg=0.128, tick=0.064, sample_every=0.128,
+    common = dict(data="mnist", resolution=16, batch=16, model_opts={"base_channels": 8}, kimg=0.128, tick=0.064, sample_every=0.128,
                   snap=0.128, metrics_every=0.032, metrics_n=16)
     for best, expected in (("fid", 128), ("pr", 64)):
         opts = TrainOptions(**common, metrics=["fid", "pr"], best_metric=best, outdir=str(tmp_path / best))

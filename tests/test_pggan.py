@@ -9,7 +9,7 @@ from ganforge.models import build_model, parameter_count
 from ganforge.models.pggan import (EqualizedConv2d, EqualizedLinear, MinibatchStdDev, PixelNorm, crossfade_reals,
                                    nf)
 from ganforge.training import TrainingError, TrainOptions, train
-from ganforge.training.checkpoint import load_snapshot
+from ganforge.snapshots import load_snapshot
 
 SMALL = dict(fmap_base=4096, fmap_max=16)  # narrow networks for fast CPU tests; layer structure unchanged
 
@@ -117,9 +117,9 @@ def test_schedules_of_the_presets():
     s = v1.schedule(0, None, 256)
     assert (s.resolution, s.alpha, s.batch) == (4, 1.0, 16)
     s = v1.schedule(800_000 + 400_000, None, 256)
-    assert (s.resolution, s.alpha, s.phase) == (8, 0.5, "0008-fade")
+    assert (s.resolution, s.alpha, s.period) == (8, 0.5, "0008-fade")
     s = v1.schedule(800_000 + 1_000_000, None, 256)
-    assert (s.resolution, s.alpha, s.phase) == (8, 1.0, "0008-stable")
+    assert (s.resolution, s.alpha, s.period) == (8, 1.0, "0008-stable")
     s = v1.schedule(800_000 + 5 * 1_600_000 + 200_000, None, 256)
     assert (s.resolution, s.alpha, s.batch) == (256, 0.25, 14)
     assert v1.schedule(19_000_000, None, 256).resolution == 256 and v1.schedule(19_000_000, None, 256).alpha == 1.0
@@ -149,7 +149,7 @@ def test_growth_run_resumes_mid_fade_bit_for_bit_and_resets_adam(tmp_path):
     for key in a["state"]:
         assert torch.equal(a["state"][key], b["state"][key]), key
     names = {p.name for p in straight.iterdir()}
-    assert {"phase-0004-stable.png", "phase-0008-fade.png", "phase-0008-stable.png", "growth.png"} <= names
+    assert {"period-0004-stable.png", "period-0008-fade.png", "period-0008-stable.png", "growth.png"} <= names
 
 
 def test_sampling_at_reached_resolutions_only(tmp_path):

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from ganforge.training import TrainingError, TrainOptions, train
-from ganforge.training.checkpoint import load_snapshot
+from ganforge.snapshots import load_snapshot
 
-TINY = dict(data="mnist", resolution=16, batch=16, base_channels=8, tick=0.032, sample_every=0.064, snap=0.064)
+TINY = dict(data="mnist", resolution=16, batch=16, model_opts={"base_channels": 8}, tick=0.032, sample_every=0.064, snap=0.064)
 
 
 @pytest.fixture(scope="module")

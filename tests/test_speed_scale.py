@@ -6,7 +6,7 @@ import torch
 
 from ganforge.models import build_model
 from ganforge.training.bench import bench_training_step
-from ganforge.training.checkpoint import load_snapshot
+from ganforge.snapshots import load_snapshot
 
 ARGS = ["--model", "began", "--data", "mnist", "--resolution", "16", "--batch", "16", "--base-channels", "8",
         "--tick", "0.16", "--snap", "0.16", "--sample-every", "0.32", "--device", "cpu", "--quiet"]
@@ -93,7 +93,7 @@ def test_pggan_forward_flops_match_the_reference_networks(resolution, gflop):
 
 
 def test_compile_keeps_double_backward_networks_eager_and_snapshot_keys():
-    from ganforge.training.bench import compile_networks
+    from ganforge.hardware import compile_networks
 
     model = build_model("pggan", dict(resolution=8, channels=3, fmap_max=16))
     keys = set(model.state_dict())

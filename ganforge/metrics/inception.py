@@ -21,7 +21,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ganforge.errors import require
 from ganforge.progress import bar

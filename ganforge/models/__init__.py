@@ -15,7 +15,6 @@ _BUILT_IN = {"cdcgan": "ganforge.models.cdcgan:CDCGAN", "dcgan": "ganforge.model
              "began": "ganforge.models.began:BEGAN", "pggan": "ganforge.models.pggan:PGGAN",
              "dfgan": "ganforge.models.dfgan:DFGAN"}
 _registered: dict[str, type] = {}
-CONDITIONAL = {"cdcgan"}  # models that need labelled data
 
 
 def model_names() -> list[str]:
@@ -37,11 +36,15 @@ def register(cls: type) -> type:
     return cls
 
 
+def unregister(name: str) -> None:
+    _registered.pop(name, None)
+
+
 def build_model(name: str, config: dict):
     return model_class(name)(config)
 
 
-_FROM_BASE = {"GanModel", "Phase", "Schedule", "StepContext", "parameter_count"}
+_FROM_BASE = {"GanModel", "Phase", "Schedule", "StepContext", "Condition", "parameter_count"}
 
 
 def __getattr__(attr: str):
@@ -53,5 +56,5 @@ def __getattr__(attr: str):
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-__all__ = ["GanModel", "Phase", "Schedule", "StepContext", "MODELS", "CONDITIONAL", "build_model", "model_class",
-           "model_names", "parameter_count", "register"]
+__all__ = ["GanModel", "Phase", "Schedule", "StepContext", "Condition", "MODELS", "build_model", "model_class",
+           "model_names", "parameter_count", "register", "unregister"]

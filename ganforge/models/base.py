@@ -1,8 +1,12 @@
-"""What a GAN contributes to the shared training loop.
+"""What a GAN contributes to the shared training loop, and what shared code may ask of it.
 
 A `GanModel` owns its networks (G, D and the EMA copy of G that is sampled), says which optimizer
 updates which network, computes the loss of each phase, and states its schedule. Everything else
 (devices, EMA update, precision, checkpoints, logging, grids) is the loop's.
+
+Shared code (the loop, sampling, metrics, bench, the CLI) never names a model: it reads the
+model's `conditioning` (nothing, a class, or text) and calls the methods below. What a batch of
+samples is conditioned on travels as one `Condition`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,48 @@ import torch
 from torch import nn
 
 from ganforge.errors import OptionError
+
+
+# What a model's samples are conditioned on (GanModel.conditioning).
+UNCONDITIONAL, CLASS, TEXT = "unconditional", "class", "text"
+
+
+@dataclass
+class Condition:
+    """What each sample of a batch is conditioned on: class ids, or ids of captions in the model's
+    prepared caption table (text-to-image). An empty Condition conditions on nothing."""
+
+    classes: torch.Tensor | None = None    # [N] int64 class ids
+    captions: torch.Tensor | None = None   # [N] int64 rows of the model's CaptionTable
+
+    def _fields(self) -> dict:
+        return {"classes": self.classes, "captions": self.captions}
+
+    def __len__(self) -> int:
+        return next((len(v) for v in self._fields().values() if v is not None), 0)
+
+    def __getitem__(self, index) -> "Condition":
+        return Condition(**{k: None if v is None else v[index] for k, v in self._fields().items()})
+
+    def to(self, device) -> "Condition":
+        return Condition(**{k: None if v is None else v.to(device) for k, v in self._fields().items()})
+
+    def split(self, size: int, n: int) -> list["Condition"]:
+        """Consecutive pieces of `size` for n samples (n pieces of nothing when unconditioned)."""
+        return [self[i:i + size] for i in range(0, n, size)]
+
+
+def balanced_classes(num_classes: int, n: int) -> torch.Tensor:
+    """n class ids spread as evenly as the classes allow, in class order: the first n % k get one more."""
+    counts = torch.tensor([n // num_classes + (c < n % num_classes) for c in range(num_classes)])
+    return torch.repeat_interleave(torch.arange(num_classes), counts)
+
+
+def check_resolution(model: str, resolution: int, smallest: int = 8, largest: int | None = None, note: str = "") -> None:
+    """Refuse a --resolution that is not a power of two in [smallest, largest]."""
+    if resolution < smallest or resolution & (resolution - 1) or (largest is not None and resolution > largest):
+        span = f"from {smallest} to {largest}" if largest else f">= {smallest}"
+        raise OptionError(f"--resolution {resolution}: {model} needs a power of two {span}{note}")
 
 
 @dataclass
@@ -34,12 +80,13 @@ class Schedule:
     batch: int
     alpha: float = 1.0                    # fade-in weight of the newest block (1 = fully grown)
     stage: str = ""                       # changes when optimizers must be reset (a new resolution)
-    phase: str = ""                       # changes when a sample grid of the finished phase is worth keeping
+    period: str = ""                      # changes when a sample grid of the finished period is worth keeping
+                                          # (PGGAN: each fade and stabilisation), kept as period-<name>.png
 
 
 @dataclass
 class StepContext:
-    """What a loss needs besides the real batch: seeded noise and the current schedule."""
+    """What a loss needs besides the real batch and its condition: seeded noise and the schedule."""
 
     latents: Callable[[int], torch.Tensor]       # n -> z on the device, from the run's seeded generator
     schedule: Schedule
@@ -48,7 +95,6 @@ class StepContext:
     images_seen: int = 0                         # before this step
     generator: torch.Generator | None = None     # the run's seeded generator, for any other randomness
     indices: torch.Tensor | None = None          # dataset indices of the real batch (captions, ...)
-    shared: dict = field(default_factory=dict)   # values one phase of this step hands to the next
     optimizers: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)    # scalars (tensors) a loss wants logged
 
@@ -63,6 +109,12 @@ class GanModel(nn.Module):
 
     defaults: dict = {}  # the model's own hyperparameters; `--model-opt KEY=VALUE` overrides them
     default_batch: int = 64
+    stat_panels: tuple[str, ...] = ()  # stats.jsonl groups ("began/...") charted one series per panel
+
+    @classmethod
+    def trains_on_labels(cls, model_opts: dict) -> bool:
+        """Whether a run with these --model-opt values needs class-labelled data."""
+        return False
 
     def __init__(self, config: dict):
         super().__init__()
@@ -101,25 +153,31 @@ class GanModel(nn.Module):
         return Schedule(resolution=resolution, batch=batch)
 
     # --- training ---------------------------------------------------------------------------
-    def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def training_condition(self, labels: torch.Tensor, ctx: StepContext) -> Condition:
+        """The condition of a real batch, from its class labels (and ctx.indices, ctx.generator); every
+        phase of the step sees the same one."""
+        return Condition(classes=labels) if self.conditioning == CLASS else Condition()
+
+    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> torch.Tensor:
         """Scalar loss of `phase` on a real batch in [-1, 1]; put scalars to log into ctx.stats."""
         raise NotImplementedError
 
     def prepare(self, dataset, device, resumed: bool) -> None:
-        """Called once the data is known, before training (DF-GAN embeds its captions here)."""
+        """Called once the data is known, before training or evaluating (DF-GAN embeds its captions here)."""
 
-    def grid_labels(self, rows: int, columns: int) -> torch.Tensor | None:
-        """Labels of the training sample grid: one row per class when conditional."""
-        if not self.num_classes:
-            return None
-        return torch.arange(min(self.num_classes, rows)).repeat_interleave(columns)
+    def prepare_synthetic(self, batch: int, device, generator: torch.Generator) -> None:
+        """Stand-in for `prepare` with random data, for timing a step (bench); nothing by default."""
 
     def after_step(self, ctx: StepContext) -> None:
         """Hook after all phases of a step (BEGAN's k_t update lives here)."""
 
-    def visuals(self, reals: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def visuals(self, reals: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra image grids for the run directory, by name (BEGAN: D's reconstructions)."""
         return {}
+
+    def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """D's plain forward pass on a batch (what bench counts FLOPs of)."""
+        return self.D(images)
 
     # --- sampling -----------------------------------------------------------------------------
     @property
@@ -130,16 +188,46 @@ class GanModel(nn.Module):
     def num_classes(self) -> int:
         return self.config.get("num_classes", 0)
 
+    @property
+    def conditioning(self) -> str:
+        """UNCONDITIONAL, CLASS (class ids; `num_classes` of them) or TEXT (captions; the model then
+        has `captions`, a CaptionTable of its prepared data, and `generate_from_text`)."""
+        return CLASS if self.num_classes else UNCONDITIONAL
+
+    @property
+    def sample_resolution(self) -> int:
+        """The resolution the model samples at now (a progressive model: as far as it has grown)."""
+        return self.config["resolution"]
+
     def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         return torch.randn(n, self.z_dim, generator=generator, device=device)
+
+    def sampling_latents(self, n: int, generator: torch.Generator | None = None, truncate: bool = True) -> torch.Tensor:
+        """The noise of samples for users and metrics; a model whose paper samples truncated noise
+        (DF-GAN) draws it here when `truncate`."""
+        return self.sample_latents(n, generator=generator)
+
+    def sample_conditions(self, n: int, generator: torch.Generator | None = None) -> Condition:
+        """Conditions for n samples to generate or evaluate: classes balanced and in order; nothing
+        for unconditional models (text models: random captions of the prepared data)."""
+        if self.conditioning == CLASS:
+            return Condition(classes=balanced_classes(self.num_classes, n))
+        return Condition()
+
+    def grid_conditions(self, rows: int, columns: int) -> Condition:
+        """Conditions of the training sample grid: one row per class when class-conditional."""
+        if self.conditioning == CLASS:
+            return Condition(classes=torch.arange(min(self.num_classes, rows)).repeat_interleave(columns))
+        return Condition()
 
     def sampling_options(self) -> dict:
         """Extra keyword arguments of G for sampling the state the run reached (fixed numbers, for export)."""
         return {}
 
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, ema: bool = True) -> torch.Tensor:
-        """Images in [-1, 1] from latents (and labels for conditional models)."""
-        return (self.G_ema if ema else self.G)(z, labels)
+    def generate(self, z: torch.Tensor, condition: Condition | None = None, ema: bool = True) -> torch.Tensor:
+        """Images in [-1, 1] from latents (and class ids for class-conditional models)."""
+        classes = condition.classes if condition is not None else None
+        return (self.G_ema if ema else self.G)(z, classes)
 
 
 def parameter_count(module: nn.Module) -> int:

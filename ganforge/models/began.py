@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganforge.errors import OptionError
-from ganforge.models.base import GanModel, adam, StepContext
+from ganforge.models.base import Condition, GanModel, StepContext, adam, check_resolution
 
 
 def reconstruction_loss(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
@@ -123,6 +123,7 @@ class Autoencoder(nn.Module):
 class BEGAN(GanModel):
     name = "began"
     default_batch = 16  # the paper's
+    stat_panels = ("began",)  # M_global, k_t and the learning rate each on a panel of its own
     defaults = dict(z_dim=64, h_dim=64, base_channels=64, gamma=0.5, lambda_k=0.001, lr=1e-4, lr_floor=2e-5,
                     lr_window_kimg=100.0, beta1=0.5, beta2=0.999, skip=False)
 
@@ -130,8 +131,7 @@ class BEGAN(GanModel):
         config = {**self.defaults, **config, "num_classes": 0}
         super().__init__(config)
         r, c, n = config["resolution"], config["channels"], config["base_channels"]
-        if r < 8 or r & (r - 1):
-            raise OptionError(f"--resolution {r}: BEGAN needs a power of two >= 8 (its smallest map is 8x8)")
+        check_resolution("BEGAN", r, note=" (its smallest map is 8x8)")
         if not 0 < config["gamma"] <= 1:
             raise OptionError(f"--gamma {config['gamma']}: must be in (0, 1]")
         self.G = Decoder(r, c, n, config["z_dim"], config["skip"])
@@ -155,7 +155,7 @@ class BEGAN(GanModel):
     def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         return torch.rand(n, self.z_dim, generator=generator, device=device) * 2 - 1  # z ~ U[-1, 1]
 
-    def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> torch.Tensor:
         z = ctx.latents(reals.shape[0])
         if phase == "D":
             with torch.no_grad():
@@ -196,7 +196,7 @@ class BEGAN(GanModel):
         ctx.stats["began/lr"] = torch.tensor(ctx.optimizers["G"].param_groups[0]["lr"], device=self.k_t.device)
 
     @torch.no_grad()
-    def visuals(self, reals: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def visuals(self, reals: torch.Tensor) -> dict[str, torch.Tensor]:
         """D's reconstructions beside the real images: pairs (real, D(real)) along each row."""
         recon = self.D(reals).clamp(-1, 1)
         return {"reconstructions": torch.stack([reals, recon], dim=1).flatten(0, 1)}

@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganforge.errors import OptionError
 from ganforge.losses import bce_with_logits
-from ganforge.models.base import GanModel, adam, StepContext
+from ganforge.models.base import Condition, GanModel, StepContext, adam, check_resolution
 
 
 def channels_at(res: int, resolution: int, base: int, cap: int) -> int:
@@ -99,14 +98,17 @@ class CDCGAN(GanModel):
     name = "cdcgan"
     defaults = dict(z_dim=100, base_channels=None, max_channels=512, embed_dim=50, lr=2e-4, beta1=0.5, beta2=0.999)
 
+    @classmethod
+    def trains_on_labels(cls, model_opts: dict) -> bool:
+        return True
+
     def __init__(self, config: dict):
         config = {**self.defaults, **config}
         if config["base_channels"] is None:  # DCGAN's 64 at 64x64 and above; half that for small images
             config["base_channels"] = 32 if config["resolution"] <= 32 else 64
         super().__init__(config)
         r, c, n = config["resolution"], config["channels"], config.get("num_classes", 0)
-        if r < 8 or r & (r - 1):
-            raise OptionError(f"--resolution {r}: DCGAN needs a power of two >= 8")
+        check_resolution("DCGAN", r)
         self.G = Generator(r, c, config["z_dim"], n, config["base_channels"], config["max_channels"], config["embed_dim"])
         self.D = Discriminator(r, c, n, config["base_channels"], config["max_channels"])
         self.make_ema()
@@ -117,8 +119,8 @@ class CDCGAN(GanModel):
         return {"G": adam(self.G.parameters(), lr=c["lr"], betas=betas),
                 "D": adam(self.D.parameters(), lr=c["lr"], betas=betas)}
 
-    def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        labels = labels if self.num_classes else None
+    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> torch.Tensor:
+        labels = condition.classes
         z = ctx.latents(reals.shape[0])
         if phase == "D":
             with torch.no_grad():  # G is frozen in the DiscriminatorFake phase
@@ -133,11 +135,18 @@ class CDCGAN(GanModel):
             return g
         raise ValueError(f"unknown phase {phase}")
 
+    def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
+        return self.D(images, condition.classes)
+
 
 class DCGAN(CDCGAN):
     """The same networks without labels, for unlabelled image folders."""
 
     name = "dcgan"
+
+    @classmethod
+    def trains_on_labels(cls, model_opts: dict) -> bool:
+        return False
 
     def __init__(self, config: dict):
         super().__init__({**config, "num_classes": 0})

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganforge.errors import OptionError
-from ganforge.models.base import GanModel, adam, StepContext
-from ganforge.models.text import PAD, UNK, BiLSTMEncoder, MiniLMEncoder, build_vocab, train_matcher
+from ganforge.models.base import TEXT, Condition, GanModel, StepContext, adam, check_resolution
+from ganforge.models.text import PAD, UNK, BiLSTMEncoder, CaptionTable, MiniLMEncoder, build_vocab, train_matcher
 
 
 def lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -171,6 +171,7 @@ def truncated_noise(n: int, dim: int, bound: float, scale: float, generator: tor
 
 class DFGAN(GanModel):
     name = "dfgan"
+    conditioning = TEXT
     step_forwards = (4, 14)  # the gradient penalty differentiates D twice
     double_backward = ("D",)
     default_batch = 32
@@ -181,8 +182,7 @@ class DFGAN(GanModel):
     def __init__(self, config: dict):
         config = {**self.defaults, **config, "num_classes": 0}
         r = config["resolution"]
-        if r < 8 or r & (r - 1):
-            raise OptionError(f"--resolution {r}: DF-GAN needs a power of two >= 8 (64, 128 and 256 in the paper)")
+        check_resolution("DF-GAN", r, note=" (64, 128 and 256 in the paper)")
         if config["text_encoder"] == "minilm":
             self._encoder = [MiniLMEncoder()]
             config["text_dim"] = MiniLMEncoder.dim
@@ -201,7 +201,7 @@ class DFGAN(GanModel):
         # Centring and scale of the sentence vectors, fitted on the run's captions (prepare), kept in snapshots.
         self.register_buffer("text_mean", torch.zeros(t))
         self.register_buffer("text_scale", torch.ones(()))
-        self.caption_emb = self.caption_start = self.caption_count = None
+        self.captions: CaptionTable | None = None  # of the data prepared for (training or evaluation)
 
     # --- text ------------------------------------------------------------------------------------
     def encode_text(self, captions: list[str]) -> torch.Tensor:
@@ -231,53 +231,29 @@ class DFGAN(GanModel):
             raise OptionError(f"{len(missing)} image(s) have no captions, e.g. {missing[0]} (its text/ file is "
                              "missing or empty)")
         flat = [c for caps in dataset.captions for c in caps]
-        count = torch.tensor([len(c) for c in dataset.captions])
-        start = torch.cumsum(count, 0) - count
         if self.config["text_encoder"] == "bilstm" and not resumed:
+            count = torch.tensor([len(c) for c in dataset.captions])
             self.config["vocab"] = build_vocab(flat)
             self.text_encoder = BiLSTMEncoder(self.config["vocab"])
-            train_matcher(dataset.images, start, count, lambda ids: self.text_encoder([flat[i] for i in ids]),
-                          self.text_encoder.dim, self.text_encoder.parameters(), epochs=self.config["encoder_epochs"],
-                          seed=0)
+            train_matcher(dataset.images, torch.cumsum(count, 0) - count, count,
+                          lambda ids: self.text_encoder([flat[i] for i in ids]), self.text_encoder.dim,
+                          self.text_encoder.parameters(), epochs=self.config["encoder_epochs"], seed=0)
         self.text_encoder_frozen()
-        # Embed each distinct text once; text ids also tell which texts each image has, so that a
-        # "mismatched" caption never repeats one of its own.
-        distinct = list(dict.fromkeys(flat))
-        raw = self.raw_text_vectors(distinct)  # encoded once: the slow part on large caption sets
-        if not resumed:
-            self.fit_text_normalisation(raw)
-        text_id = {t: i for i, t in enumerate(distinct)}
-        ids = torch.tensor([text_id[t] for t in flat])
-        emb = ((raw - self.text_mean.cpu()) / self.text_scale.cpu())[ids]
-        own = torch.full((len(count), int(count.max())), -1, dtype=torch.long)
-        for i, (s, n) in enumerate(zip(start.tolist(), count.tolist())):
-            own[i, :n] = ids[s:s + n]
-        self.caption_emb, self.caption_start, self.caption_count = emb.to(device), start.to(device), count.to(device)
-        self.caption_text_id, self.own_text_ids = ids.to(device), own.to(device)
+
+        def encode(distinct: list[str]) -> torch.Tensor:
+            raw = self.raw_text_vectors(distinct)
+            if not resumed:
+                self.fit_text_normalisation(raw)
+            return (raw - self.text_mean.cpu()) / self.text_scale.cpu()
+
+        self.captions = CaptionTable.build(dataset.captions, encode, device)
+
+    def prepare_synthetic(self, batch: int, device, generator: torch.Generator) -> None:
+        self.captions = CaptionTable.random(batch, self.config["text_dim"], device, generator)
 
     def text_encoder_frozen(self) -> None:
         if hasattr(self, "text_encoder"):
             self.text_encoder.eval().requires_grad_(False)
-
-    def pick_captions(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One random caption id for each image index."""
-        r = torch.rand(len(images), generator=generator, device=images.device)
-        return self.caption_start[images] + (r * self.caption_count[images]).long().clamp(max=self.caption_count[images] - 1)
-
-    def mismatched_captions(self, images: torch.Tensor, generator: torch.Generator, tries: int = 10) -> torch.Tensor:
-        """A caption of another image whose text is none of this image's captions.
-
-        A fixed number of redraws, each replacing only the captions that are still an image's own:
-        no data-dependent branch, so no GPU synchronisation in the training step.
-        """
-        n = len(self.caption_count)
-        other = images.roll(1)
-        caps = self.pick_captions(other, generator)
-        for _ in range(tries):
-            own = (self.own_text_ids[images] == self.caption_text_id[caps][:, None]).any(dim=1)
-            other = torch.where(own, torch.randint(0, n, other.shape, generator=generator, device=images.device), other)
-            caps = torch.where(own, self.pick_captions(other, generator), caps)
-        return caps
 
     # --- training --------------------------------------------------------------------------------
     def optimizers(self, schedule=None) -> dict[str, torch.optim.Optimizer]:
@@ -286,44 +262,55 @@ class DFGAN(GanModel):
         return {"G": adam(self.G.parameters(), lr=c["lr_g"], betas=betas),
                 "D": adam(self.D.parameters(), lr=c["lr_d"], betas=betas)}
 
-    def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        if self.caption_emb is None:
+    def training_condition(self, labels: torch.Tensor, ctx: StepContext) -> Condition:
+        """One random caption of each real image: both phases of the step use the same."""
+        if self.captions is None:
             raise RuntimeError("DFGAN.prepare(dataset) must run before training")
-        c = self.config
+        return Condition(captions=self.captions.pick(ctx.indices, ctx.generator))
+
+    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> torch.Tensor:
+        c, table = self.config, self.captions
         if phase == "D":
-            match = self.pick_captions(ctx.indices, ctx.generator)
-            mismatch = self.mismatched_captions(ctx.indices, ctx.generator)
-            ctx.shared["captions"] = match  # the G phase of this step uses the same captions
-            sent = self.caption_emb[match].clone().requires_grad_(True)
+            mismatch = table.mismatched(ctx.indices, ctx.generator)
+            sent = table.embeddings[condition.captions].clone().requires_grad_(True)
             reals = reals.detach().requires_grad_(True)
             z = ctx.latents(reals.shape[0])
             with torch.no_grad():
                 fakes = self.G(z, sent.detach())
             real_scores = self.D(reals, sent)
-            loss = hinge_d_loss(real_scores, self.D(fakes, sent.detach()), self.D(reals.detach(), self.caption_emb[mismatch]))
+            loss = hinge_d_loss(real_scores, self.D(fakes, sent.detach()), self.D(reals.detach(), table.embeddings[mismatch]))
             gp = ma_gp(real_scores, reals, sent, c["ma_k"], c["ma_p"])
             ctx.stats.update({"loss/D_hinge": loss.detach(), "loss/D_magp": gp.detach()})
             return loss + gp
         if phase == "G":
-            sent = self.caption_emb[ctx.shared["captions"]]
+            sent = table.embeddings[condition.captions]
             loss = -self.D(self.G(ctx.latents(reals.shape[0]), sent), sent).float().mean()
             ctx.stats["loss/G"] = loss.detach()
             return loss
         raise ValueError(f"unknown phase {phase}")
 
-    def grid_labels(self, rows: int, columns: int) -> torch.Tensor:
+    def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
+        return self.D(images, self.captions.embeddings[condition.captions])
+
+    def grid_conditions(self, rows: int, columns: int) -> Condition:
         """Grid rows are captions (the first of images spread over the dataset), columns noise."""
-        images = torch.linspace(0, len(self.caption_count) - 1, rows).long().to(self.caption_start.device)
-        return self.caption_start[images].repeat_interleave(columns)
+        images = torch.linspace(0, len(self.captions.count) - 1, rows).long().to(self.captions.start.device)
+        return Condition(captions=self.captions.start[images].repeat_interleave(columns).cpu())
 
     # --- sampling --------------------------------------------------------------------------------
-    def truncated_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    def sampling_latents(self, n: int, generator: torch.Generator | None = None, truncate: bool = True) -> torch.Tensor:
+        if not truncate:
+            return self.sample_latents(n, generator=generator)
         c = self.config
-        return truncated_noise(n, self.z_dim, c["trunc_bound"], c["trunc_scale"], generator, device)
+        return truncated_noise(n, self.z_dim, c["trunc_bound"], c["trunc_scale"], generator)
 
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, ema: bool = True) -> torch.Tensor:
-        """`labels` are caption ids of the prepared captions (grids during training)."""
-        sent = self.caption_emb[labels.to(self.caption_emb.device)].to(z.device)
+    def sample_conditions(self, n: int, generator: torch.Generator | None = None) -> Condition:
+        """Random captions of the prepared data (DF-GAN is evaluated on the test split's captions)."""
+        return Condition(captions=torch.randint(0, len(self.captions), (n,), generator=generator))
+
+    def generate(self, z: torch.Tensor, condition: Condition | None = None, ema: bool = True) -> torch.Tensor:
+        """From caption rows of the prepared CaptionTable."""
+        sent = self.captions.embeddings[condition.captions.to(self.captions.embeddings.device)].to(z.device)
         return (self.G_ema if ema else self.G)(z, sent)
 
     @torch.no_grad()

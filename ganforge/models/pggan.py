@@ -25,11 +25,11 @@ from torch import nn
 
 from ganforge.errors import OptionError
 from ganforge.losses import gradient_penalty
-from ganforge.models.base import GanModel, adam, Schedule, StepContext
+from ganforge.models.base import Condition, GanModel, Schedule, StepContext, adam, check_resolution
 
 SQRT2 = math.sqrt(2.0)
 
-# Presets: images per phase (kimg) and minibatch per resolution.
+# Presets: images per period (kimg) and minibatch per resolution.
 PRESETS = {
     # The paper: 800k fade + 800k stabilise, batch 16 up to 128, then 14 / 6 / 3.
     "v1": dict(fade_kimg=800, stab_kimg=800, batch={4: 16, 8: 16, 16: 16, 32: 16, 64: 16, 128: 16, 256: 14, 512: 6, 1024: 3},
@@ -38,7 +38,7 @@ PRESETS = {
     "v2": dict(fade_kimg=600, stab_kimg=600, batch={4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4},
                lr={1024: 0.0015}, fmap_max=512, z_dim=512),
     # Sized for a CPU (not in the paper): 64 feature maps (about 1/60 of the arithmetic at 32x32), a
-    # 128-d latent and 10k + 10k images per phase, so 32x32 is reached in minutes instead of days.
+    # 128-d latent and 10k + 10k images per period, so 32x32 is reached in minutes instead of days.
     "cpu": dict(fade_kimg=10, stab_kimg=10, batch={4: 32, 8: 32, 16: 32, 32: 32, 64: 16, 128: 8, 256: 4, 512: 2, 1024: 1},
                 lr={}, fmap_max=64, z_dim=128),
 }
@@ -243,6 +243,10 @@ class PGGAN(GanModel):
                     beta2=0.99, eps=1e-8, lambda_gp=10.0, drift=0.001, mbstd_group=4, label_weight=1.0, fused_min=128,
                     fmap_base=8192, fmap_max=None)
 
+    @classmethod
+    def trains_on_labels(cls, model_opts: dict) -> bool:
+        return bool(model_opts.get("conditional", False))  # the AC-GAN head
+
     def __init__(self, config: dict):
         config = {**self.defaults, **config}
         if config["preset"] not in PRESETS:
@@ -252,8 +256,7 @@ class PGGAN(GanModel):
             config[key] = preset[key] if config[key] is None else config[key]
         super().__init__(config)
         r = config["resolution"]
-        if r < 8 or r > 1024 or r & (r - 1):
-            raise OptionError(f"--resolution {r}: PGGAN grows to a power of two from 8 to 1024")
+        check_resolution("PGGAN", r, largest=1024)
         c, n = config["channels"], config.get("num_classes", 0)
         fm = dict(fmap_base=config["fmap_base"], fmap_max=config["fmap_max"])
         self.G = Generator(r, c, config["z_dim"], n, config["fused_min"], **fm)
@@ -277,7 +280,7 @@ class PGGAN(GanModel):
                 res = target
         batch = batch or PRESETS[c["preset"]]["batch"][res]
         return Schedule(resolution=res, batch=batch, alpha=alpha, stage=str(res),
-                        phase=f"{res:04d}-{'fade' if alpha < 1 else 'stable'}")
+                        period=f"{res:04d}-{'fade' if alpha < 1 else 'stable'}")
 
     def optimizers(self, schedule: Schedule | None = None) -> dict[str, torch.optim.Optimizer]:
         c = self.config
@@ -287,9 +290,9 @@ class PGGAN(GanModel):
         return {"G": adam(self.G.parameters(), **kw), "D": adam(self.D.parameters(), **kw)}
 
     # --- training ---------------------------------------------------------------------------
-    def loss(self, phase: str, reals: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> torch.Tensor:
         c, s = self.config, ctx.schedule
-        labels = labels if self.num_classes else None
+        labels = condition.classes
         z = ctx.latents(reals.shape[0])
         if phase == "D":
             reals = crossfade_reals(reals, s.resolution, s.alpha)
@@ -322,11 +325,18 @@ class PGGAN(GanModel):
         self.grown_resolution.fill_(ctx.schedule.resolution)
         self.grown_alpha.fill_(ctx.schedule.alpha)
 
+    def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
+        return self.D(images, 1.0)
+
     # --- sampling ---------------------------------------------------------------------------
+    @property
+    def sample_resolution(self) -> int:
+        return int(self.grown_resolution)
+
     def sampling_options(self) -> dict:
         return {"resolution": int(self.grown_resolution), "alpha": float(self.grown_alpha)}
 
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, ema: bool = True,
+    def generate(self, z: torch.Tensor, condition: Condition | None = None, ema: bool = True,
                  resolution: int | None = None) -> torch.Tensor:
         """At the resolution (and fade) the run reached, or any lower grown resolution."""
         grown = int(self.grown_resolution)
@@ -334,4 +344,4 @@ class PGGAN(GanModel):
             raise OptionError(f"--resolution {resolution}: this run has only grown to {grown}x{grown}")
         alpha = float(self.grown_alpha) if resolution in (None, grown) else 1.0
         G = self.G_ema if ema else self.G
-        return G(z, labels if self.num_classes else None, resolution or grown, alpha)
+        return G(z, condition.classes if condition is not None else None, resolution or grown, alpha)

@@ -19,14 +19,81 @@ import hashlib
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganforge.data import to_float
 from ganforge.errors import require
 from ganforge.progress import bar, bar_over
+
+
+@dataclass
+class CaptionTable:
+    """Every caption of a captioned dataset as a sentence vector, and which image has which.
+
+    Captions of image i are rows start[i] .. start[i] + count[i] - 1 of `embeddings`; `text_id` names
+    each row's distinct text, and `own_text_ids[i]` the texts image i has (-1 padded), so that a
+    caption "of another image" is never one of its own. A text-to-image model keeps one as
+    `captions`; sampling, metrics and bench read it through this type, whatever the model.
+    """
+
+    embeddings: torch.Tensor     # [captions, dim]
+    start: torch.Tensor          # [images]
+    count: torch.Tensor          # [images]
+    text_id: torch.Tensor        # [captions]
+    own_text_ids: torch.Tensor   # [images, most captions of one image]
+
+    @classmethod
+    def build(cls, captions: list[list[str]], encode, device=None) -> "CaptionTable":
+        """From each image's captions and `encode(distinct texts) -> vectors` (each text encoded once)."""
+        flat = [c for caps in captions for c in caps]
+        count = torch.tensor([len(c) for c in captions])
+        start = torch.cumsum(count, 0) - count
+        distinct = list(dict.fromkeys(flat))
+        vectors = encode(distinct)  # the slow part on large caption sets
+        text_id = {t: i for i, t in enumerate(distinct)}
+        ids = torch.tensor([text_id[t] for t in flat])
+        own = torch.full((len(count), int(count.max())), -1, dtype=torch.long)
+        for i, (s, n) in enumerate(zip(start.tolist(), count.tolist())):
+            own[i, :n] = ids[s:s + n]
+        return cls(vectors[ids], start, count, ids, own).to(device)
+
+    @classmethod
+    def random(cls, images: int, dim: int, device=None, generator: torch.Generator | None = None) -> "CaptionTable":
+        """One random vector per image, all texts distinct: a stand-in for timing (bench)."""
+        ids = torch.arange(images, device=device)
+        return cls(torch.randn(images, dim, device=device, generator=generator), ids,
+                   torch.ones(images, dtype=torch.long, device=device), ids, ids[:, None])
+
+    def to(self, device) -> "CaptionTable":
+        return CaptionTable(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def pick(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One random caption row for each image index."""
+        r = torch.rand(len(images), generator=generator, device=images.device)
+        return self.start[images] + (r * self.count[images]).long().clamp(max=self.count[images] - 1)
+
+    def mismatched(self, images: torch.Tensor, generator: torch.Generator, tries: int = 10) -> torch.Tensor:
+        """A caption of another image whose text is none of this image's captions.
+
+        A fixed number of redraws, each replacing only the captions that are still an image's own:
+        no data-dependent branch, so no GPU synchronisation in the training step.
+        """
+        other = images.roll(1)
+        caps = self.pick(other, generator)
+        for _ in range(tries):
+            own = (self.own_text_ids[images] == self.text_id[caps][:, None]).any(dim=1)
+            other = torch.where(own, torch.randint(0, len(self.count), other.shape, generator=generator,
+                                                   device=images.device), other)
+            caps = torch.where(own, self.pick(other, generator), caps)
+        return caps
 
 
 def cache_folder() -> Path:
@@ -200,7 +267,7 @@ def train_matcher(images: torch.Tensor, caption_start: torch.Tensor, caption_cou
             if len(idx) < 2:
                 continue
             pick = (torch.rand(len(idx), generator=g) * caption_count[idx]).long()
-            x = images[idx].to(device).float() / 127.5 - 1
+            x = to_float(images[idx].to(device))
             loss = contrastive_loss(matcher.similarity(x, sentences(caption_start[idx] + pick)))
             opt.zero_grad()
             loss.backward()

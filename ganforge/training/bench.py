@@ -6,26 +6,24 @@ import time
 
 import torch
 
+from ganforge.hardware import make_scalers, prepare_networks, resolve_device
+from ganforge.models import Schedule, StepContext, build_model, model_class
 from ganforge.progress import bar_over
-
-from ganforge.models import Schedule, StepContext, build_model
-from ganforge.training.loop import check_precision, make_scalers, resolve_device, training_step
+from ganforge.training.step import training_step
 
 
 def bench_training_step(model_name: str, resolution: int, batch: int, precision: str = "fp32", steps: int = 10,
-                        warmup: int = 3, device: str = "auto", channels: int = 3, num_classes: int = 0,
+                        warmup: int = 3, device: str = "auto", channels: int = 3, num_classes: int | None = None,
                         model_opts: dict | None = None, channels_last: bool = False, compile: bool = False,
                         count_flops: bool = False) -> dict:
-    """img/s of `steps` training steps after `warmup`, with peak GPU memory; random reals (speed only)."""
+    """img/s of `steps` training steps after `warmup`, with peak GPU memory; random reals (speed only).
+    A model that trains on labels is timed with 10 classes unless `num_classes` says otherwise."""
     dev = resolve_device(device)
+    if num_classes is None:
+        num_classes = 10 if model_class(model_name).trains_on_labels(model_opts or {}) else 0
     model = build_model(model_name, dict(resolution=resolution, channels=channels, num_classes=num_classes,
                                          **(model_opts or {}))).to(dev)
-    check_precision(model, precision)
-    notes = []
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compile:
-        notes += compile_networks(model)
+    model, notes = prepare_networks(model, precision, channels_last, compile)
     sched = Schedule(resolution=resolution, batch=batch, alpha=1.0, stage=str(resolution))
     optimizers = model.optimizers(sched)
     scalers = make_scalers(precision, dev)
@@ -33,15 +31,8 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
     reals = torch.rand(batch, channels, resolution, resolution, device=dev, generator=gen) * 2 - 1
     if channels_last:
         reals = reals.contiguous(memory_format=torch.channels_last)
-    if model_name == "dfgan":  # random sentence vectors stand in for captions: speed only
-        model.caption_emb = torch.randn(batch, model.config["text_dim"], device=dev, generator=gen)
-        model.caption_start = torch.arange(batch, device=dev)
-        model.caption_count = torch.ones(batch, dtype=torch.long, device=dev)
-        model.caption_text_id = torch.arange(batch, device=dev)
-        model.own_text_ids = torch.arange(batch, device=dev)[:, None]
+    model.prepare_synthetic(batch, dev, gen)  # random stand-ins for what the model's data would give (captions)
     labels = torch.randint(0, max(num_classes, 1), (batch,), device=dev, generator=gen)
-    if precision == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     def step(i: int) -> None:
         ctx = StepContext(latents=lambda n: model.sample_latents(n, gen, dev), schedule=sched, step=i,
@@ -56,7 +47,6 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
     for i in bar_over(range(warmup), f"warm-up ({model_name} {resolution}x{resolution}, batch {batch})", unit="step"):
         step(i)
     sync()
-    flops = step_flops(model, reals, labels, gen) if count_flops else None
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     start = time.perf_counter()
@@ -64,6 +54,8 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
         step(warmup + i)
     sync()
     seconds = time.perf_counter() - start
+    # Counted after a step: a progressive model samples at the size its last step trained (full here).
+    flops = step_flops(model, reals, labels, gen, batch) if count_flops else None
     result = dict(model=model_name, resolution=resolution, batch=batch, precision=precision, device=str(dev),
                   steps=steps, img_per_sec=steps * batch / seconds, sec_per_step=seconds / steps)
     if flops is not None:
@@ -76,55 +68,22 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
     return result
 
 
-def step_flops(model, reals: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> float:
+def step_flops(model, reals: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, batch: int) -> float:
     """FLOPs of one training step = n_G x (G forward) + n_D x (D forward), forwards counted by
     torch.utils.flop_counter at this batch size and (n_G, n_D) = model.step_forwards: each forward
     costs 1 and its backward 2 (SPEC.md: about 4 G + 14 D for a WGAN-GP step, 4 G + 9 D without a
     penalty). The whole step cannot be counted directly: the counter does not follow the double
     backward of gradient penalties."""
-    import inspect
-
     from torch.utils.flop_counter import FlopCounterMode
 
     n = reals.shape[0]
+    ctx = StepContext(latents=lambda k: model.sample_latents(k, gen, reals.device), schedule=None, generator=gen,
+                      indices=torch.arange(batch, device=reals.device))
+    condition = model.training_condition(labels, ctx)
     z = model.sample_latents(n, gen, reals.device)
-    cond = labels if model.num_classes else (model.caption_start[:n] if getattr(model, "caption_emb", None) is not None else None)
     with torch.no_grad(), FlopCounterMode(display=False) as g_count:
-        fakes = model.generate(z, cond, ema=False)
-    d_args = len(inspect.signature(model.D.forward).parameters)
-    extra = model.caption_emb[:n] if getattr(model, "caption_emb", None) is not None else (labels if model.num_classes else None)
+        fakes = model.generate(z, condition, ema=False)
     with torch.no_grad(), FlopCounterMode(display=False) as d_count:
-        model.D(fakes, extra) if d_args > 1 and extra is not None else model.D(fakes)
+        model.discriminate(fakes, condition)
     n_g, n_d = model.step_forwards
     return n_g * g_count.get_total_flops() + n_d * d_count.get_total_flops()
-
-
-def compile_networks(model) -> list[str]:
-    """torch.compile the forward of G and D, keeping the modules (and their snapshot keys) as they are.
-
-    A network that a gradient penalty differentiates twice (model.double_backward) stays eager:
-    compiled graphs do not support double backward. A network whose forward fails to compile
-    falls back to eager on its first call, with a warning.
-    """
-    import warnings
-
-    notes = []
-    for name in ("G", "D"):
-        if name in model.double_backward:
-            notes.append(f"{name} stays eager: its gradient penalty needs double backward, which compile does not support")
-            continue
-        net = getattr(model, name)
-        eager, compiled = net.forward, torch.compile(net.forward)
-
-        def forward(*args, _net=net, _eager=eager, _compiled=compiled, _name=name, **kwargs):
-            try:
-                return _compiled(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - any compiler failure: run eagerly from now on
-                warnings.warn(f"torch.compile failed for {_name}; running it eagerly ({type(e).__name__}: {e})",
-                              stacklevel=2)
-                _net.forward = _eager
-                return _eager(*args, **kwargs)
-
-        net.forward = forward
-        notes.append(f"{name} compiled")
-    return notes

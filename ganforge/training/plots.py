@@ -27,6 +27,17 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def own_panel_groups(run_dir: str | Path) -> tuple[str, ...]:
+    """The stat groups the run's model charts one series per panel (its `stat_panels`)."""
+    try:
+        model = json.loads((Path(run_dir) / "training_options.json").read_text(encoding="utf-8"))["model"]
+        from ganforge.models import model_class
+
+        return model_class(model).stat_panels
+    except (OSError, ValueError, KeyError):  # no options file, or a model no longer registered
+        return ()
+
+
 def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     """stats.png: one panel per group of series (loss/..., began/..., ...), x axis in kimg."""
     rows = read_stats(run_dir)
@@ -41,7 +52,8 @@ def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
     groups: dict[str, list[str]] = {}
     for k in keys:
         groups.setdefault(k.split("/")[0] if "/" in k else "other", []).append(k)
-    panels = [[k] for k in groups.pop("began", [])] + list(groups.values())  # M_global, k_t, lr each on its own
+    own = [k for group in own_panel_groups(run_dir) for k in groups.pop(group, [])]
+    panels = [[k] for k in own] + list(groups.values())  # a model's own measures each on a panel
     metric_rows = {}
     for path in sorted(Path(run_dir).glob("metric-*.jsonl")):  # one panel per metric file, every number in it
         name = path.stem[len("metric-"):]

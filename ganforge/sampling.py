@@ -1,0 +1,45 @@
+"""Samples of a model, for users (generate), metrics and the training grids: noise and conditions
+drawn from one seed, generated a chunk at a time. Whatever the model, it is asked for its noise
+(`sampling_latents`), its conditions (`sample_conditions`) and its images (`generate`)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ganforge.models.base import Condition, GanModel
+from ganforge.progress import bar
+
+CHUNK = 64  # samples per forward pass: small enough for any GPU and for a CPU's caches
+
+
+@torch.no_grad()
+def in_chunks(n: int, make: Callable[[int, int], torch.Tensor], desc: str | None = None) -> torch.Tensor:
+    """make(start, stop) for consecutive chunks of n samples, as one float tensor on the CPU."""
+    out = []
+    with bar(n, desc or "", show=desc is not None) as progress:
+        for i in range(0, n, CHUNK):
+            out.append(make(i, min(i + CHUNK, n)).float().cpu())
+            progress.update(len(out[-1]))
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def sample(model: GanModel, n: int, seed: int = 0, condition: Condition | None = None, truncate: bool = True,
+           device: str | torch.device = "cpu", desc: str | None = None) -> tuple[torch.Tensor, Condition]:
+    """n images in [-1, 1] of the EMA generator and the condition of each: the given one, else the
+    model's (balanced classes, random captions of its prepared data, or nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    condition = model.sample_conditions(n, g) if condition is None else condition
+    z = model.sampling_latents(n, generator=g, truncate=truncate)
+    images = in_chunks(n, lambda i, j: model.generate(z[i:j].to(device), condition[i:j].to(device)), desc)
+    return images, condition
+
+
+def sample_from_text(model: GanModel, prompts: list[str], per_prompt: int, seed: int = 0,
+                     device: str | torch.device = "cpu", truncate: bool = True) -> torch.Tensor:
+    """Text-to-image: per_prompt images for each prompt, rows in prompt order."""
+    g = torch.Generator().manual_seed(seed)
+    z = model.sampling_latents(len(prompts) * per_prompt, generator=g, truncate=truncate)
+    captions = [p for p in prompts for _ in range(per_prompt)]
+    return in_chunks(len(captions), lambda i, j: model.generate_from_text(captions[i:j], z[i:j].to(device)))

@@ -1,0 +1,147 @@
+"""The options of a training run, each declared once: its default, its help and its command-line
+form live on the TrainOptions field, and `ganforge train` is generated from them. Also what
+resuming may change, and the schedule of a run in words."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ganforge.errors import TrainingError
+
+
+def option(default, help: str, cli: bool = True, **form):
+    """A TrainOptions field with its command-line help and form: choices=[...], minimum=N,
+    positive=True (a finite number > 0), power_of_two=True, flag=True (--x/--no-x), comma=True (a
+    list given as a,b,c), cli=False (not a command-line option)."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**factory, metadata={"help": help, "cli": cli, **form})
+
+
+@dataclass
+class TrainOptions:
+    """Every option of a run; saved as training_options.json and inside each snapshot."""
+
+    model: str = option("cdcgan", "GAN to train", models=True)
+    data: str = option("mnist", "'mnist' or 'mnist-captions' (built in), an image folder (class sub-folders = "
+                       "labels), a .zip, or images/+text/+split.csv")
+    resolution: int = option(32, "Image size (power of two)", power_of_two=True)
+    channels: int | None = option(None, "1 grey or 3 RGB [default: 1 for grey data such as mnist, else 3]",
+                                  choices=[1, 3])
+    center_crop: bool = option(True, "Square centre crop (else squash)", flag=True)
+    xflip: bool = option(False, "Random horizontal flips of reals", flag=True)
+    split: str = option("train", "Which split.csv rows to use (captioned layout)", choices=["train", "test", "all"])
+    batch: int | None = option(None, "Images per step, all GPUs together [default: the model's, 64 for cdcgan]",
+                               minimum=1)
+    kimg: float = option(100.0, "Training length in thousands of real images shown", positive=True)
+    seed: int = option(0, "Random seed (noise, data order); the same seed gives the same result", minimum=0)
+    model_opts: dict = option(dict, "The model's own hyperparameters (--model-opt KEY=VALUE)", cli=False)
+    ema_kimg: float = option(10.0, "Half-life of the EMA generator in kimg", positive=True)
+    ema_rampup: float | None = option(0.05, "EMA half-life at most this fraction of images seen (None: off)",
+                                      cli=False)
+    tick: float = option(1.0, "kimg per stats row", positive=True)
+    sample_every: float = option(10.0, "kimg between sample grids", positive=True)
+    snap: float = option(25.0, "kimg between kept snapshots (latest.pt is rewritten each time)", positive=True)
+    metrics: list[str] = option(list, "Metrics to evaluate during training, e.g. fid,swd,acc (see evaluate)",
+                                comma=True)
+    metrics_every: float = option(50.0, "kimg between metric evaluations", positive=True)
+    metrics_n: int = option(5000, "Generated images per evaluation", minimum=2)
+    best_metric: str | None = option(None, "Keep best.pt by this metric [default: the first of --metrics]")
+    precision: str = option("fp32", "Arithmetic: fp32, tf32 matmuls, or bf16/fp16 autocast (fp16 with loss "
+                            "scaling)", choices=["fp32", "tf32", "bf16", "fp16"])
+    channels_last: bool = option(False, "NHWC convolutions (faster with bf16/fp16 on GPUs)", flag=True)
+    compile: bool = option(False, "torch.compile G and D where the graph allows (not through double backward)",
+                           flag=True)
+    device: str = option("auto", "auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N")
+    workers: int = option(4, "Image decoding threads", minimum=0)
+    nonfinite_retries: int = option(3, "NaN/Inf: restore the last snapshot and continue this many times, then stop",
+                                    cli=False)
+    outdir: str = option("runs", "Parent folder of numbered run directories")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Options that may differ when a run is resumed: they change how long or where it runs, not what it computes.
+RESUME_MAY_CHANGE = {"channels_last", "compile", "nonfinite_retries", "kimg", "tick", "sample_every", "snap", "device",
+                     "workers", "outdir", "metrics", "metrics_every", "metrics_n", "best_metric"}
+
+
+def saved_options(saved: dict) -> dict:
+    """A snapshot's options in today's form: runs before the model's width became a model option
+    kept it as `base_channels` beside the shared options."""
+    saved = dict(saved)
+    width = saved.pop("base_channels", None)
+    if width is not None:
+        saved["model_opts"] = {"base_channels": width, **saved.get("model_opts", {})}
+    return saved
+
+
+def check_resume(opts: TrainOptions, saved: dict, explicit: set[str], path: str) -> TrainOptions:
+    """Start from the snapshot's options; allow only explicit changes that keep the computation the same."""
+    saved = saved_options(saved)
+    merged = TrainOptions(**{**saved, **{k: getattr(opts, k) for k in explicit & RESUME_MAY_CHANGE}})
+    for key in sorted(explicit - RESUME_MAY_CHANGE):
+        if getattr(opts, key) != saved.get(key):
+            raise TrainingError(f"--resume {path}: option --{key.replace('_', '-')} {getattr(opts, key)!r} differs "
+                                f"from the run's {saved.get(key)!r}; a resumed run keeps its configuration "
+                                f"(only {', '.join(sorted(RESUME_MAY_CHANGE))} may change)")
+    return merged
+
+
+def resolve_options(opts: TrainOptions) -> TrainOptions:
+    """Fill the options left open (None): the batch with the model's default, the channels from the data."""
+    from ganforge.data import detect_channels
+    from ganforge.models import model_class
+
+    if opts.batch is None:
+        opts = dataclasses.replace(opts, batch=model_class(opts.model).default_batch)
+    if opts.channels is None:
+        opts = dataclasses.replace(opts, channels=detect_channels(opts.data))
+    return opts
+
+
+def model_config(opts: TrainOptions, channels: int, num_classes: int) -> dict:
+    return {**dict(resolution=opts.resolution, channels=channels, num_classes=num_classes), **opts.model_opts}
+
+
+def schedule_periods(model, opts: TrainOptions) -> list[tuple[float, object]]:
+    """(kimg where it starts, schedule) for each period the run will pass through within --kimg."""
+    total = round(opts.kimg * 1000)
+    stride = max(1, total // 20_000)  # the model is asked every `stride` images: period starts to 0.1 kimg at 2M images
+    periods: list[tuple[float, object]] = []
+    for images in range(0, total, stride):
+        sched = model.schedule(images, opts.batch, opts.resolution)
+        if not periods or sched.period != periods[-1][1].period or sched.resolution != periods[-1][1].resolution:
+            periods.append((images / 1000, sched))
+    return periods
+
+
+def describe_schedule(model, opts: TrainOptions) -> list[str]:
+    """Plain words for log.txt and --dry-run: the resolutions the run reaches, and when."""
+    periods = schedule_periods(model, opts)
+    lines = []
+    if len(periods) > 1 or (periods and periods[0][1].period):
+        lines.append("schedule: " + "; ".join(f"{s.resolution}x{s.resolution} {s.period.partition('-')[2] or 'train'} "
+                                              f"from {round(kimg, 1):g} kimg (batch {s.batch})" for kimg, s in periods))
+    reached = periods[-1][1].resolution if periods else opts.resolution
+    if reached < opts.resolution:
+        stays = "stays at" if len(periods) == 1 else "reaches only"
+        lines.append(f"warning: the run {stays} {reached}x{reached}: --kimg {opts.kimg:g} ends before the target "
+                     f"{opts.resolution}x{opts.resolution}; give a larger --kimg (or shorter periods)")
+    return lines
+
+
+def plan(opts: TrainOptions, resume: str | None, explicit: set[str]) -> tuple[TrainOptions, list[str]]:
+    """What --dry-run shows: the options a run would train with (a resumed run's own, with what may
+    change) and its schedule in words, asked of the model itself (built on the CPU, no data read)."""
+    from ganforge.models import GanModel, build_model, model_class
+    from ganforge.snapshots import load_snapshot
+
+    if resume:
+        opts = check_resume(opts, load_snapshot(resume)["options"], explicit, resume)
+    opts = resolve_options(opts)
+    if model_class(opts.model).schedule is GanModel.schedule:  # a fixed schedule has nothing to say
+        return opts, []
+    notes = [] if opts.batch is not None else ["batch: set per resolution by the model (see the schedule)"]
+    return opts, notes + describe_schedule(build_model(opts.model, model_config(opts, opts.channels or 3, 0)), opts)

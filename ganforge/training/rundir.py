@@ -1,0 +1,131 @@
+"""A run directory: made and numbered, locked while trained, checked before it is resumed, and
+its logs cut back to the snapshot a resumed run continues from."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from ganforge.errors import TrainingError
+
+
+def make_run_dir(outdir: str | Path, desc: str) -> Path:
+    """runs/00000-<desc>/, numbered one past the highest existing run."""
+    outdir = Path(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        ids = [int(p.name[:5]) for p in outdir.iterdir() if p.is_dir() and p.name[:5].isdigit()]
+        run_dir = outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
+        run_dir.mkdir()
+    except OSError as e:
+        raise TrainingError(f"--outdir {outdir}: cannot make a run directory there ({e.strerror or e})") from e
+    return run_dir
+
+
+def dataset_desc(data: str) -> str:
+    name = Path(data.rstrip("/")).stem if data != "mnist" else "mnist"
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "data"
+
+
+OWN_TEMPORARY = re.compile(r"\.(latest|best|snapshot-\d+(k\d+)?)\.pt\.\d+\.tmp|\.training_options\.json\.tmp|\.lock\.\d+\.tmp")
+
+
+def check_run_directory(run_dir: Path, snapshot: dict) -> None:
+    """Resume only into a run directory ganforge made for this snapshot's model: a resumed run
+    rewrites its logs and snapshots, which must never happen to a folder that is not a run's."""
+    options = run_dir / "training_options.json"
+    if not options.exists():
+        raise TrainingError(f"--resume {snapshot['path']}: {run_dir} is not a ganforge run directory (no "
+                            "training_options.json); resume from the run directory the snapshot came from")
+    try:
+        model = json.loads(options.read_text(encoding="utf-8"))["model"]
+    except (ValueError, KeyError) as e:
+        raise TrainingError(f"--resume: {options} is unreadable ({e})") from e
+    if model != snapshot["model"]:
+        raise TrainingError(f"--resume {snapshot['path']}: the snapshot holds {snapshot['model']} but the run "
+                            f"directory {run_dir} is a {model} run; it was copied from another run")
+
+
+def write_options(run_dir: Path, opts) -> None:
+    tmp = run_dir / ".training_options.json.tmp"
+    tmp.write_text(json.dumps(opts.to_json(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / "training_options.json")
+
+
+def truncate_logs(run_dir: Path, step: int) -> None:
+    """Drop log rows after `step` (and any line torn by a kill) from stats.jsonl and metric-*.jsonl."""
+    for path in [run_dir / "stats.jsonl", *run_dir.glob("metric-*.jsonl")]:
+        if not path.exists():
+            continue
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                pass
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def kimg_label(images_seen: int, fine: bool) -> str:
+    """The kimg in file names: whole kimg (000025), or with `fine` (intervals under 1 kimg) also the
+    images beyond it (000001k500), so that names never collide and sort in training order."""
+    return f"{images_seen // 1000:06d}" + (f"k{images_seen % 1000:03d}" if fine else "")
+
+
+class RunLock:
+    """`.lock` in a run directory holds the training process's id: a second process refuses to train
+    the same run (their logs and snapshots would interleave); a lock left by a process that no longer
+    runs (killed, crashed) is taken over, and `took_over` says so for log.txt."""
+
+    def __init__(self, run_dir: Path):
+        self.path, self.took_over = run_dir / ".lock", ""
+        holder = self._holder()
+        if holder is not None and holder != os.getpid():
+            if _running(holder):
+                raise TrainingError(f"{run_dir} is being trained by process {holder} (its .lock); wait for it to "
+                                    f"finish or stop it, then resume")
+            self.took_over = f"note: took over the lock of process {holder}, which no longer runs"
+        tmp = self.path.with_name(f".lock.{os.getpid()}.tmp")
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, self.path)
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._holder() == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it runs
+        return True
+    return True
+
+
+def growth_picture(run_dir: Path) -> Path | None:
+    """growth.png: the grid of every period side by side, upscaled to the largest (nearest, so pixels show)."""
+    from PIL import Image
+
+    paths = sorted(run_dir.glob("period-*.png"))
+    if len(paths) < 2:
+        return None
+    grids = [Image.open(p).convert("RGB") for p in paths]
+    width = min(max(g.size[0] for g in grids), 512)
+    strip = Image.new("RGB", (width * len(grids), width), "white")
+    for i, g in enumerate(grids):
+        strip.paste(g.resize((width, width), Image.NEAREST), (i * width, 0))
+    strip.save(run_dir / "growth.png")
+    return run_dir / "growth.png"

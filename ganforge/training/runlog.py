@@ -1,0 +1,162 @@
+"""What a run writes as it trains, in one object: log.txt, stats.jsonl, TensorBoard, the progress
+bar, and the sample grids. Rank 0 writes; the other ranks hold a RunLog that writes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from ganforge.metrics.diversity import relative_diversity
+from ganforge.models.base import GanModel, Schedule
+from ganforge.sampling import in_chunks
+from ganforge.training.plots import plot_stats
+from ganforge.training.rundir import kimg_label
+
+COLLAPSED = 0.25  # tick diversity (samples' spread / reals') below which log.txt warns of mode collapse
+
+
+def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
+    save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)
+
+
+class SampleGrid:
+    """Fixed noise and conditions for the grids written during training: one row per class or caption."""
+
+    def __init__(self, model: GanModel, seed: int, device: torch.device, columns: int = 10, max_images: int = 100):
+        g = torch.Generator().manual_seed(seed + 12345)  # its own generator: grids never disturb training
+        self.condition = model.grid_conditions(max(1, max_images // columns), columns).to(device)
+        self.columns, self.device = columns, device
+        self.z = model.sample_latents(len(self.condition) or max_images, generator=g).to(device)
+
+    def images(self, model: GanModel) -> torch.Tensor:
+        return in_chunks(len(self.z), lambda i, j: model.generate(self.z[i:j], self.condition[i:j])).to(self.device)
+
+    def write(self, model: GanModel, path: Path) -> None:
+        save_grid(self.images(model), path, self.columns)
+
+
+class _NoWriter:
+    """TensorBoard stand-in for ranks other than 0."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+class RunLog:
+    """log.txt, stats.jsonl (one row per tick), TensorBoard, the progress bar and the grids of one run."""
+
+    def __init__(self, run_dir: Path, main: bool, progress: bool, total: int, images_seen: int):
+        from torch.utils.tensorboard import SummaryWriter  # import here: tensorboard is slow to import
+        from tqdm import tqdm
+
+        self.run_dir, self.main, self.progress, self.total = run_dir, main, progress and main, total
+        self.text = open(run_dir / "log.txt" if main else os.devnull, "a", encoding="utf-8")
+        self.stats = open(run_dir / "stats.jsonl" if main else os.devnull, "a", encoding="utf-8")
+        self.tb = SummaryWriter(str(run_dir)) if main else _NoWriter()
+        self.bar = tqdm(total=total, initial=min(images_seen, total), unit="img", unit_scale=True, dynamic_ncols=True,
+                        smoothing=0.1, disable=not self.progress)
+        self.restart_tick(images_seen)
+        self.collapse_warned = False
+        self.grid: SampleGrid | None = None
+
+    def line(self, text: str) -> None:
+        self.text.write(text + "\n")
+        self.text.flush()
+        if self.progress:
+            self.bar.write(text)
+
+    # --- ticks ------------------------------------------------------------------------------
+    def restart_tick(self, images_seen: int) -> None:
+        self.tick_start, self.tick_images, self.tick_sums, self.tick_count = time.time(), images_seen, {}, 0
+
+    def add_step(self, stats: dict, before: int, after: int) -> None:
+        """A finished step's statistics (tensors, summed until the tick) and the bar's advance."""
+        for k, v in stats.items():
+            self.tick_sums[k] = self.tick_sums.get(k, 0.0) + v.double()
+        self.tick_count += 1
+        self.bar.update(min(after, self.total) - min(before, self.total))
+
+    def move_to(self, images_seen: int) -> None:
+        """Back to an earlier count (a restored snapshot): the unfinished tick is dropped."""
+        self.restart_tick(images_seen)
+        self.bar.n = min(images_seen, self.total)
+        self.bar.refresh()
+
+    def tick(self, model: GanModel, sched: Schedule, images_seen: int, step: int) -> None:
+        """One stats.jsonl row: mean losses since the last tick, speed, and the samples' diversity."""
+        now = time.time()
+        means = {k: (v / self.tick_count).item() for k, v in self.tick_sums.items()}
+        row = {"kimg": images_seen / 1000, "step": step, "time": now, "resolution": sched.resolution,
+               "batch": sched.batch, "alpha": sched.alpha,
+               "img_per_sec": (images_seen - self.tick_images) / max(now - self.tick_start, 1e-9), **means}
+        # A collapse signal beside the losses: how much the grid's samples vary, relative to reals.
+        row["diversity"] = relative_diversity(self.grid.images(model), self.grid_reals)
+        # Early samples of any model are alike: warn from 5 kimg on, once per fall below the line.
+        collapsed = row["diversity"] < COLLAPSED and images_seen >= 5000
+        if collapsed and not self.collapse_warned:
+            self.line(f"warning: at {images_seen / 1000:.1f} kimg the samples are nearly alike (diversity "
+                      f"{row['diversity']:.2f} of the reals'): the generator may be collapsing")
+        self.collapse_warned = collapsed
+        if self.grid.device.type == "cuda":
+            row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.grid.device) / 2**30
+        self.stats.write(json.dumps(row) + "\n")
+        self.stats.flush()
+        for k, v in row.items():
+            if k not in ("kimg", "step", "time"):
+                self.tb.add_scalar(k, v, global_step=images_seen)  # x axis in images shown, like kimg
+        short = {k.split("/")[-1]: f"{v:.4g}" for k, v in {**means, "diversity": row["diversity"]}.items()}
+        self.bar.set_postfix({"kimg": f"{images_seen / 1000:.1f}", **short})
+        self.text.write(f"kimg {images_seen / 1000:8.1f}  step {step:7d}  img/s {row['img_per_sec']:7.1f}  "
+                        + "  ".join(f"{k} {v}" for k, v in short.items()) + "\n")
+        self.text.flush()
+        self.restart_tick(images_seen)
+
+    def metrics(self, results: dict, images_seen: int, step: int) -> None:
+        """One row per metric in metric-<name>.jsonl, TensorBoard, and a log line."""
+        from ganforge.metrics.evaluate import headline
+
+        kimg = images_seen / 1000
+        for name, result in results.items():
+            with open(self.run_dir / f"metric-{name}.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"kimg": kimg, "step": step, **result}) + "\n")
+            self.tb.add_scalar(f"metrics/{name}", headline(name, result), global_step=images_seen)
+        self.line(f"metrics at {kimg:.1f} kimg: " + ", ".join(f"{n} {headline(n, r):.4g}" for n, r in results.items()))
+
+    # --- pictures ---------------------------------------------------------------------------
+    def start_grids(self, model: GanModel, grid: SampleGrid, reals: torch.Tensor, first: bool, fine: bool) -> None:
+        """The fixed grid and the real images beside it; a new run writes reals.png and the first grid."""
+        self.grid, self.grid_reals = grid, reals
+        if first and self.main:
+            save_grid(reals, self.run_dir / "reals.png", grid.columns)
+            self.grids(model, 0, fine)
+
+    def grids(self, model: GanModel, images_seen: int, fine: bool) -> None:
+        """fakes<kimg>.png, the model's own pictures (BEGAN: reconstructions<kimg>.png), stats.png."""
+        if not self.main:
+            return
+        kimg = kimg_label(images_seen, fine)
+        self.grid.write(model, self.run_dir / f"fakes{kimg}.png")
+        with torch.no_grad():
+            for name, images in model.visuals(self.grid_reals[:32]).items():
+                save_grid(images, self.run_dir / f"{name}{kimg}.png", 8)
+        plot_stats(self.run_dir)
+
+    def period_grid(self, model: GanModel, period: str) -> None:
+        """period-<name>.png: the grid at the end of a period of the schedule (PGGAN's fades and stabilisations)."""
+        if self.main and period:
+            self.grid.write(model, self.run_dir / f"period-{period}.png")
+
+    def close(self) -> None:
+        self.bar.close()
+        self.tb.close()
+        self.text.close()
+        self.stats.close()
+

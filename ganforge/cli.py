@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -312,6 +313,7 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
     if out:
         _check_writable(out, "--out")
     dev = resolve_device(device)
+    started = time.time()
     if (run_or_snapshot is None) == (fake is None):
         raise click.UsageError("give either RUN_OR_SNAPSHOT or --fake DIR")
     if run_or_snapshot is not None:
@@ -342,6 +344,8 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
         results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()
     text = json.dumps(_finite_or_null(results), indent=2)  # JSON has no NaN: an undefined value is null
     click.echo(text)
+    click.echo(f"evaluated in {time.time() - started:.1f} s in all (reals, samples and every metric; "
+               "per metric: its seconds)", err=True)
     if out:
         Path(out).write_text(text + "\n")
 

@@ -191,6 +191,7 @@ def test_evaluate_cli_on_two_folders(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", "--fake", str(tmp_path / "fake"), "--real", str(tmp_path / "real"),
                                        "--metrics", "swd,msssim", "--n", "20", "--out", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
+    assert "evaluated in" in result.output  # the total time, on stderr
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["swd"]["swd_avg_x1e3"] > r["swd"]["floor_real_vs_real"]["swd_avg_x1e3"] and r["swd"]["n"] == 20
     assert 0 < r["msssim"]["ms_ssim"] < 1

@@ -20,23 +20,26 @@ WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
 def gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    """The normalised 1-D Gaussian whose outer product is the 2-D window (it separates)."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+    return g / g.sum()
 
 
 def ssim_terms(a: torch.Tensor, b: torch.Tensor, max_val: float = 255.0, filter_size: int = 11,
                sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image SSIM and contrast-structure, averaged over pixels and channels: two [N] tensors."""
+    """Per-image SSIM and contrast-structure, averaged over pixels and channels: two [N] tensors.
+
+    The five local means (a, b, a^2, b^2, ab) come from one separable blur of the five stacked
+    ('valid': no padding): 2 x 11 taps a pixel instead of 121."""
     _, c, h, w = a.shape
     size = min(filter_size, h, w)
-    window = gaussian_window(size, size * sigma / filter_size).to(a)[None, None].expand(c, 1, size, size)
-    blur = lambda x: F.conv2d(x, window, groups=c)  # noqa: E731  ('valid': no padding)
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
+    g = gaussian_window(size, size * sigma / filter_size).to(a)
+    stacked = torch.cat([a, b, a * a, b * b, a * b], dim=1)
+    blurred = F.conv2d(stacked, g.view(1, 1, 1, size).expand(5 * c, 1, 1, size), groups=5 * c)
+    blurred = F.conv2d(blurred, g.view(1, 1, size, 1).expand(5 * c, 1, size, 1), groups=5 * c)
+    mu_a, mu_b, aa, bb, ab = blurred.chunk(5, dim=1)
+    var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
     c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
     cs_map = (2 * cov + c2) / (var_a + var_b + c2)
     ssim_map = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1) * cs_map
@@ -45,8 +48,8 @@ def ssim_terms(a: torch.Tensor, b: torch.Tensor, max_val: float = 255.0, filter_
 
 def ms_ssim(a: torch.Tensor, b: torch.Tensor, max_val: float = 255.0) -> torch.Tensor:
     """MS-SSIM of each pair (a[i], b[i]) of images in [0, max_val]: an [N] tensor."""
-    a, b = a.double(), b.double()
-    result = torch.ones(a.shape[0], dtype=torch.float64, device=a.device)
+    a, b = a.float(), b.float()  # as the official code: within 2e-6 of float64 on digits, 5x faster
+    result = torch.ones(a.shape[0], dtype=torch.float32, device=a.device)
     for i, weight in enumerate(WEIGHTS):
         ssim, cs = ssim_terms(a, b, max_val)
         last = i == len(WEIGHTS) - 1

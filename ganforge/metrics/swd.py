@@ -9,6 +9,7 @@ x1e3 per level (finest first) and averaged, as in the paper's tables.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -66,15 +67,24 @@ def normalize_descriptors(desc: torch.Tensor) -> torch.Tensor:
     return desc.flatten(1)
 
 
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator, repeats: int = 4,
-                       directions: int = 128, chunk: int = 1 << 20) -> float:
-    """Mean over repeats of the mean |sorted(a @ d) - sorted(b @ d)| over `directions` unit vectors d."""
+def sorted_columns(x: torch.Tensor) -> torch.Tensor:
+    """Each column sorted. On the CPU through numpy: torch's CPU sort of a [N, D] tensor along N took
+    ten times numpy's (0.88 s against 0.08 s for 32,768 x 128 on one core), and it is SWD's whole cost."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.numpy(), axis=0))
+    return x.sort(dim=0).values
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator | None = None, repeats: int = 4,
+                       directions: int = 128, chunk: int = 1 << 20, projections: list | None = None) -> float:
+    """Mean over repeats of the mean |sorted(a @ d) - sorted(b @ d)| over `directions` unit vectors d
+    (drawn from `generator`, or the given `projections`: one [dim, directions] matrix per repeat)."""
     dists = []
-    for _ in range(repeats):
-        d = torch.randn(a.shape[1], directions, generator=generator).to(a)
-        d = d / d.norm(dim=0, keepdim=True)
-        pa = torch.cat([x @ d for x in a.split(chunk)]).sort(dim=0).values
-        pb = torch.cat([x @ d for x in b.split(chunk)]).sort(dim=0).values
+    for r in range(repeats if projections is None else len(projections)):
+        d = torch.randn(a.shape[1], directions, generator=generator) if projections is None else projections[r]
+        d = (d / d.norm(dim=0, keepdim=True)).to(a)
+        pa = sorted_columns(torch.cat([x @ d for x in a.split(chunk)]))
+        pb = sorted_columns(torch.cat([x @ d for x in b.split(chunk)]))
         dists.append((pa - pb).abs().mean().item())
     return sum(dists) / len(dists)
 

@@ -1,4 +1,4 @@
-"""Command line: `ganforge train | generate | export`."""
+"""Command line: `ganforge train | generate | evaluate | interpolate | timelapse | plot | export | bench`."""
 
 from __future__ import annotations
 
@@ -388,6 +388,61 @@ def _first_image_size(folder: str) -> int:
             except (OSError, ValueError, Image.DecompressionBombError):
                 continue  # an unreadable file is reported when the folder is loaded
     raise click.BadParameter(f"{folder}: no readable images", param_hint="--fake")
+
+
+def _seed_list(ctx, param, value: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of whole numbers, e.g. 1,7,42") from None
+    if len(seeds) < 2 or min(seeds) < 0:
+        raise click.BadParameter(f"{value!r}: give two or more seeds >= 0, e.g. 1,7,42")
+    return seeds
+
+
+@main.command()
+@click.argument("run_or_snapshot", type=click.Path(exists=True))
+@click.option("--out", default="walk.mp4", show_default=True, help="A .mp4 (the [video] extra) or .gif file")
+@click.option("--seeds", default="0,1,2,3", show_default=True, callback=_seed_list,
+              help="The walk passes through each seed's sample and returns to the first")
+@click.option("--seconds", type=float, default=10.0, show_default=True, callback=_finite_positive, help="Length of the loop")
+@click.option("--fps", type=click.IntRange(1, 120), default=30, show_default=True, help="Frames per second")
+@click.option("--grid", type=click.IntRange(1, 8), default=1, show_default=True, help="N x N walks side by side")
+@click.option("--label", type=int, default=None, help="Class of a class-conditional run [default: 0]")
+@click.option("--prompt", default=None, help="Text-to-image: the caption the walk is drawn under")
+@DEVICE
+def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, label, prompt, device):
+    """Write a looping latent walk through the samples of the given seeds as a video."""
+    from ganforge.explore import VIDEO_SUFFIXES, walk_frames, write_video
+    from ganforge.hardware import resolve_device
+    from ganforge.inference import load_model
+
+    if Path(out).suffix.lower() not in VIDEO_SUFFIXES:
+        raise click.BadParameter(f"{out}: give a .mp4 or .gif file", param_hint="--out")
+    _check_writable(out, "--out")
+    dev = resolve_device(device)
+    model = load_model(run_or_snapshot, dev)
+    frames = walk_frames(model, seeds, seconds, fps, grid, label, prompt, dev)
+    write_video(frames, out, fps)
+    click.echo(f"wrote {out}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} at {fps} fps, "
+               f"through seeds {','.join(map(str, seeds))} and back")
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default=None, help="A .mp4 or .gif file [default: RUN/timelapse.mp4]")
+@click.option("--fps", type=click.IntRange(1, 120), default=8, show_default=True, help="Grids per second")
+def timelapse(run, out, fps):
+    """Write a run's sample grids in training order, each labelled with its kimg, as a video."""
+    from ganforge.explore import VIDEO_SUFFIXES, timelapse_frames, write_video
+
+    out = out or str(Path(run) / "timelapse.mp4")
+    if Path(out).suffix.lower() not in VIDEO_SUFFIXES:
+        raise click.BadParameter(f"{out}: give a .mp4 or .gif file", param_hint="--out")
+    _check_writable(out, "--out")
+    frames, labels = timelapse_frames(run)
+    write_video(frames, out, fps)
+    click.echo(f"wrote {out}: {len(frames)} grids, {labels[0]} to {labels[-1]}")
 
 
 @main.command()

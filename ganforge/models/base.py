@@ -110,6 +110,7 @@ class GanModel(nn.Module):
     defaults: dict = {}  # the model's own hyperparameters; `--model-opt KEY=VALUE` overrides them
     default_batch: int = 64
     stat_panels: tuple[str, ...] = ()  # stats.jsonl groups ("began/...") charted one series per panel
+    latent_interpolation: str = "slerp"  # how a latent walk moves: "slerp" (Gaussian latents) or "lerp"
 
     @classmethod
     def trains_on_labels(cls, model_opts: dict) -> bool:

@@ -124,6 +124,7 @@ class BEGAN(GanModel):
     name = "began"
     default_batch = 16  # the paper's
     stat_panels = ("began",)  # M_global, k_t and the learning rate each on a panel of its own
+    latent_interpolation = "lerp"  # z fills the cube [-1, 1]^d: straight lines stay inside it
     defaults = dict(z_dim=64, h_dim=64, base_channels=64, gamma=0.5, lambda_k=0.001, lr=1e-4, lr_floor=2e-5,
                     lr_window_kimg=100.0, beta1=0.5, beta2=0.999, skip=False)
 

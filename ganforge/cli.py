@@ -8,9 +8,8 @@ import os
 import sys
 import time
 import warnings
-from pathlib import Path
-
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 import click
 from click.core import ParameterSource

@@ -185,6 +185,16 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path):
     assert train(TrainOptions(**TINY, kimg=0.032, outdir=str(tmp_path)), progress=False).name == "00000-cdcgan-mnist"
 
 
+def test_a_run_directory_whose_options_cannot_be_written_is_removed(tmp_path, monkeypatch):
+    def disk_full(run_dir, opts):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("ganforge.training.loop.write_options", disk_full)
+    with pytest.raises(TrainingError, match="cannot write in the new run directory .No space left"):
+        train(TrainOptions(**TINY, kimg=0.032, outdir=str(tmp_path)), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_hostile_input_catalogue_fast_subset():
     """benchmarks/hostile_inputs.py, the cases that need no second training run: no traceback, nothing
     silent, no work lost (the whole catalogue is in benchmarks/RESULTS.md)."""

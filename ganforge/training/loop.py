@@ -282,9 +282,16 @@ def open_run_directory(opts: TrainOptions, snapshot: dict | None, dataset, model
     if snapshot is None:
         prepare(model, dataset, device, resumed=False)  # before the run directory: it may refuse the data
         run_dir = make_run_dir(opts.outdir, f"{opts.model}-{dataset_desc(opts.data)}") if ddp.main else None
-        lock = RunLock(run_dir) if ddp.main else None
-        if ddp.main:
-            write_options(run_dir, opts)
+        try:
+            lock = RunLock(run_dir) if ddp.main else None
+            if ddp.main:
+                write_options(run_dir, opts)
+        except BaseException as e:  # an empty new directory would only take the next run number
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise TrainingError(f"--outdir {opts.outdir}: cannot write in the new run directory "
+                                    f"({e.strerror or e})") from e
+            raise
         return Path(broadcast_object(str(run_dir) if ddp.main else None, ddp.world_size)), lock
     run_dir = Path(snapshot["path"]).parent
     check_run_directory(run_dir, snapshot)

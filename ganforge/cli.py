@@ -89,6 +89,7 @@ def option_from(name: str, **override):
         kwargs["type"] = click.Choice([str(c) for c in form["choices"]])
         if isinstance(form["choices"][0], int):  # given as text, kept as the number
             kwargs["callback"] = lambda ctx, param, value: None if value is None else int(value)
+            kwargs["default"] = None if kwargs["default"] is None else str(kwargs["default"])
     elif "minimum" in form:
         kwargs["type"] = click.IntRange(min=form["minimum"])
     elif form.get("positive"):
@@ -96,8 +97,6 @@ def option_from(name: str, **override):
     elif form.get("power_of_two"):
         kwargs.update(type=int, callback=_power_of_two)
     kwargs["show_default"] = kwargs["default"] not in (None, "")
-    if isinstance(kwargs["default"], int) and "choices" in form:
-        kwargs["default"] = str(kwargs["default"])
     kwargs.update(override)
     return click.option(flag, name, **kwargs)
 

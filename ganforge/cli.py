@@ -94,6 +94,8 @@ def option_from(name: str, **override):
         kwargs["type"] = click.IntRange(min=form["minimum"])
     elif form.get("positive"):
         kwargs.update(type=float, callback=_finite_positive)
+    elif form.get("fraction"):
+        kwargs["type"] = click.FloatRange(0.0, 1.0)
     elif form.get("power_of_two"):
         kwargs.update(type=int, callback=_power_of_two)
     kwargs["show_default"] = kwargs["default"] not in (None, "")

@@ -97,6 +97,10 @@ class StepContext:
     indices: torch.Tensor | None = None          # dataset indices of the real batch (captions, ...)
     optimizers: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)    # scalars (tensors) a loss wants logged
+    # Every image D sees goes through augment(*batches) first (reals, fakes, a penalty's inputs; one
+    # call per set of batches that a penalty mixes row by row); the identity unless --augment is on.
+    augment: Callable[..., tuple] = lambda *batches: batches
+    real_scores: torch.Tensor | None = None      # the D phase's score of each real, > 0 where D judges it real
 
 
 class GanModel(nn.Module):

@@ -161,13 +161,18 @@ class BEGAN(GanModel):
         if phase == "D":
             with torch.no_grad():
                 fakes = self.G(z)
-            loss_real = reconstruction_loss(reals, self.D(reals))
+            reals, fakes = ctx.augment(reals, fakes)  # D reconstructs the augmented image it was given
+            recon_real = self.D(reals)
+            loss_real = reconstruction_loss(reals, recon_real)
             loss_fake = reconstruction_loss(fakes, self.D(fakes))
+            # An autoencoder judges a real real when it reconstructs it better than it does the fakes.
+            ctx.real_scores = (loss_fake - (recon_real.float() - reals.float()).abs().flatten(1).mean(1)).detach()
             self._loss_real = loss_real.detach()
             ctx.stats.update({"loss/L_real": self._loss_real, "loss/D": (loss_real - self.k_t * loss_fake).detach()})
             return loss_real - self.k_t * loss_fake
         if phase == "G":
-            loss_fake_g = reconstruction_loss(fakes := self.G(z), self.D(fakes))
+            (fakes,) = ctx.augment(self.G(z))
+            loss_fake_g = reconstruction_loss(fakes, self.D(fakes))
             self._loss_fake_g = loss_fake_g.detach()
             ctx.stats["loss/L_fake"] = self._loss_fake_g
             return loss_fake_g

@@ -125,12 +125,16 @@ class CDCGAN(GanModel):
         if phase == "D":
             with torch.no_grad():  # G is frozen in the DiscriminatorFake phase
                 fakes = self.G(z, labels)
-            d_real = bce_with_logits(self.D(reals, labels), 1.0)   # DiscriminatorReal
+            reals, fakes = ctx.augment(reals, fakes)
+            logits_real = self.D(reals, labels)
+            ctx.real_scores = logits_real.detach()
+            d_real = bce_with_logits(logits_real, 1.0)               # DiscriminatorReal
             d_fake = bce_with_logits(self.D(fakes, labels), 0.0)   # DiscriminatorFake
             ctx.stats.update({"loss/D_real": d_real.detach(), "loss/D_fake": d_fake.detach()})
             return d_real + d_fake
         if phase == "G":
-            g = bce_with_logits(self.D(self.G(z, labels), labels), 1.0)  # Generator (D frozen by the loop)
+            (fakes,) = ctx.augment(self.G(z, labels))
+            g = bce_with_logits(self.D(fakes, labels), 1.0)  # Generator (D frozen by the loop)
             ctx.stats["loss/G"] = g.detach()
             return g
         raise ValueError(f"unknown phase {phase}")

@@ -273,18 +273,21 @@ class DFGAN(GanModel):
         if phase == "D":
             mismatch = table.mismatched(ctx.indices, ctx.generator)
             sent = table.embeddings[condition.captions].clone().requires_grad_(True)
-            reals = reals.detach().requires_grad_(True)
             z = ctx.latents(reals.shape[0])
             with torch.no_grad():
                 fakes = self.G(z, sent.detach())
+            reals, fakes = ctx.augment(reals, fakes)
+            reals = reals.detach().requires_grad_(True)  # MA-GP's gradient is taken at the image D sees
             real_scores = self.D(reals, sent)
+            ctx.real_scores = real_scores.detach().flatten()
             loss = hinge_d_loss(real_scores, self.D(fakes, sent.detach()), self.D(reals.detach(), table.embeddings[mismatch]))
             gp = ma_gp(real_scores, reals, sent, c["ma_k"], c["ma_p"])
             ctx.stats.update({"loss/D_hinge": loss.detach(), "loss/D_magp": gp.detach()})
             return loss + gp
         if phase == "G":
             sent = table.embeddings[condition.captions]
-            loss = -self.D(self.G(ctx.latents(reals.shape[0]), sent), sent).float().mean()
+            (fakes,) = ctx.augment(self.G(ctx.latents(reals.shape[0]), sent))
+            loss = -self.D(fakes, sent).float().mean()
             ctx.stats["loss/G"] = loss.detach()
             return loss
         raise ValueError(f"unknown phase {phase}")

@@ -298,8 +298,11 @@ class PGGAN(GanModel):
             reals = crossfade_reals(reals, s.resolution, s.alpha)
             with torch.no_grad():
                 fakes = self.G(z, labels, s.resolution, s.alpha)
+            reals, fakes = ctx.augment(reals, fakes)  # one draw: the penalty's mix is augmented alike
             out_real, out_fake = self.D(reals, s.alpha), self.D(fakes, s.alpha)
             score_real, score_fake = out_real[:, 0].float(), out_fake[:, 0].float()
+            # A critic's scores have no fixed zero: a real is judged real when it scores above the fakes.
+            ctx.real_scores = (score_real - score_fake.mean()).detach()
             mix = torch.rand(reals.shape[0], 1, 1, 1, generator=ctx.generator, device=reals.device)
             mixed = fade(reals, fakes, mix)
             penalty = gradient_penalty(lambda x: self.D(x, s.alpha)[:, 0], mixed)
@@ -313,7 +316,8 @@ class PGGAN(GanModel):
                 ctx.stats["loss/D_ac"] = ac.detach()
             return loss
         if phase == "G":
-            out = self.D(self.G(z, labels, s.resolution, s.alpha), s.alpha)
+            (fakes,) = ctx.augment(self.G(z, labels, s.resolution, s.alpha))
+            out = self.D(fakes, s.alpha)
             loss = -out[:, 0].float().mean()
             if labels is not None:
                 loss = loss + c["label_weight"] * F.cross_entropy(out[:, 1:].float(), labels)

@@ -20,13 +20,15 @@ from typing import Callable
 
 import torch
 
+from ganforge.augment import Augmenter
 from ganforge.data import ImagesTooSmall, RealStream, load_dataset, to_float
 from ganforge.errors import TrainingError, check_memory
 from ganforge.hardware import make_scalers, prepare_networks, resolve_device
 from ganforge.models import GanModel, Schedule, StepContext, build_model, model_class, parameter_count
 from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
 from ganforge.training.distributed import all_true, barrier, broadcast_object, broadcast_parameters, init_from_env, reduce_mean
-from ganforge.training.options import TrainOptions, check_resume, describe_schedule, model_config, resolve_options
+from ganforge.training.options import (TrainOptions, check_resume, describe_schedule, model_config, resolve_augment,
+                                       resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
                                       kimg_label, make_run_dir, truncate_logs, write_options)
 from ganforge.training.runlog import RunLog, SampleGrid
@@ -42,6 +44,7 @@ class RunState:
     scalers: dict
     generator: torch.Generator
     stream: RealStream
+    augmenter: Augmenter | None = None  # D's input augmentation, its p and its own random stream
     images_seen: int = 0
     step: int = 0
     stage: str | None = None       # the schedule's stage: optimizers start afresh when it changes
@@ -55,7 +58,8 @@ class RunState:
                     scaler={k: s.state_dict() for k, s in self.scalers.items()},
                     rng={"loop": self.generator.get_state(), "torch": torch.get_rng_state()}, stage=self.stage,
                     images_seen=self.images_seen, step=self.step, stream_position=self.stream.position,
-                    best_value=self.best_value)
+                    best_value=self.best_value,
+                    **({"augment": self.augmenter.state_dict()} if self.augmenter and self.augmenter.active else {}))
 
     def restore(self, snap: dict, model: GanModel, opts: TrainOptions) -> None:
         model.load_state_dict(snap["state"])
@@ -70,6 +74,8 @@ class RunState:
         self.stream.position = snap["stream_position"]
         self.stage, self.images_seen, self.step = snap["stage"], snap["images_seen"], snap["step"]
         self.best_value = snap.get("best_value")
+        if self.augmenter is not None and "augment" in snap:
+            self.augmenter.load_state_dict(snap["augment"])
 
 
 def recover(state: RunState, model: GanModel, opts: TrainOptions, run_dir: Path, reason: str) -> str:
@@ -108,17 +114,19 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         raise TrainingError(f"--batch {opts.batch}: must divide evenly among {world} processes")
     torch.manual_seed(opts.seed)
     dataset = training_data(opts)
+    opts = resolve_augment(opts, len(dataset))
     model, notes = training_model(opts, dataset, snapshot, device)
     state = RunState(optimizers=model.optimizers(model.schedule(0, opts.batch, opts.resolution)),
                      scalers=make_scalers(opts.precision, device), generator=torch.Generator(device).manual_seed(opts.seed),
                      stream=RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=device, workers=opts.workers,
-                                       rank=ddp.rank, world_size=world))
+                                       rank=ddp.rank, world_size=world),
+                     augmenter=Augmenter(opts.augment, device, opts.seed, opts.augment_p, opts.ada_target, opts.ada_kimg))
     broadcast_parameters(model, world)
     run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
     try:
         run_dir = run_steps(opts, snapshot, dataset, model, state, run_dir, ddp, device, progress, evaluator_factory,
                             [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
-                             f"({channels_source})", *notes, *([lock.took_over] if lock and lock.took_over else [])])
+                             f"({channels_source})", *notes, state.augmenter.describe(), *([lock.took_over] if lock and lock.took_over else [])])
     except BaseException:
         if snapshot is None and state.step == 0 and ddp.main:  # a new run with nothing in it to resume
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -155,7 +163,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
             ctx = StepContext(latents=lambda n: rank_slice(model.sample_latents(n * world, state.generator, device), ddp),
                               reduce_mean=lambda t: reduce_mean(t, world), schedule=sched, step=state.step,
                               images_seen=state.images_seen, optimizers=state.optimizers, generator=state.generator,
-                              indices=state.stream.last_indices)
+                              indices=state.stream.last_indices, augment=state.augmenter)
             try:
                 training_step(model, state.optimizers, state.scalers, to_float(real_u8), labels, ctx, opts.precision,
                               device, world)
@@ -164,6 +172,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
             before = state.images_seen
             state.images_seen, state.step = before + sched.batch, state.step + 1
             update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, state.images_seen, model.ema_beta))
+            ctx.stats.update(state.augmenter.observe(ctx.real_scores, sched.batch, ctx.reduce_mean))
 
             finite = not ctx.stats or bool(torch.stack([v.float() for v in ctx.stats.values()]).isfinite().all())
             if not all_true(finite, world, device):
@@ -220,6 +229,8 @@ def run_options(opts: TrainOptions, snapshot: dict | None, explicit: set[str], r
         raise TrainingError("--batch must be >= 1 and --kimg a positive number")
     if round(opts.kimg * 1000) < 1:
         raise TrainingError(f"--kimg {opts.kimg:g} is less than one image")
+    if opts.augment_p is not None and (opts.augment == "none" or not 0 <= opts.augment_p <= 1):
+        raise TrainingError(f"--augment-p {opts.augment_p:g}: a probability from 0 to 1, with --augment ada or diffaug")
     if opts.batch is not None:  # the real batch alone, as uint8 and float, before any network
         check_memory(opts.batch * (opts.channels or 3) * opts.resolution**2 * 5, f"--batch {opts.batch} at "
                      f"{opts.resolution}x{opts.resolution}", "--batch")

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from ganforge.errors import TrainingError
 
 
+ADA_BELOW = 30_000  # --augment auto: adaptive augmentation for datasets smaller than this
+
+
 def option(default, help: str, cli: bool = True, **form):
     """A TrainOptions field with its command-line help and form: choices=[...], minimum=N,
-    positive=True (a finite number > 0), power_of_two=True, flag=True (--x/--no-x), comma=True (a
-    list given as a,b,c), cli=False (not a command-line option)."""
+    positive=True (a finite number > 0), fraction=True (a number in [0, 1]), power_of_two=True,
+    flag=True (--x/--no-x), comma=True (a list given as a,b,c), cli=False (not a command-line option)."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
     return field(**factory, metadata={"help": help, "cli": cli, **form})
 
@@ -30,6 +33,13 @@ class TrainOptions:
                                   choices=[1, 3])
     center_crop: bool = option(True, "Square centre crop (else squash)", flag=True)
     xflip: bool = option(False, "Random horizontal flips of reals", flag=True)
+    augment: str = option("auto", "Differentiable augmentation of all D sees: ada (p adapts to D's overfitting), "
+                          f"diffaug (p fixed), none [default: ada under {ADA_BELOW:,} images, else none]",
+                          choices=["auto", "ada", "diffaug", "none"])
+    augment_p: float | None = option(None, "Fix the probability p of each augmentation [default: 1 for diffaug; "
+                                     "ada starts at 0 and adapts]", fraction=True)
+    ada_target: float = option(0.6, "ada: the r_t = E[sign(D(reals))] above which p rises", fraction=True)
+    ada_kimg: float = option(500.0, "ada: kimg for p to go from 0 to 1 at the fastest", positive=True)
     split: str = option("train", "Which split.csv rows to use (captioned layout)", choices=["train", "test", "all"])
     batch: int | None = option(None, "Images per step, all GPUs together [default: the model's, 64 for cdcgan]",
                                minimum=1)
@@ -70,7 +80,7 @@ RESUME_MAY_CHANGE = {"channels_last", "compile", "nonfinite_retries", "kimg", "t
 def saved_options(saved: dict) -> dict:
     """A snapshot's options in today's form: runs before the model's width became a model option
     kept it as `base_channels` beside the shared options."""
-    saved = dict(saved)
+    saved = {"augment": "none", **saved}  # runs before augmentation trained without it
     width = saved.pop("base_channels", None)
     if width is not None:
         saved["model_opts"] = {"base_channels": width, **saved.get("model_opts", {})}
@@ -99,6 +109,15 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
     if opts.channels is None:
         opts = dataclasses.replace(opts, channels=detect_channels(opts.data))
     return opts
+
+
+def resolve_augment(opts: TrainOptions, images: int) -> TrainOptions:
+    """--augment auto, once the dataset's size is known: adaptive augmentation for small datasets."""
+    if opts.augment != "auto":
+        return opts
+    if opts.augment_p is not None:  # a fixed p asks for augmentation whatever the size
+        return dataclasses.replace(opts, augment="diffaug")
+    return dataclasses.replace(opts, augment="ada" if images < ADA_BELOW else "none")
 
 
 def model_config(opts: TrainOptions, channels: int, num_classes: int) -> dict:

@@ -118,7 +118,7 @@ def main() -> None:
             for mode in MODES:
                 if any(r["setting"] == setting and r["seed"] == seed and r["mode"] == mode for r in rows):
                     continue
-                run = train(data, model, mode, seed, kimg, args.workdir / setting)
+                run = train(data, model, mode, seed, kimg, args.workdir / f"runs-{setting}")
                 row = {"setting": setting, "mode": mode, "seed": seed, "kimg": kimg, "run": str(run),
                        **judge(run, evaluator, metrics)}
                 print(json.dumps(row), flush=True)

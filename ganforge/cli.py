@@ -390,42 +390,116 @@ def _first_image_size(folder: str) -> int:
     raise click.BadParameter(f"{folder}: no readable images", param_hint="--fake")
 
 
-def _seed_list(ctx, param, value: str) -> list[int]:
+def _number_list(ctx, param, value: str | None) -> list[int] | None:
+    """A comma-separated list of whole numbers >= 0 (seeds, class labels)."""
+    if value is None:
+        return None
     try:
-        seeds = [int(s) for s in value.split(",") if s.strip()]
+        numbers = [int(s) for s in value.split(",") if s.strip()]
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of whole numbers, e.g. 1,7,42") from None
-    if len(seeds) < 2 or min(seeds) < 0:
-        raise click.BadParameter(f"{value!r}: give two or more seeds >= 0, e.g. 1,7,42")
-    return seeds
+    if not numbers or min(numbers) < 0:
+        raise click.BadParameter(f"{value!r}: give whole numbers >= 0, e.g. 1,7,42")
+    return numbers
 
 
 @main.command()
 @click.argument("run_or_snapshot", type=click.Path(exists=True))
 @click.option("--out", default="walk.mp4", show_default=True, help="A .mp4 (the [video] extra) or .gif file")
-@click.option("--seeds", default="0,1,2,3", show_default=True, callback=_seed_list,
+@click.option("--seeds", default="0,1,2,3", show_default=True, callback=_number_list,
               help="The walk passes through each seed's sample and returns to the first")
 @click.option("--seconds", type=float, default=10.0, show_default=True, callback=_finite_positive, help="Length of the loop")
 @click.option("--fps", type=click.IntRange(1, 120), default=30, show_default=True, help="Frames per second")
 @click.option("--grid", type=click.IntRange(1, 8), default=1, show_default=True, help="N x N walks side by side")
-@click.option("--label", type=int, default=None, help="Class of a class-conditional run [default: 0]")
-@click.option("--prompt", default=None, help="Text-to-image: the caption the walk is drawn under")
+@click.option("--labels", "--label", "labels", default=None, callback=_number_list,
+              help="Class-conditional run: the class of each keyframe, e.g. 3,8 (the class embedding moves "
+                   "between them) [default: 0]")
+@click.option("--prompt", "prompts", multiple=True,
+              help="Text-to-image: the caption of a keyframe; repeat to move between captions")
 @DEVICE
-def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, label, prompt, device):
-    """Write a looping latent walk through the samples of the given seeds as a video."""
+def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts, device):
+    """Write a looping latent walk through the samples of the given seeds (and classes or captions) as a video."""
     from ganforge.explore import VIDEO_SUFFIXES, walk_frames, write_video
     from ganforge.hardware import resolve_device
     from ganforge.inference import load_model
 
     if Path(out).suffix.lower() not in VIDEO_SUFFIXES:
         raise click.BadParameter(f"{out}: give a .mp4 or .gif file", param_hint="--out")
+    if max(len(seeds), len(labels or []), len(prompts)) < 2:
+        raise click.UsageError("a walk needs two keyframes or more: give two or more seeds (--seeds 1,7,42), "
+                               "classes (--labels 3,8) or prompts (--prompt A --prompt B)")
     _check_writable(out, "--out")
     dev = resolve_device(device)
     model = load_model(run_or_snapshot, dev)
-    frames = walk_frames(model, seeds, seconds, fps, grid, label, prompt, dev)
+    frames = walk_frames(model, seeds, seconds, fps, grid, labels, list(prompts), dev)
     write_video(frames, out, fps)
+    through = [f"seeds {','.join(map(str, seeds))}"] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
+        + ([f"{len(prompts)} prompts"] if len(prompts) > 1 else [])
     click.echo(f"wrote {out}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} at {fps} fps, "
-               f"through seeds {','.join(map(str, seeds))} and back")
+               f"through {' and '.join(through)} and back")
+
+
+@main.command()
+@click.argument("run_or_snapshot", type=click.Path(exists=True))
+@click.option("--image", required=True, help="The real image to find in the generator")
+@click.option("--out", default="projection", show_default=True, help="Folder for the results")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimisation steps")
+@click.option("--label", type=click.IntRange(min=0), default=None, help="Class-conditional run: the image's class")
+@click.option("--prompt", default=None, help="Text-to-image run: a caption of the image")
+@click.option("--video", type=click.Choice(["mp4", "gif", "none"]), default="mp4", show_default=True,
+              help="The optimisation as a video (mp4 needs the [video] extra)")
+@SEED
+@DEVICE
+def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, device):
+    """Find the latent whose sample best matches a real image; write both, the latent and a video."""
+    import json
+
+    import numpy as np
+    import torch
+    from torchvision.utils import make_grid, save_image
+
+    from ganforge.explore import as_frame, project as find_latent, psnr, read_image, write_video
+    from ganforge.hardware import resolve_device
+    from ganforge.inference import load_model
+    from ganforge.metrics.msssim import ms_ssim
+    from ganforge.models.base import TEXT, Condition
+
+    _check_writable(out, "--out", folder=True)
+    dev = resolve_device(device)
+    model = load_model(run_or_snapshot, dev)
+    target = read_image(image, model.config["channels"], model.sample_resolution).to(dev)
+    if model.conditioning == TEXT:
+        if not prompt or not prompt.strip():
+            raise click.UsageError("this is a text-to-image run: give --prompt TEXT, a caption of the image")
+        vector = model.encode_text([prompt.strip()]).to(dev)
+        condition = lambda z: model.generate_from_vectors(vector.expand(len(z), -1), z)  # noqa: E731
+    elif model.num_classes:
+        if label is None or label >= model.num_classes:
+            raise click.BadParameter(f"give the image's class, 0..{model.num_classes - 1}", param_hint="--label")
+        condition = lambda z: model.generate(z, Condition(classes=torch.full((len(z),), label, device=dev)))  # noqa: E731
+    else:
+        if label is not None or prompt:
+            raise click.UsageError(f"{model.name} here is unconditional: drop --label and --prompt")
+        condition = lambda z: model.generate(z, Condition())  # noqa: E731
+    result = find_latent(model, target, condition, steps=steps, seed=seed)
+    folder, found, real = Path(out), result["image"], target.cpu()
+    save_image(real * 0.5 + 0.5, folder / "target.png")
+    save_image(found * 0.5 + 0.5, folder / "projected.png")
+    save_image(torch.cat([real, found]) * 0.5 + 0.5, folder / "compare.png", nrow=2, padding=2)
+    np.save(folder / "latent.npy", result["latent"].numpy())
+    figures = {"psnr_db": round(psnr(found, real).item(), 2),
+               "ms_ssim": round(ms_ssim((found + 1) * 127.5, (real + 1) * 127.5).item(), 4),
+               "steps": steps, "start": result["start"], "final_loss": round(result["losses"][-1], 5),
+               "image": str(image), "label": label, "prompt": prompt}
+    (folder / "result.json").write_text(json.dumps(figures, indent=2) + "\n")
+    written = ["target.png", "projected.png", "compare.png", "latent.npy", "result.json"]
+    if video != "none":
+        frames = np.stack([as_frame(make_grid(torch.stack([real[0], f]) * 0.5 + 0.5, nrow=2, padding=2).mul(255)
+                                    .round().to(torch.uint8)) for f in result["frames"]])
+        write_video(frames, folder / f"projection.{video}", fps=15)
+        written.append(f"projection.{video}")
+    click.echo(f"projected {image} in {steps} steps from {result['start']}: PSNR {figures['psnr_db']} dB, "
+               f"MS-SSIM {figures['ms_ssim']}; wrote {', '.join(written)} to {folder}")
 
 
 @main.command()

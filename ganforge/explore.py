@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,49 +37,84 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
 
 
-def walk_latents(model: GanModel, seeds: list[int], frames: int) -> torch.Tensor:
-    """[frames, z_dim]: a loop through the latents of the seeds (each seed's own sample latent), eased
-    in and out of every keyframe; frame 0 is the first seed's latent, and the frame after the last
-    would be it again."""
-    keys = [model.sampling_latents(1, generator=torch.Generator().manual_seed(s))[0] for s in seeds]
-    blend = slerp if model.latent_interpolation == "slerp" else torch.lerp
-    out = []
+def walk_steps(keys: int, frames: int) -> list[tuple[int, int, float]]:
+    """(keyframe, next keyframe, t) of each frame of a loop through `keys` keyframes, eased in and
+    out of each (smoothstep: the walk slows at every keyframe's image); frame 0 is keyframe 0."""
+    steps = []
     for f in range(frames):
-        position = f * len(keys) / frames
+        position = f * keys / frames
         i, t = int(position), position - int(position)
-        t = t * t * (3 - 2 * t)  # smoothstep: the walk slows at each seed's image
-        out.append(blend(keys[i], keys[(i + 1) % len(keys)], t))
-    return torch.stack(out)
+        steps.append((i, (i + 1) % keys, t * t * (3 - 2 * t)))
+    return steps
+
+
+def walk_latents(model: GanModel, seeds: list[int], frames: int, keys: int | None = None) -> torch.Tensor:
+    """[frames, z_dim]: a loop through the latents of the seeds (each seed's own sample latent), over
+    `keys` keyframes (the seeds in turn, repeated; default one per seed); the frame after the last
+    would be the first again."""
+    keys = keys or len(seeds)
+    latents = [model.sampling_latents(1, generator=torch.Generator().manual_seed(seeds[k % len(seeds)]))[0]
+               for k in range(keys)]
+    blend = slerp if model.latent_interpolation == "slerp" else torch.lerp
+    return torch.stack([blend(latents[i], latents[j], t) for i, j, t in walk_steps(keys, frames)])
 
 
 def walk_frames(model: GanModel, seeds: list[int], seconds: float, fps: int, grid: int = 1,
-                label: int | None = None, prompt: str | None = None, device: str | torch.device = "cpu") -> np.ndarray:
-    """uint8 frames [F, H, W, C] of grid x grid walks side by side (walk k uses the seeds + 1000 k)."""
+                labels: list[int] | None = None, prompts: list[str] | None = None,
+                device: str | torch.device = "cpu") -> np.ndarray:
+    """uint8 frames [F, H, W, C] of grid x grid walks side by side (walk k uses the seeds + 1000 k).
+    Keyframe k is seed k and label (or prompt) k, each list repeated to the longer; between two
+    labels or prompts the class embedding or sentence vector moves linearly along with the latent."""
     frames = max(2, round(seconds * fps))
-    walks = [walk_latents(model, [s + 1000 * k for s in seeds], frames) for k in range(grid * grid)]
+    conditions = walk_conditions(model, labels, prompts)
+    keys = max(len(seeds), len(conditions))
+    walks = [walk_latents(model, [s + 1000 * k for s in seeds], frames, keys) for k in range(grid * grid)]
     z = torch.stack(walks, dim=1).flatten(0, 1)  # frame-major: the cells of frame 0, then of frame 1, ...
-    generate = walk_generator(model, len(z), label, prompt)
+    per_frame = torch.stack([torch.lerp(conditions[i % len(conditions)], conditions[j % len(conditions)], t)
+                             for i, j, t in walk_steps(keys, frames)]) if len(conditions) > 1 else None
+    if per_frame is not None:
+        per_frame = per_frame.repeat_interleave(grid * grid, dim=0)
+    generate = walk_generator(model, labels, prompts, conditions, per_frame)
     images = in_chunks(len(z), lambda i, j: generate(z[i:j].to(device), i, j), desc="walk frames")
     images = to_uint8(images).view(frames, grid * grid, *images.shape[1:])
     return np.stack([as_frame(make_grid(cells, nrow=grid, padding=0 if grid == 1 else 2)) for cells in images])
 
 
-def walk_generator(model: GanModel, n: int, label: int | None, prompt: str | None):
-    """(z, start, stop) -> images, with the walk's fixed condition: a class, a prompt, or the model's own."""
+def walk_conditions(model: GanModel, labels: list[int] | None, prompts: list[str] | None) -> list[torch.Tensor]:
+    """The keyframes' conditions as vectors that blend: class weights (one-hot), or sentence vectors."""
     if model.conditioning == TEXT:
-        if not prompt or not prompt.strip():
-            raise OptionError("--prompt: a text-to-image run walks under one prompt; give --prompt TEXT")
-        return lambda z, i, j: model.generate_from_text([prompt.strip()] * len(z), z)
-    if prompt:
+        prompts = [p.strip() for p in prompts or []]
+        if not prompts or not all(prompts):
+            raise OptionError("--prompt: a text-to-image run walks under one or more prompts; give --prompt TEXT")
+        return list(model.encode_text(prompts))
+    if prompts:
         raise OptionError(f"--prompt: {model.name} is not a text-to-image model")
-    if label is not None and not model.num_classes:
-        raise OptionError("--label: this model is not class-conditional (trained without labels)")
-    if model.num_classes:
-        label = 0 if label is None else label
-        if not 0 <= label < model.num_classes:
-            raise OptionError(f"--label {label}: out of range, the model has classes 0..{model.num_classes - 1}")
-    condition = Condition(classes=torch.full((n,), label, dtype=torch.long)) if label is not None else Condition()
-    return lambda z, i, j: model.generate(z, condition[i:j].to(z.device))
+    if labels and not model.num_classes:
+        raise OptionError("--labels: this model is not class-conditional (trained without labels)")
+    if not model.num_classes:
+        return []
+    labels = labels or [0]
+    bad = [c for c in labels if not 0 <= c < model.num_classes]
+    if bad:
+        raise OptionError(f"--labels {bad[0]}: out of range, the model has classes 0..{model.num_classes - 1}")
+    return list(F.one_hot(torch.tensor(labels), model.num_classes).float())
+
+
+def walk_generator(model: GanModel, labels: list[int] | None, prompts: list[str] | None,
+                   conditions: list[torch.Tensor], per_frame: torch.Tensor | None):
+    """(z, start, stop) -> images of those cells of the walk, under their condition: fixed (one label
+    or prompt, or the model's own) or moving with the frames (per_frame: one vector a cell)."""
+    if model.conditioning == TEXT:
+        vectors = per_frame if per_frame is not None else conditions[0].expand(1, -1)
+        return lambda z, i, j: model.generate_from_vectors(
+            vectors[i:j] if per_frame is not None else vectors.expand(len(z), -1), z)
+    if not model.num_classes:
+        return lambda z, i, j: model.generate(z, Condition())
+    if per_frame is not None:
+        return lambda z, i, j: model.generate(z, Condition(classes=per_frame[i:j].to(z.device)))
+    label = (labels or [0])[0]
+    return lambda z, i, j: model.generate(z, Condition(classes=torch.full((len(z),), label, dtype=torch.long,
+                                                                          device=z.device)))
 
 
 def as_frame(image: torch.Tensor) -> np.ndarray:
@@ -136,3 +172,98 @@ def write_video(frames: np.ndarray, out: str | Path, fps: int) -> Path:
     frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
     imageio.mimwrite(out, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1)
     return out
+
+
+# --- projection: the latent of a real image -------------------------------------------------------
+def read_image(path: str | Path, channels: int, resolution: int) -> torch.Tensor:
+    """One image file as the model sees its data: [1, C, R, R] in [-1, 1], centre-cropped and resized.
+    Anything that is not a readable image, or decodes to more pixels than ganforge accepts (a
+    decompression bomb), is refused naming the file."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    from ganforge.data import fit_square, to_float, to_tensor
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                pixels = to_tensor(img, channels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise OptionError(f"--image {path}: refused, it would decode to too many pixels ({e})") from None
+    except FileNotFoundError:
+        raise OptionError(f"--image {path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise OptionError(f"--image {path}: not a readable image ({e})") from None
+    return to_float(fit_square(pixels, resolution, center_crop=True)[None])
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of each pair of images in [-1, 1] (peak-to-peak 2)."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp(min=1e-10))
+
+
+def projection_loss(images: torch.Tensor, target: torch.Tensor, structure_weight: float = 1.0) -> torch.Tensor:
+    """Pixel (squared error) plus structural (1 - MS-SSIM) distance of each image to the target.
+
+    The structural term stands in for stylegan2-ada's LPIPS: LPIPS needs VGG weights, which are not
+    in any wheel ganforge may use offline, while MS-SSIM needs none and is a perceptual measure of
+    its own (the L1 + MS-SSIM mix of Zhao et al. 2017, "Loss functions for image restoration")."""
+    from ganforge.metrics.msssim import ms_ssim
+
+    pixel = (images - target).pow(2).flatten(1).mean(1)
+    structure = 1 - ms_ssim((images + 1) * 127.5, (target + 1) * 127.5, floor=1e-4)
+    return pixel + structure_weight * structure
+
+
+def project(model: GanModel, target: torch.Tensor, condition: Callable[[torch.Tensor], torch.Tensor],
+            steps: int = 1000, seed: int = 0, start_candidates: int = 64, frames: int = 60,
+            lr: float = 0.05) -> dict:
+    """The latent whose image (under `condition`: z -> image) best matches the target [1, C, H, W].
+
+    Starts from the model's encoder where it has one (BEGAN), else from the best of
+    `start_candidates` latents of `seed`; then Adam on the latent with a short warm-up and a cosine
+    decay, and early on a little noise added to it so it can leave a poor basin (as stylegan2-ada's
+    projector does). Returns the latent, the image, the loss per step, the start used, and about
+    `frames` snapshots of the image along the way (for the video)."""
+    generator = torch.Generator().manual_seed(seed)
+    device = target.device
+    with torch.no_grad():
+        encoded = model.encode(target)
+        if encoded is not None:
+            z, start = encoded.to(device), "the model's encoder"
+        else:
+            candidates = model.sampling_latents(start_candidates, generator=generator).to(device)
+            losses = torch.cat([projection_loss(condition(c), target.expand(len(c), -1, -1, -1))
+                                for c in candidates.split(16)])
+            z, start = candidates[losses.argmin()][None], f"the best of {start_candidates} samples"
+    bounded = model.latent_interpolation == "lerp"  # a uniform latent cube: stay inside it
+    z = z.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=lr, betas=(0.9, 0.999))
+    history, snapshots = [], []
+    every = max(1, steps // frames)
+    for step in range(steps):
+        t = step / steps
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, t / 0.05) * (0.5 - 0.5 * math.cos(math.pi * min(1.0, (1 - t) / 0.25)))
+        noise = 0.05 * max(0.0, 1 - t / 0.75) ** 2
+        z_noisy = z + noise * torch.randn(z.shape, generator=generator).to(device)
+        image = condition(z_noisy)
+        loss = projection_loss(image, target).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if bounded:
+            with torch.no_grad():
+                z.clamp_(-1, 1)
+        history.append(loss.item())
+        if step % every == 0:
+            snapshots.append(image.detach().clamp(-1, 1).cpu()[0])
+    with torch.no_grad():
+        image = condition(z).clamp(-1, 1)
+    snapshots.append(image.cpu()[0])
+    return {"latent": z.detach().cpu(), "image": image.cpu(), "losses": history, "start": start,
+            "frames": torch.stack(snapshots)}

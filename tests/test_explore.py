@@ -1,14 +1,20 @@
 """Latent walks and timelapses, checked as a person would: the video is opened and its frames counted."""
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from torchvision.utils import save_image
 
 from ganforge.cli import main
 from ganforge.data import to_uint8
-from ganforge.explore import slerp, timelapse_frames, walk_frames, walk_latents
+from ganforge.explore import project, psnr, read_image, slerp, timelapse_frames, walk_frames, walk_latents
 from ganforge.inference import generate, load_model
+from ganforge.models.base import Condition
 from ganforge.training import TrainOptions, train
 
 
@@ -68,12 +74,95 @@ def test_timelapse_shows_every_grid_in_training_order(run, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--seeds", "1,x"], "not a comma-separated list"),
-    (["--seeds", "4"], "two or more seeds"),
+    (["--seeds", "4"], "a walk needs two keyframes or more"),
+    (["--seeds", "1,-2"], "give whole numbers >= 0"),
     (["--out", "walk.avi"], "give a .mp4 or .gif file"),
     (["--label", "10"], "out of range, the model has classes 0..9"),
+    (["--labels", "3,12"], "--labels 12: out of range"),
     (["--prompt", "a bird"], "not a text-to-image model"),
 ])
 def test_bad_walk_requests_are_one_clear_line(run, tmp_path, args, message):
     out = ["--out", str(tmp_path / "w.gif")] if "--out" not in args else []
     result = CliRunner().invoke(main, ["interpolate", str(run), "--seconds", "0.2", "--fps", "5", *out, *args])
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+def test_a_walk_between_classes_moves_the_class_embedding_from_one_class_to_the_next(run):
+    model = load_model(run)
+    frames = walk_frames(model, [5], seconds=1, fps=8, labels=[3, 8])  # one seed: only the class moves
+    assert frames.shape == (8, 16, 16, 3)
+    for frame, label in ((0, 3), (4, 8)):
+        image, _, _ = generate(model, 1, seed=5, label=label)
+        assert (frames[frame][..., 0] == to_uint8(image)[0, 0].numpy()).all()
+    between = frames[2].astype(float)
+    assert not (between == frames[0]).all() and not (between == frames[4]).all()
+    result = CliRunner().invoke(main, ["interpolate", str(run), "--out", str(Path(run) / "classes.gif"), "--seeds", "5",
+                                       "--labels", "3,8", "--seconds", "1", "--fps", "4"])
+    assert result.exit_code == 0 and "through seeds 5 and classes 3,8 and back" in result.output, result.output
+
+
+def test_projection_finds_a_latent_that_reproduces_a_generated_image(run, tmp_path):
+    model = load_model(run)
+    target, _, _ = generate(model, 1, seed=123, label=4)
+    save_image(target * 0.5 + 0.5, tmp_path / "target.png")
+    result = CliRunner().invoke(main, ["project", str(run), "--image", str(tmp_path / "target.png"), "--label", "4",
+                                       "--steps", "150", "--out", str(tmp_path / "p"), "--video", "gif"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "p" / "result.json").read_text())
+    best_random = max(psnr(generate(model, 1, seed=s, label=4)[0], target).item() for s in range(20))
+    assert figures["psnr_db"] > 30 and figures["psnr_db"] > best_random + 5, (figures, best_random)
+    latent = np.load(tmp_path / "p" / "latent.npy")
+    assert latent.shape == (1, model.z_dim)
+    again = model.generate(torch.from_numpy(latent), Condition(classes=torch.tensor([4]))).clamp(-1, 1)
+    as_read = read_image(tmp_path / "target.png", 1, 16)  # the target as saved to PNG (quantised)
+    assert psnr(again, as_read).item() == pytest.approx(figures["psnr_db"], abs=0.01)  # the latent is the result
+    with Image.open(tmp_path / "p" / "projection.gif") as gif:
+        assert gif.n_frames > 10 and gif.size == (2 * 16 + 3 * 2, 16 + 2 * 2)  # target | result
+    with Image.open(tmp_path / "p" / "compare.png") as compare:
+        assert compare.size == gif.size
+
+
+def test_began_projection_starts_from_its_encoder(tmp_path):
+    opts = TrainOptions(model="began", data="mnist", resolution=16, batch=16, model_opts={"base_channels": 4},
+                        kimg=0.032, outdir=str(tmp_path))
+    model = load_model(train(opts, progress=False))
+    target = torch.rand(1, 1, 16, 16) * 2 - 1
+    assert model.encode(target).shape == (1, model.z_dim)
+    result = project(model, target, lambda z: model.generate(z), steps=3)
+    assert result["start"] == "the model's encoder" and result["latent"].abs().max() <= 1
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"not an image at all", "not a readable image"),
+    (None, "refused, it would decode to too many pixels"),
+])
+def test_project_refuses_a_file_that_is_not_an_image_or_is_a_bomb(run, tmp_path, content, message):
+    from test_data import png_claiming
+
+    path = tmp_path / "photo.png"
+    path.write_bytes(content if content is not None else png_claiming(70_000, 70_000))
+    result = CliRunner().invoke(main, ["project", str(run), "--image", str(path), "--label", "1", "--steps", "2",
+                                       "--out", str(tmp_path / "p")])
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output, result.output
+    result = CliRunner().invoke(main, ["project", str(run), "--image", str(tmp_path / "none.png"), "--label", "1"])
+    assert result.exit_code != 0 and "no such file" in result.output
+
+
+def test_text_to_image_walks_between_prompts_and_projects_under_a_caption(tmp_path):
+    opts = TrainOptions(model="dfgan", data="mnist-captions", resolution=16, batch=8, model_opts={"nf": 4},
+                        kimg=0.016, outdir=str(tmp_path))
+    run = train(opts, progress=False)
+    model = load_model(run)
+    prompts = ["a handwritten digit three", "a handwritten digit eight"]
+    frames = walk_frames(model, [5], seconds=1, fps=4, prompts=prompts)
+    assert frames.shape == (4, 16, 16, 3)
+    z = model.sampling_latents(1, generator=torch.Generator().manual_seed(5))
+    for frame, prompt in ((0, prompts[0]), (2, prompts[1])):
+        assert (frames[frame][..., 0] == to_uint8(model.generate_from_text([prompt], z))[0, 0].numpy()).all()
+    save_image(model.generate_from_text(prompts[:1], z) * 0.5 + 0.5, tmp_path / "three.png")
+    result = CliRunner().invoke(main, ["project", str(run), "--image", str(tmp_path / "three.png"), "--prompt",
+                                       prompts[0], "--steps", "20", "--out", str(tmp_path / "p"), "--video", "none"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "p" / "result.json").read_text())["prompt"] == prompts[0]
+    result = CliRunner().invoke(main, ["project", str(run), "--image", str(tmp_path / "three.png")])
+    assert result.exit_code != 0 and "give --prompt TEXT" in result.output

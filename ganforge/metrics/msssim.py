@@ -46,14 +46,15 @@ def ssim_terms(a: torch.Tensor, b: torch.Tensor, max_val: float = 255.0, filter_
     return ssim_map.mean(dim=(1, 2, 3)), cs_map.mean(dim=(1, 2, 3))
 
 
-def ms_ssim(a: torch.Tensor, b: torch.Tensor, max_val: float = 255.0) -> torch.Tensor:
-    """MS-SSIM of each pair (a[i], b[i]) of images in [0, max_val]: an [N] tensor."""
+def ms_ssim(a: torch.Tensor, b: torch.Tensor, max_val: float = 255.0, floor: float = 0.0) -> torch.Tensor:
+    """MS-SSIM of each pair (a[i], b[i]) of images in [0, max_val]: an [N] tensor. A `floor` above 0
+    keeps each scale's term off 0, where its fractional power has no gradient (as a loss)."""
     a, b = a.float(), b.float()  # as the official code: within 2e-6 of float64 on digits, 5x faster
     result = torch.ones(a.shape[0], dtype=torch.float32, device=a.device)
     for i, weight in enumerate(WEIGHTS):
         ssim, cs = ssim_terms(a, b, max_val)
         last = i == len(WEIGHTS) - 1
-        result = result * (ssim if last else cs).clamp(min=0) ** weight
+        result = result * (ssim if last else cs).clamp(min=floor) ** weight
         if not last:
             a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
     return result.float()

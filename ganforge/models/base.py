@@ -30,7 +30,7 @@ class Condition:
     """What each sample of a batch is conditioned on: class ids, or ids of captions in the model's
     prepared caption table (text-to-image). An empty Condition conditions on nothing."""
 
-    classes: torch.Tensor | None = None    # [N] int64 class ids
+    classes: torch.Tensor | None = None    # [N] int64 class ids, or [N, num_classes] weights (a blend of classes)
     captions: torch.Tensor | None = None   # [N] int64 rows of the model's CaptionTable
 
     def _fields(self) -> dict:
@@ -184,6 +184,11 @@ class GanModel(nn.Module):
         """D's plain forward pass on a batch (what bench counts FLOPs of)."""
         return self.D(images)
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Latents whose samples resemble the images, where the model has an encoder (a start for
+        `ganforge project`); None where it has none."""
+        return None
+
     # --- sampling -----------------------------------------------------------------------------
     @property
     def z_dim(self) -> int:
@@ -196,7 +201,8 @@ class GanModel(nn.Module):
     @property
     def conditioning(self) -> str:
         """UNCONDITIONAL, CLASS (class ids; `num_classes` of them) or TEXT (captions; the model then
-        has `captions`, a CaptionTable of its prepared data, and `generate_from_text`)."""
+        has `captions`, a CaptionTable of its prepared data, `encode_text` (captions -> sentence
+        vectors), `generate_from_text` and `generate_from_vectors`)."""
         return CLASS if self.num_classes else UNCONDITIONAL
 
     @property
@@ -230,7 +236,7 @@ class GanModel(nn.Module):
         return {}
 
     def generate(self, z: torch.Tensor, condition: Condition | None = None, ema: bool = True) -> torch.Tensor:
-        """Images in [-1, 1] from latents (and class ids for class-conditional models)."""
+        """Images in [-1, 1] from latents (and class ids, or class weights, for class-conditional models)."""
         classes = condition.classes if condition is not None else None
         return (self.G_ema if ema else self.G)(z, classes)
 

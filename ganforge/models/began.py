@@ -202,6 +202,13 @@ class BEGAN(GanModel):
         ctx.stats["began/lr"] = torch.tensor(ctx.optimizers["G"].param_groups[0]["lr"], device=self.k_t.device)
 
     @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """D's encoder: its code of an image, in G's latent cube (a start for projection, free)."""
+        if self.config["h_dim"] != self.z_dim:
+            return None
+        return self.D.encoder(images).clamp(-1, 1)
+
+    @torch.no_grad()
     def visuals(self, reals: torch.Tensor) -> dict[str, torch.Tensor]:
         """D's reconstructions beside the real images: pairs (real, D(real)) along each row."""
         recon = self.D(reals).clamp(-1, 1)

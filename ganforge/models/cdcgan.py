@@ -61,8 +61,8 @@ class Generator(nn.Module):
         self.apply(dcgan_init)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if self.embed is not None:
-            z = torch.cat([z, self.embed(labels)], dim=1)
+        if self.embed is not None:  # class ids, or weights over the classes (a blend of their embeddings)
+            z = torch.cat([z, self.embed(labels) if labels.dtype == torch.long else labels @ self.embed.weight], dim=1)
         return self.net(z[:, :, None, None])
 
 

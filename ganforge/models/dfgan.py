@@ -318,5 +318,8 @@ class DFGAN(GanModel):
 
     @torch.no_grad()
     def generate_from_text(self, captions: list[str], z: torch.Tensor, ema: bool = True) -> torch.Tensor:
-        sent = self.encode_text(captions).to(z.device)
-        return (self.G_ema if ema else self.G)(z, sent)
+        return self.generate_from_vectors(self.encode_text(captions), z, ema)
+
+    def generate_from_vectors(self, sentences: torch.Tensor, z: torch.Tensor, ema: bool = True) -> torch.Tensor:
+        """From sentence vectors as encode_text gives them (or blends of them, for walks between prompts)."""
+        return (self.G_ema if ema else self.G)(z, sentences.to(z.device))

@@ -162,7 +162,8 @@ class Generator(nn.Module):
         """Images at `resolution` (default: the largest), the newest block blended in by alpha."""
         resolution = resolution or int(list(self.to_rgb)[-1])
         if self.num_classes:
-            z = torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], dim=1)
+            weights = F.one_hot(labels, self.num_classes) if labels.dtype == torch.long else labels  # ids or a blend
+            z = torch.cat([z, weights.to(z.dtype)], dim=1)
         x = self.dense(self.pixel_norm(z)).view(z.shape[0], -1, 4, 4)
         x = self.pixel_norm(lrelu(x))
         x = self.pixel_norm(lrelu(self.conv4(x)))

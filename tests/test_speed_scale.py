@@ -60,8 +60,75 @@ def test_batch_must_divide_among_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
-    with pytest.raises(TrainingError, match="--batch 16: must divide evenly among 3 processes"):
+    with pytest.raises(TrainingError, match="batch 16 at 32x32 does not divide among 3 processes"):
         train(TrainOptions(batch=16, kimg=0.016, outdir=str(tmp_path)), progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_every_stage_batch_is_checked_before_the_first_step(tmp_path, monkeypatch):
+    """The cpu preset's batch is 32 up to 32x32 and 16 at 64x64: on 32 processes the run is refused
+    before its first step, not when it reaches 64x64."""
+    from PIL import Image
+
+    from ganforge.training import TrainingError, TrainOptions, train
+
+    for i in range(4):
+        Image.new("RGB", (64, 64), (60 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    monkeypatch.setenv("WORLD_SIZE", "32")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
+    opts = TrainOptions(model="pggan", data=str(tmp_path), resolution=64, kimg=80, outdir=str(tmp_path / "runs"),
+                        model_opts={"preset": "cpu", "fmap_max": 8})
+    with pytest.raises(TrainingError, match="batch 16 at 64x64 does not divide among 32 processes"):
+        train(opts, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_accumulated_micro_batches_equal_one_batch():
+    """BEGAN (no BatchNorm, no minibatch statistics): 4 micro-batches of 4 give the step of one batch
+    of 16, with the same noise; its k_t, from the logged losses, follows the whole batch too."""
+    from ganforge.models import Schedule, StepContext, build_model
+    from ganforge.training.step import training_step
+
+    def step(rounds):
+        torch.manual_seed(0)
+        model = build_model("began", dict(resolution=16, channels=1, base_channels=4))
+        pool = torch.rand(64, model.z_dim, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        drawn = [0]
+
+        def latents(n):
+            drawn[0] += n
+            return pool[drawn[0] - n:drawn[0]]
+
+        optimizers = {k: torch.optim.SGD(getattr(model, k).parameters(), lr=0.1) for k in ("G", "D")}
+        ctx = StepContext(latents=latents, schedule=Schedule(16, 16), optimizers=optimizers)
+        reals = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+        scalers = {k: torch.amp.GradScaler("cpu", enabled=False) for k in ("G", "D")}
+        training_step(model, optimizers, scalers, reals, torch.zeros(16, dtype=torch.long), ctx, "fp32",
+                      torch.device("cpu"), rounds=rounds)
+        return model, ctx
+
+    one, ctx_one = step(1)
+    four, ctx_four = step(4)
+    for (name, a), b in zip(one.named_parameters(), four.parameters()):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=name)
+    assert ctx_one.stats.keys() == ctx_four.stats.keys()
+    for key in ctx_one.stats:
+        torch.testing.assert_close(ctx_one.stats[key], ctx_four.stats[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert one.k_t.item() == pytest.approx(four.k_t.item(), abs=1e-9)
+
+
+def test_batch_gpu_trains_and_may_change_on_resume(tmp_path):
+    from ganforge.snapshots import load_snapshot
+    from ganforge.training import TrainOptions, train
+
+    opts = dict(model="began", data="mnist", resolution=16, batch=16, model_opts={"base_channels": 4}, tick=0.032,
+                augment="none")
+    run = train(TrainOptions(**opts, batch_gpu=4, kimg=0.032, outdir=str(tmp_path)), progress=False)
+    resumed = train(TrainOptions(**opts, batch_gpu=8, kimg=0.064), resume=str(run), explicit={"kimg", "batch_gpu"},
+                    progress=False)
+    snap = load_snapshot(resumed)
+    assert snap["images_seen"] == 64 and snap["options"]["batch_gpu"] == 8
 
 
 @pytest.mark.parametrize("model,opts", [("cdcgan", {}), ("began", {"base_channels": 8}),

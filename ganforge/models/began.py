@@ -145,7 +145,6 @@ class BEGAN(GanModel):
         self.register_buffer("m_window_sum", torch.zeros(()))
         self.register_buffer("m_window_steps", torch.zeros(()))
         self.register_buffer("m_best", torch.tensor(float("inf")))
-        self._loss_real = self._loss_fake_g = None
 
     def optimizers(self, schedule=None) -> dict[str, torch.optim.Optimizer]:
         c = self.config
@@ -167,14 +166,12 @@ class BEGAN(GanModel):
             loss_fake = reconstruction_loss(fakes, self.D(fakes))
             # An autoencoder judges a real real when it reconstructs it better than it does the fakes.
             ctx.real_scores = (loss_fake - (recon_real.float() - reals.float()).abs().flatten(1).mean(1)).detach()
-            self._loss_real = loss_real.detach()
-            ctx.stats.update({"loss/L_real": self._loss_real, "loss/D": (loss_real - self.k_t * loss_fake).detach()})
+            ctx.stats.update({"loss/L_real": loss_real.detach(), "loss/D": (loss_real - self.k_t * loss_fake).detach()})
             return loss_real - self.k_t * loss_fake
         if phase == "G":
             (fakes,) = ctx.augment(self.G(z))
             loss_fake_g = reconstruction_loss(fakes, self.D(fakes))
-            self._loss_fake_g = loss_fake_g.detach()
-            ctx.stats["loss/L_fake"] = self._loss_fake_g
+            ctx.stats["loss/L_fake"] = loss_fake_g.detach()
             return loss_fake_g
         raise ValueError(f"unknown phase {phase}")
 
@@ -182,7 +179,8 @@ class BEGAN(GanModel):
     def after_step(self, ctx: StepContext) -> None:
         gamma, c = self.config["gamma"], self.config
         # With several processes, k_t follows the losses of the whole batch, identically on every rank.
-        loss_real, loss_fake_g = ctx.reduce_mean(self._loss_real), ctx.reduce_mean(self._loss_fake_g)
+        # The step's losses as logged (averaged over micro-batches when the batch is accumulated).
+        loss_real, loss_fake_g = ctx.reduce_mean(ctx.stats["loss/L_real"]), ctx.reduce_mean(ctx.stats["loss/L_fake"])
         m = m_global(loss_real, loss_fake_g, gamma)
         self.k_t.copy_(k_t_update(self.k_t, loss_real, loss_fake_g, gamma, c["lambda_k"]))
         self.m_window_sum += m

@@ -27,8 +27,8 @@ from ganforge.hardware import make_scalers, prepare_networks, resolve_device
 from ganforge.models import GanModel, Schedule, StepContext, build_model, model_class, parameter_count
 from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
 from ganforge.training.distributed import all_true, barrier, broadcast_object, broadcast_parameters, init_from_env, reduce_mean
-from ganforge.training.options import (TrainOptions, check_resume, describe_schedule, model_config, resolve_augment,
-                                       resolve_options)
+from ganforge.training.options import (TrainOptions, accumulation_rounds, check_batches, check_resume,
+                                       describe_schedule, model_config, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
                                       kimg_label, make_run_dir, truncate_logs, write_options)
 from ganforge.training.runlog import RunLog, SampleGrid
@@ -110,12 +110,11 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         evaluator_factory = training_evaluator(opts.metrics, opts.metrics_n, inception_weights)
     ddp, device_name = init_from_env(opts.device)
     device, world = resolve_device(device_name), ddp.world_size
-    if opts.batch is not None and opts.batch % world:
-        raise TrainingError(f"--batch {opts.batch}: must divide evenly among {world} processes")
     torch.manual_seed(opts.seed)
     dataset = training_data(opts)
     opts = resolve_augment(opts, len(dataset))
     model, notes = training_model(opts, dataset, snapshot, device)
+    check_batches(model, opts, world)
     state = RunState(optimizers=model.optimizers(model.schedule(0, opts.batch, opts.resolution)),
                      scalers=make_scalers(opts.precision, device), generator=torch.Generator(device).manual_seed(opts.seed),
                      stream=RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=device, workers=opts.workers,
@@ -157,16 +156,14 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
             sched: Schedule = model.schedule(state.images_seen, opts.batch, opts.resolution)
             enter_schedule(sched, model, state, log)
             real_u8, labels = state.stream.next_batch(sched.batch)
-            if sched.batch % world:
-                raise TrainingError(f"batch {sched.batch} at {sched.resolution}x{sched.resolution} does not divide "
-                                    f"among {world} processes: set --batch")
+            rounds = accumulation_rounds(sched.batch, world, opts.batch_gpu)
             ctx = StepContext(latents=lambda n: rank_slice(model.sample_latents(n * world, state.generator, device), ddp),
                               reduce_mean=lambda t: reduce_mean(t, world), schedule=sched, step=state.step,
                               images_seen=state.images_seen, optimizers=state.optimizers, generator=state.generator,
                               indices=state.stream.last_indices, augment=state.augmenter)
             try:
                 training_step(model, state.optimizers, state.scalers, to_float(real_u8), labels, ctx, opts.precision,
-                              device, world)
+                              device, world, rounds)
             except torch.OutOfMemoryError as e:
                 raise TrainingError(out_of_memory(opts, sched, run_dir, "training step")) from e
             before = state.images_seen

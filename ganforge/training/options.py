@@ -43,6 +43,8 @@ class TrainOptions:
     split: str = option("train", "Which split.csv rows to use (captioned layout)", choices=["train", "test", "all"])
     batch: int | None = option(None, "Images per step, all GPUs together [default: the model's, 64 for cdcgan]",
                                minimum=1)
+    batch_gpu: int | None = option(None, "Images per GPU in one forward pass: a larger share of --batch is "
+                                   "accumulated over several [default: the whole share]", minimum=1)
     kimg: float = option(100.0, "Training length in thousands of real images shown", positive=True)
     seed: int = option(0, "Random seed (noise, data order); the same seed gives the same result", minimum=0)
     model_opts: dict = option(dict, "The model's own hyperparameters (--model-opt KEY=VALUE)", cli=False)
@@ -73,7 +75,7 @@ class TrainOptions:
 
 
 # Options that may differ when a run is resumed: they change how long or where it runs, not what it computes.
-RESUME_MAY_CHANGE = {"channels_last", "compile", "nonfinite_retries", "kimg", "tick", "sample_every", "snap", "device",
+RESUME_MAY_CHANGE = {"batch_gpu", "channels_last", "compile", "nonfinite_retries", "kimg", "tick", "sample_every", "snap", "device",
                      "workers", "outdir", "metrics", "metrics_every", "metrics_n", "best_metric"}
 
 
@@ -134,6 +136,27 @@ def schedule_periods(model, opts: TrainOptions) -> list[tuple[float, object]]:
         if not periods or sched.period != periods[-1][1].period or sched.resolution != periods[-1][1].resolution:
             periods.append((images / 1000, sched))
     return periods
+
+
+def accumulation_rounds(batch: int, world: int, batch_gpu: int | None, where: str = "") -> int:
+    """Micro-batches per step on each process: 1, or the process's share of the batch over --batch-gpu."""
+    if batch % world:
+        raise TrainingError(f"batch {batch}{where} does not divide among {world} processes: set --batch to a "
+                            f"multiple of {world}")
+    share = batch // world
+    if batch_gpu is None or batch_gpu >= share:
+        return 1
+    if share % batch_gpu:
+        raise TrainingError(f"--batch-gpu {batch_gpu}: must divide each process's share of the batch "
+                            f"({share} of {batch}{where})")
+    return share // batch_gpu
+
+
+def check_batches(model, opts: TrainOptions, world: int) -> None:
+    """Every batch the run will train with divides among the processes and into micro-batches: a
+    preset's batch at 512x512 is refused now, not days into the run."""
+    for _, sched in schedule_periods(model, opts):
+        accumulation_rounds(sched.batch, world, opts.batch_gpu, f" at {sched.resolution}x{sched.resolution}")
 
 
 def describe_schedule(model, opts: TrainOptions) -> list[str]:

@@ -12,21 +12,34 @@ from ganforge.training.distributed import average_gradients
 
 def training_step(model: GanModel, optimizers: dict, scalers: dict, reals: torch.Tensor,
                   labels: torch.Tensor, ctx: StepContext, precision: str, device: torch.device,
-                  world_size: int = 1) -> None:
-    """One step: each phase of the model updates its network with the other frozen (the NNC sample's lesson)."""
+                  world_size: int = 1, rounds: int = 1) -> None:
+    """One step: each phase of the model updates its network with the other frozen (the NNC sample's
+    lesson). With `rounds` > 1 each phase accumulates the gradients of that many consecutive
+    micro-batches (--batch-gpu) before its update; logged statistics are their means."""
     condition = model.training_condition(labels, ctx)
+    indices, micro = ctx.indices, reals.shape[0] // rounds
+    accumulated, real_scores = {}, []
     for phase in model.phases():
         for net in ("G", "D"):
             getattr(model, net).requires_grad_(net == phase.network)
         optimizer = optimizers[phase.optimizer]
         optimizer.zero_grad(set_to_none=True)
-        with autocast_for(precision, device):
-            loss = model.loss(phase.name, reals, condition, ctx)
         scaler = scalers[phase.network]
-        scaler.scale(loss).backward()
+        for part in (slice(r * micro, (r + 1) * micro) for r in range(rounds)):
+            ctx.stats, ctx.real_scores = {}, None
+            ctx.indices = indices[part] if indices is not None else None
+            with autocast_for(precision, device):
+                loss = model.loss(phase.name, reals[part], condition[part], ctx)
+            scaler.scale(loss / rounds if rounds > 1 else loss).backward()
+            for key, value in ctx.stats.items():
+                accumulated[key] = accumulated.get(key, 0) + (value / rounds if rounds > 1 else value)
+            if ctx.real_scores is not None:
+                real_scores.append(ctx.real_scores)
         average_gradients(getattr(model, phase.network), world_size)
         scaler.step(optimizer)
         scaler.update()
+    ctx.stats, ctx.indices = accumulated, indices
+    ctx.real_scores = torch.cat(real_scores) if real_scores else None
     model.after_step(ctx)
 
 

@@ -503,6 +503,26 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, devi
 
 
 @main.command()
+@click.argument("source")
+@click.argument("dest", type=click.Path())
+@click.option("--resolution", type=int, required=True, callback=_power_of_two, help="Size of the written images")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+              help="1 grey or 3 RGB [default: 1 for grey data, else 3]")
+@click.option("--center-crop/--no-center-crop", default=True, show_default=True, help="Square centre crop (else squash)")
+def dataset(source, dest, resolution, channels, center_crop):
+    """Convert any --data form (folder, class folders, zip, captioned layout) to a resolution-fixed
+    .zip or folder, once: bad files are reported here, and training reads it without resizing."""
+    from ganforge.archive import convert
+
+    summary = convert(source, dest, resolution, None if channels is None else int(channels), center_crop)
+    kind = ("captioned" if summary["captioned"] else f"{len(summary['classes'])} classes" if summary["classes"]
+            else "unlabelled")
+    skipped = summary["skipped"]
+    click.echo(f"wrote {dest}: {summary['images']} images at {resolution}x{resolution}, {kind}"
+               + (f"; skipped {len(skipped)} unreadable, e.g. {skipped[0]}" if skipped else ""))
+
+
+@main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default=None, help="A .mp4 or .gif file [default: RUN/timelapse.mp4]")
 @click.option("--fps", type=click.IntRange(1, 120), default=8, show_default=True, help="Grids per second")

@@ -1,0 +1,156 @@
+"""`ganforge dataset`: convert any data ganforge reads into a resolution-fixed copy, once.
+
+Like stylegan2-ada's dataset_tool: every image is decoded, cropped and resized a single time (bad
+files reported and skipped here, not at every start of every run), and written as PNG at the
+training resolution with its label (class folders) or its captions (the captioned layout, both
+splits kept). Training reads the result like any dataset, without resizing anything, and a zip is
+one file to copy to a cluster. A `dataset.json` beside the images records what was converted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+
+from ganforge.data import DatasetError, ImageDataset, load_dataset
+from ganforge.progress import bar
+
+
+def convert(source: str, dest: str | Path, resolution: int, channels: int | None = None,
+            center_crop: bool = True, workers: int | None = None) -> dict:
+    """Write `source` at `resolution` to `dest` (a .zip, or a new folder); returns what dataset.json
+    says: counts, classes, the files skipped as unreadable."""
+    dest = Path(dest)
+    if dest.exists() and (dest.is_file() or any(dest.iterdir())):
+        raise DatasetError(f"{dest}: already exists; give a new .zip or an empty folder")
+    parts = [(split, load_dataset(source, resolution, channels, center_crop, split=split, preload=False))
+             for split in splits_of(source)]
+    first = parts[0][1]
+    if first.captions is not None and dest.suffix.lower() == ".zip":
+        raise DatasetError(f"{dest}: captioned data converts to a folder (images/, text/, split.csv), not a .zip")
+    writer = ZipWriter(dest) if dest.suffix.lower() == ".zip" else FolderWriter(dest)
+    skipped, rows, count = [], [], 0
+    try:
+        for split, ds in parts:
+            skipped += ds.bad_files  # found unreadable from their headers while opening
+            for index, pixels in decoded(ds, workers, f"converting {ds.name} ({split})" if len(parts) > 1 else None):
+                if pixels is None:
+                    skipped.append(ds.entries[index])
+                    continue
+                name = member_name(ds, index, count)
+                writer.write(name, png_bytes(pixels))
+                if ds.captions is not None:
+                    writer.write(f"text/{Path(name).relative_to('images').with_suffix('.txt').as_posix()}",
+                                 "\n".join(ds.captions[index]).encode("utf-8") + b"\n")
+                    rows.append((name, ds.labels[index], split))
+                count += 1
+        if count == 0:
+            raise DatasetError(f"{source}: no readable image to convert")
+        summary = {"source": str(source), "resolution": resolution, "channels": first.channels, "images": count,
+                   "classes": first.class_names, "captioned": first.captions is not None, "skipped": skipped}
+        if first.captions is not None:
+            text = io.StringIO()
+            csv.writer(text, lineterminator="\n").writerows([("image", "label", "split"), *rows])
+            writer.write("split.csv", text.getvalue().encode("utf-8"))
+            writer.write("classes.txt", ("\n".join(first.class_names) + "\n").encode("utf-8"))
+        writer.write("dataset.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+        writer.close()
+    except BaseException:
+        writer.abandon()
+        raise
+    return summary
+
+
+def splits_of(source: str) -> list[str]:
+    """Both splits of a captioned layout (and any other rows under 'all'); one pass for anything else."""
+    split_csv = Path(source).expanduser() / "split.csv"
+    if not split_csv.is_file():
+        return ["all"]
+    with open(split_csv, newline="", encoding="utf-8") as f:
+        found = list(dict.fromkeys(row.get("split", "") for row in csv.DictReader(f)))
+    return found or ["all"]
+
+
+def decoded(ds: ImageDataset, workers: int | None, desc: str | None):
+    """(index, uint8 [C, R, R] or None where the file is unreadable), in order, decoded in threads."""
+    def one(i):
+        try:
+            return ds.decode(i)
+        except Exception:  # noqa: BLE001 - any decode failure means a bad file, reported in the summary
+            return None
+
+    pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
+    try:
+        with bar(len(ds), desc or f"converting {ds.name}") as progress:
+            for i, pixels in enumerate(pool.map(one, range(len(ds)))):
+                progress.update(1)
+                yield i, pixels
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def member_name(ds: ImageDataset, index: int, count: int) -> str:
+    """images/<n>.png (captioned), <class>/<n>.png (labelled) or <n>.png: the layouts ganforge reads."""
+    if ds.captions is not None:
+        return f"images/{count:08d}.png"
+    if ds.class_names:
+        return f"{ds.class_names[ds.labels[index]]}/{count:08d}.png"
+    return f"{count:08d}.png"
+
+
+def png_bytes(pixels) -> bytes:
+    array = pixels.permute(1, 2, 0).numpy()
+    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, "L" if array.shape[2] == 1 else "RGB")
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=6)
+    return out.getvalue()
+
+
+class ZipWriter:
+    """Members stored as they are (PNG is compressed already), into a temporary file renamed at the end."""
+
+    def __init__(self, dest: Path):
+        self.dest, self.temporary = dest, dest.with_name(f".{dest.name}.tmp")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.zip = zipfile.ZipFile(self.temporary, "w", compression=zipfile.ZIP_STORED)
+
+    def write(self, name: str, data: bytes) -> None:
+        self.zip.writestr(name, data)
+
+    def close(self) -> None:
+        self.zip.close()
+        os.replace(self.temporary, self.dest)
+
+    def abandon(self) -> None:
+        self.zip.close()
+        self.temporary.unlink(missing_ok=True)
+
+
+class FolderWriter:
+    """Files into a temporary folder renamed at the end: an interrupted conversion leaves nothing half-made."""
+
+    def __init__(self, dest: Path):
+        self.dest, self.temporary = dest, dest.with_name(f".{dest.name}.tmp")
+        shutil.rmtree(self.temporary, ignore_errors=True)
+        self.temporary.mkdir(parents=True)
+
+    def write(self, name: str, data: bytes) -> None:
+        path = self.temporary / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def close(self) -> None:
+        if self.dest.exists():  # an empty folder given as the destination
+            self.dest.rmdir()
+        os.replace(self.temporary, self.dest)
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.temporary, ignore_errors=True)

@@ -432,24 +432,68 @@ class RealStream:
         """The next `batch` images (this rank's share when distributed) as uint8 on the device, and labels."""
         idx, flip = self.indices(self.position, batch)
         self.position += batch
-        if self.world_size > 1:
-            share = batch // self.world_size
-            idx, flip = idx[self.rank * share:(self.rank + 1) * share], flip[self.rank * share:(self.rank + 1) * share]
+        idx, flip = self.rank_share(idx, batch), self.rank_share(flip, batch)
         self.last_indices = idx.to(self.device)
         if self.images is not None:
             images = self.images[idx.to(self.device)]
         else:
-            images = torch.stack(self._load_parallel(idx.tolist())).to(self.device, non_blocking=True)
+            images = self._decoded(self.position - batch, batch).to(self.device, non_blocking=True)
         if self.xflip:
             images = torch.where(flip.to(self.device)[:, None, None, None], images.flip(-1), images)
         return images, self.labels[idx].to(self.device)
 
-    def _load_parallel(self, idx: list[int]) -> list[torch.Tensor]:
-        if self.workers <= 1:
-            return [self.dataset[i][0] for i in idx]
-        if not hasattr(self, "_pool"):
-            self._pool = ThreadPoolExecutor(self.workers)
-        return list(self._pool.map(lambda i: self.dataset[i][0], idx))
+    # --- the lazy path: images decoded by DataLoader worker processes, ahead of the step -------------
+    def _decoded(self, start: int, batch: int) -> torch.Tensor:
+        """This rank's images of the batch at stream position `start`, decoded by `workers` processes
+        that prefetch the batches after it in the same deterministic order (so a resumed run reads
+        exactly what it would have). A jump in position or a new batch size starts them afresh."""
+        if getattr(self, "_expected", None) != (start, batch):
+            self.close()
+            loader = torch.utils.data.DataLoader(
+                _Images(self.dataset), batch_sampler=_StreamBatches(self, start, batch), num_workers=self.workers,
+                collate_fn=torch.stack, pin_memory=self.device.type == "cuda",
+                prefetch_factor=4 if self.workers else None)
+            self._batches = iter(loader)
+        self._expected = (start + batch, batch)
+        return next(self._batches)
+
+    def close(self) -> None:
+        """Stop the decoding workers (they also stop with the process)."""
+        self._batches, self._expected = None, None
+
+    def rank_share(self, idx: torch.Tensor, batch: int) -> torch.Tensor:
+        if self.world_size == 1:
+            return idx
+        share = batch // self.world_size
+        return idx[self.rank * share:(self.rank + 1) * share]
+
+
+class _Images(torch.utils.data.Dataset):
+    """A dataset's images alone (a file that turns out unreadable is replaced by the next readable one)."""
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.dataset[i][0]
+
+
+class _StreamBatches(torch.utils.data.Sampler):
+    """Dataset indices of this rank's share of each batch from stream position `start` on: the
+    stream's own order, batch after batch, for as long as the loader is asked."""
+
+    def __init__(self, stream: RealStream, start: int, batch: int):
+        self.stream, self.start, self.batch = stream, start, batch
+
+    def __iter__(self):
+        position = self.start
+        while True:
+            idx, _ = self.stream.indices(position, self.batch)
+            yield self.stream.rank_share(idx, self.batch).tolist()
+            position += self.batch
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

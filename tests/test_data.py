@@ -245,3 +245,46 @@ def test_shared_captioned_datasets_read_as_user_data(shared_data):
     native = load_dataset(str(shared_data / "emoji"), 128, split="all", preload=False)  # no resampling at 128
     corners = torch.stack([native[i][0][:, 0, 0] for i in transparent[:20]])
     assert corners.min() == 255  # transparent pixels composited onto white
+
+
+def digit_folder(folder, n=40):
+    """n of the built-in digits as class folders of PNGs: data too large to hold is read like this."""
+    digits = load_dataset("mnist", 16, 1)
+    for i in range(0, len(digits), len(digits) // n):  # the digits are in class order: every class
+        (folder / str(digits.labels[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.images[i, 0].numpy(), "L").save(folder / str(digits.labels[i]) / f"{i}.png")
+    return folder
+
+
+def test_worker_processes_decode_the_same_batches_in_the_same_order(tmp_path):
+    """The lazy path's DataLoader workers prefetch in the stream's own order: batches equal the
+    preloaded path's through a jump back (a resume) and a new batch size (a new PGGAN stage)."""
+    folder = digit_folder(tmp_path / "digits")
+    held = load_dataset(str(folder), 16, 1, preload=True)
+    lazy = load_dataset(str(folder), 16, 1, preload=False)
+    assert lazy.images is None
+    a, b = RealStream(held, seed=5, xflip=True), RealStream(lazy, seed=5, xflip=True, workers=2)
+    for batch in (8, 8, 8, 16, 16, 6, 6, 6, 6, 6, 6, 6):  # past the end of an epoch, too
+        if batch == 6 and a.position == 72:
+            a.position = b.position = 16  # a resumed run goes back to its snapshot
+        (x, y), (u, v) = a.next_batch(batch), b.next_batch(batch)
+        assert torch.equal(x, u) and torch.equal(y, v) and torch.equal(a.last_indices, b.last_indices)
+    two = [RealStream(lazy, seed=5, workers=2, rank=r, world_size=2) for r in range(2)]
+    halves = [s.next_batch(8)[0] for s in two]
+    assert torch.equal(torch.cat(halves), RealStream(held, seed=5).next_batch(8)[0])
+
+
+@pytest.mark.slow
+def test_resume_on_lazily_read_data_with_worker_processes_is_bit_for_bit(tmp_path, monkeypatch):
+    from ganforge.snapshots import load_snapshot
+    from ganforge.training import TrainOptions, train
+
+    monkeypatch.setattr("ganforge.data.PRELOAD_LIMIT_BYTES", 0)  # as a set too large for memory is read
+    opts = dict(data=str(digit_folder(tmp_path / "digits")), resolution=16, batch=8, model_opts={"base_channels": 4},
+                tick=0.032, snap=0.032, workers=2, augment="none")
+    straight = train(TrainOptions(**opts, kimg=0.064, outdir=str(tmp_path / "a")), progress=False)
+    first = train(TrainOptions(**opts, kimg=0.032, outdir=str(tmp_path / "b")), progress=False)
+    resumed = train(TrainOptions(**opts, kimg=0.064), resume=str(first), explicit={"kimg"}, progress=False)
+    a, b = load_snapshot(straight), load_snapshot(resumed)
+    assert a["stream_position"] == b["stream_position"] == 64
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])

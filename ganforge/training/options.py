@@ -65,7 +65,8 @@ class TrainOptions:
     compile: bool = option(False, "torch.compile G and D where the graph allows (not through double backward)",
                            flag=True)
     device: str = option("auto", "auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N")
-    workers: int = option(4, "Image decoding threads", minimum=0)
+    workers: int = option(4, "Processes decoding images ahead of the step when the data is too large to hold "
+                          "in memory (0: decode in the training process)", minimum=0)
     nonfinite_retries: int = option(3, "NaN/Inf: restore the last snapshot and continue this many times, then stop",
                                     cli=False)
     outdir: str = option("runs", "Parent folder of numbered run directories")

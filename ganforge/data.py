@@ -322,7 +322,10 @@ def load_dataset(data: str, resolution: int, channels: int | None = None, center
         ds = _image_folder(path, **kw)
     if preload is None:
         preload = len(ds) * channels * resolution * resolution <= PRELOAD_LIMIT_BYTES
-    unreadable = _read_headers(ds, min_side) if min_side is not None or not preload else []  # one pass
+    # Headers are read up front only where a model must refuse small images: on a set too large to
+    # hold, reading every file before the first step would take hours; the decoding workers skip
+    # and report a bad file when they meet it.
+    unreadable = _read_headers(ds, min_side) if min_side is not None else []
     if preload:
         ds.preload()
     else:

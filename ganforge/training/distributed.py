@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,9 @@ class Dist:
         return self.world_size > 1
 
 
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
+
+
 def init_from_env(device_name: str) -> tuple[Dist, str]:
     """Join the process group torchrun describes in the environment; returns it and this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -41,7 +45,9 @@ def init_from_env(device_name: str) -> tuple[Dist, str]:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # Rank 0 alone evaluates --metrics (minutes, at 1024x1024 more) while the others wait in the
+        # next collective: a wait the default 10-minute watchdog would end by killing the run.
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     if use_cuda:
         torch.cuda.set_device(local)
         return Dist(rank, world, local), f"cuda:{local}"

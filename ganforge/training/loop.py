@@ -149,7 +149,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
     grid = SampleGrid(model, opts.seed, device)
     grid_reals, _ = RealStream(dataset, seed=opts.seed + 1, device=device).next_batch(len(grid.z))
     log.start_grids(model, grid, to_float(grid_reals), first=snapshot is None, fine=opts.sample_every < 1)
-    evaluate = evaluator_factory(dataset, run_dir, device) if opts.metrics else None
+    evaluate = evaluator_factory(dataset, run_dir, device) if opts.metrics and ddp.main else None  # rank 0's alone
 
     with StopFlag() as stop, contextlib.closing(log):
         while state.images_seen < total and not stop.requested:
@@ -182,8 +182,8 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
                 log.tick(model, sched, state.images_seen, state.step)
             if crossed(before, state.images_seen, opts.sample_every) or done:
                 log.grids(model, state.images_seen, fine=opts.sample_every < 1)
-            if ddp.main and evaluate is not None and (crossed(before, state.images_seen, opts.metrics_every)
-                                                      or state.images_seen >= total):
+            if evaluate is not None and (crossed(before, state.images_seen, opts.metrics_every)
+                                         or state.images_seen >= total):
                 evaluate_and_keep_best(evaluate, model, state, opts, run_dir, log, stop, sched)
             if crossed(before, state.images_seen, opts.snap) or state.images_seen >= total or stop.requested:
                 # asked anew: a stop may have come while the grids were written or the metrics ran

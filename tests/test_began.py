@@ -72,9 +72,9 @@ def test_learning_rate_halves_when_m_global_stalls_down_to_the_floor():
     optimizers = model.optimizers()
     lrs = []
     for step, m_real in enumerate([0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]):  # windows of 2 steps of 16 images
-        model._loss_real, model._loss_fake_g = t(m_real), t(m_real * 0.5)  # M_global = L(x) at equilibrium
+        losses = {"loss/L_real": t(m_real), "loss/L_fake": t(m_real * 0.5)}  # M_global = L(x) at equilibrium
         model.after_step(StepContext(latents=None, schedule=Schedule(8, 16), images_seen=16 * step,
-                                     optimizers=optimizers))
+                                     optimizers=optimizers, stats=losses))
         lrs.append(optimizers["D"].param_groups[0]["lr"])
     # window 1 (M 0.5): best; window 2 (0.4): improves; window 3 (0.4): stalls -> 5e-5; window 4: -> floor 3e-5
     assert lrs == pytest.approx([1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 5e-5, 5e-5, 3e-5])

@@ -277,7 +277,6 @@ def test_worker_processes_decode_the_same_batches_in_the_same_order(tmp_path):
     assert torch.equal(torch.cat(halves), RealStream(held, seed=5).next_batch(8)[0])
 
 
-@pytest.mark.slow
 def test_resume_on_lazily_read_data_with_worker_processes_is_bit_for_bit(tmp_path, monkeypatch):
     from ganforge.snapshots import load_snapshot
     from ganforge.training import TrainOptions, train

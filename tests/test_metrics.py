@@ -1,7 +1,9 @@
 import json
 import math
+import re
 
 import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -228,22 +230,36 @@ def test_interrupted_evaluate_shows_progress_exits_130_and_keeps_its_features(tm
                str(tmp_path / "real"), "--metrics", "fid", "--n", "300", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "GANFORGE_PROGRESS": "1"}
 
-    def interrupt_after(seconds: float) -> tuple[int, str, float]:
-        proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        time.sleep(seconds)
+    def interrupt_after(images: int) -> tuple[int, str, float]:
+        """Ctrl-C once the generated side's features pass `images` (its progress read as a terminal
+        would, all along: a full pipe would stall the command, and a slow start must not matter)."""
+        import threading
+
+        proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+        chunks = []
+        reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read(256), b"")), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = [int(n) for n in re.findall(r"Inception features \(generated\):.*?(\d+)/300", b"".join(chunks).decode(errors="replace"))]
+            if done and max(done) >= images:
+                break
+            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
-        _, err = proc.communicate(timeout=60)
-        return proc.returncode, err, time.monotonic() - sent
+        proc.wait(timeout=60)
+        took = time.monotonic() - sent
+        reader.join(timeout=10)
+        return proc.returncode, b"".join(chunks).decode(errors="replace"), took
 
-    code, err, took = interrupt_after(25)
+    code, err, took = interrupt_after(60)
     assert "Inception features" in err and "img/s" in err  # progress with a rate (and ETA)
     assert code == 130 and took < 5, (code, took, err[-2000:])
     assert "interrupted:" in err and "Traceback" not in err
     (partial,) = (tmp_path / "cache").glob("*.partial.pt")
     kept = len(torch.load(partial, weights_only=True)["features"])
     assert 0 < kept < 300
-    _, err, _ = interrupt_after(8)  # the next try starts where the first stopped
+    _, err, _ = interrupt_after(kept + 4)  # the next try starts where the first stopped
     assert f"{kept}/300" in err
 
 

@@ -1,4 +1,4 @@
-"""Command line: `ganforge train | generate | evaluate | interpolate | timelapse | plot | export | bench`."""
+"""Command line: `ganforge train | generate | evaluate | interpolate | timelapse | project | dataset | studio | plot | export | bench`."""
 
 from __future__ import annotations
 
@@ -229,8 +229,10 @@ def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
 @click.option("--prompts", "prompt_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Text-to-image: a UTF-8 file of captions, one a line")
 @click.option("--no-truncation", is_flag=True, help="Text-to-image: plain N(0, 1) noise instead of truncated")
+@click.option("--psi", type=click.FloatRange(0, 2), default=1.0, show_default=True,
+              help="Truncation: the noise scaled toward its mean (lower: more typical, less varied samples)")
 @DEVICE
-def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_truncation, device):
+def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_truncation, psi, device):
     """Sample images from a run's EMA generator (the RuntimeGenerator).
 
     For text-to-image runs, --n images are drawn for each prompt, one grid row per prompt.
@@ -252,11 +254,12 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
             raise click.BadParameter("a text-to-image run is conditioned on --prompt, not on a class", param_hint="--label")
         if not prompts:
             raise click.UsageError("this is a text-to-image run: give --prompt TEXT (or --prompts FILE)")
-        images = generate_from_prompts(model, list(prompts), n, seed=seed, device=device, truncate=not no_truncation)
+        images = generate_from_prompts(model, list(prompts), n, seed=seed, device=device, truncate=not no_truncation,
+                                       psi=psi)
         paths = write_images(images, out, n)
         click.echo(f"wrote {len(images)} images ({n} per prompt) to {out if len(paths) == 1 else Path(out)}")
         return
-    images, labels, columns = sample(model, n, seed=seed, label=label, device=device)
+    images, labels, columns = sample(model, n, seed=seed, label=label, device=device, psi=psi)
     paths = write_images(images, out, columns, labels if label is None else None)
     click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
 
@@ -437,6 +440,38 @@ def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts
         + ([f"{len(prompts)} prompts"] if len(prompts) > 1 else [])
     click.echo(f"wrote {out}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} at {fps} fps, "
                f"through {' and '.join(through)} and back")
+
+
+@main.command()
+@click.argument("roots", metavar="[RUNS_DIR]...", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on; 0.0.0.0 opens the page to the network, on purpose")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="Port to serve on")
+@click.option("--refresh", type=float, default=5.0, show_default=True, callback=_finite_positive,
+              help="Seconds between updates of the Training tab")
+@DEVICE
+def studio(roots, host, port, refresh, device):
+    """Explore runs in a local web page: samples, walks, a run as it trains, options and metrics.
+
+    RUNS_DIR: folders holding runs, or runs themselves [default: runs]. Only runs under them are
+    offered or read. Stop with Ctrl-C.
+    """
+    from ganforge.errors import require
+    from ganforge.hardware import resolve_device
+
+    roots = list(roots) or ["runs"]
+    missing = next((r for r in roots if not Path(r).is_dir()), None)
+    if missing:
+        raise click.BadParameter(f"{missing}: no such folder (give folders that hold runs)", param_hint="RUNS_DIR")
+    require("gradio", "studio", "ganforge studio")
+    from ganforge.studio import serve
+
+    page, url = serve(roots, host, port, resolve_device(device), refresh)
+    click.echo(f"ganforge studio: {url} (Ctrl-C to stop)")
+    try:
+        page.block_thread()
+    finally:
+        page.close()
 
 
 @main.command()

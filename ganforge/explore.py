@@ -53,10 +53,16 @@ def walk_latents(model: GanModel, seeds: list[int], frames: int, keys: int | Non
     `keys` keyframes (the seeds in turn, repeated; default one per seed); the frame after the last
     would be the first again."""
     keys = keys or len(seeds)
+    return latents_along(model, seeds, walk_steps(keys, frames), keys)
+
+
+def latents_along(model: GanModel, seeds: list[int], steps: list[tuple[int, int, float]], keys: int) -> torch.Tensor:
+    """[len(steps), z_dim]: the latent at each (keyframe, next keyframe, t) of a walk whose keyframe k
+    is the sample latent of seed k (the seeds repeated to `keys` keyframes)."""
     latents = [model.sampling_latents(1, generator=torch.Generator().manual_seed(seeds[k % len(seeds)]))[0]
                for k in range(keys)]
     blend = slerp if model.latent_interpolation == "slerp" else torch.lerp
-    return torch.stack([blend(latents[i], latents[j], t) for i, j, t in walk_steps(keys, frames)])
+    return torch.stack([blend(latents[i], latents[j], t) for i, j, t in steps])
 
 
 def walk_frames(model: GanModel, seeds: list[int], seconds: float, fps: int, grid: int = 1,
@@ -65,18 +71,36 @@ def walk_frames(model: GanModel, seeds: list[int], seconds: float, fps: int, gri
     """uint8 frames [F, H, W, C] of grid x grid walks side by side (walk k uses the seeds + 1000 k).
     Keyframe k is seed k and label (or prompt) k, each list repeated to the longer; between two
     labels or prompts the class embedding or sentence vector moves linearly along with the latent."""
-    frames = max(2, round(seconds * fps))
     conditions = walk_conditions(model, labels, prompts)
     keys = max(len(seeds), len(conditions))
-    walks = [walk_latents(model, [s + 1000 * k for s in seeds], frames, keys) for k in range(grid * grid)]
+    steps = walk_steps(keys, max(2, round(seconds * fps)))
+    return walk_images(model, seeds, steps, keys, conditions, grid, labels, prompts, device)
+
+
+def blend_frame(model: GanModel, seeds: tuple[int, int], t: float, grid: int = 1,
+                labels: list[int] | None = None, prompts: list[str] | None = None,
+                device: str | torch.device = "cpu") -> np.ndarray:
+    """One uint8 frame [H, W, C] of the walk from the first keyframe (seed, label or prompt) to the
+    second, the fraction t of the way (t = 0 and 1 are the keyframes' own samples)."""
+    conditions = walk_conditions(model, labels, prompts)
+    keys = max(len(seeds), len(conditions))
+    return walk_images(model, list(seeds), [(0, 1 % keys, t)], keys, conditions, grid, labels, prompts, device)[0]
+
+
+def walk_images(model: GanModel, seeds: list[int], steps: list[tuple[int, int, float]], keys: int,
+                conditions: list[torch.Tensor], grid: int, labels: list[int] | None, prompts: list[str] | None,
+                device: str | torch.device) -> np.ndarray:
+    """uint8 frames [len(steps), H, W, C]: at each step of the walk, grid x grid cells (cell k walks
+    the seeds + 1000 k) under the condition of that step."""
+    walks = [latents_along(model, [s + 1000 * k for s in seeds], steps, keys) for k in range(grid * grid)]
     z = torch.stack(walks, dim=1).flatten(0, 1)  # frame-major: the cells of frame 0, then of frame 1, ...
     per_frame = torch.stack([torch.lerp(conditions[i % len(conditions)], conditions[j % len(conditions)], t)
-                             for i, j, t in walk_steps(keys, frames)]) if len(conditions) > 1 else None
+                             for i, j, t in steps]) if len(conditions) > 1 else None
     if per_frame is not None:
         per_frame = per_frame.repeat_interleave(grid * grid, dim=0)
     generate = walk_generator(model, labels, prompts, conditions, per_frame)
-    images = in_chunks(len(z), lambda i, j: generate(z[i:j].to(device), i, j), desc="walk frames")
-    images = to_uint8(images).view(frames, grid * grid, *images.shape[1:])
+    images = in_chunks(len(z), lambda i, j: generate(z[i:j].to(device), i, j), desc="walk frames" if len(steps) > 1 else None)
+    images = to_uint8(images).view(len(steps), grid * grid, *images.shape[1:])
     return np.stack([as_frame(make_grid(cells, nrow=grid, padding=0 if grid == 1 else 2)) for cells in images])
 
 

@@ -57,25 +57,25 @@ def class_condition(model: GanModel, n: int, label: int | None) -> tuple[Conditi
 
 
 def generate(model: GanModel, n: int, seed: int = 0, label: int | None = None,
-             device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor | None, int]:
+             device: str | torch.device = "cpu", psi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """n images in [-1, 1] from the EMA generator, their class ids (None when not class-conditional),
-    and a grid width."""
+    and a grid width; `psi` < 1 pulls the noise toward its mean (truncation)."""
     condition, columns = class_condition(model, n, label)
     r, c = model.sample_resolution, model.config["channels"]
     check_memory(n * c * r * r * 4 * 3, f"--n {n} images at {r}x{r}", "--n")  # batches, their concatenation, uint8
-    images, condition = sample(model, n, seed, condition, device=device, desc="generating")
+    images, condition = sample(model, n, seed, condition, device=device, desc="generating", psi=psi)
     return images, condition.classes, columns
 
 
 def generate_from_prompts(model: GanModel, prompts: list[str], per_prompt: int, seed: int = 0,
-                          device: str | torch.device = "cpu", truncate: bool = True) -> torch.Tensor:
+                          device: str | torch.device = "cpu", truncate: bool = True, psi: float = 1.0) -> torch.Tensor:
     """Text-to-image: per_prompt images for each prompt (rows in prompt order), truncated noise by default."""
     if model.conditioning != TEXT:
         raise OptionError(f"--prompt: {model.name} is not a text-to-image model")
     prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
         raise OptionError("--prompt: give at least one non-empty prompt")
-    return sample_from_text(model, prompts, per_prompt, seed, device, truncate)
+    return sample_from_text(model, prompts, per_prompt, seed, device, truncate, psi)
 
 
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")  # else --out is a folder

@@ -26,20 +26,21 @@ def in_chunks(n: int, make: Callable[[int, int], torch.Tensor], desc: str | None
 
 
 def sample(model: GanModel, n: int, seed: int = 0, condition: Condition | None = None, truncate: bool = True,
-           device: str | torch.device = "cpu", desc: str | None = None) -> tuple[torch.Tensor, Condition]:
+           device: str | torch.device = "cpu", desc: str | None = None, psi: float = 1.0) -> tuple[torch.Tensor, Condition]:
     """n images in [-1, 1] of the EMA generator and the condition of each: the given one, else the
-    model's (balanced classes, random captions of its prepared data, or nothing)."""
+    model's (balanced classes, random captions of its prepared data, or nothing). `psi` < 1 pulls
+    the noise toward its mean (the truncation trick: more typical, less varied samples)."""
     g = torch.Generator().manual_seed(seed)
     condition = model.sample_conditions(n, g) if condition is None else condition
-    z = model.sampling_latents(n, generator=g, truncate=truncate)
+    z = model.sampling_latents(n, generator=g, truncate=truncate) * psi  # every model's noise is centred on 0
     images = in_chunks(n, lambda i, j: model.generate(z[i:j].to(device), condition[i:j].to(device)), desc)
     return images, condition
 
 
 def sample_from_text(model: GanModel, prompts: list[str], per_prompt: int, seed: int = 0,
-                     device: str | torch.device = "cpu", truncate: bool = True) -> torch.Tensor:
-    """Text-to-image: per_prompt images for each prompt, rows in prompt order."""
+                     device: str | torch.device = "cpu", truncate: bool = True, psi: float = 1.0) -> torch.Tensor:
+    """Text-to-image: per_prompt images for each prompt, rows in prompt order (`psi` as in `sample`)."""
     g = torch.Generator().manual_seed(seed)
-    z = model.sampling_latents(len(prompts) * per_prompt, generator=g, truncate=truncate)
+    z = model.sampling_latents(len(prompts) * per_prompt, generator=g, truncate=truncate) * psi
     captions = [p for p in prompts for _ in range(per_prompt)]
     return in_chunks(len(captions), lambda i, j: model.generate_from_text(captions[i:j], z[i:j].to(device)))

@@ -1,0 +1,241 @@
+"""ganforge studio: what the page shows, checked as functions, then driven in headless Chromium as a
+person would use it (the browser test needs Debian's chromium and chromium-driver, which .ci/run
+installs where missing)."""
+
+import io
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from ganforge.cli import main
+from ganforge.errors import OptionError
+from ganforge.inference import generate, load_model
+from ganforge.models.base import Condition
+from ganforge.training import TrainOptions, train
+
+pytest.importorskip("gradio", reason="the studio needs the [studio] extra")
+from ganforge.studio import Studio, find_runs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    """A folder of two finished runs (class-conditional and text-to-image) as a user would have."""
+    root = tmp_path_factory.mktemp("runs")
+    train(TrainOptions(data="mnist", resolution=16, batch=16, model_opts={"base_channels": 8}, kimg=0.064,
+                       tick=0.016, sample_every=0.032, snap=0.064, outdir=str(root / "done")), progress=False)
+    train(TrainOptions(model="dfgan", data="mnist-captions", resolution=16, batch=8, model_opts={"nf": 4},
+                       kimg=0.016, tick=0.008, outdir=str(root / "done")), progress=False)
+    return root
+
+
+def names(root: Path) -> dict[str, str]:
+    return {path.name.split("-")[1]: name for name, path in find_runs([root]).items()}
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image).astype(int)
+
+
+def test_runs_are_found_under_the_roots_and_named_by_their_place_there(roots, tmp_path):
+    found = find_runs([roots])
+    assert list(found) == [f"{roots.name}/done/00001-dfgan-mnist-captions", f"{roots.name}/done/00000-cdcgan-mnist"]
+    assert find_runs([roots / "done" / "00000-cdcgan-mnist"]) == {"00000-cdcgan-mnist": roots / "done" / "00000-cdcgan-mnist"}
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    assert find_runs([tmp_path / "empty", tmp_path / "missing"]) == {}
+
+
+def test_samples_follow_seed_class_truncation_and_caption(roots):
+    studio, run = Studio([roots]), names(roots)
+    cdcgan, dfgan = run["cdcgan"], run["dfgan"]
+    rows = studio.samples(cdcgan, 0, 1.0, 3, None, None)  # one row of 3 per class: 10 rows of 16 px + padding
+    assert rows.size == (3 * 17 + 1, 10 * 17 + 1) and rows.mode == "L"
+    seven = studio.samples(cdcgan, 0, 1.0, 2, 7, None)
+    model = load_model(roots / "done" / "00000-cdcgan-mnist")
+    expected, _, _ = generate(model, 4, 0, 7)
+    cells = pixels(seven)
+    assert np.abs(cells[1:17, 1:17] - expected[0, 0].add(1).mul(127.5).round().numpy()).max() <= 1
+    assert (pixels(studio.samples(cdcgan, 1, 1.0, 2, 7, None)) != cells).any()
+    flat = pixels(studio.samples(cdcgan, 0, 0.0, 2, 7, None))  # psi 0: every sample is the mean latent's
+    assert (flat[1:17, 1:17] == flat[1:17, 18:34]).all() and (cells[1:17, 1:17] != cells[1:17, 18:34]).any()
+    three = studio.samples(dfgan, 0, 1.0, 2, None, "a handwritten digit three")
+    assert three.size == (35, 35) and three.mode == "L"  # the digits have one channel
+    assert (pixels(studio.samples(dfgan, 0, 1.0, 2, None, "a handwritten digit eight")) != pixels(three)).any()
+
+
+def test_a_walk_ends_at_each_keyframes_own_sample(roots):
+    studio, run = Studio([roots]), names(roots)
+    model = load_model(roots / "done" / "00000-cdcgan-mnist")
+    start, end = (pixels(studio.walk(run["cdcgan"], (3, 9), t, 1, (2, 5), (None, None))) for t in (0.0, 1.0))
+    for image, seed, label in ((start, 3, 2), (end, 9, 5)):
+        z = model.sampling_latents(1, generator=torch.Generator().manual_seed(seed))
+        own = model.generate(z, Condition(classes=torch.tensor([label])))
+        assert np.abs(image[..., 0] - own[0, 0].add(1).mul(127.5).round().numpy()).max() <= 1
+    middle = pixels(studio.walk(run["cdcgan"], (3, 9), 0.5, 1, (2, 5), (None, None)))
+    assert (middle != start).any() and (middle != end).any()
+
+
+def test_progress_reads_kimg_speed_and_points_of_the_run(roots):
+    studio, run = Studio([roots]), names(roots)
+    grid, chart, line = studio.progress(run["cdcgan"])
+    assert grid is not None and chart is not None and chart.size[0] > 300
+    assert "0.1 kimg of 0.064" in line and "img/s" in line and re.search(r"\b4 points\b", line), line
+    options, metrics = studio.details(run["cdcgan"])
+    assert options["model"] == "cdcgan" and options["kimg"] == 0.064 and metrics == {}
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda s, r: s.samples(r["cdcgan"], 0, 1, 2, 12, None), "class 12 is out of range: this run has classes 0 to 9"),
+    (lambda s, r: s.samples(r["cdcgan"], 0, 1, 2, "two", None), "class 'two': give a class number from 0 to 9"),
+    (lambda s, r: s.samples(r["cdcgan"], -1, 1, 2, None, None), "seed -1: give a whole number"),
+    (lambda s, r: s.samples(r["cdcgan"], 0, 1, 9, None, None), "grid 9: give 1 to 8"),
+    (lambda s, r: s.samples(r["dfgan"], 0, 1, 2, None, "   "), "caption is empty"),
+    (lambda s, r: s.walk(r["dfgan"], (0, 1), 0.5, 1, (None, None), ("a digit", "")), "caption B is empty"),
+    (lambda s, r: s.samples("../../etc", 0, 1, 2, None, None), "unknown run '../../etc'"),
+    (lambda s, r: s.progress("/etc"), "unknown run '/etc'"),
+])
+def test_bad_input_is_a_message_naming_it(roots, call, message):
+    with pytest.raises(OptionError, match=re.escape(message)):
+        call(Studio([roots]), names(roots))
+
+
+def test_generate_psi_zero_draws_one_image_per_class(roots, tmp_path):
+    out = tmp_path / "flat.png"
+    result = CliRunner().invoke(main, ["generate", str(roots / "done" / "00000-cdcgan-mnist"), "--n", "4",
+                                       "--label", "3", "--psi", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    grid = np.asarray(Image.open(out).convert("L")).astype(int)
+    assert grid.shape == (35, 35) and (grid[1:17, 1:17] == grid[1:17, 18:34]).all() and grid[1:17, 1:17].std() > 0
+
+
+def test_studio_command_refuses_a_missing_folder(tmp_path):
+    result = CliRunner().invoke(main, ["studio", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "nowhere: no such folder" in result.output
+
+
+# --- in a real browser ------------------------------------------------------------------------------
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium ([test] extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1100"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, seconds=60.0, what="the page"):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception:  # noqa: BLE001 - the element is being re-rendered; look again
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_the_page_in_chromium_shows_samples_walks_and_a_run_as_it_trains(roots, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    live = subprocess.Popen([sys.executable, "-m", "ganforge", "train", "--resolution", "16", "--batch", "16",
+                             "--base-channels", "8", "--kimg", "100", "--tick", "0.016", "--sample-every", "0.32",
+                             "--snap", "0.032", "--quiet", "--outdir", str(roots / "live")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    studio = subprocess.Popen([sys.executable, "-m", "ganforge", "studio", str(roots), "--port", str(free_port()),
+                               "--refresh", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = None
+    try:
+        url = re.search(r"http://\S+/", studio.stdout.readline())[0]
+        wait_for(lambda: (roots / "live" / "00000-cdcgan-mnist" / "latest.pt").exists(), 120, "the live run's snapshot")
+        run = names(roots)
+        driver = browser()
+        find = driver.find_element
+
+        def picture(elem_id):
+            """The image an output shows: (its URL, its pixels as the browser drew them)."""
+            img = find(By.CSS_SELECTOR, f"#{elem_id} img")
+            return img.get_attribute("src"), pixels(Image.open(io.BytesIO(img.screenshot_as_png)).convert("L"))
+
+        def enter(elem_id, text):
+            field = find(By.CSS_SELECTOR, f"#{elem_id} input, #{elem_id} textarea")
+            field.send_keys(Keys.CONTROL, "a")
+            field.send_keys(Keys.BACKSPACE)
+            field.send_keys(text, Keys.ENTER)
+
+        def open_tab(name):
+            wait_for(lambda: find(By.XPATH, f"//button[@role='tab' and contains(., '{name}')]"), 60, f"the {name} tab").click()
+
+        def message():
+            return find(By.ID, "message").text
+
+        # A text-to-image run: its samples change with the seed and with the caption.
+        driver.get(f"{url}?run={run['dfgan']}")
+        first_src, first = wait_for(lambda: picture("samples"), 90, "the first samples")
+        enter("seed", "7")
+        seven_src, seven = wait_for(lambda: (p := picture("samples"))[0] != first_src and p, 60, "new samples")
+        assert seven.shape != first.shape or (seven != first).any()
+        enter("caption", "a handwritten digit eight")
+        wait_for(lambda: picture("samples")[0] != seven_src, 60, "samples of the new caption")
+        enter("caption", "")
+        assert "caption is empty" in wait_for(message, 30, "the empty-caption message")
+        assert "Traceback" not in driver.page_source
+
+        # A class-conditional run: a class out of range is a message.
+        driver.get(f"{url}?run={run['cdcgan']}")
+        wait_for(lambda: picture("samples"), 60, "the class run's samples")
+        enter("label", "12")
+        assert "out of range" in wait_for(message, 30, "the class message")
+
+        # The walk: dragging t to the end shows seed B's sample.
+        open_tab("Walk")
+        start_src, _ = wait_for(lambda: picture("walk"), 30, "the walk")
+        slider = find(By.CSS_SELECTOR, "#t input[type=range]")
+        driver.execute_script("arguments[0].value = 1; arguments[0].dispatchEvent(new Event('input', {bubbles: true}));"
+                              "arguments[0].dispatchEvent(new Event('change', {bubbles: true}));"
+                              "arguments[0].dispatchEvent(new PointerEvent('pointerup', {bubbles: true}));", slider)
+        wait_for(lambda: picture("walk")[0] != start_src, 30, "the walk to move")
+
+        # An unknown run is a message, not a page of errors.
+        driver.get(f"{url}?run=nope/../../etc")
+        assert "unknown run" in wait_for(message, 60, "the unknown-run message")
+
+        # A run still training: its chart gains points while the page is open.
+        driver.get(f"{url}?run={run['cdcgan'].replace('done/00000', 'live/00000')}")
+        open_tab("Training")
+        points = lambda: int(re.search(r"(\d+) points", find(By.ID, "status").text)[1])  # noqa: E731
+        before = wait_for(points, 60, "the live run's status")
+        chart_src = wait_for(lambda: picture("chart")[0], 30, "the live run's chart")
+        wait_for(lambda: points() > before + 2, 90, "the chart to gain points")
+        wait_for(lambda: picture("chart")[0] != chart_src, 30, "the chart to be drawn again")
+        driver.save_screenshot(str(tmp_path / "studio.png"))
+        assert Image.open(tmp_path / "studio.png").size[0] >= 1000
+    finally:
+        if driver is not None:
+            driver.quit()
+        for process in (studio, live):
+            process.terminate()
+            process.wait(30)

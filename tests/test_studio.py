@@ -195,6 +195,9 @@ def test_the_page_in_chromium_shows_samples_walks_and_a_run_as_it_trains(roots, 
         # A text-to-image run: its samples change with the seed and with the caption.
         driver.get(f"{url}?run={run['dfgan']}")
         first_src, first = wait_for(lambda: picture("samples"), 90, "the first samples")
+        fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        elsewhere = [u for u in fetched if not u.startswith((url, "data:", "blob:"))]
+        assert fetched and not elsewhere, f"the page fetched from outside the studio: {elsewhere}"  # works offline
         enter("seed", "7")
         seven_src, seven = wait_for(lambda: (p := picture("samples"))[0] != first_src and p, 60, "new samples")
         assert seven.shape != first.shape or (seven != first).any()

@@ -24,12 +24,12 @@ import torch
 
 from ganforge.snapshots import load_snapshot
 
-ARGS = ["--data", "mnist", "--resolution", "16", "--batch", "16", "--base-channels", "8", "--kimg", "12",
+ARGS = ["--data", "mnist", "--resolution", "16", "--batch", "16", "--base-channels", "8",
         "--tick", "0.8", "--sample-every", "4", "--snap", "0.032", "--quiet", "--device", "cpu"]
 
 
-def train_cmd(outdir: Path, resume: Path | None) -> list[str]:
-    cmd = [sys.executable, "-m", "ganforge", "train", *ARGS, "--outdir", str(outdir)]
+def train_cmd(outdir: Path, resume: Path | None, kimg: float = 12) -> list[str]:
+    cmd = [sys.executable, "-m", "ganforge", "train", *ARGS, "--kimg", str(kimg), "--outdir", str(outdir)]
     return cmd + (["--resume", str(resume)] if resume else [])
 
 
@@ -38,11 +38,12 @@ def run_dir_of(outdir: Path) -> Path | None:
     return runs[-1] if runs else None
 
 
-def kill_and_resume(kills: int, seed: int = 0, max_delay: float = 8.0, workdir: Path | None = None) -> dict:
+def kill_and_resume(kills: int, seed: int = 0, max_delay: float = 8.0, workdir: Path | None = None,
+                    kimg: float = 12) -> dict:
     rng = random.Random(seed)
     work = Path(workdir or tempfile.mkdtemp(prefix="ganforge-kill-"))
     reference = work / "reference"
-    subprocess.run(train_cmd(reference, None), check=True, capture_output=True)
+    subprocess.run(train_cmd(reference, None, kimg), check=True, capture_output=True)
     victim = work / "killed"
     survived = unreadable = 0
     while survived < kills:
@@ -50,7 +51,7 @@ def kill_and_resume(kills: int, seed: int = 0, max_delay: float = 8.0, workdir: 
         resume = run if run is not None and (run / "latest.pt").exists() else None
         if run is not None and resume is None:  # killed before its first snapshot: start afresh
             shutil.rmtree(run)
-        proc = subprocess.Popen(train_cmd(victim, resume), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(train_cmd(victim, resume, kimg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(rng.uniform(0.5, max_delay))
         if proc.poll() is not None:  # it finished before this kill: nothing left to interrupt
             if proc.returncode:
@@ -64,7 +65,7 @@ def kill_and_resume(kills: int, seed: int = 0, max_delay: float = 8.0, workdir: 
                 load_snapshot(snap)
             except Exception:  # noqa: BLE001
                 unreadable += 1
-    final = subprocess.run(train_cmd(victim, run_dir_of(victim)), capture_output=True)
+    final = subprocess.run(train_cmd(victim, run_dir_of(victim), kimg), capture_output=True)
     if final.returncode:
         raise RuntimeError(final.stderr.decode())
     a, b = load_snapshot(run_dir_of(reference)), load_snapshot(run_dir_of(victim))

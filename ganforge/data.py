@@ -23,6 +23,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -186,12 +187,12 @@ def _labels_from_folders(paths: list[str]) -> tuple[list[int], list[str]]:
     return [index[t] for t in tops], class_names
 
 
-def _image_folder(root: Path, **kw) -> ImageDataset:
-    rel = sorted(
+def _image_folder(root: Path, listed_once: Callable, **kw) -> ImageDataset:
+    rel = listed_once(lambda: sorted(
         p.relative_to(root).as_posix()
         for p in root.rglob("*")
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    ))
     if not rel:
         raise DatasetError(f"--data {root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
     labels, class_names = _labels_from_folders(rel)
@@ -293,11 +294,14 @@ def _mnist_captions(**kw) -> ImageDataset:
 
 
 def load_dataset(data: str, resolution: int, channels: int | None = None, center_crop: bool = True,
-                 split: str = "train", preload: bool | None = None, min_side: int | None = None) -> ImageDataset:
+                 split: str = "train", preload: bool | None = None, min_side: int | None = None,
+                 listed_once: Callable | None = None) -> ImageDataset:
     """Open `data` (see the module docstring). `channels=None`: see `detect_channels`.
 
     `min_side`: refuse the data, from the image headers alone and before decoding anything, when an
-    image is smaller than this (for models that must not learn from upscaled images)."""
+    image is smaller than this (for models that must not learn from upscaled images).
+    `listed_once`: make -> make()'s result, computed by one process and shared with the others (a
+    folder of millions of files on a network file system is walked once, not once per rank)."""
     if resolution < 1:
         raise DatasetError(f"--resolution {resolution}: must be positive")
     if channels is None:
@@ -319,7 +323,7 @@ def load_dataset(data: str, resolution: int, channels: int | None = None, center
     elif (path / "split.csv").exists() and (path / "images").is_dir():
         ds = _captioned(path, split, **kw)
     else:
-        ds = _image_folder(path, **kw)
+        ds = _image_folder(path, listed_once or (lambda make: make()), **kw)
     if preload is None:
         preload = len(ds) * channels * resolution * resolution <= PRELOAD_LIMIT_BYTES
     # Headers are read up front only where a model must refuse small images: on a set too large to

@@ -1,4 +1,5 @@
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +66,20 @@ def test_flat_folder_is_unlabelled_and_recursive(tmp_path):
     save(tmp_path / "deep" / "er" / "b.jpg")
     ds = load_dataset(str(tmp_path), 16)
     assert len(ds) == 2 and ds.num_classes == 0 and ds.labels == [-1, -1]
+
+
+def test_a_folder_is_listed_once_through_the_given_sharer(class_folder):
+    """Under torchrun rank 0 walks the folder and the others take its list (training.loop.made_once):
+    the dataset is built from the shared list, not from a walk of its own."""
+    calls = []
+
+    def rank0_list(make):
+        calls.append(make())
+        return calls[-1][:4]  # what "rank 0" sent: here, its first four files only
+
+    ds = load_dataset(str(class_folder), 8, listed_once=rank0_list)
+    assert len(calls) == 1 and len(calls[0]) == 6
+    assert len(ds) == 4 and [Path(e).relative_to(class_folder).as_posix() for e in ds.entries] == calls[0][:4]
 
 
 def test_centre_crop_takes_the_middle(tmp_path):

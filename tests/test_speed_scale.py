@@ -65,6 +65,17 @@ def test_batch_must_divide_among_processes(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+def test_sync_bn_is_refused_off_cuda_with_several_processes(tmp_path, monkeypatch):
+    from ganforge.training import TrainingError, TrainOptions, train
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
+    with pytest.raises(TrainingError, match="--sync-bn: needs CUDA GPUs"):
+        train(TrainOptions(batch=16, kimg=0.016, sync_bn=True, device="cpu", outdir=str(tmp_path)), progress=False)
+    assert not list(tmp_path.iterdir())
+
+
 def test_every_stage_batch_is_checked_before_the_first_step(tmp_path, monkeypatch):
     """The cpu preset's batch is 32 up to 32x32 and 16 at 64x64: on 32 processes the run is refused
     before its first step, not when it reaches 64x64."""

@@ -22,7 +22,7 @@ import torch
 
 from ganforge.augment import Augmenter
 from ganforge.data import ImagesTooSmall, RealStream, load_dataset, to_float
-from ganforge.errors import TrainingError, check_memory
+from ganforge.errors import GanforgeError, TrainingError, check_memory
 from ganforge.hardware import make_scalers, prepare_networks, resolve_device
 from ganforge.models import GanModel, Schedule, StepContext, build_model, model_class, parameter_count
 from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
@@ -111,9 +111,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     ddp, device_name = init_from_env(opts.device)
     device, world = resolve_device(device_name), ddp.world_size
     torch.manual_seed(opts.seed)
-    dataset = training_data(opts)
+    dataset = training_data(opts, listed_once=lambda make: made_once(make, ddp))
     opts = resolve_augment(opts, len(dataset))
-    model, notes = training_model(opts, dataset, snapshot, device)
+    model, notes = training_model(opts, dataset, snapshot, device, world)
     check_batches(model, opts, world)
     state = RunState(optimizers=model.optimizers(model.schedule(0, opts.batch, opts.resolution)),
                      scalers=make_scalers(opts.precision, device), generator=torch.Generator(device).manual_seed(opts.seed),
@@ -234,11 +234,25 @@ def run_options(opts: TrainOptions, snapshot: dict | None, explicit: set[str], r
     return opts, channels_source
 
 
-def training_data(opts: TrainOptions):
+def made_once(make, ddp):
+    """make() on rank 0, its result shared with every rank; an error there stops every rank with it."""
+    if ddp.world_size <= 1:
+        return make()
+    try:
+        outcome = ("made", make()) if ddp.main else None
+    except GanforgeError as e:
+        outcome = ("failed", e)
+    kind, value = broadcast_object(outcome, ddp.world_size)
+    if kind == "failed":
+        raise value
+    return value
+
+
+def training_data(opts: TrainOptions, listed_once=None):
     full_size = model_class(opts.model).needs_full_size_images
     try:
         dataset = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split,
-                               min_side=opts.resolution if full_size else None)
+                               min_side=opts.resolution if full_size else None, listed_once=listed_once)
     except ImagesTooSmall as e:
         raise TrainingError(f"{e}; {opts.model} would learn upscaling blur. Use a lower --resolution or larger "
                             "images") from e
@@ -265,7 +279,7 @@ def dataset_notes(opts: TrainOptions, dataset) -> list[str]:
     return notes
 
 
-def training_model(opts: TrainOptions, dataset, snapshot: dict | None, device: torch.device) -> tuple:
+def training_model(opts: TrainOptions, dataset, snapshot: dict | None, device: torch.device, world: int = 1) -> tuple:
     """The model, on its device and set up for speed; a resumed run's networks, if this data and these
     options still describe them. Returns (model, notes for log.txt)."""
     labelled = model_class(opts.model).trains_on_labels(opts.model_opts)
@@ -279,6 +293,10 @@ def training_model(opts: TrainOptions, dataset, snapshot: dict | None, device: t
                                 f"{opts.model} with { {k: b for k, (a, b) in differ.items()} }")
         config = saved
     model = build_model(opts.model, config).to(device)
+    if opts.sync_bn and world > 1:
+        if device.type != "cuda":
+            raise TrainingError("--sync-bn: needs CUDA GPUs (PyTorch's SyncBatchNorm runs on NCCL only)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # every BatchNorm of every network
     return prepare_networks(model, opts.precision, opts.channels_last, opts.compile)
 
 

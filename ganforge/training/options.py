@@ -64,6 +64,8 @@ class TrainOptions:
     channels_last: bool = option(False, "NHWC convolutions (faster with bf16/fp16 on GPUs)", flag=True)
     compile: bool = option(False, "torch.compile G and D where the graph allows (not through double backward)",
                            flag=True)
+    sync_bn: bool = option(False, "Under torchrun on GPUs: BatchNorm statistics over every GPU's share of the "
+                           "batch (SyncBatchNorm), not each GPU's alone", flag=True)
     device: str = option("auto", "auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N")
     workers: int = option(4, "Processes decoding images ahead of the step when the data is too large to hold "
                           "in memory (0: decode in the training process)", minimum=0)

@@ -5,6 +5,8 @@ files reported and skipped here, not at every start of every run), and written a
 training resolution with its label (class folders) or its captions (the captioned layout, both
 splits kept). Training reads the result like any dataset, without resizing anything, and a zip is
 one file to copy to a cluster. A `dataset.json` beside the images records what was converted.
+With `lods`, every lower level of detail is stored too (as the official PGGAN kept one set per
+level), so a progressive model's early phases decode 4x4 to 64x64 files, not full-size ones.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from ganforge.data import DatasetError, ImageDataset, load_dataset
+from ganforge.data import LOD_FOLDER, DatasetError, ImageDataset, load_dataset
 from ganforge.progress import bar
 
 
 def convert(source: str, dest: str | Path, resolution: int, channels: int | None = None,
-            center_crop: bool = True, workers: int | None = None) -> dict:
+            center_crop: bool = True, workers: int | None = None, lods: bool = False) -> dict:
     """Write `source` at `resolution` to `dest` (a .zip, or a new folder); returns what dataset.json
-    says: counts, classes, the files skipped as unreadable."""
+    says: counts, classes, the files skipped as unreadable. `lods`: also each image box-filtered to
+    every lower power-of-two size down to 4x4, under .lod/<size>/ with the image's own path."""
     dest = Path(dest)
     if dest.exists() and (dest.is_file() or any(dest.iterdir())):
         raise DatasetError(f"{dest}: already exists; give a new .zip or an empty folder")
@@ -37,6 +42,7 @@ def convert(source: str, dest: str | Path, resolution: int, channels: int | None
     if first.captions is not None and dest.suffix.lower() == ".zip":
         raise DatasetError(f"{dest}: captioned data converts to a folder (images/, text/, split.csv), not a .zip")
     writer = ZipWriter(dest) if dest.suffix.lower() == ".zip" else FolderWriter(dest)
+    levels = lower_levels(resolution) if lods else []
     skipped, rows, count = [], [], 0
     try:
         for split, ds in parts:
@@ -47,6 +53,8 @@ def convert(source: str, dest: str | Path, resolution: int, channels: int | None
                     continue
                 name = member_name(ds, index, count)
                 writer.write(name, png_bytes(pixels))
+                for level in levels:
+                    writer.write(f"{LOD_FOLDER}/{level}/{name}", png_bytes(box_down(pixels, level)))
                 if ds.captions is not None:
                     writer.write(f"text/{Path(name).relative_to('images').with_suffix('.txt').as_posix()}",
                                  "\n".join(ds.captions[index]).encode("utf-8") + b"\n")
@@ -55,7 +63,7 @@ def convert(source: str, dest: str | Path, resolution: int, channels: int | None
         if count == 0:
             raise DatasetError(f"{source}: no readable image to convert")
         summary = {"source": str(source), "resolution": resolution, "channels": first.channels, "images": count,
-                   "classes": first.class_names, "captioned": first.captions is not None, "skipped": skipped}
+                   "classes": first.class_names, "captioned": first.captions is not None, "lods": levels, "skipped": skipped}
         if first.captions is not None:
             text = io.StringIO()
             csv.writer(text, lineterminator="\n").writerows([("image", "label", "split"), *rows])
@@ -67,6 +75,21 @@ def convert(source: str, dest: str | Path, resolution: int, channels: int | None
         writer.abandon()
         raise
     return summary
+
+
+def lower_levels(resolution: int) -> list[int]:
+    """Every power-of-two size below `resolution` down to 4 (PGGAN's first), largest first."""
+    levels = []
+    while resolution % 2 == 0 and resolution // 2 >= 4:
+        resolution //= 2
+        levels.append(resolution)
+    return levels
+
+
+def box_down(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [C, R, R] averaged over R/size x R/size blocks: the box filter PGGAN's training applies
+    to full-size reals (F.adaptive_avg_pool2d), rounded to uint8."""
+    return F.avg_pool2d(pixels.float()[None], pixels.shape[-1] // size)[0].round().to(torch.uint8)
 
 
 def splits_of(source: str) -> list[str]:

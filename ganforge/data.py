@@ -15,7 +15,9 @@ Sources accepted by `load_dataset`:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 import os
 import threading
 import warnings
@@ -36,6 +38,7 @@ from ganforge.progress import bar
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 BUILTIN_DATASETS = ("mnist", "mnist-captions")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+LOD_FOLDER = ".lod"  # converted datasets keep their lower levels of detail here (hidden: not images to list)
 PRELOAD_LIMIT_BYTES = 2 << 30  # decode everything up front when it fits: faster and reports bad files at once
 
 _size_lock = threading.Lock()
@@ -64,6 +67,7 @@ class ImageDataset(torch.utils.data.Dataset):
     images: torch.Tensor | None = None       # uint8 [N, C, R, R] once preloaded
     bad_files: list[str] = field(default_factory=list)
     smallest_side: int | None = None         # of the source images seen so far (before resizing)
+    levels: list[int] = field(default_factory=list)  # lower resolutions stored beside it (`ganforge dataset --lods`)
     _zip: zipfile.ZipFile | None = field(default=None, repr=False)
 
     @property
@@ -149,6 +153,19 @@ class ImageDataset(torch.utils.data.Dataset):
     def labels_tensor(self) -> torch.Tensor:
         return torch.tensor(self.labels, dtype=torch.long)
 
+    def at_level(self, resolution: int) -> "ImageDataset":
+        """The same images, labels and order read from the stored level of detail at `resolution`
+        (LOD_FOLDER/<resolution>/<the image's own path>), which holds each image box-filtered down."""
+        if resolution not in self.levels:
+            raise DatasetError(f"{self.name}: no stored {resolution}x{resolution} level (has {self.levels})")
+        if self.zip_path is not None:
+            entries = [f"{LOD_FOLDER}/{resolution}/{e}" for e in self.entries]
+        else:
+            root = Path(self.root)
+            entries = [str(root / LOD_FOLDER / str(resolution) / Path(e).relative_to(root)) for e in self.entries]
+        return dataclasses.replace(self, entries=entries, resolution=resolution, images=None, levels=[], _zip=None,
+                                   bad_files=[])
+
 
 def to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
     """PIL image of any mode -> uint8 [channels, H, W]; transparency is composited onto white."""
@@ -203,13 +220,17 @@ def _image_folder(root: Path, listed_once: Callable, **kw) -> ImageDataset:
             raise DatasetError(f"--data {root}: class folder(s) {', '.join(empty)} hold no images; add images or "
                                "remove the folder (class ids follow the folder names)")
     return ImageDataset(name=str(root), entries=[str(root / r) for r in rel], labels=labels,
-                        class_names=class_names, root=str(root), **kw)
+                        class_names=class_names, root=str(root), levels=stored_levels(_summary(root), kw["resolution"]), **kw)
 
 
 def _image_zip(path: Path, **kw) -> ImageDataset:
     try:
         with zipfile.ZipFile(path) as z:
-            names = sorted(n for n in z.namelist() if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_EXTENSIONS)
+            # Hidden members (stored levels of detail under .lod/, macOS's ._ files) are not images to
+            # train on, as in a folder.
+            names = sorted(n for n in z.namelist() if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") and part not in (".", "..") for part in Path(n).parts))
+            summary = json.loads(z.read("dataset.json")) if "dataset.json" in z.namelist() else {}
     except zipfile.BadZipFile as e:
         raise DatasetError(f"--data {path}: not a readable zip file ({e})") from e
     if not names:
@@ -217,7 +238,23 @@ def _image_zip(path: Path, **kw) -> ImageDataset:
     # Members are only ever read into memory, never extracted, so '../' names cannot escape anywhere.
     labels, class_names = _labels_from_folders(names)
     return ImageDataset(name=str(path), entries=names, labels=labels, class_names=class_names,
-                        zip_path=str(path), **kw)
+                        zip_path=str(path), levels=stored_levels(summary, kw["resolution"]), **kw)
+
+
+def stored_levels(summary: dict, resolution: int) -> list[int]:
+    """The lower levels of detail a converted dataset holds (its dataset.json), when it was converted
+    at the resolution asked for."""
+    try:
+        return sorted(int(r) for r in summary.get("lods", [])) if summary.get("resolution") == resolution else []
+    except (TypeError, ValueError, AttributeError):
+        return []
+
+
+def _summary(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _captioned(root: Path, split: str, **kw) -> ImageDataset:
@@ -249,7 +286,7 @@ def _captioned(root: Path, split: str, **kw) -> ImageDataset:
     if not class_names and labels:
         class_names = [str(i) for i in range(max(labels) + 1)]
     return ImageDataset(name=str(root), entries=entries, labels=labels, class_names=class_names,
-                        captions=captions, root=str(root), **kw)
+                        captions=captions, root=str(root), levels=stored_levels(_summary(root), kw["resolution"]), **kw)
 
 
 def read_captions(path: Path, max_chars: int = 2000, max_lines: int = 1000) -> list[str]:
@@ -355,6 +392,8 @@ def detect_channels(data: str, probe: int = 64) -> int:
         if not zipfile.is_zipfile(path):
             return 3
         with zipfile.ZipFile(path) as z:
+            # Hidden members (stored levels of detail under .lod/, macOS's ._ files) are not images to
+            # train on, as in a folder.
             names = sorted(n for n in z.namelist() if Path(n).suffix.lower() in IMAGE_EXTENSIONS)[:probe]
             return _channels_of_modes(io.BytesIO(z.read(n)) for n in names)
     root = path / "images" if (path / "split.csv").exists() and (path / "images").is_dir() else path
@@ -413,6 +452,7 @@ class RealStream:
         self.labels = dataset.labels_tensor()
         self.images = dataset.images.to(self.device) if dataset.images is not None else None
         self.last_indices: torch.Tensor | None = None
+        self._batches, self._expected = None, None  # the lazy path's loader and the next call it serves
 
     def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
@@ -435,8 +475,11 @@ class RealStream:
             pos += take
         return torch.cat(idx), torch.cat(flip)
 
-    def next_batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next `batch` images (this rank's share when distributed) as uint8 on the device, and labels."""
+    def next_batch(self, batch: int, resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next `batch` images (this rank's share when distributed) as uint8 on the device, and labels.
+        `resolution`: what the model trains at now; images not held in memory are then read from the
+        dataset's stored level of that size where it has one (else at full size, for the model to
+        scale down), so early progressive phases decode small files."""
         idx, flip = self.indices(self.position, batch)
         self.position += batch
         idx, flip = self.rank_share(idx, batch), self.rank_share(flip, batch)
@@ -444,24 +487,27 @@ class RealStream:
         if self.images is not None:
             images = self.images[idx.to(self.device)]
         else:
-            images = self._decoded(self.position - batch, batch).to(self.device, non_blocking=True)
+            level = resolution if resolution in self.dataset.levels else self.dataset.resolution
+            images = self._decoded(self.position - batch, batch, level).to(self.device, non_blocking=True)
         if self.xflip:
             images = torch.where(flip.to(self.device)[:, None, None, None], images.flip(-1), images)
         return images, self.labels[idx].to(self.device)
 
     # --- the lazy path: images decoded by DataLoader worker processes, ahead of the step -------------
-    def _decoded(self, start: int, batch: int) -> torch.Tensor:
+    def _decoded(self, start: int, batch: int, level: int) -> torch.Tensor:
         """This rank's images of the batch at stream position `start`, decoded by `workers` processes
         that prefetch the batches after it in the same deterministic order (so a resumed run reads
-        exactly what it would have). A jump in position or a new batch size starts them afresh."""
-        if getattr(self, "_expected", None) != (start, batch):
+        exactly what it would have). A jump in position, a new batch size or a new level of detail
+        starts them afresh."""
+        if self._expected != (start, batch, level):
             self.close()
+            source = self.dataset if level == self.dataset.resolution else self.dataset.at_level(level)
             loader = torch.utils.data.DataLoader(
-                _Images(self.dataset), batch_sampler=_StreamBatches(self, start, batch), num_workers=self.workers,
+                _Images(source), batch_sampler=_StreamBatches(self, start, batch), num_workers=self.workers,
                 collate_fn=torch.stack, pin_memory=self.device.type == "cuda",
                 prefetch_factor=4 if self.workers else None)
             self._batches = iter(loader)
-        self._expected = (start + batch, batch)
+        self._expected = (start + batch, batch, level)
         return next(self._batches)
 
     def close(self) -> None:

@@ -64,3 +64,63 @@ def test_an_existing_destination_or_a_captioned_zip_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["dataset", "mnist-captions", str(tmp_path / "c.zip"), "--resolution", "8"])
     assert result.exit_code != 0 and "converts to a folder" in result.output
     assert not (tmp_path / "c.zip").exists() and not (tmp_path / ".c.zip.tmp").exists()
+
+
+def noisy_photos(folder, count, size=32):
+    generator = torch.Generator().manual_seed(0)
+    for i in range(count):
+        pixels = torch.randint(0, 256, (size, size, 3), generator=generator, dtype=torch.uint8).numpy()
+        photo_path = folder / ("ab"[i % 2]) / f"{i}.png"
+        photo_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(photo_path)
+
+
+def test_lods_store_every_lower_level_read_in_place_of_the_full_images(tmp_path):
+    from ganforge.data import RealStream
+    from ganforge.models.pggan import crossfade_reals
+
+    noisy_photos(tmp_path / "src", 6)
+    for dest in ("lods.zip", "lods"):
+        result = CliRunner().invoke(main, ["dataset", str(tmp_path / "src"), str(tmp_path / dest), "--resolution", "32",
+                                           "--lods"])
+        assert result.exit_code == 0 and "6 images at 32x32 (and 16x16, 8x8, 4x4), 2 classes" in result.output
+        full = load_dataset(str(tmp_path / dest), 32, preload=False)
+        assert len(full) == 6 and full.class_names == ["a", "b"] and full.levels == [4, 8, 16]  # .lod is not listed
+        assert load_dataset(str(tmp_path / dest), 16, preload=False).levels == []  # converted at another size
+        for level in (16, 8, 4):
+            lazy, twin = RealStream(full, seed=3), RealStream(full, seed=3)
+            small, labels = lazy.next_batch(4, level)
+            large, same_labels = twin.next_batch(4)
+            assert small.shape == (4, 3, level, level) and torch.equal(labels, same_labels)
+            # what the model would have made of the full images, to within uint8 rounding
+            pooled = (crossfade_reals(large.float(), level, 1.0) - small.float()).abs()
+            assert pooled.max() <= 0.5 + 1e-4
+        assert lazy.next_batch(4, 32)[0].shape == (4, 3, 32, 32)  # a level it lacks: full size
+
+
+def test_a_progressive_run_on_stored_levels_resumes_exactly(tmp_path, monkeypatch):
+    from ganforge.data import ImageDataset
+    from ganforge.snapshots import load_snapshot
+    from ganforge.training import TrainOptions, train
+
+    monkeypatch.setattr("ganforge.data.PRELOAD_LIMIT_BYTES", 0)  # as a set too large for memory is read
+    read, original = [], ImageDataset.read_bytes
+
+    def recording(self, i):  # workers=0: every read happens in this process
+        read.append(self.entries[i])
+        return original(self, i)
+
+    monkeypatch.setattr(ImageDataset, "read_bytes", recording)
+    noisy_photos(tmp_path / "src", 8, size=16)
+    convert(str(tmp_path / "src"), tmp_path / "lods.zip", 16, lods=True)
+    options = dict(model="pggan", data=str(tmp_path / "lods.zip"), resolution=16, batch=4, workers=0, tick=0.008,
+                   snap=0.016, sample_every=1, model_opts={"fmap_max": 8, "fmap_base": 32, "fade_kimg": 0.008,
+                                                           "stab_kimg": 0.008})
+    whole = train(TrainOptions(**options, kimg=0.064, outdir=str(tmp_path / "whole")), progress=False)
+    part = train(TrainOptions(**options, kimg=0.032, outdir=str(tmp_path / "part")), progress=False)
+    part = train(TrainOptions(**options, kimg=0.064, outdir=str(tmp_path / "part")), resume=str(part),
+                 explicit={"kimg"}, progress=False)
+    a, b = load_snapshot(whole), load_snapshot(part)
+    assert a["stream_position"] == b["stream_position"] and all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert {name.split("/")[1] for name in read if name.startswith(".lod/")} == {"4", "8"}  # the early phases
+    assert any(not name.startswith(".lod/") for name in read)  # 16x16: the images themselves

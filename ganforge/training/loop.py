@@ -155,7 +155,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
         while state.images_seen < total and not stop.requested:
             sched: Schedule = model.schedule(state.images_seen, opts.batch, opts.resolution)
             enter_schedule(sched, model, state, log)
-            real_u8, labels = state.stream.next_batch(sched.batch)
+            real_u8, labels = state.stream.next_batch(sched.batch, sched.resolution)
             rounds = accumulation_rounds(sched.batch, world, opts.batch_gpu)
             ctx = StepContext(latents=lambda n: rank_slice(model.sample_latents(n * world, state.generator, device), ddp),
                               reduce_mean=lambda t: reduce_mean(t, world), schedule=sched, step=state.step,

@@ -392,8 +392,6 @@ def detect_channels(data: str, probe: int = 64) -> int:
         if not zipfile.is_zipfile(path):
             return 3
         with zipfile.ZipFile(path) as z:
-            # Hidden members (stored levels of detail under .lod/, macOS's ._ files) are not images to
-            # train on, as in a folder.
             names = sorted(n for n in z.namelist() if Path(n).suffix.lower() in IMAGE_EXTENSIONS)[:probe]
             return _channels_of_modes(io.BytesIO(z.read(n)) for n in names)
     root = path / "images" if (path / "split.csv").exists() and (path / "images").is_dir() else path

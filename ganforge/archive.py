@@ -25,23 +25,29 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ganforge.data import LOD_FOLDER, DatasetError, ImageDataset, load_dataset
+from ganforge.errors import require
 from ganforge.progress import bar
 
 
 def convert(source: str, dest: str | Path, resolution: int, channels: int | None = None,
-            center_crop: bool = True, workers: int | None = None, lods: bool = False) -> dict:
+            center_crop: bool = True, workers: int | None = None, lods: bool = False, shard_size: int | None = None) -> dict:
     """Write `source` at `resolution` to `dest` (a .zip, or a new folder); returns what dataset.json
     says: counts, classes, the files skipped as unreadable. `lods`: also each image box-filtered to
-    every lower power-of-two size down to 4x4, under .lod/<size>/ with the image's own path."""
+    every lower power-of-two size down to 4x4, under .lod/<size>/ with the image's own path.
+    `shard_size`: write WebDataset tar shards of that many images into the folder `dest` instead."""
     dest = Path(dest)
     if dest.exists() and (dest.is_file() or any(dest.iterdir())):
         raise DatasetError(f"{dest}: already exists; give a new .zip or an empty folder")
     parts = [(split, load_dataset(source, resolution, channels, center_crop, split=split, preload=False))
              for split in splits_of(source)]
     first = parts[0][1]
-    if first.captions is not None and dest.suffix.lower() == ".zip":
-        raise DatasetError(f"{dest}: captioned data converts to a folder (images/, text/, split.csv), not a .zip")
-    writer = ZipWriter(dest) if dest.suffix.lower() == ".zip" else FolderWriter(dest)
+    if (first.captions is not None or shard_size) and dest.suffix.lower() == ".zip":
+        what = "--shards writes tar shards into a folder" if shard_size else "captioned data converts to a folder"
+        raise DatasetError(f"{dest}: {what}, not a .zip")
+    if shard_size and lods:
+        raise DatasetError("--lods: not with --shards (levels of detail are stored in a .zip or folder)")
+    writer = (ShardsWriter(dest, shard_size) if shard_size else ZipWriter(dest) if dest.suffix.lower() == ".zip"
+              else FolderWriter(dest))
     levels = lower_levels(resolution) if lods else []
     skipped, rows, count = [], [], 0
     try:
@@ -50,6 +56,12 @@ def convert(source: str, dest: str | Path, resolution: int, channels: int | None
             for index, pixels in decoded(ds, workers, f"converting {ds.name} ({split})" if len(parts) > 1 else None):
                 if pixels is None:
                     skipped.append(ds.entries[index])
+                    continue
+                if shard_size:
+                    writer.add(f"{count:08d}", png_bytes(pixels), ds.labels[index] if first.class_names else None,
+                               ds.captions[index] if ds.captions is not None else None,
+                               split if len(parts) > 1 else None)
+                    count += 1
                     continue
                 name = member_name(ds, index, count)
                 writer.write(name, png_bytes(pixels))
@@ -64,7 +76,9 @@ def convert(source: str, dest: str | Path, resolution: int, channels: int | None
             raise DatasetError(f"{source}: no readable image to convert")
         summary = {"source": str(source), "resolution": resolution, "channels": first.channels, "images": count,
                    "classes": first.class_names, "captioned": first.captions is not None, "lods": levels, "skipped": skipped}
-        if first.captions is not None:
+        if shard_size:
+            summary["shards"] = writer.finish()
+        elif first.captions is not None:
             text = io.StringIO()
             csv.writer(text, lineterminator="\n").writerows([("image", "label", "split"), *rows])
             writer.write("split.csv", text.getvalue().encode("utf-8"))
@@ -177,3 +191,34 @@ class FolderWriter:
 
     def abandon(self) -> None:
         shutil.rmtree(self.temporary, ignore_errors=True)
+
+
+class ShardsWriter(FolderWriter):
+    """WebDataset tar shards (webdataset's ShardWriter: <key>.png, <key>.cls, <key>.txt, <key>.json)
+    of `size` samples each, in a temporary folder renamed at the end, as FolderWriter does."""
+
+    def __init__(self, dest: Path, size: int):
+        require("webdataset", "shards", "--shards")
+        super().__init__(dest)
+        import webdataset
+
+        self.shards = webdataset.ShardWriter(str(self.temporary / "%06d.tar"), maxcount=size, verbose=0)
+
+    def add(self, key: str, png: bytes, label: int | None, captions: list[str] | None, split: str | None) -> None:
+        sample = {"__key__": key, "png": png}
+        if label is not None:
+            sample["cls"] = str(label).encode()
+        if captions is not None:
+            sample["txt"] = ("\n".join(captions) + "\n").encode("utf-8")
+        if split is not None:
+            sample["json"] = json.dumps({"split": split}).encode()
+        self.shards.write(sample)
+
+    def finish(self) -> list[str]:
+        """Close the last shard; the shards' file names."""
+        self.shards.close()
+        return sorted(p.name for p in self.temporary.glob("*.tar"))
+
+    def abandon(self) -> None:
+        self.shards.close()
+        super().abandon()

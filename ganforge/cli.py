@@ -546,16 +546,20 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, devi
 @click.option("--center-crop/--no-center-crop", default=True, show_default=True, help="Square centre crop (else squash)")
 @click.option("--lods", is_flag=True, help="Also store every lower level of detail (halving down to 4x4), which "
               "progressive models (PGGAN) read in their early phases")
-def dataset(source, dest, resolution, channels, center_crop, lods):
+@click.option("--shards", "shard_size", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Write WebDataset tar shards of N images each into the folder DEST")
+def dataset(source, dest, resolution, channels, center_crop, lods, shard_size):
     """Convert any --data form (folder, class folders, zip, captioned layout) to a resolution-fixed
     .zip or folder, once: bad files are reported here, and training reads it without resizing."""
     from ganforge.archive import convert
 
-    summary = convert(source, dest, resolution, None if channels is None else int(channels), center_crop, lods=lods)
+    summary = convert(source, dest, resolution, None if channels is None else int(channels), center_crop, lods=lods,
+                      shard_size=shard_size)
     kind = ("captioned" if summary["captioned"] else f"{len(summary['classes'])} classes" if summary["classes"]
             else "unlabelled")
     skipped = summary["skipped"]
     levels = f" (and {', '.join(f'{r}x{r}' for r in summary['lods'])})" if summary["lods"] else ""
+    levels += f" in {len(summary['shards'])} shards" if summary.get("shards") else ""
     click.echo(f"wrote {dest}: {summary['images']} images at {resolution}x{resolution}{levels}, {kind}"
                + (f"; skipped {len(skipped)} unreadable, e.g. {skipped[0]}" if skipped else ""))
 

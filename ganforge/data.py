@@ -10,6 +10,9 @@ Sources accepted by `load_dataset`:
   - a .zip of images, with the same rule for its top-level folders.
   - the captioned layout (images/, text/, split.csv, classes.txt): labels from split.csv, captions
     (one a line) from text/<same path>.txt, `split` picks train/test/all.
+  - WebDataset tar shards: 'shards/{000000..000099}.tar', one .tar, or a folder of them with its
+    dataset.json (`ganforge dataset --shards`); a sample is <key>.<image ext> with its label in
+    <key>.cls and captions in <key>.txt where there are.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ganforge.errors import GanforgeError, check_memory
+from ganforge.errors import GanforgeError, check_memory, require
 from ganforge.progress import bar
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -68,6 +71,7 @@ class ImageDataset(torch.utils.data.Dataset):
     bad_files: list[str] = field(default_factory=list)
     smallest_side: int | None = None         # of the source images seen so far (before resizing)
     levels: list[int] = field(default_factory=list)  # lower resolutions stored beside it (`ganforge dataset --lods`)
+    spans: list[tuple[str, int, int]] | None = None  # tar shards: each image's (tar file, offset, size)
     _zip: zipfile.ZipFile | None = field(default=None, repr=False)
 
     @property
@@ -78,6 +82,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def read_bytes(self, i: int) -> bytes:
+        if self.spans is not None:
+            return read_span(*self.spans[i])
         if self.zip_path is not None:
             if self._zip is None:  # one handle per worker process
                 self._zip = zipfile.ZipFile(self.zip_path)
@@ -140,6 +146,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def _select(self, keep: list[int]) -> None:
         self.entries = [self.entries[i] for i in keep]
         self.labels = [self.labels[i] for i in keep]
+        if self.spans is not None:
+            self.spans = [self.spans[i] for i in keep]
         if self.captions is not None:
             self.captions = [self.captions[i] for i in keep]
 
@@ -330,6 +338,87 @@ def _mnist_captions(**kw) -> ImageDataset:
     return ds
 
 
+def shard_files(data: str) -> list[Path] | None:
+    """The tar shards `data` names ('dir/{000000..000099}.tar', one .tar, or a folder whose
+    dataset.json lists shards), or None when it names something else."""
+    if ".tar" not in data and not (Path(data).expanduser() / "dataset.json").is_file():
+        return None
+    if "{" in data:
+        require("braceexpand", "shards", "--data with a {first..last} shard pattern")
+        from braceexpand import braceexpand  # WebDataset's own pattern syntax (its dependency)
+
+        return [Path(p).expanduser() for p in braceexpand(data)]
+    path = Path(data).expanduser()
+    if path.is_file() and path.suffix == ".tar":
+        return [path]
+    if path.is_dir() and _summary(path).get("shards"):
+        return [path / name for name in _summary(path)["shards"]]
+    return None
+
+
+def _shards(tars: list[Path], split: str, listed_once: Callable, **kw) -> ImageDataset:
+    """Tar shards read in place: their headers listed once (by rank 0 under torchrun), each image
+    then read by offset, never extracted."""
+    missing = [str(t) for t in tars if not t.is_file()]
+    if missing:
+        raise DatasetError(f"--data: shard {missing[0]} not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    samples = listed_once(lambda: [sample for tar in tars for sample in tar_samples(tar)])
+    if split != "all" and any(s["split"] for s in samples):
+        samples = [s for s in samples if s["split"] in (split, None)]
+    if not samples:
+        raise DatasetError(f"--data {tars[0].parent}: the shards hold no images" + (f" in split {split!r}" if split != "all" else ""))
+    summary = _summary(tars[0].parent)
+    labels = [s["label"] for s in samples]
+    class_names = summary.get("classes") or ([str(i) for i in range(max(labels) + 1)] if max(labels) >= 0 else [])
+    captioned = any(s["captions"] is not None for s in samples)
+    return ImageDataset(name=str(tars[0].parent if len(tars) > 1 else tars[0]), entries=[s["name"] for s in samples],
+                        labels=labels, class_names=class_names, spans=[s["span"] for s in samples],
+                        captions=[s["captions"] or [] for s in samples] if captioned else None, **kw)
+
+
+def tar_samples(tar: Path) -> list[dict]:
+    """The samples of one shard in its order: name, (tar, offset, size) of the image, label (.cls),
+    captions (.txt) and split (.json's "split"), from its headers and small members."""
+    import tarfile
+
+    samples: dict[str, dict] = {}
+    try:
+        with tarfile.open(tar) as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                stem, _, ext = base.partition(".")  # WebDataset: the key ends at the first dot
+                key = f"{folder}/{stem}" if folder else stem
+                sample = samples.setdefault(key, {"name": f"{tar}:{key}", "span": None, "label": -1, "captions": None,
+                                                  "split": None})
+                if f".{ext.lower()}" in IMAGE_EXTENSIONS:
+                    sample["span"] = (str(tar), member.offset_data, member.size)
+                elif ext in ("cls", "txt", "json"):
+                    text = archive.extractfile(member).read(1 << 20).decode("utf-8", errors="replace")
+                    if ext == "cls":
+                        sample["label"] = int(text.strip() or -1)
+                    elif ext == "txt":
+                        sample["captions"] = [line.strip() for line in text.splitlines() if line.strip()]
+                    else:
+                        sample["split"] = json.loads(text).get("split")
+    except (tarfile.TarError, OSError, ValueError) as e:
+        raise DatasetError(f"--data: {tar} is not a readable tar shard ({e})") from e
+    return [s for s in samples.values() if s["span"] is not None]
+
+
+def read_span(path: str, offset: int, size: int) -> bytes:
+    """Bytes of a tar member by position: os.pread shares no file offset, so worker processes forked
+    from one another never move each other's reads."""
+    fd = _open_files.get(path)
+    if fd is None:
+        fd = _open_files[path] = os.open(path, os.O_RDONLY)
+    return os.pread(fd, size, offset)
+
+
+_open_files: dict[str, int] = {}  # descriptors of the shards read so far, kept open for the process
+
+
 def load_dataset(data: str, resolution: int, channels: int | None = None, center_crop: bool = True,
                  split: str = "train", preload: bool | None = None, min_side: int | None = None,
                  listed_once: Callable | None = None) -> ImageDataset:
@@ -350,12 +439,15 @@ def load_dataset(data: str, resolution: int, channels: int | None = None, center
         return _mnist(**kw)
     if data == "mnist-captions":
         return _mnist_captions(**kw)
+    tars = shard_files(data)
     path = Path(data).expanduser()
-    if not path.exists():
+    if tars is None and not path.exists():
         raise DatasetError(f"--data {data}: no such file or folder (built-in datasets: {', '.join(BUILTIN_DATASETS)})")
-    if path.is_file():
+    if tars is not None:
+        ds = _shards(tars, split, listed_once or (lambda make: make()), **kw)
+    elif path.is_file():
         if not zipfile.is_zipfile(path):
-            raise DatasetError(f"--data {data}: a file must be a .zip of images")
+            raise DatasetError(f"--data {data}: a file must be a .zip of images or a .tar shard")
         ds = _image_zip(path, **kw)
     elif (path / "split.csv").exists() and (path / "images").is_dir():
         ds = _captioned(path, split, **kw)
@@ -385,6 +477,11 @@ def detect_channels(data: str, probe: int = 64) -> int:
     have grey pixel modes, read from their headers only), otherwise 3."""
     if data in BUILTIN_DATASETS:
         return 1
+    tars = shard_files(data)
+    if tars is not None:
+        first = tars[0] if tars[0].is_file() else None  # load_dataset reports a missing shard
+        spans = [s["span"] for s in tar_samples(first)[:probe]] if first else []
+        return _channels_of_modes(io.BytesIO(read_span(*span)) for span in spans)
     path = Path(data).expanduser()
     if not path.exists():
         return 3  # load_dataset reports the missing path
@@ -451,12 +548,14 @@ class RealStream:
         self.images = dataset.images.to(self.device) if dataset.images is not None else None
         self.last_indices: torch.Tensor | None = None
         self._batches, self._expected = None, None  # the lazy path's loader and the next call it serves
+        self._shards = shard_groups(dataset.spans) if dataset.spans is not None and dataset.images is None else None
 
     def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             n = len(self.dataset)
-            self._epoch_cache = (epoch, torch.randperm(n, generator=g), torch.rand(n, generator=g) < 0.5)
+            order = shard_major_order(self._shards, g) if self._shards else torch.randperm(n, generator=g)
+            self._epoch_cache = (epoch, order, torch.rand(n, generator=g) < 0.5)
         return self._epoch_cache[1], self._epoch_cache[2]
 
     def indices(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -517,6 +616,23 @@ class RealStream:
             return idx
         share = batch // self.world_size
         return idx[self.rank * share:(self.rank + 1) * share]
+
+
+def shard_groups(spans: list[tuple[str, int, int]]) -> list[torch.Tensor]:
+    """Dataset indices of each shard's images, shard by shard."""
+    groups: dict[str, list[int]] = {}
+    for i, (tar, _, _) in enumerate(spans):
+        groups.setdefault(tar, []).append(i)
+    return [torch.tensor(g) for g in groups.values()]
+
+
+def shard_major_order(groups: list[torch.Tensor], g: torch.Generator) -> torch.Tensor:
+    """An epoch's order for shards read from disk: the shards in a random order, each one's images
+    in a random order of their own, so reads move through one shard at a time (sequential on a
+    disk or a network file system) yet every epoch is shuffled; it depends on the seed and epoch
+    only, so a resumed run and any number of processes see the same order."""
+    return torch.cat([groups[k][torch.randperm(len(groups[k]), generator=g)]
+                      for k in torch.randperm(len(groups), generator=g).tolist()])
 
 
 class _Images(torch.utils.data.Dataset):

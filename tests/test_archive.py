@@ -124,3 +124,57 @@ def test_a_progressive_run_on_stored_levels_resumes_exactly(tmp_path, monkeypatc
     assert a["stream_position"] == b["stream_position"] and all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
     assert {name.split("/")[1] for name in read if name.startswith(".lod/")} == {"4", "8"}  # the early phases
     assert any(not name.startswith(".lod/") for name in read)  # 16x16: the images themselves
+
+
+def test_shards_hold_the_same_images_labels_and_captions_read_in_place(tmp_path):
+    noisy_photos(tmp_path / "src", 10, size=16)
+    result = CliRunner().invoke(main, ["dataset", str(tmp_path / "src"), str(tmp_path / "shards"), "--resolution", "16",
+                                       "--shards", "4"])
+    assert result.exit_code == 0 and "10 images at 16x16 in 3 shards, 2 classes" in result.output, result.output
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["000000.tar", "000001.tar", "000002.tar",
+                                                                       "dataset.json"]
+    original = load_dataset(str(tmp_path / "src"), 16)
+    for data in (str(tmp_path / "shards"), str(tmp_path / "shards" / "{000000..000002}.tar")):
+        shards = load_dataset(data, 16)
+        assert shards.class_names == ["a", "b"] and shards.labels == original.labels and shards.channels == 3
+        assert torch.equal(shards.images, original.images)
+    one = load_dataset(str(tmp_path / "shards" / "000002.tar"), 16)
+    assert torch.equal(one.images, original.images[8:])
+
+    source = tmp_path / "birds"
+    (source / "text").mkdir(parents=True)
+    rows = ["image,label,split"]
+    for i, (label, split) in enumerate([(0, "train"), (1, "train"), (1, "test")]):
+        photo(source / "images" / f"{i}.jpg", (20, 20), (50 * i, 100, 0))
+        (source / "text" / f"{i}.txt").write_text(f"a bird number {i}\nun oiseau — 鳥 {i}\n", encoding="utf-8")
+        rows.append(f"images/{i}.jpg,{label},{split}")
+    (source / "split.csv").write_text("\n".join(rows) + "\n")
+    convert(str(source), tmp_path / "bird-shards", 16, shard_size=2)
+    for split in ("train", "test"):
+        a, b = load_dataset(str(source), 16, split=split), load_dataset(str(tmp_path / "bird-shards"), 16, split=split)
+        assert a.captions == b.captions and a.labels == b.labels and torch.equal(a.images, b.images)
+
+
+def test_shards_are_read_one_after_another_each_shuffled_and_resume_exactly(tmp_path, monkeypatch):
+    from ganforge.data import RealStream
+    from ganforge.snapshots import load_snapshot
+    from ganforge.training import TrainOptions, train
+
+    noisy_photos(tmp_path / "src", 12, size=16)
+    convert(str(tmp_path / "src"), tmp_path / "shards", 16, shard_size=4)
+    lazy = load_dataset(str(tmp_path / "shards"), 16, preload=False)
+    order, _ = RealStream(lazy, seed=1).indices(0, 24)  # two epochs
+    shard_of = [int(lazy.spans[i][0][-5]) for i in order.tolist()]
+    runs = [shard_of[k:k + 4] for k in range(0, 24, 4)]
+    assert all(len(set(run)) == 1 for run in runs) and sorted(r[0] for r in runs[:3]) == [0, 1, 2]
+    assert order[:12].tolist() != order[12:].tolist()  # a new order each epoch
+
+    monkeypatch.setattr("ganforge.data.PRELOAD_LIMIT_BYTES", 0)  # as a set too large for memory is read
+    opts = dict(data=str(tmp_path / "shards"), model="dcgan", resolution=16, batch=8,
+                model_opts={"base_channels": 4}, tick=0.016, snap=0.016, workers=2, augment="none")
+    straight = train(TrainOptions(**opts, kimg=0.032, outdir=str(tmp_path / "a")), progress=False)
+    first = train(TrainOptions(**opts, kimg=0.016, outdir=str(tmp_path / "b")), progress=False)
+    resumed = train(TrainOptions(**opts, kimg=0.032), resume=str(first), explicit={"kimg"}, progress=False)
+    a, b = load_snapshot(straight), load_snapshot(resumed)
+    assert a["stream_position"] == b["stream_position"] == 32
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])

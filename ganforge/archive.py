@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -26,7 +25,6 @@ from PIL import Image
 
 from ganforge.data import LOD_FOLDER, DatasetError, ImageDataset, load_dataset
 from ganforge.errors import require
-from ganforge.progress import bar
 
 
 def convert(source: str, dest: str | Path, resolution: int, channels: int | None = None,
@@ -53,8 +51,9 @@ def convert(source: str, dest: str | Path, resolution: int, channels: int | None
     try:
         for split, ds in parts:
             skipped += ds.bad_files  # found unreadable from their headers while opening
-            for index, pixels in decoded(ds, workers, f"converting {ds.name} ({split})" if len(parts) > 1 else None):
-                if pixels is None:
+            desc = f"converting {ds.name}" + (f" ({split})" if len(parts) > 1 else "")
+            for index, pixels in ds.decoded(workers, desc):
+                if isinstance(pixels, Exception):
                     skipped.append(ds.entries[index])
                     continue
                 if shard_size:
@@ -114,24 +113,6 @@ def splits_of(source: str) -> list[str]:
     with open(split_csv, newline="", encoding="utf-8") as f:
         found = list(dict.fromkeys(row.get("split", "") for row in csv.DictReader(f)))
     return found or ["all"]
-
-
-def decoded(ds: ImageDataset, workers: int | None, desc: str | None):
-    """(index, uint8 [C, R, R] or None where the file is unreadable), in order, decoded in threads."""
-    def one(i):
-        try:
-            return ds.decode(i)
-        except Exception:  # noqa: BLE001 - any decode failure means a bad file, reported in the summary
-            return None
-
-    pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
-    try:
-        with bar(len(ds), desc or f"converting {ds.name}") as progress:
-            for i, pixels in enumerate(pool.map(one, range(len(ds)))):
-                progress.update(1)
-                yield i, pixels
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def member_name(ds: ImageDataset, index: int, count: int) -> str:

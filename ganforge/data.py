@@ -118,25 +118,27 @@ class ImageDataset(torch.utils.data.Dataset):
                     warnings.warn(f"skipping unreadable image {self.entries[k]}: {e}", stacklevel=2)
         raise DatasetError(f"no readable image in dataset {self.name}")
 
-    def preload(self, threads: int | None = None) -> None:
-        """Decode every image now; drop (and warn about) the ones that fail."""
-        threads = threads or min(8, os.cpu_count() or 1)
-
+    def decoded(self, threads: int | None = None, desc: str | None = None):
+        """(index, uint8 [C, R, R] or the exception that made the file unreadable), in order, decoded
+        by a pool of threads behind a progress bar (PIL releases the GIL while it decodes)."""
         def one(i):
             try:
                 return self.decode(i)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - any decode failure means a bad file
                 return e
 
-        pool = ThreadPoolExecutor(threads)
+        pool = ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1))
         try:
-            with bar(len(self), f"decoding {self.name}") as progress:
-                results = []
-                for result in pool.map(one, range(len(self))):
-                    results.append(result)
+            with bar(len(self), desc or f"decoding {self.name}") as progress:
+                for i, result in enumerate(pool.map(one, range(len(self)))):
                     progress.update(1)
+                    yield i, result
         finally:  # on Ctrl-C, drop the queued decodes instead of waiting for them all
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def preload(self, threads: int | None = None) -> None:
+        """Decode every image now; drop (and warn about) the ones that fail."""
+        results = [result for _, result in self.decoded(threads)]
         keep = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
         self.bad_files += [self.entries[i] for i, r in enumerate(results) if not isinstance(r, torch.Tensor)]
         self._select(keep)

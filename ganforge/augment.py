@@ -45,6 +45,7 @@ def _transform(x: torch.Tensor, apply: torch.Tensor, colour: torch.Tensor, shift
     def chosen(i: int, changed: torch.Tensor, unchanged: torch.Tensor) -> torch.Tensor:
         return torch.where(apply[:, i].view(-1, 1, 1, 1), changed, unchanged)
 
+    original = x
     brightness, saturation, contrast = colour.to(x.dtype).view(-1, 3, 1, 1, 1).unbind(1)
     x = chosen(0, x + (brightness - 0.5), x)
     grey = x.mean(dim=1, keepdim=True)
@@ -53,8 +54,12 @@ def _transform(x: torch.Tensor, apply: torch.Tensor, colour: torch.Tensor, shift
     x = chosen(2, (x - mean) * (contrast + 0.5) + mean, x)
     x = chosen(3, _translate(x, shifts), x)
     x = chosen(4, _cutout(x, corners, cut), x)
-    # In range as the data is, with the gradient of the unclamped value (a saturated pixel still learns).
-    return x + (x.clamp(-1, 1) - x).detach()
+    # An augmented image is put back in range as the data is, with the gradient of the unclamped
+    # value (a saturated pixel still learns). An image no transform touched comes back as it was,
+    # bit for bit: a linear-output generator's fakes (BEGAN, PGGAN, DF-GAN) may leave [-1, 1], and
+    # D must see them as they are, or G is not answerable for what lies outside (at p = 0, BEGAN's
+    # G drifted out of range unseen and its samples broke up into bright frames by 12 kimg).
+    return torch.where(apply.any(1).view(-1, 1, 1, 1), x + (x.clamp(-1, 1) - x).detach(), original)
 
 
 def max_shift(size: int) -> int:

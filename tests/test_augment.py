@@ -67,6 +67,18 @@ def test_p_zero_is_the_identity_and_p_one_changes_every_image():
     assert all(not torch.equal(a, b) for a, b in zip(changed, x))
 
 
+def test_images_no_transform_touches_come_back_as_they_were_even_out_of_range():
+    """A linear-output G's fakes may leave [-1, 1]: untouched, D must see them as they are (they were
+    clamped once, and BEGAN's G drifted out of range unseen)."""
+    fakes = images() * 3  # far outside the data's range
+    (same,) = augment((fakes,), 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(same, fakes)
+    (some,) = augment((fakes,), 0.1, torch.Generator().manual_seed(1))
+    touched = [not torch.equal(a, b) for a, b in zip(some, fakes)]
+    assert any(touched) and not all(touched)
+    assert all(some[i].abs().max() <= 1 for i, t in enumerate(touched) if t)  # augmented: back in range
+
+
 def test_one_draw_for_batches_a_penalty_mixes():
     """Row i of reals and of fakes gets the same transforms, so their mix is the augmented mix."""
     reals, fakes = images(seed=1) * 0.1, images(seed=2) * 0.1  # far inside the range: no clamping

@@ -88,6 +88,7 @@ def test_every_stage_batch_is_checked_before_the_first_step(tmp_path, monkeypatc
     monkeypatch.setenv("WORLD_SIZE", "32")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr("ganforge.training.loop.broadcast_object", lambda obj, world: obj)  # rank 0's file list
     opts = TrainOptions(model="pggan", data=str(tmp_path), resolution=64, kimg=80, outdir=str(tmp_path / "runs"),
                         model_opts={"preset": "cpu", "fmap_max": 8})
     with pytest.raises(TrainingError, match="batch 16 at 64x64 does not divide among 32 processes"):

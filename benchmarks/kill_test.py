@@ -38,6 +38,15 @@ def run_dir_of(outdir: Path) -> Path | None:
     return runs[-1] if runs else None
 
 
+def resumable(outdir: Path) -> Path | None:
+    """The run to resume; a run killed before its first snapshot is removed, to start afresh."""
+    run = run_dir_of(outdir)
+    if run is not None and not (run / "latest.pt").exists():
+        shutil.rmtree(run)
+        return None
+    return run
+
+
 def kill_and_resume(kills: int, seed: int = 0, max_delay: float = 8.0, workdir: Path | None = None,
                     kimg: float = 12) -> dict:
     rng = random.Random(seed)
@@ -47,11 +56,8 @@ def kill_and_resume(kills: int, seed: int = 0, max_delay: float = 8.0, workdir: 
     victim = work / "killed"
     survived = unreadable = 0
     while survived < kills:
-        run = run_dir_of(victim)
-        resume = run if run is not None and (run / "latest.pt").exists() else None
-        if run is not None and resume is None:  # killed before its first snapshot: start afresh
-            shutil.rmtree(run)
-        proc = subprocess.Popen(train_cmd(victim, resume, kimg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(train_cmd(victim, resumable(victim), kimg), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
         time.sleep(rng.uniform(0.5, max_delay))
         if proc.poll() is not None:  # it finished before this kill: nothing left to interrupt
             if proc.returncode:
@@ -65,7 +71,7 @@ def kill_and_resume(kills: int, seed: int = 0, max_delay: float = 8.0, workdir: 
                 load_snapshot(snap)
             except Exception:  # noqa: BLE001
                 unreadable += 1
-    final = subprocess.run(train_cmd(victim, run_dir_of(victim), kimg), capture_output=True)
+    final = subprocess.run(train_cmd(victim, resumable(victim), kimg), capture_output=True)
     if final.returncode:
         raise RuntimeError(final.stderr.decode())
     a, b = load_snapshot(run_dir_of(reference)), load_snapshot(run_dir_of(victim))

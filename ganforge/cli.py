@@ -466,7 +466,10 @@ def studio(roots, host, port, refresh, device):
     require("gradio", "studio", "ganforge studio")
     from ganforge.studio import serve
 
-    page, url = serve(roots, host, port, resolve_device(device), refresh)
+    try:
+        page, url = serve(roots, host, port, resolve_device(device), refresh)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise click.ClickException(f"--host {host} --port {port}: cannot serve there ({e})") from None
     click.echo(f"ganforge studio: {url} (Ctrl-C to stop)")
     try:
         page.block_thread()

@@ -106,7 +106,7 @@ class Studio:
                 caption: str | None) -> Image.Image:
         """grid x grid samples of a seed (a class row each when no class is given), or of a caption."""
         model = self.model(name)
-        seed, grid = _whole(seed, "seed", 0), _grid(grid)
+        seed, grid, psi = _whole(seed, "seed", 0), _grid(grid), _between(psi, "truncation psi", 0, 2)
         if model.conditioning == TEXT:
             images = generate_from_prompts(model, [_caption(caption)], grid * grid, seed, self.device, psi=psi)
             return _picture(images, grid)
@@ -127,7 +127,7 @@ class Studio:
             prompts = [_caption(captions[0], "caption A"), _caption(captions[1], "caption B")]
         elif model.conditioning == CLASS:
             classes = [_class(model, labels[0], "class A") or 0, _class(model, labels[1], "class B") or 0]
-        frame = blend_frame(model, pair, float(t), _grid(grid), classes, prompts, self.device)
+        frame = blend_frame(model, pair, _between(t, "t", 0, 1), _grid(grid), classes, prompts, self.device)
         return Image.fromarray(frame)
 
     def progress(self, name: str) -> tuple[Image.Image | None, Image.Image | None, str]:
@@ -183,6 +183,12 @@ def _whole(value: float | None, what: str, default: int) -> int:
     if not math.isfinite(value) or value != int(value) or not 0 <= value < 2**32:
         raise OptionError(f"{what} {value:g}: give a whole number from 0 to {2**32 - 1}")
     return int(value)
+
+
+def _between(value: float | None, what: str, low: float, high: float) -> float:
+    if value is None or not math.isfinite(value) or not low <= value <= high:
+        raise OptionError(f"{what} {value}: give a number from {low:g} to {high:g}")
+    return float(value)
 
 
 def _grid(value: float | None) -> int:

@@ -91,6 +91,8 @@ def test_progress_reads_kimg_speed_and_points_of_the_run(roots):
     (lambda s, r: s.samples(r["cdcgan"], 0, 1, 2, "two", None), "class 'two': give a class number from 0 to 9"),
     (lambda s, r: s.samples(r["cdcgan"], -1, 1, 2, None, None), "seed -1: give a whole number"),
     (lambda s, r: s.samples(r["cdcgan"], 0, 1, 9, None, None), "grid 9: give 1 to 8"),
+    (lambda s, r: s.samples(r["cdcgan"], 0, float("nan"), 2, None, None), "truncation psi nan: give a number from 0 to 2"),
+    (lambda s, r: s.walk(r["cdcgan"], (0, 1), 7.0, 1, ("1", "2"), (None, None)), "t 7.0: give a number from 0 to 1"),
     (lambda s, r: s.samples(r["dfgan"], 0, 1, 2, None, "   "), "caption is empty"),
     (lambda s, r: s.walk(r["dfgan"], (0, 1), 0.5, 1, (None, None), ("a digit", "")), "caption B is empty"),
     (lambda s, r: s.samples("../../etc", 0, 1, 2, None, None), "unknown run '../../etc'"),

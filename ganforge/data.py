@@ -353,9 +353,8 @@ def shard_files(data: str) -> list[Path] | None:
     path = Path(data).expanduser()
     if path.is_file() and path.suffix == ".tar":
         return [path]
-    if path.is_dir() and _summary(path).get("shards"):
-        return [path / name for name in _summary(path)["shards"]]
-    return None
+    shards = _summary(path).get("shards") if path.is_dir() else None
+    return [path / name for name in shards] if shards else None
 
 
 def _shards(tars: list[Path], split: str, listed_once: Callable, **kw) -> ImageDataset:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import os
 import threading
@@ -493,8 +494,17 @@ def detect_channels(data: str, probe: int = 64) -> int:
             names = sorted(n for n in z.namelist() if Path(n).suffix.lower() in IMAGE_EXTENSIONS)[:probe]
             return _channels_of_modes(io.BytesIO(z.read(n)) for n in names)
     root = path / "images" if (path / "split.csv").exists() and (path / "images").is_dir() else path
-    files = (p for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    return _channels_of_modes(f for f, _ in zip(files, range(probe)))
+    return _channels_of_modes(itertools.islice(_first_images(root), probe))
+
+
+def _first_images(root: Path):
+    """A folder's images, one directory at a time in sorted order, hidden ones skipped: a probe of the
+    first few lists only the directories it reaches, not the whole tree (millions of files)."""
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in sorted(names):
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                yield Path(folder) / name
 
 
 def _channels_of_modes(sources) -> int:

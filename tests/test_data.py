@@ -1,3 +1,4 @@
+import os
 import zipfile
 from pathlib import Path
 
@@ -305,3 +306,20 @@ def test_resume_on_lazily_read_data_with_worker_processes_is_bit_for_bit(tmp_pat
     a, b = load_snapshot(straight), load_snapshot(resumed)
     assert a["stream_position"] == b["stream_position"] == 64
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+
+
+def test_channels_are_probed_from_the_first_images_in_sorted_order_without_listing_the_rest(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from ganforge.data import detect_channels
+
+    for folder, mode in (("a", "L"), ("b", "RGB"), (".lod", "RGB")):
+        (tmp_path / folder).mkdir()
+        for i in range(2):
+            Image.new(mode, (8, 8)).save(tmp_path / folder / f"{i}.png")
+    listed = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda p=".": listed.append(os.path.basename(p)) or real_scandir(p))
+    assert detect_channels(str(tmp_path), probe=2) == 1  # the two grey images of a/ come first
+    assert "b" not in listed and ".lod" not in listed  # the probe stopped before listing b/
+    assert detect_channels(str(tmp_path), probe=3) == 3  # b/'s first image is RGB; hidden .lod/ is never read

@@ -18,6 +18,22 @@ def core_only(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
+def core_only_each(*commands: list[str]) -> list[tuple[int, str]]:
+    """Several command lines in one core-only process (one start-up): each one's exit code and stderr."""
+    code = (f"import contextlib, io, json, sys\nfor m in {EXTRAS_ONLY!r}: sys.modules[m] = None\n"
+            "from ganforge.cli import main\nresults = []\n"
+            f"for args in {[list(c) for c in commands]!r}:\n"
+            "    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err):\n"
+            "        try:\n            main(args=args, prog_name='ganforge')\n            code = 0\n"
+            "        except SystemExit as e:\n            code = e.code\n"
+            "    results.append((code, err.getvalue()))\n"
+            "print(json.dumps(results))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [tuple(r) for r in json.loads(done.stdout.splitlines()[-1])]
+
+
 def test_core_trains_samples_and_measures_without_extras_and_names_the_extra_it_lacks(tmp_path):
     train = core_only("train", "--resolution", "16", "--batch", "16", "--base-channels", "8", "--kimg", "0.032",
                       "--tick", "0.032", "--sample-every", "0.032", "--snap", "0.032", "--quiet", "--outdir", str(tmp_path))
@@ -29,14 +45,15 @@ def test_core_trains_samples_and_measures_without_extras_and_names_the_extra_it_
     assert json.loads((tmp_path / "m.json").read_text())["swd"]["swd_avg_x1e3"] > 0
     gif = core_only("interpolate", str(run), "--seconds", "0.4", "--fps", "5", "--out", str(tmp_path / "w.gif"))
     assert gif.returncode == 0, gif.stderr[-3000:]
-    for args, extra in ((["evaluate", str(run), "--metrics", "fid", "--n", "50"], "metrics"),
-                        (["export", str(run), "--format", "onnx", "--out", str(tmp_path / "g.onnx")], "export"),
-                        (["interpolate", str(run), "--seconds", "0.4", "--fps", "5", "--out", str(tmp_path / "w.mp4")], "video"),
-                        (["train", "--model", "dfgan", "--data", "mnist-captions", "--outdir", str(tmp_path / "t")], "text"),
-                        (["train", "--metrics", "fid", "--outdir", str(tmp_path / "t")], "metrics")):
-        result = core_only(*args)
-        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-        (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    refusals = [("metrics", ["evaluate", str(run), "--metrics", "fid", "--n", "50"]),
+                ("export", ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "g.onnx")]),
+                ("video", ["interpolate", str(run), "--seconds", "0.4", "--fps", "5", "--out", str(tmp_path / "w.mp4")]),
+                ("text", ["train", "--model", "dfgan", "--data", "mnist-captions", "--outdir", str(tmp_path / "t")]),
+                ("metrics", ["train", "--metrics", "fid", "--outdir", str(tmp_path / "t")])]
+    outcomes = core_only_each(*[args for _, args in refusals])
+    for (extra, _), (code, stderr) in zip(refusals, outcomes, strict=True):
+        assert code == 1 and "Traceback" not in stderr, stderr[-3000:]
+        (line,) = [line for line in stderr.splitlines() if line.strip()]
         assert f"needs the [{extra}] extra: pip install 'ganforge[{extra}]'" in line
     assert not (tmp_path / "t").exists()  # the text-to-image run refused before making its directory
 

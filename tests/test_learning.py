@@ -82,3 +82,9 @@ def test_a_short_run_learns(tmp_path, name):
     for key, (low, high) in bands.items():
         high = median if high == "median" else high
         assert low < last[key] < high, f"{key} {last[key]:.4g} outside ({low}, {high:.4g})"
+    if name == "began":  # its convergence measure falls, and k_t moves and stays clipped to [0, 1]
+        rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+        m, k = [r["began/m_global"] for r in rows], [r["began/k_t"] for r in rows]
+        assert m[-1] < 0.6 * m[0], m
+        assert all(0 <= v <= 1 for v in k) and max(k) > 0, k
+        assert (run / "reconstructions000000.png").exists() and (run / "stats.png").exists()

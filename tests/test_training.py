@@ -184,7 +184,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     spec = importlib.util.spec_from_file_location("kill_test", path)
     kill_test = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kill_test)
-    result = kill_test.kill_and_resume(kills=2, seed=1, max_delay=6.0, workdir=tmp_path, kimg=4)
+    result = kill_test.kill_and_resume(kills=2, seed=1, max_delay=6.0, workdir=tmp_path, kimg=2)
     assert result["kills_survived"] >= 1 and result["unreadable_snapshots"] == 0 and result["final_weights_equal"]
 
 

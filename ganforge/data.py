@@ -491,7 +491,8 @@ def detect_channels(data: str, probe: int = 64) -> int:
         if not zipfile.is_zipfile(path):
             return 3
         with zipfile.ZipFile(path) as z:
-            names = sorted(n for n in z.namelist() if Path(n).suffix.lower() in IMAGE_EXTENSIONS)[:probe]
+            names = sorted(n for n in z.namelist() if Path(n).suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") and part not in (".", "..") for part in Path(n).parts))[:probe]
             return _channels_of_modes(io.BytesIO(z.read(n)) for n in names)
     root = path / "images" if (path / "split.csv").exists() and (path / "images").is_dir() else path
     return _channels_of_modes(itertools.islice(_first_images(root), probe))

@@ -323,3 +323,7 @@ def test_channels_are_probed_from_the_first_images_in_sorted_order_without_listi
     assert detect_channels(str(tmp_path), probe=2) == 1  # the two grey images of a/ come first
     assert "b" not in listed and ".lod" not in listed  # the probe stopped before listing b/
     assert detect_channels(str(tmp_path), probe=3) == 3  # b/'s first image is RGB; hidden .lod/ is never read
+    with zipfile.ZipFile(tmp_path / "set.zip", "w") as z:  # hidden members sort first in a zip too
+        for name in (".lod/8/0.png", "a/0.png", "a/1.png"):
+            z.write(tmp_path / (".lod" if name.startswith(".") else "a") / "0.png", name)
+    assert detect_channels(str(tmp_path / "set.zip")) == 1

@@ -234,13 +234,18 @@ def _image_folder(root: Path, listed_once: Callable, **kw) -> ImageDataset:
                         class_names=class_names, root=str(root), levels=stored_levels(_summary(root), kw["resolution"]), **kw)
 
 
+def hidden_member(name: str) -> bool:
+    """A zip member under a hidden folder or hidden itself (stored levels under .lod/, macOS's ._ files)."""
+    return any(part.startswith(".") and part not in (".", "..") for part in Path(name).parts)
+
+
 def _image_zip(path: Path, **kw) -> ImageDataset:
     try:
         with zipfile.ZipFile(path) as z:
             # Hidden members (stored levels of detail under .lod/, macOS's ._ files) are not images to
             # train on, as in a folder.
             names = sorted(n for n in z.namelist() if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") and part not in (".", "..") for part in Path(n).parts))
+                           and not hidden_member(n))
             summary = json.loads(z.read("dataset.json")) if "dataset.json" in z.namelist() else {}
     except zipfile.BadZipFile as e:
         raise DatasetError(f"--data {path}: not a readable zip file ({e})") from e
@@ -492,7 +497,7 @@ def detect_channels(data: str, probe: int = 64) -> int:
             return 3
         with zipfile.ZipFile(path) as z:
             names = sorted(n for n in z.namelist() if Path(n).suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") and part not in (".", "..") for part in Path(n).parts))[:probe]
+                           and not hidden_member(n))[:probe]
             return _channels_of_modes(io.BytesIO(z.read(n)) for n in names)
     root = path / "images" if (path / "split.csv").exists() and (path / "images").is_dir() else path
     return _channels_of_modes(itertools.islice(_first_images(root), probe))

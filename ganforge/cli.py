@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 from dataclasses import MISSING, fields
+from functools import partial
 from pathlib import Path
 
 import click
@@ -307,8 +308,7 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
              out):
     """Measure a run's generator (or a folder of images) against real images."""
     from ganforge.data import load_dataset
-    from ganforge.metrics.evaluate import Evaluator, Fakes, fake_images, parse_metrics
-    from ganforge.models.base import Condition
+    from ganforge.metrics.evaluate import Evaluator, dataset_source, parse_metrics
     from ganforge.snapshots import find_snapshot, load_snapshot
     from ganforge.hardware import resolve_device
 
@@ -326,23 +326,24 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
         model = load_model(run_or_snapshot, dev)
         real_ds = load_dataset(real or options["data"], model.sample_resolution, model.config["channels"],
                                options["center_crop"], split or options["split"])
-        cache = cache_dir or find_snapshot(run_or_snapshot).parent / "metric-cache"
-        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache, seed)
+        snapshot = find_snapshot(run_or_snapshot)
+        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir or snapshot.parent / "metric-cache", seed)
         model.prepare(real_ds, dev, resumed=True)  # a text model samples this split's captions (DF-GAN: test)
         evaluator.use_captions_of(model)
-        fakes = fake_images(model, n, seed=seed + 1, device=dev)
+        measure = partial(evaluator.evaluate_model, model, n, seed + 1, (str(snapshot), snapshot.stat().st_mtime_ns))
+        n_fake = n
     else:
         if real is None:
             raise click.UsageError("--fake needs --real")
         fake_ds = load_dataset(fake, resolution or _first_image_size(fake))
         real_ds = load_dataset(real, fake_ds.resolution, fake_ds.channels)
         evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir, seed)
-        from ganforge.metrics.evaluate import sample_real
-
-        fakes = Fakes(sample_real(fake_ds, n, seed + 1)[0], Condition())
-    if len(fakes.images) < n or len(evaluator.real_images) < n:
-        click.echo(f"note: using {len(fakes.images)} fake and {len(evaluator.real_images)} real images (asked for {n})")
-    results = evaluator(fakes)
+        fakes = dataset_source(fake_ds, n, seed + 1)  # read a block at a time, as the reals are
+        measure = partial(evaluator.evaluate, fakes, evaluator.partial_path(fake_ds.name, len(fake_ds), n, seed))
+        n_fake = fakes.n
+    if n_fake < n or evaluator.n_real < n:
+        click.echo(f"note: using {n_fake} fake and {evaluator.n_real} real images (asked for {n})")
+    results = measure()
     if floor and "swd" in names:
         results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()
     text = json.dumps(_finite_or_null(results), indent=2)  # JSON has no NaN: an undefined value is null

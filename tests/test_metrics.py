@@ -146,8 +146,94 @@ def test_evaluator_ranks_real_above_noise(tiny_inception, tmp_path):
     assert good["kid"]["kid"] < bad["kid"]["kid"]
     assert good["swd"]["swd_avg_x1e3"] < bad["swd"]["swd_avg_x1e3"]
     assert good["pr"]["precision"] > 0.5 > bad["pr"]["precision"]
-    cached = [p.name for p in tmp_path.iterdir() if p.name.startswith("inception-")]
-    assert len(cached) == 1  # the reals' features; generated sets change every time and are not kept
+    cached = [p.name for p in tmp_path.iterdir() if p.suffix == ".pt"]
+    assert len(cached) == 1 and cached[0].startswith("real-")  # generated sets change every time: not kept
+
+
+def tiny_cdcgan(seed=0):
+    from ganforge.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model("cdcgan", dict(resolution=16, channels=1, num_classes=10, base_channels=8))
+
+
+def test_evaluator_gives_the_whole_set_figures_block_by_block(tiny_inception):
+    """Blocks dealt out and summarised one at a time give the figures of the whole sets at once:
+    FID from streamed moments, KID, PR and IS from the features in their order, acc from hits."""
+    from ganforge.data import load_dataset, to_float
+    from ganforge.metrics.conditional_accuracy import accuracy
+    from ganforge.metrics.evaluate import Evaluator, fake_images, sample_real
+    from ganforge.models.base import Condition
+
+    real = load_dataset("mnist", 16)
+    ev = Evaluator(["fid", "kid", "pr", "is", "acc", "swd", "msssim"], real, n=300)
+    fakes = fake_images(tiny_cdcgan(), 300, seed=1)
+    r = ev(fakes)
+    real_images, real_labels = sample_real(real, 300, seed=0)
+    (real_f, _), (fake_f, fake_logits) = TinyFeatures()(real_images), TinyFeatures()(fakes.images)
+    assert r["fid"]["fid"] == pytest.approx(fm.fid(real_f, fake_f), rel=1e-9)
+    assert r["kid"] == {**fm.kid(real_f, fake_f, seed=0), **{k: r["kid"][k] for k in ("n_fake", "n_real", "seconds")}}
+    assert r["pr"]["precision"] == fm.precision_recall(real_f, fake_f)["precision"]
+    assert r["is"]["is"] == fm.inception_score(fake_logits)["is"]
+    assert r["acc"]["conditional_accuracy"] == accuracy(ev.classifier(), to_float(fakes.images), fakes.condition.classes)
+    assert r["msssim"]["pairs"] == 1200 and 0 < r["msssim"]["ms_ssim"] < 1  # 4 a image below 2,500 images
+    # the reals measured as if generated: every real block meets itself, so SWD is exactly 0
+    itself = ev(real_images, Condition(classes=real_labels))
+    assert itself["swd"]["swd_avg_x1e3"] == 0 and itself["fid"]["fid"] == pytest.approx(0, abs=1e-6)
+    assert itself["acc"]["conditional_accuracy"] > 0.9
+    # the model measured block by block as it generates equals its samples measured whole
+    made = ev.evaluate_model(tiny_cdcgan(), 300, seed=1)
+    for name, key in (("fid", "fid"), ("swd", "swd_avg_x1e3"), ("msssim", "ms_ssim"), ("acc", "conditional_accuracy")):
+        assert made[name][key] == pytest.approx(r[name][key], rel=1e-4, abs=1e-3), name
+
+
+EVAL_SCRIPT = """
+import json, sys
+import torch
+import ganforge.metrics.evaluate as evaluate
+from tests.test_metrics import TinyFeatures, tiny_cdcgan
+from ganforge.data import load_dataset
+from ganforge.training.distributed import init_from_env
+from ganforge.training.loop import metric_share
+
+ddp, _ = init_from_env("cpu")
+evaluate.InceptionFeatures = TinyFeatures
+ev = evaluate.Evaluator(["fid", "kid", "pr", "swd", "msssim", "acc"], load_dataset("mnist", 16), n=300,
+                        share=metric_share(ddp))
+result = ev.evaluate_model(tiny_cdcgan(), 300, seed=1)
+with open(sys.argv[1] + f".{ddp.rank}", "w") as f:
+    json.dump(result, f)
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_measure_what_one_process_does(tmp_path, tiny_inception):
+    """Each of two processes makes and measures its blocks (three blocks: two and one); their
+    gathered figures equal one process's, on both ranks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ganforge.data import load_dataset
+    from ganforge.metrics.evaluate import Evaluator
+
+    script = tmp_path / "evaluate_two.py"
+    script.write_text(EVAL_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path / "result")], capture_output=True, text=True, timeout=300,
+                          cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"result.{rank}").read_text()) for rank in (0, 1)]
+    one = Evaluator(["fid", "kid", "pr", "swd", "msssim", "acc"], load_dataset("mnist", 16), n=300).evaluate_model(
+        tiny_cdcgan(), 300, seed=1)
+    for two in ranks:
+        assert two["fid"]["fid"] == pytest.approx(one["fid"]["fid"], rel=1e-9)  # moments merged in another order
+        for name, key in (("kid", "kid"), ("pr", "recall"), ("acc", "conditional_accuracy")):
+            assert two[name][key] == one[name][key], name
+        for name, key in (("swd", "swd_avg_x1e3"), ("msssim", "ms_ssim")):  # float32 sums of gathered tensors
+            assert two[name][key] == pytest.approx(one[name][key], rel=1e-6), name
+        assert all(two[name]["n_fake"] == 300 for name in two)
 
 
 def test_unknown_metric_and_missing_labels_are_named(tmp_path):
@@ -241,7 +327,7 @@ def test_interrupted_evaluate_shows_progress_exits_130_and_keeps_its_features(tm
         reader.start()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            done = [int(n) for n in re.findall(r"Inception features \(generated\):.*?(\d+)/300", b"".join(chunks).decode(errors="replace"))]
+            done = [int(n) for n in re.findall(r"evaluating \(generated\):.*?(\d+)/300", b"".join(chunks).decode(errors="replace"))]
             if done and max(done) >= images:
                 break
             time.sleep(0.2)
@@ -252,12 +338,12 @@ def test_interrupted_evaluate_shows_progress_exits_130_and_keeps_its_features(tm
         reader.join(timeout=10)
         return proc.returncode, b"".join(chunks).decode(errors="replace"), took
 
-    code, err, took = interrupt_after(60)
-    assert "Inception features" in err and "img/s" in err  # progress with a rate (and ETA)
+    code, err, took = interrupt_after(100)  # within the generated side's second block of 128
+    assert "evaluating (generated)" in err and "img/s" in err  # progress with a rate (and ETA)
     assert code == 130 and took < 5, (code, took, err[-2000:])
     assert "interrupted:" in err and "Traceback" not in err
-    (partial,) = (tmp_path / "cache").glob("*.partial.pt")
-    kept = len(torch.load(partial, weights_only=True)["features"])
+    (partial,) = (tmp_path / "cache").glob("generated-*.partial.pt")
+    kept = sum(len(block["index"]) for block in torch.load(partial, weights_only=True)["blocks"].values())
     assert 0 < kept < 300
     _, err, _ = interrupt_after(kept + 4)  # the next try starts where the first stopped
     assert f"{kept}/300" in err
@@ -268,7 +354,7 @@ def test_a_non_finite_metric_never_becomes_the_best(tmp_path):
     from ganforge.snapshots import load_snapshot
 
     def scripted(values):  # an evaluator factory whose evaluations return the given values in turn
-        def make(dataset, run_dir, device):
+        def make(dataset, run_dir, device, share):
             calls = iter(values)
             return lambda model: {"fid": {"fid": next(calls)}, "pr": {"precision": next(calls)}}
         return make

@@ -77,7 +77,7 @@ def test_bad_places_are_named_before_any_work(opts, message, tmp_path):
 
 
 def test_a_stop_during_a_long_evaluation_abandons_it_and_keeps_a_snapshot(tmp_path):
-    def slow_evaluator(dataset, run_dir, device):
+    def slow_evaluator(dataset, run_dir, device, share):
         def evaluate(model):
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while the metric is being computed
             for _ in range(10**9):  # a long evaluation: must be abandoned, not waited for
@@ -175,7 +175,7 @@ def test_project_errors_are_one_line_faults_keep_their_traceback(monkeypatch, tm
 
 
 def test_a_failed_start_leaves_no_run_directory(tmp_path):
-    def refusing(dataset, run_dir, device):
+    def refusing(dataset, run_dir, device, share):
         raise TrainingError("--metrics acc: refused for this data")
 
     opts = TrainOptions(**TINY, kimg=0.032, metrics=["acc"], outdir=str(tmp_path))

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -30,12 +31,18 @@ def assert_close_states(a, b):
 
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_the_combined_batch(tmp_path):
-    run(torchrun(2, "--kimg", "0.32", "--outdir", str(tmp_path / "two")))
-    run([sys.executable, "-m", "ganforge", "train", *ARGS, "--kimg", "0.32", "--outdir", str(tmp_path / "one")])
+    metrics = ["--metrics", "swd,msssim", "--metrics-every", "0.16", "--metrics-n", "200"]  # evaluated by both ranks
+    run(torchrun(2, "--kimg", "0.32", *metrics, "--outdir", str(tmp_path / "two")))
+    run([sys.executable, "-m", "ganforge", "train", *ARGS, "--kimg", "0.32", *metrics, "--outdir", str(tmp_path / "one")])
     two, one = load_snapshot(next((tmp_path / "two").iterdir())), load_snapshot(next((tmp_path / "one").iterdir()))
     assert_close_states(one, two)
     assert abs(one["state"]["k_t"].item() - two["state"]["k_t"].item()) < 1e-6  # k_t follows the global batch
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["00000-began-mnist"]  # only rank 0 writes
+    rows = {name: [json.loads(line) for line in (next((tmp_path / name).iterdir()) / "metric-swd.jsonl").open()]
+            for name in ("one", "two")}
+    assert [r["kimg"] for r in rows["two"]] == [0.16, 0.32]  # one row per evaluation: rank 0 logs
+    for a, b in zip(rows["one"], rows["two"]):  # the same samples, up to the weights' 1e-5
+        assert b["swd_avg_x1e3"] == pytest.approx(a["swd_avg_x1e3"], rel=0.02) and b["n_fake"] == 200
 
 
 @pytest.mark.slow

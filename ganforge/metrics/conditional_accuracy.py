@@ -58,9 +58,13 @@ def train_classifier(dataset: ImageDataset, epochs: int = 4, batch: int = 64, se
     return net, accuracy(net, images[test], labels[test])
 
 
-@torch.no_grad()
 def accuracy(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
     """Fraction of images (in [-1, 1]) classified as their label."""
+    return correct(classifier, images, labels, batch) / len(labels)
+
+
+@torch.no_grad()
+def correct(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> int:
+    """How many images (in [-1, 1]) are classified as their label."""
     classifier.eval()
-    hits = sum((classifier(x).argmax(1) == y).sum().item() for x, y in zip(images.split(batch), labels.split(batch)))
-    return hits / len(labels)
+    return sum((classifier(x).argmax(1) == y).sum().item() for x, y in zip(images.split(batch), labels.split(batch)))

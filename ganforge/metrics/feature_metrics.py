@@ -5,6 +5,8 @@ Each takes features (or logits) as tensors, so each is checked on hand-made case
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -14,6 +16,36 @@ from ganforge.errors import require
 def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     f = features.double().cpu().numpy()
     return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+@dataclass
+class Moments:
+    """Count, mean and summed outer products of deviations of feature vectors, merged batch by batch
+    (Chan et al.'s pairwise update, which stays exact where sums of squares would cancel): FID's
+    Gaussian statistics in memory independent of the number of images."""
+
+    count: int = 0
+    mean: torch.Tensor | None = None  # [d] float64
+    m2: torch.Tensor | None = None    # [d, d] float64
+
+    @staticmethod
+    def of(features: torch.Tensor) -> "Moments":
+        f = features.double().cpu()
+        mean = f.mean(dim=0)
+        centred = f - mean
+        return Moments(len(f), mean, centred.T @ centred)
+
+    def merge(self, other: "Moments") -> "Moments":
+        if other.count == 0 or self.count == 0:
+            return other if self.count == 0 else self
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        return Moments(n, self.mean + delta * (other.count / n),
+                       self.m2 + other.m2 + torch.outer(delta, delta) * (self.count * other.count / n))
+
+    def gaussian(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and unbiased covariance, as gaussian_stats gives them for the whole set at once."""
+        return self.mean.numpy(), (self.m2 / (self.count - 1)).numpy()
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

@@ -52,13 +52,13 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images_uint8: torch.Tensor, desc: str = "Inception features",
-                 checkpoint: Path | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 checkpoint: Path | None = None, show: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """With `checkpoint`, the features done so far are saved there every few seconds and a later
         call on the same images continues from them: an interrupted evaluation keeps its work."""
         feats, logits = self._resume(checkpoint)
         done = sum(len(f) for f in feats)
         saved_at = time.monotonic()
-        with bar(len(images_uint8), desc, initial=done) as progress:
+        with bar(len(images_uint8), desc, initial=done, show=show) as progress:
             for chunk in images_uint8[done:].split(self.batch):
                 x = chunk.to(self.device).float()
                 if x.shape[1] == 1:

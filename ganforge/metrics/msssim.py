@@ -63,15 +63,21 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, max_val: float = 255.0, floor: flo
 def mean_ms_ssim(images_uint8: torch.Tensor, pairs: int = 10_000, seed: int = 0, batch: int = 500,
                  device: str | torch.device = "cpu") -> dict:
     """Mean MS-SSIM over random pairs of distinct images of one set."""
-    n = len(images_uint8)
-    if n < 2:
+    if len(images_uint8) < 2:
         raise OptionError("MS-SSIM needs at least two images")
-    g = torch.Generator().manual_seed(seed)
-    first = torch.randint(0, n, (pairs,), generator=g)
-    second = (first + torch.randint(1, n, (pairs,), generator=g)) % n  # never an image with itself
+    values = random_pairs_ms_ssim(images_uint8, pairs, torch.Generator().manual_seed(seed), batch, device, show=True)
+    return {"ms_ssim": values.mean().item(), "pairs": pairs}
+
+
+def random_pairs_ms_ssim(images_uint8: torch.Tensor, pairs: int, generator: torch.Generator, batch: int = 500,
+                         device: str | torch.device = "cpu", show: bool = False) -> torch.Tensor:
+    """MS-SSIM of `pairs` random pairs of distinct images of a set (at least two): a [pairs] tensor."""
+    n = len(images_uint8)
+    first = torch.randint(0, n, (pairs,), generator=generator)
+    second = (first + torch.randint(1, n, (pairs,), generator=generator)) % n  # never an image with itself
     values = []
-    with bar(pairs, "MS-SSIM", unit="pair") as progress:
+    with bar(pairs, "MS-SSIM", unit="pair", show=show) as progress:
         for i, j in zip(first.split(batch), second.split(batch)):
-            values.append(ms_ssim(images_uint8[i].to(device).float(), images_uint8[j].to(device).float()))
+            values.append(ms_ssim(images_uint8[i].to(device).float(), images_uint8[j].to(device).float()).cpu())
             progress.update(len(i))
-    return {"ms_ssim": torch.cat(values).mean().item(), "pairs": pairs}
+    return torch.cat(values) if values else torch.empty(0)

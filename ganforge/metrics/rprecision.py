@@ -31,14 +31,23 @@ def fit_matcher(images_uint8: torch.Tensor, caption_emb: torch.Tensor, start: to
 def r_precision(matcher: Matcher, images: torch.Tensor, caption_ids: torch.Tensor, caption_emb: torch.Tensor,
                 text_ids: torch.Tensor, candidates: int = 100, seed: int = 0) -> dict:
     """Top-1 R-precision of images (float, [-1, 1]) generated from `caption_ids`."""
-    g = torch.Generator().manual_seed(seed)
+    hits, own_cosine = r_precision_counts(matcher, images, caption_ids, caption_emb, text_ids,
+                                          torch.Generator().manual_seed(seed), candidates)
+    return {"r_precision": hits / len(images), "match_score": 100 * own_cosine / len(images), "candidates": candidates}
+
+
+@torch.no_grad()
+def r_precision_counts(matcher: Matcher, images: torch.Tensor, caption_ids: torch.Tensor, caption_emb: torch.Tensor,
+                       text_ids: torch.Tensor, generator: torch.Generator, candidates: int = 100) -> tuple[int, float]:
+    """How many images rank their own caption first among `candidates`, and the sum of their own
+    cosines (negative counted as 0): the sums from which a set's figures are made, a batch at a time."""
     emb, text_ids, caption_ids = caption_emb.cpu(), text_ids.cpu(), caption_ids.cpu()
     hits, own_cosine = 0, 0.0
     for i in range(len(images)):
-        others = torch.randint(0, len(emb), (candidates * 3,), generator=g)
+        others = torch.randint(0, len(emb), (candidates * 3,), generator=generator)
         others = others[text_ids[others] != text_ids[caption_ids[i]]][: candidates - 1]  # never its own text
         pool = torch.cat([caption_ids[i:i + 1], others])
         sim = matcher.similarity(images[i:i + 1].float(), emb[pool])[0]
         hits += int(sim.argmax() == 0)
         own_cosine += max(sim[0].item(), 0.0)
-    return {"r_precision": hits / len(images), "match_score": 100 * own_cosine / len(images), "candidates": candidates}
+    return hits, own_cosine

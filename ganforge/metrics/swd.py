@@ -89,35 +89,51 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator: torch.Genera
     return sum(dists) / len(dists)
 
 
+def raw_descriptors(images_uint8: torch.Tensor, per_image: int, generator: torch.Generator,
+                    device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Unnormalised descriptors [N * per_image, C, 7, 7] of every pyramid level of a few uint8
+    images, on the CPU: sets are described a batch at a time and normalised once whole."""
+    levels = laplacian_pyramid(images_uint8.to(device).float())
+    return [patch_descriptors(level, per_image, generator).cpu() for level in levels]
+
+
 def describe(images_uint8: torch.Tensor, per_image: int, generator: torch.Generator, batch: int = 256,
              device: str | torch.device = "cpu", side: str = "images") -> list[torch.Tensor]:
-    """Normalised descriptors of every pyramid level for a set of uint8 images [N, C, H, W]."""
+    """Unnormalised descriptors of every pyramid level for a set of uint8 images [N, C, H, W]."""
     per_level: list[list[torch.Tensor]] = []
     with bar(len(images_uint8), f"SWD patches ({side})") as progress:
         for chunk in images_uint8.split(batch):
-            levels = laplacian_pyramid(chunk.to(device).float())
-            if not per_level:
-                per_level = [[] for _ in levels]
+            levels = raw_descriptors(chunk, per_image, generator, device)
+            per_level = per_level or [[] for _ in levels]
             for i, level in enumerate(levels):
-                per_level[i].append(patch_descriptors(level, per_image, generator))
+                per_level[i].append(level)
             progress.update(len(chunk))
-    return [normalize_descriptors(torch.cat(d)) for d in per_level]
+    return [torch.cat(d) for d in per_level]
+
+
+def swd_of_descriptors(real: list[torch.Tensor], fake: list[torch.Tensor], resolution: int, seed: int = 0) -> dict:
+    """SWD x1e3 per pyramid level (finest first, labelled by resolution) and their average, from
+    each set's unnormalised descriptors (equal counts, positions drawn alike)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    per_level = {}
+    for i, (a, b) in enumerate(zip(real, fake)):
+        per_level[str(resolution >> i)] = sliced_wasserstein(normalize_descriptors(a), normalize_descriptors(b), g) * 1e3
+    return {"swd_x1e3": per_level, "swd_avg_x1e3": sum(per_level.values()) / len(per_level)}
+
+
+def check_swd_size(resolution: int) -> None:
+    if resolution < 16:
+        raise OptionError("SWD needs images of at least 16x16")
 
 
 def swd(real_uint8: torch.Tensor, fake_uint8: torch.Tensor, seed: int = 0, per_image: int = 128,
         device: str | torch.device = "cpu") -> dict:
     """SWD x1e3 per pyramid level (finest first, labelled by resolution) and their average."""
-    if real_uint8.shape[1:] != fake_uint8.shape[1:] or len(real_uint8) != len(fake_uint8):
+    if real_uint8.shape != fake_uint8.shape:
         raise OptionError(f"SWD needs equal sets: real {tuple(real_uint8.shape)} vs fake {tuple(fake_uint8.shape)}")
-    if real_uint8.shape[-1] < 16:
-        raise OptionError("SWD needs images of at least 16x16")
+    check_swd_size(real_uint8.shape[-1])
     # Both sets draw neighbourhood positions from the same stream (positions do not depend on content),
     # so identical sets give exactly 0 and the remaining noise is that of the projections.
     real = describe(real_uint8, per_image, torch.Generator().manual_seed(seed), device=device, side="real")
     fake = describe(fake_uint8, per_image, torch.Generator().manual_seed(seed), device=device, side="generated")
-    g = torch.Generator().manual_seed(seed + 1)
-    res = real_uint8.shape[-1]
-    per_level = {}
-    for i, (a, b) in enumerate(zip(real, fake)):
-        per_level[str(res >> i)] = sliced_wasserstein(a, b, g) * 1e3
-    return {"swd_x1e3": per_level, "swd_avg_x1e3": sum(per_level.values()) / len(per_level), "n": len(real_uint8)}
+    return {**swd_of_descriptors(real, fake, real_uint8.shape[-1], seed), "n": len(real_uint8)}

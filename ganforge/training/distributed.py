@@ -45,8 +45,8 @@ def init_from_env(device_name: str) -> tuple[Dist, str]:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
-        # Rank 0 alone evaluates --metrics (minutes, at 1024x1024 more) while the others wait in the
-        # next collective: a wait the default 10-minute watchdog would end by killing the run.
+        # Longer than the default 10 minutes: a rank that has drawn fewer blocks of an evaluation
+        # (--metrics), or rank 0 writing a snapshot to a slow disk, waits in the next collective.
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     if use_cuda:
         torch.cuda.set_device(local)
@@ -87,6 +87,15 @@ def broadcast_object(obj, world_size: int):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_object(obj, world_size: int) -> list:
+    """Every rank's object, in rank order, on every rank."""
+    if world_size <= 1:
+        return [obj]
+    out = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_parameters(module: torch.nn.Module, world_size: int) -> None:

@@ -26,7 +26,8 @@ from ganforge.errors import GanforgeError, TrainingError, check_memory
 from ganforge.hardware import make_scalers, prepare_networks, resolve_device
 from ganforge.models import GanModel, Schedule, StepContext, build_model, model_class, parameter_count
 from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
-from ganforge.training.distributed import all_true, barrier, broadcast_object, broadcast_parameters, init_from_env, reduce_mean
+from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
+                                          init_from_env, reduce_mean)
 from ganforge.training.options import (TrainOptions, accumulation_rounds, check_batches, check_resume,
                                        describe_schedule, model_config, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
@@ -99,7 +100,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     """Train (or continue) a run; returns its directory.
 
     `explicit`: the options the user set (only these may override a resumed run's).
-    `evaluator_factory`: (dataset, run_dir, device) -> (model -> {metric: results}) for the run's
+    `evaluator_factory`: (dataset, run_dir, device, share) -> (model -> {metric: results}) for the run's
     --metrics; by default ganforge.metrics.evaluate.training_evaluator's, with `inception_weights`.
     """
     snapshot = read_snapshot(resume)
@@ -149,7 +150,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
     grid = SampleGrid(model, opts.seed, device)
     grid_reals, _ = RealStream(dataset, seed=opts.seed + 1, device=device).next_batch(len(grid.z))
     log.start_grids(model, grid, to_float(grid_reals), first=snapshot is None, fine=opts.sample_every < 1)
-    evaluate = evaluator_factory(dataset, run_dir, device) if opts.metrics and ddp.main else None  # rank 0's alone
+    evaluate = evaluator_factory(dataset, run_dir, device, metric_share(ddp)) if opts.metrics else None
 
     with StopFlag() as stop, contextlib.closing(log):
         while state.images_seen < total and not stop.requested:
@@ -184,7 +185,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
                 log.grids(model, state.images_seen, fine=opts.sample_every < 1)
             if evaluate is not None and (crossed(before, state.images_seen, opts.metrics_every)
                                          or state.images_seen >= total):
-                evaluate_and_keep_best(evaluate, model, state, opts, run_dir, log, stop, sched)
+                evaluate_and_keep_best(evaluate, model, state, opts, run_dir, log, stop, sched, ddp)
             if crossed(before, state.images_seen, opts.snap) or state.images_seen >= total or stop.requested:
                 # asked anew: a stop may have come while the grids were written or the metrics ran
                 if not all_true(all(bool(torch.isfinite(p).all()) for p in model.parameters()), world, device):
@@ -389,13 +390,22 @@ def write_snapshot(path: Path, snap: dict, run_dir: Path) -> None:
                             f"is intact, resume with: ganforge train --resume {run_dir}") from e
 
 
+def metric_share(ddp):
+    """Each rank's part in evaluating --metrics: all ranks make and measure samples together."""
+    from ganforge.metrics.evaluate import Share
+
+    return Share(ddp.rank, ddp.world_size, lambda obj: gather_object(obj, ddp.world_size),
+                 lambda obj: broadcast_object(obj, ddp.world_size))
+
+
 def evaluate_and_keep_best(evaluate, model: GanModel, state: RunState, opts: TrainOptions, run_dir: Path,
-                           log: RunLog, stop: "StopFlag", sched: Schedule) -> None:
-    """The run's --metrics now, logged; best.pt when the best metric improved. A stop asked for
-    meanwhile abandons the evaluation (it can take minutes) for the snapshot."""
+                           log: RunLog, stop: "StopFlag", sched: Schedule, ddp) -> None:
+    """The run's --metrics now, logged by rank 0; best.pt when the best metric improved. A stop
+    asked for meanwhile abandons the evaluation (it can take minutes) for the snapshot, when one
+    process runs alone (ranks evaluate together: they all finish it, then stop)."""
     from ganforge.metrics.evaluate import headline, improves
 
-    stop.raise_now = True
+    stop.raise_now = not ddp.active
     try:
         results = evaluate(model)
     except StopRequested:
@@ -412,7 +422,8 @@ def evaluate_and_keep_best(evaluate, model: GanModel, state: RunState, opts: Tra
         value = headline(best_name, results[best_name])
         if improves(best_name, value, state.best_value):
             state.best_value = value
-            write_snapshot(run_dir / "best.pt", state.snapshot(model, opts), run_dir)
+            if ddp.main:
+                write_snapshot(run_dir / "best.pt", state.snapshot(model, opts), run_dir)
             log.line(f"best.pt: {best_name} {value:.4g} at {state.images_seen / 1000:.1f} kimg")
 
 

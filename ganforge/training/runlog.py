@@ -123,6 +123,8 @@ class RunLog:
         """One row per metric in metric-<name>.jsonl, TensorBoard, and a log line."""
         from ganforge.metrics.evaluate import headline
 
+        if not self.main:
+            return
         kimg = images_seen / 1000
         for name, result in results.items():
             with open(self.run_dir / f"metric-{name}.jsonl", "a", encoding="utf-8") as f:

@@ -10,7 +10,6 @@ cached in `cache_dir`, when a cache folder is given.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -385,6 +384,7 @@ class Evaluator:
         return self.cache_dir / f"generated-{cache_key(*key, *self.names, BLOCK)}.partial.pt"
 
     def evaluate(self, source: Source, checkpoint: Path | None = None) -> dict[str, dict]:
+        """Every metric of a source's images against the reals: {metric: its figures}."""
         condition = source.condition
         for name in self.names:
             if METRICS[name].needs == CLASS and condition.classes is None:
@@ -410,11 +410,6 @@ class Evaluator:
             r.update(n_fake=fakes.count, n_real=self.n_real, seconds=round(time.time() - start + shared_seconds, 2))
             results[name] = r
         return results
-
-
-def append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 # --- the metrics: figures from the tallies of both sides ------------------------------------------

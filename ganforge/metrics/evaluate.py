@@ -230,7 +230,7 @@ class Evaluator:
         return self.reals.n
 
     # --- statistics computed once, kept in the cache folder --------------------------------------
-    def _cached(self, kind: str, key: tuple, build, collective: bool = False, keep: bool = True) -> dict:
+    def _cached(self, kind: str, key: tuple, build, collective: bool = False) -> dict:
         """A dict of tensors: rank 0 reads it from the cache folder when there (an unreadable file is
         rebuilt) and shares it. Else it is built (by every process when `collective`, else by rank 0
         and shared) and rank 0 stores it atomically. `build` gets a path where it may keep partial
@@ -246,7 +246,7 @@ class Evaluator:
             return state
         partial = path.with_name(path.stem + ".partial.pt") if path is not None and self.share.world == 1 else None
         state = build(partial) if collective else self.share.broadcast(build(partial) if main else None)
-        if path is not None and keep:
+        if path is not None:
             save_atomically(path, state)
         if partial is not None:
             partial.unlink(missing_ok=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import time
 import warnings
 from pathlib import Path
 
@@ -52,14 +51,12 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images_uint8: torch.Tensor, desc: str = "Inception features",
-                 checkpoint: Path | None = None, show: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """With `checkpoint`, the features done so far are saved there every few seconds and a later
-        call on the same images continues from them: an interrupted evaluation keeps its work."""
-        feats, logits = self._resume(checkpoint)
-        done = sum(len(f) for f in feats)
-        saved_at = time.monotonic()
-        with bar(len(images_uint8), desc, initial=done, show=show) as progress:
-            for chunk in images_uint8[done:].split(self.batch):
+                 show: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features (and logits) of the images, a batch at a time. An evaluation keeps its own finished
+        blocks (metrics.evaluate), so a call holds nothing worth resuming."""
+        feats, logits = [], []
+        with bar(len(images_uint8), desc, show=show) as progress:
+            for chunk in images_uint8.split(self.batch):
                 x = chunk.to(self.device).float()
                 if x.shape[1] == 1:
                     x = x.expand(-1, 3, -1, -1)
@@ -71,20 +68,7 @@ class InceptionFeatures:
                 else:
                     feats.append(out.flatten(1).double().cpu())
                 progress.update(len(chunk))
-                if checkpoint is not None and time.monotonic() - saved_at > 5:
-                    save_atomically(checkpoint, {"features": torch.cat(feats),
-                                                 "logits": torch.cat(logits) if logits else None})
-                    saved_at = time.monotonic()
         return torch.cat(feats), (torch.cat(logits) if logits else None)
-
-    @staticmethod
-    def _resume(checkpoint: Path | None) -> tuple[list, list]:
-        if checkpoint is None or not checkpoint.exists():
-            return [], []
-        state = load_or_discard(checkpoint)
-        if state is None:
-            return [], []
-        return [state["features"]], ([state["logits"]] if state.get("logits") is not None else [])
 
 
 def tf1_resize_bilinear(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -19,20 +19,25 @@ import torch
 import torch.nn.functional as F
 
 MODES = ("none", "diffaug", "ada")
+# DiffAugment's policy names, and which of the five "apply?" draws each one switches.
+OPS = {"color": (0, 1, 2), "translation": (3,), "cutout": (4,)}
 ADA_INTERVAL = 4  # steps between adjustments of p (the ADA paper's)
 # Uniforms drawn per image: five "apply?" draws, then brightness, saturation, contrast, shift x/y, cutout x/y.
 _DRAWS = 12
 
 
-def augment(batches: tuple[torch.Tensor, ...], p: torch.Tensor | float, generator: torch.Generator | None
-            ) -> tuple[torch.Tensor, ...]:
+def augment(batches: tuple[torch.Tensor, ...], p: torch.Tensor | float, generator: torch.Generator | None,
+            ops: tuple[str, ...] = tuple(OPS)) -> tuple[torch.Tensor, ...]:
     """The batches (all [N, C, H, W] in [-1, 1], the same N) augmented with one random draw: row i of
     each gets the same transforms, so a penalty that mixes a real and a fake row by row sees the
-    augmented mix. Differentiable with respect to every batch."""
+    augmented mix. Differentiable with respect to every batch. `ops` chooses among OPS; the draws are
+    the same whichever are chosen."""
     first = batches[0]
     n, size = first.shape[0], first.shape[-1]
     u = torch.rand(n, _DRAWS, generator=generator, device=first.device)
-    apply = u[:, :5] < torch.as_tensor(p, device=first.device)
+    chosen_ops = torch.zeros(5, dtype=torch.bool, device=first.device)
+    chosen_ops[[i for op in ops for i in OPS[op]]] = True
+    apply = (u[:, :5] < torch.as_tensor(p, device=first.device)) & chosen_ops
     shift = max_shift(size)
     shifts = (u[:, 8:10] * (2 * shift + 1)).floor().long().clamp(max=2 * shift) - shift
     cut = round(size / 2)
@@ -92,10 +97,12 @@ class Augmenter:
     running sum of D's verdicts on reals. Everything stays on the device: no step waits for the host."""
 
     def __init__(self, mode: str, device: torch.device, seed: int, p: float | None = None,
-                 target: float = 0.6, ada_kimg: float = 500.0):
+                 target: float = 0.6, ada_kimg: float = 500.0, ops: tuple[str, ...] = tuple(OPS)):
         if mode not in MODES:
             raise ValueError(f"augmentation {mode!r}: one of {', '.join(MODES)}")
-        self.mode, self.target, self.ada_kimg = mode, target, ada_kimg
+        if not ops or any(op not in OPS for op in ops):
+            raise ValueError(f"augmentations {', '.join(ops)}: some of {', '.join(OPS)}")
+        self.mode, self.target, self.ada_kimg, self.ops = mode, target, ada_kimg, tuple(ops)
         self.adaptive = mode == "ada" and p is None
         start = p if p is not None else (1.0 if mode == "diffaug" else 0.0)
         self.p = torch.tensor(float(start), device=device)
@@ -111,15 +118,16 @@ class Augmenter:
         """One line for log.txt."""
         if not self.active:
             return "augmentation: none"
+        ops = ", ".join(self.ops)
         if not self.adaptive:
-            return f"augmentation: {self.mode}, each transform with p = {self.p.item():g}"
-        return (f"augmentation: ada, p from {self.p.item():g}, raised while r_t = E[sign(D(reals))] > {self.target:g} "
+            return f"augmentation: {self.mode} ({ops}), each transform with p = {self.p.item():g}"
+        return (f"augmentation: ada ({ops}), p from {self.p.item():g}, raised while r_t = E[sign(D(reals))] > {self.target:g} "
                 f"(0 to 1 in {self.ada_kimg:g} kimg at the fastest)")
 
     def __call__(self, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not self.active:
             return batches
-        return augment(batches, self.p, self.generator)
+        return augment(batches, self.p, self.generator, self.ops)
 
     def observe(self, real_scores: torch.Tensor | None, batch: int, reduce_mean=lambda t: t) -> dict:
         """After a step: D's scores of its reals (positive = judged real) move p every ADA_INTERVAL

@@ -82,8 +82,9 @@ def option_from(name: str, **override):
     kwargs = dict(default=spec.default if spec.default is not MISSING else None, help=form["help"])
     if form.get("flag"):
         flag = f"{flag}/--no-{name.replace('_', '-')}"
-    elif form.get("comma"):
-        kwargs["default"] = ""
+    elif form.get("comma"):  # given as a,b,c and kept as a list
+        kwargs.update(default=",".join(spec.default_factory()),
+                      callback=lambda ctx, param, value: [v.strip() for v in value.split(",") if v.strip()])
     elif form.get("models"):
         kwargs["type"] = _ModelChoice()
     elif form.get("choices"):

@@ -67,6 +67,18 @@ def test_p_zero_is_the_identity_and_p_one_changes_every_image():
     assert all(not torch.equal(a, b) for a, b in zip(changed, x))
 
 
+def test_chosen_augmentations_apply_alone():
+    x = images(channels=1).mul(0.9)
+    (cut,) = augment((x,), 1.0, torch.Generator().manual_seed(0), ("cutout",))
+    zeroed = cut == 0
+    assert torch.equal(torch.where(zeroed, x, cut), x)  # every pixel kept or cut out
+    assert (zeroed.flatten(1).sum(1) == 8 * 8).all()  # an 8x8 square in each 16x16 image, nothing else
+    (coloured,) = augment((x,), 1.0, torch.Generator().manual_seed(0), ("color",))
+    assert all(not torch.equal(a, b) for a, b in zip(coloured, x))
+    for before, after in zip(x.flatten(1), coloured.flatten(1)):  # brightness and contrast: nothing moves
+        assert (after[before.argsort()].diff() >= 0).all()
+
+
 def test_images_no_transform_touches_come_back_as_they_were_even_out_of_range():
     """A linear-output G's fakes may leave [-1, 1]: untouched, D must see them as they are (they were
     clamped once, and BEGAN's G drifted out of range unseen)."""
@@ -168,7 +180,7 @@ def test_auto_means_ada_below_30000_images_and_is_recorded(tmp_path):
     assert resolve_augment(TrainOptions(augment_p=0.2), 10**6).augment == "diffaug"
     run = train(TrainOptions(**TINY, kimg=0.032, outdir=str(tmp_path)), progress=False)
     assert json.loads((run / "training_options.json").read_text())["augment"] == "ada"  # MNIST: 5,000 images
-    assert "augmentation: ada, p from 0" in (run / "log.txt").read_text()
+    assert "augmentation: ada (color, translation, cutout), p from 0" in (run / "log.txt").read_text()
 
 
 def test_runs_from_before_augmentation_resume_without_it():
@@ -201,3 +213,8 @@ def test_augment_p_must_be_a_probability_with_augmentation_on(tmp_path):
         train(TrainOptions(**TINY, kimg=0.016, augment_p=1.5, outdir=str(tmp_path)), progress=False)
     with pytest.raises(TrainingError, match="--augment-p 0.5"):
         train(TrainOptions(**TINY, kimg=0.016, augment="none", augment_p=0.5, outdir=str(tmp_path)), progress=False)
+
+
+def test_augment_ops_are_checked_by_name(tmp_path):
+    with pytest.raises(TrainingError, match="--augment-ops color,blur: a comma list of color, translation, cutout"):
+        train(TrainOptions(**TINY, kimg=0.016, augment_ops=["color", "blur"], outdir=str(tmp_path)), progress=False)

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from ganforge.augment import Augmenter
+from ganforge.augment import OPS as AUGMENT_OPS, Augmenter
 from ganforge.data import ImagesTooSmall, RealStream, load_dataset, to_float
 from ganforge.errors import GanforgeError, TrainingError, check_memory
 from ganforge.hardware import make_scalers, prepare_networks, resolve_device
@@ -120,7 +120,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                      scalers=make_scalers(opts.precision, device), generator=torch.Generator(device).manual_seed(opts.seed),
                      stream=RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=device, workers=opts.workers,
                                        rank=ddp.rank, world_size=world),
-                     augmenter=Augmenter(opts.augment, device, opts.seed, opts.augment_p, opts.ada_target, opts.ada_kimg))
+                     augmenter=Augmenter(opts.augment, device, opts.seed, opts.augment_p, opts.ada_target, opts.ada_kimg,
+                                         tuple(opts.augment_ops)))
     broadcast_parameters(model, world)
     run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
     try:
@@ -229,6 +230,8 @@ def run_options(opts: TrainOptions, snapshot: dict | None, explicit: set[str], r
         raise TrainingError(f"--kimg {opts.kimg:g} is less than one image")
     if opts.augment_p is not None and (opts.augment == "none" or not 0 <= opts.augment_p <= 1):
         raise TrainingError(f"--augment-p {opts.augment_p:g}: a probability from 0 to 1, with --augment ada or diffaug")
+    if not opts.augment_ops or any(op not in AUGMENT_OPS for op in opts.augment_ops):
+        raise TrainingError(f"--augment-ops {','.join(opts.augment_ops)}: a comma list of {', '.join(AUGMENT_OPS)}")
     if opts.batch is not None:  # the real batch alone, as uint8 and float, before any network
         check_memory(opts.batch * (opts.channels or 3) * opts.resolution**2 * 5, f"--batch {opts.batch} at "
                      f"{opts.resolution}x{opts.resolution}", "--batch")

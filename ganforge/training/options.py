@@ -38,6 +38,8 @@ class TrainOptions:
                           choices=["auto", "ada", "diffaug", "none"])
     augment_p: float | None = option(None, "Fix the probability p of each augmentation [default: 1 for diffaug; "
                                      "ada starts at 0 and adapts]", fraction=True)
+    augment_ops: list[str] = option(lambda: ["color", "translation", "cutout"], "Which augmentations: a comma list "
+                                    "of color, translation, cutout (DiffAugment's policy)", comma=True)
     ada_target: float = option(0.6, "ada: the r_t = E[sign(D(reals))] above which p rises", fraction=True)
     ada_kimg: float = option(500.0, "ada: kimg for p to go from 0 to 1 at the fastest", positive=True)
     split: str = option("train", "Which split.csv rows to use (captioned layout)", choices=["train", "test", "all"])

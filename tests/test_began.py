@@ -28,6 +28,7 @@ def test_m_global_and_reconstruction_loss_hand_computed():
     v = torch.tensor([[[[1.0, -1.0], [0.5, 0.0]]]])
     r = torch.tensor([[[[0.5, -1.0], [0.0, 1.0]]]])
     assert reconstruction_loss(v, r).item() == pytest.approx((0.5 + 0 + 0.5 + 1.0) / 4)
+    assert reconstruction_loss(v, r, eta=2).item() == pytest.approx((0.25 + 0 + 0.25 + 1.0) / 4)  # the L2 target norm
 
 
 @pytest.mark.parametrize("resolution", [8, 32, 64, 128])

@@ -1,6 +1,7 @@
 """BEGAN: boundary equilibrium GAN (Berthelot et al. 2017; SPEC.md section 3).
 
-D is an autoencoder and L(v) = mean |v - D(v)| its reconstruction loss. D lowers L on reals and
+D is an autoencoder and L(v) = mean |v - D(v)|^eta its reconstruction loss (eta = 1 or 2, the
+paper's target norm). D lowers L on reals and
 raises it on fakes; G lowers L on its fakes. The equilibrium term k_t decides how hard D pushes
 fakes away, so that E[L(G(z))] = gamma E[L(x)]:
 
@@ -28,9 +29,9 @@ from ganforge.errors import OptionError
 from ganforge.models.base import Condition, GanModel, StepContext, adam, check_resolution
 
 
-def reconstruction_loss(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-    """L(v) = mean |v - D(v)|, per-pixel L1 averaged over the batch."""
-    return (images.float() - reconstructions.float()).abs().mean()
+def reconstruction_loss(images: torch.Tensor, reconstructions: torch.Tensor, eta: int = 1) -> torch.Tensor:
+    """L(v) = mean |v - D(v)|^eta, per pixel, averaged over the batch (the paper's eta: 1 or 2)."""
+    return (images.float() - reconstructions.float()).abs().pow(eta).mean()
 
 
 def k_t_update(k_t: torch.Tensor, loss_real: torch.Tensor, loss_fake_g: torch.Tensor, gamma: float,
@@ -125,7 +126,7 @@ class BEGAN(GanModel):
     default_batch = 16  # the paper's
     stat_panels = ("began",)  # M_global, k_t and the learning rate each on a panel of its own
     latent_interpolation = "lerp"  # z fills the cube [-1, 1]^d: straight lines stay inside it
-    defaults = dict(z_dim=64, h_dim=64, base_channels=64, gamma=0.5, lambda_k=0.001, lr=1e-4, lr_floor=2e-5,
+    defaults = dict(z_dim=64, h_dim=64, base_channels=64, gamma=0.5, lambda_k=0.001, eta=1, lr=1e-4, lr_floor=2e-5,
                     lr_window_kimg=100.0, beta1=0.5, beta2=0.999, skip=False)
 
     def __init__(self, config: dict):
@@ -135,6 +136,8 @@ class BEGAN(GanModel):
         check_resolution("BEGAN", r, note=" (its smallest map is 8x8)")
         if not 0 < config["gamma"] <= 1:
             raise OptionError(f"--gamma {config['gamma']}: must be in (0, 1]")
+        if config["eta"] not in (1, 2):
+            raise OptionError(f"--model-opt eta={config['eta']}: the target norm is 1 or 2")
         self.G = Decoder(r, c, n, config["z_dim"], config["skip"])
         self.D = Autoencoder(r, c, n, config["h_dim"], config["skip"])
         self.G.apply(xavier_init)
@@ -162,15 +165,15 @@ class BEGAN(GanModel):
                 fakes = self.G(z)
             reals, fakes = ctx.augment(reals, fakes)  # D reconstructs the augmented image it was given
             recon_real = self.D(reals)
-            loss_real = reconstruction_loss(reals, recon_real)
-            loss_fake = reconstruction_loss(fakes, self.D(fakes))
+            loss_real = reconstruction_loss(reals, recon_real, self.config["eta"])
+            loss_fake = reconstruction_loss(fakes, self.D(fakes), self.config["eta"])
             # An autoencoder judges a real real when it reconstructs it better than it does the fakes.
-            ctx.real_scores = (loss_fake - (recon_real.float() - reals.float()).abs().flatten(1).mean(1)).detach()
+            ctx.real_scores = (loss_fake - (recon_real.float() - reals.float()).abs().pow(self.config["eta"]).flatten(1).mean(1)).detach()
             ctx.stats.update({"loss/L_real": loss_real.detach(), "loss/D": (loss_real - self.k_t * loss_fake).detach()})
             return loss_real - self.k_t * loss_fake
         if phase == "G":
             (fakes,) = ctx.augment(self.G(z))
-            loss_fake_g = reconstruction_loss(fakes, self.D(fakes))
+            loss_fake_g = reconstruction_loss(fakes, self.D(fakes), self.config["eta"])
             ctx.stats["loss/L_fake"] = loss_fake_g.detach()
             return loss_fake_g
         raise ValueError(f"unknown phase {phase}")

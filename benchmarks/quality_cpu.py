@@ -44,7 +44,7 @@ RECIPES = {
     "cdcgan": ["--model", "cdcgan", "--kimg", "50"],
     "dfgan": ["--model", "dfgan", "--data", "mnist-captions", "--kimg", "50"],
     "began": ["--model", "began", "--data", "mnist", "--resolution", "32", "--gamma", "1",
-              "--model-opt", "lambda_k=0.01", "--model-opt", "base_channels=32", "--kimg", "50"],
+              "--model-opt", "lambda_k=0.01", "--model-opt", "eta=2", "--model-opt", "base_channels=32", "--kimg", "50"],
     "pggan": ["--model", "pggan", "--data", "{emoji}", "--resolution", "32", "--model-opt", "preset=cpu",
               "--kimg", "70", "--snap", "10"],
 }

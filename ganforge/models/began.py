@@ -1,9 +1,8 @@
 """BEGAN: boundary equilibrium GAN (Berthelot et al. 2017; SPEC.md section 3).
 
-D is an autoencoder and L(v) = mean |v - D(v)|^eta its reconstruction loss (eta = 1 or 2, the
-paper's target norm). D lowers L on reals and
-raises it on fakes; G lowers L on its fakes. The equilibrium term k_t decides how hard D pushes
-fakes away, so that E[L(G(z))] = gamma E[L(x)]:
+D is an autoencoder and L(v) = mean |v - D(v)|^eta its reconstruction loss (eta 1 or 2, the
+paper's target norm). D lowers L on reals and raises it on fakes; G lowers L on its fakes. The
+equilibrium term k_t decides how hard D pushes fakes away, so that E[L(G(z))] = gamma E[L(x)]:
 
     L_D = L(x) - k_t L(G(z_D))         L_G = L(G(z_G))
     k_{t+1} = clip(k_t + lambda_k (gamma L(x) - L(G(z_G))), 0, 1),   k_0 = 0
@@ -164,11 +163,12 @@ class BEGAN(GanModel):
             with torch.no_grad():
                 fakes = self.G(z)
             reals, fakes = ctx.augment(reals, fakes)  # D reconstructs the augmented image it was given
-            recon_real = self.D(reals)
-            loss_real = reconstruction_loss(reals, recon_real, self.config["eta"])
-            loss_fake = reconstruction_loss(fakes, self.D(fakes), self.config["eta"])
+            eta, recon_real = self.config["eta"], self.D(reals)
+            loss_real = reconstruction_loss(reals, recon_real, eta)
+            loss_fake = reconstruction_loss(fakes, self.D(fakes), eta)
             # An autoencoder judges a real real when it reconstructs it better than it does the fakes.
-            ctx.real_scores = (loss_fake - (recon_real.float() - reals.float()).abs().pow(self.config["eta"]).flatten(1).mean(1)).detach()
+            real_errors = (recon_real.float() - reals.float()).abs().pow(eta).flatten(1).mean(1)
+            ctx.real_scores = (loss_fake - real_errors).detach()
             ctx.stats.update({"loss/L_real": loss_real.detach(), "loss/D": (loss_real - self.k_t * loss_fake).detach()})
             return loss_real - self.k_t * loss_fake
         if phase == "G":

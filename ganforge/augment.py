@@ -26,18 +26,23 @@ ADA_INTERVAL = 4  # steps between adjustments of p (the ADA paper's)
 _DRAWS = 12
 
 
+def ops_mask(ops: tuple[str, ...], device=None) -> torch.Tensor:
+    """Which of the five "apply?" draws the chosen OPS switch on."""
+    return torch.tensor([any(i in OPS[op] for op in ops) for i in range(5)], device=device)
+
+
 def augment(batches: tuple[torch.Tensor, ...], p: torch.Tensor | float, generator: torch.Generator | None,
-            ops: tuple[str, ...] = tuple(OPS)) -> tuple[torch.Tensor, ...]:
+            chosen: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """The batches (all [N, C, H, W] in [-1, 1], the same N) augmented with one random draw: row i of
     each gets the same transforms, so a penalty that mixes a real and a fake row by row sees the
-    augmented mix. Differentiable with respect to every batch. `ops` chooses among OPS; the draws are
-    the same whichever are chosen."""
+    augmented mix. Differentiable with respect to every batch. `chosen` (an ops_mask) limits the
+    transforms; the draws are the same whichever are chosen."""
     first = batches[0]
     n, size = first.shape[0], first.shape[-1]
     u = torch.rand(n, _DRAWS, generator=generator, device=first.device)
-    chosen_ops = torch.zeros(5, dtype=torch.bool, device=first.device)
-    chosen_ops[[i for op in ops for i in OPS[op]]] = True
-    apply = (u[:, :5] < torch.as_tensor(p, device=first.device)) & chosen_ops
+    apply = u[:, :5] < torch.as_tensor(p, device=first.device)
+    if chosen is not None:
+        apply = apply & chosen
     shift = max_shift(size)
     shifts = (u[:, 8:10] * (2 * shift + 1)).floor().long().clamp(max=2 * shift) - shift
     cut = round(size / 2)
@@ -103,6 +108,7 @@ class Augmenter:
         if not ops or any(op not in OPS for op in ops):
             raise ValueError(f"augmentations {', '.join(ops)}: some of {', '.join(OPS)}")
         self.mode, self.target, self.ada_kimg, self.ops = mode, target, ada_kimg, tuple(ops)
+        self.chosen = ops_mask(self.ops, device)  # made once: no host-to-device copy per step
         self.adaptive = mode == "ada" and p is None
         start = p if p is not None else (1.0 if mode == "diffaug" else 0.0)
         self.p = torch.tensor(float(start), device=device)
@@ -127,7 +133,7 @@ class Augmenter:
     def __call__(self, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not self.active:
             return batches
-        return augment(batches, self.p, self.generator, self.ops)
+        return augment(batches, self.p, self.generator, self.chosen)
 
     def observe(self, real_scores: torch.Tensor | None, batch: int, reduce_mean=lambda t: t) -> dict:
         """After a step: D's scores of its reals (positive = judged real) move p every ADA_INTERVAL

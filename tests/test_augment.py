@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ganforge.augment import ADA_INTERVAL, Augmenter, _transform, augment
+from ganforge.augment import ADA_INTERVAL, Augmenter, _transform, augment, ops_mask
 from ganforge.data import load_dataset
 from ganforge.models import Schedule, StepContext, build_model
 from ganforge.snapshots import load_snapshot
@@ -69,11 +69,11 @@ def test_p_zero_is_the_identity_and_p_one_changes_every_image():
 
 def test_chosen_augmentations_apply_alone():
     x = images(channels=1).mul(0.9)
-    (cut,) = augment((x,), 1.0, torch.Generator().manual_seed(0), ("cutout",))
+    (cut,) = augment((x,), 1.0, torch.Generator().manual_seed(0), ops_mask(("cutout",)))
     zeroed = cut == 0
     assert torch.equal(torch.where(zeroed, x, cut), x)  # every pixel kept or cut out
     assert (zeroed.flatten(1).sum(1) == 8 * 8).all()  # an 8x8 square in each 16x16 image, nothing else
-    (coloured,) = augment((x,), 1.0, torch.Generator().manual_seed(0), ("color",))
+    (coloured,) = augment((x,), 1.0, torch.Generator().manual_seed(0), ops_mask(("color",)))
     assert all(not torch.equal(a, b) for a, b in zip(coloured, x))
     for before, after in zip(x.flatten(1), coloured.flatten(1)):  # brightness and contrast: nothing moves
         assert (after[before.argsort()].diff() >= 0).all()

@@ -28,9 +28,14 @@ from ganforge.errors import OptionError
 from ganforge.models.base import Condition, GanModel, StepContext, adam, check_resolution
 
 
+def reconstruction_errors(images: torch.Tensor, reconstructions: torch.Tensor, eta: int = 1) -> torch.Tensor:
+    """L(v) = mean |v - D(v)|^eta over each image's pixels (the paper's eta: 1 or 2), one per image."""
+    return (images.float() - reconstructions.float()).abs().pow(eta).flatten(1).mean(1)
+
+
 def reconstruction_loss(images: torch.Tensor, reconstructions: torch.Tensor, eta: int = 1) -> torch.Tensor:
-    """L(v) = mean |v - D(v)|^eta, per pixel, averaged over the batch (the paper's eta: 1 or 2)."""
-    return (images.float() - reconstructions.float()).abs().pow(eta).mean()
+    """L averaged over the batch."""
+    return reconstruction_errors(images, reconstructions, eta).mean()
 
 
 def k_t_update(k_t: torch.Tensor, loss_real: torch.Tensor, loss_fake_g: torch.Tensor, gamma: float,
@@ -163,11 +168,11 @@ class BEGAN(GanModel):
             with torch.no_grad():
                 fakes = self.G(z)
             reals, fakes = ctx.augment(reals, fakes)  # D reconstructs the augmented image it was given
-            eta, recon_real = self.config["eta"], self.D(reals)
-            loss_real = reconstruction_loss(reals, recon_real, eta)
+            eta = self.config["eta"]
+            real_errors = reconstruction_errors(reals, self.D(reals), eta)
+            loss_real = real_errors.mean()
             loss_fake = reconstruction_loss(fakes, self.D(fakes), eta)
             # An autoencoder judges a real real when it reconstructs it better than it does the fakes.
-            real_errors = (recon_real.float() - reals.float()).abs().pow(eta).flatten(1).mean(1)
             ctx.real_scores = (loss_fake - real_errors).detach()
             ctx.stats.update({"loss/L_real": loss_real.detach(), "loss/D": (loss_real - self.k_t * loss_fake).detach()})
             return loss_real - self.k_t * loss_fake

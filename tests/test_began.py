@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ganforge.models import Schedule, StepContext, build_model
-from ganforge.models.began import k_t_update, m_global, reconstruction_loss
+from ganforge.models.began import k_t_update, m_global, mode_seeking_loss, reconstruction_loss
 
 
 def t(x):
@@ -29,6 +29,27 @@ def test_m_global_and_reconstruction_loss_hand_computed():
     r = torch.tensor([[[[0.5, -1.0], [0.0, 1.0]]]])
     assert reconstruction_loss(v, r).item() == pytest.approx((0.5 + 0 + 0.5 + 1.0) / 4)
     assert reconstruction_loss(v, r, eta=2).item() == pytest.approx((0.25 + 0 + 0.25 + 1.0) / 4)  # the L2 target norm
+
+
+def test_mode_seeking_loss_hand_computed():
+    # One pair: mean |G(z1) - G(z2)| = (|1 - 0| + |0 - 0.5|) / 2 = 0.75 and mean |z1 - z2| = (0.5 + 1) / 2 = 0.75,
+    # so the ratio is 1 and the loss 1 / (1 + 1e-5).
+    images = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 0.5]]]])
+    z = torch.tensor([[0.5, -1.0], [0.0, 0.0]])
+    assert mode_seeking_loss(images, z).item() == pytest.approx(1 / (1 + 1e-5), rel=1e-7)
+    assert mode_seeking_loss(images * 2, z).item() == pytest.approx(1 / (2 + 1e-5), rel=1e-7)  # more diverse: lower
+    assert mode_seeking_loss(images[:1], z[:1]).item() == 0.0  # no pair in a batch of one
+
+
+def test_mode_seeking_weight_adds_the_term_to_g_loss():
+    torch.manual_seed(0)
+    model = build_model("began", dict(resolution=8, channels=1, base_channels=4, mode_seeking=0.5))
+    z = model.sample_latents(4)
+    ctx = StepContext(latents=lambda n: z, schedule=Schedule(8, 4))
+    fakes = model.G(z)
+    expected = reconstruction_loss(fakes, model.D(fakes)) + 0.5 * mode_seeking_loss(fakes, z)
+    assert model.loss("G", torch.zeros(4, 1, 8, 8), None, ctx).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert ctx.stats["loss/mode_seeking"].item() == pytest.approx(mode_seeking_loss(fakes, z).item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("resolution", [8, 32, 64, 128])

@@ -14,6 +14,12 @@ n x 8 x 8 and upsamples by nearest neighbour. G has the decoder's shape with its
 z ~ U[-1, 1]. With `skip`, the first 8x8 map h0 is upsampled and concatenated after every
 upsampling (the paper's skip connections). The learning rate halves whenever the mean M_global over
 a window of `lr_window_kimg` does not improve on the best window so far, down to `lr_floor`.
+
+Not in the paper: `mode_seeking` > 0 adds MSGAN's mode-seeking term (Mao et al. 2019) to G's loss,
+weight / (mean |G(z1) - G(z2)| / mean |z1 - z2|) over the batch's two halves. On sparse images a
+reconstruction loss is lowest where there is least ink, so G drifts to the thinnest images (ones,
+on digits) while the equilibrium, which holds only on average, lets it; the term rewards G for
+sending distant latents to distant images.
 """
 
 from __future__ import annotations
@@ -47,6 +53,15 @@ def k_t_update(k_t: torch.Tensor, loss_real: torch.Tensor, loss_fake_g: torch.Te
 def m_global(loss_real: torch.Tensor, loss_fake_g: torch.Tensor, gamma: float) -> torch.Tensor:
     """Convergence measure M_global = L(x) + |gamma L(x) - L(G(z_G))|."""
     return loss_real + (gamma * loss_real - loss_fake_g).abs()
+
+
+def mode_seeking_loss(images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """1 / (mean |G(z1) - G(z2)| / mean |z1 - z2|) over the batch's two halves (MSGAN, Mao et al. 2019)."""
+    half = images.shape[0] // 2
+    if half == 0:  # a batch of one image has no pair to compare
+        return images.new_zeros(())
+    ratio = (images[:half] - images[half:2 * half]).abs().mean() / (z[:half] - z[half:2 * half]).abs().mean()
+    return 1.0 / (ratio + 1e-5)
 
 
 def xavier_init(module: nn.Module) -> None:
@@ -131,7 +146,7 @@ class BEGAN(GanModel):
     stat_panels = ("began",)  # M_global, k_t and the learning rate each on a panel of its own
     latent_interpolation = "lerp"  # z fills the cube [-1, 1]^d: straight lines stay inside it
     defaults = dict(z_dim=64, h_dim=64, base_channels=64, gamma=0.5, lambda_k=0.001, eta=1, lr=1e-4, lr_floor=2e-5,
-                    lr_window_kimg=100.0, beta1=0.5, beta2=0.999, skip=False)
+                    lr_window_kimg=100.0, beta1=0.5, beta2=0.999, skip=False, mode_seeking=0.0)
 
     def __init__(self, config: dict):
         config = {**self.defaults, **config, "num_classes": 0}
@@ -177,9 +192,14 @@ class BEGAN(GanModel):
             ctx.stats.update({"loss/L_real": loss_real.detach(), "loss/D": (loss_real - self.k_t * loss_fake).detach()})
             return loss_real - self.k_t * loss_fake
         if phase == "G":
-            (fakes,) = ctx.augment(self.G(z))
+            images = self.G(z)
+            (fakes,) = ctx.augment(images)
             loss_fake_g = reconstruction_loss(fakes, self.D(fakes), self.config["eta"])
             ctx.stats["loss/L_fake"] = loss_fake_g.detach()
+            if self.config["mode_seeking"] > 0:
+                diversity_penalty = mode_seeking_loss(images, z)
+                ctx.stats["loss/mode_seeking"] = diversity_penalty.detach()
+                return loss_fake_g + self.config["mode_seeking"] * diversity_penalty
             return loss_fake_g
         raise ValueError(f"unknown phase {phase}")
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from ganforge.errors import OptionError
 from ganforge.models import Schedule, StepContext, build_model
 from ganforge.models.began import k_t_update, m_global, mode_seeking_loss, reconstruction_loss
 
@@ -49,7 +50,9 @@ def test_mode_seeking_weight_adds_the_term_to_g_loss():
     fakes = model.G(z)
     expected = reconstruction_loss(fakes, model.D(fakes)) + 0.5 * mode_seeking_loss(fakes, z)
     assert model.loss("G", torch.zeros(4, 1, 8, 8), None, ctx).item() == pytest.approx(expected.item(), rel=1e-6)
-    assert ctx.stats["loss/mode_seeking"].item() == pytest.approx(mode_seeking_loss(fakes, z).item(), rel=1e-6)
+    assert ctx.stats["began/mode_seeking"].item() == pytest.approx(mode_seeking_loss(fakes, z).item(), rel=1e-6)
+    with pytest.raises(OptionError, match="mode_seeking=-1"):
+        build_model("began", dict(resolution=8, channels=1, mode_seeking=-1))
 
 
 @pytest.mark.parametrize("resolution", [8, 32, 64, 128])

@@ -157,6 +157,8 @@ class BEGAN(GanModel):
             raise OptionError(f"--gamma {config['gamma']}: must be in (0, 1]")
         if config["eta"] not in (1, 2):
             raise OptionError(f"--model-opt eta={config['eta']}: the target norm is 1 or 2")
+        if config["mode_seeking"] < 0:
+            raise OptionError(f"--model-opt mode_seeking={config['mode_seeking']}: a weight, 0 (off) or more")
         self.G = Decoder(r, c, n, config["z_dim"], config["skip"])
         self.D = Autoencoder(r, c, n, config["h_dim"], config["skip"])
         self.G.apply(xavier_init)
@@ -198,7 +200,7 @@ class BEGAN(GanModel):
             ctx.stats["loss/L_fake"] = loss_fake_g.detach()
             if self.config["mode_seeking"] > 0:
                 diversity_penalty = mode_seeking_loss(images, z)
-                ctx.stats["loss/mode_seeking"] = diversity_penalty.detach()
+                ctx.stats["began/mode_seeking"] = diversity_penalty.detach()
                 return loss_fake_g + self.config["mode_seeking"] * diversity_penalty
             return loss_fake_g
         raise ValueError(f"unknown phase {phase}")

@@ -60,6 +60,7 @@ def mode_seeking_loss(images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     half = images.shape[0] // 2
     if half == 0:  # a batch of one image has no pair to compare
         return images.new_zeros(())
+    images = images.float()  # in fp32 like L: under bf16 autocast small differences would round away
     ratio = (images[:half] - images[half:2 * half]).abs().mean() / (z[:half] - z[half:2 * half]).abs().mean()
     return 1.0 / (ratio + 1e-5)
 

@@ -4,7 +4,7 @@ import torch
 
 from ganforge.errors import OptionError
 from ganforge.models import Schedule, StepContext, build_model
-from ganforge.models.began import k_t_update, m_global, mode_seeking_loss, mode_seeking_weight, reconstruction_loss
+from ganforge.models.began import k_t_update, m_global, mode_seeking_loss, reconstruction_loss
 
 
 def t(x):
@@ -53,24 +53,6 @@ def test_mode_seeking_weight_adds_the_term_to_g_loss():
     assert ctx.stats["began/mode_seeking"].item() == pytest.approx(mode_seeking_loss(fakes, z).item(), rel=1e-6)
     with pytest.raises(OptionError, match="mode_seeking=-1"):
         build_model("began", dict(resolution=8, channels=1, mode_seeking=-1))
-
-
-def test_mode_seeking_weight_decays_linearly_to_zero():
-    assert mode_seeking_weight(0.02, 0.0, 10**6) == 0.02  # no decay: constant
-    assert mode_seeking_weight(0.02, 40.0, 0) == 0.02
-    assert mode_seeking_weight(0.02, 40.0, 10_000) == pytest.approx(0.015)
-    assert mode_seeking_weight(0.02, 40.0, 40_000) == 0.0
-    assert mode_seeking_weight(0.02, 40.0, 90_000) == 0.0  # stays off after the decay
-    # Once the weight is 0 the loss is the paper's alone and the term is not logged.
-    model = build_model("began", dict(resolution=8, channels=1, base_channels=4, mode_seeking=0.5, mode_seeking_kimg=1))
-    z = model.sample_latents(4)
-    ctx = StepContext(latents=lambda n: z, schedule=Schedule(8, 4), images_seen=1000)
-    fakes = model.G(z)
-    assert model.loss("G", torch.zeros(4, 1, 8, 8), None, ctx).item() == pytest.approx(
-        reconstruction_loss(fakes, model.D(fakes)).item(), rel=1e-6)
-    assert "began/mode_seeking" not in ctx.stats
-    with pytest.raises(OptionError, match="mode_seeking_kimg=-1"):
-        build_model("began", dict(resolution=8, channels=1, mode_seeking_kimg=-1))
 
 
 @pytest.mark.parametrize("resolution", [8, 32, 64, 128])

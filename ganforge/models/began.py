@@ -19,9 +19,7 @@ Not in the paper: `mode_seeking` > 0 adds MSGAN's mode-seeking term (Mao et al. 
 weight / (mean |G(z1) - G(z2)| / mean |z1 - z2|) over the batch's two halves. On sparse images a
 reconstruction loss is lowest where there is least ink, so G drifts to the thinnest images (ones,
 on digits) while the equilibrium, which holds only on average, lets it; the term rewards G for
-sending distant latents to distant images. With `mode_seeking_kimg` > 0 its weight falls linearly
-to 0 over that many kimg, so the term spreads G over the modes early and leaves the late training
-to the paper's objective alone.
+sending distant latents to distant images.
 """
 
 from __future__ import annotations
@@ -65,13 +63,6 @@ def mode_seeking_loss(images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     images = images.float()  # in fp32 like L: under bf16 autocast small differences would round away
     ratio = (images[:half] - images[half:2 * half]).abs().mean() / (z[:half] - z[half:2 * half]).abs().mean()
     return 1.0 / (ratio + 1e-5)
-
-
-def mode_seeking_weight(weight: float, decay_kimg: float, images_seen: int) -> float:
-    """The term's weight: constant, or falling linearly to 0 over decay_kimg (when > 0)."""
-    if decay_kimg <= 0:
-        return weight
-    return weight * max(0.0, 1.0 - images_seen / (decay_kimg * 1000))
 
 
 def xavier_init(module: nn.Module) -> None:
@@ -156,8 +147,7 @@ class BEGAN(GanModel):
     stat_panels = ("began",)  # M_global, k_t and the learning rate each on a panel of its own
     latent_interpolation = "lerp"  # z fills the cube [-1, 1]^d: straight lines stay inside it
     defaults = dict(z_dim=64, h_dim=64, base_channels=64, gamma=0.5, lambda_k=0.001, eta=1, lr=1e-4, lr_floor=2e-5,
-                    lr_window_kimg=100.0, beta1=0.5, beta2=0.999, skip=False, mode_seeking=0.0,
-                    mode_seeking_kimg=0.0)
+                    lr_window_kimg=100.0, beta1=0.5, beta2=0.999, skip=False, mode_seeking=0.0)
 
     def __init__(self, config: dict):
         config = {**self.defaults, **config, "num_classes": 0}
@@ -170,8 +160,6 @@ class BEGAN(GanModel):
             raise OptionError(f"--model-opt eta={config['eta']}: the target norm is 1 or 2")
         if config["mode_seeking"] < 0:
             raise OptionError(f"--model-opt mode_seeking={config['mode_seeking']}: a weight, 0 (off) or more")
-        if config["mode_seeking_kimg"] < 0:
-            raise OptionError(f"--model-opt mode_seeking_kimg={config['mode_seeking_kimg']}: kimg, 0 (constant) or more")
         self.G = Decoder(r, c, n, config["z_dim"], config["skip"])
         self.D = Autoencoder(r, c, n, config["h_dim"], config["skip"])
         self.G.apply(xavier_init)
@@ -211,11 +199,10 @@ class BEGAN(GanModel):
             (fakes,) = ctx.augment(images)
             loss_fake_g = reconstruction_loss(fakes, self.D(fakes), self.config["eta"])
             ctx.stats["loss/L_fake"] = loss_fake_g.detach()
-            weight = mode_seeking_weight(self.config["mode_seeking"], self.config["mode_seeking_kimg"], ctx.images_seen)
-            if weight > 0:
+            if self.config["mode_seeking"] > 0:
                 diversity_penalty = mode_seeking_loss(images, z)
                 ctx.stats["began/mode_seeking"] = diversity_penalty.detach()
-                return loss_fake_g + weight * diversity_penalty
+                return loss_fake_g + self.config["mode_seeking"] * diversity_penalty
             return loss_fake_g
         raise ValueError(f"unknown phase {phase}")
 

@@ -211,11 +211,24 @@ def test_the_page_in_chromium_shows_samples_walks_and_a_run_as_it_trains(roots, 
         # The walk: dragging t to the end shows seed B's sample.
         open_tab("Walk")
         start_src, _ = wait_for(lambda: picture("walk"), 30, "the walk")
-        slider = find(By.CSS_SELECTOR, "#t input[type=range]")
-        driver.execute_script("arguments[0].value = 1; arguments[0].dispatchEvent(new Event('input', {bubbles: true}));"
-                              "arguments[0].dispatchEvent(new Event('change', {bubbles: true}));"
-                              "arguments[0].dispatchEvent(new PointerEvent('pointerup', {bubbles: true}));", slider)
-        wait_for(lambda: picture("walk")[0] != start_src, 30, "the walk to move")
+
+        def drag_to_end():
+            """Drag t to 1; true once the walk shows another image. The drag is sent again on each look:
+            on a busy machine (the live run trains beside the page) the slider may be re-rendered
+            after the tab opens, and a drag sent to the old element is lost."""
+            if picture("walk")[0] != start_src:
+                return True
+            driver.execute_script("arguments[0].value = 1; arguments[0].dispatchEvent(new Event('input', {bubbles: true}));"
+                                  "arguments[0].dispatchEvent(new Event('change', {bubbles: true}));"
+                                  "arguments[0].dispatchEvent(new PointerEvent('pointerup', {bubbles: true}));",
+                                  find(By.CSS_SELECTOR, "#t input[type=range]"))
+            time.sleep(2)
+            return picture("walk")[0] != start_src
+
+        try:
+            wait_for(drag_to_end, 90, "the walk to move")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the page says: {message()!r}") from None
 
         # An unknown run is a message, not a page of errors.
         driver.get(f"{url}?run=nope/../../etc")

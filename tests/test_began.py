@@ -120,3 +120,24 @@ def test_the_autoencoder_carries_its_input_from_the_first_step():
     with torch.no_grad():
         h = model.D.encoder(images)
     assert h.std(0).mean() > 0.3 * h.abs().mean()
+
+
+def test_pack_makes_d_judge_consecutive_images_stacked_along_the_channels():
+    torch.manual_seed(0)
+    model = build_model("began", dict(resolution=8, channels=3, base_channels=4, pack=2))
+    reals = torch.rand(4, 3, 8, 8) * 2 - 1
+    packed = model.pack(reals)
+    assert packed.shape == (2, 6, 8, 8)
+    assert torch.equal(packed[1, 3:], reals[3]) and torch.equal(packed[0, :3], reals[0])
+    model.k_t.fill_(0.25)
+    z = model.sample_latents(4)
+    ctx = StepContext(latents=lambda n: z, schedule=Schedule(8, 4))
+    fakes = model.pack(model.G(z))
+    expected_d = reconstruction_loss(packed, model.D(packed)) - 0.25 * reconstruction_loss(fakes, model.D(fakes))
+    assert model.loss("D", reals, None, ctx).item() == pytest.approx(expected_d.item(), rel=1e-6)
+    assert model.visuals(reals)["reconstructions"].shape == (8, 3, 8, 8)  # (real, reconstruction) pairs
+    assert model.encode(reals) is None  # D's code is of a pack, not of one image
+    with pytest.raises(OptionError, match="pack=2: the batch per process \\(3\\)"):
+        model.loss("D", reals[:3], None, ctx)
+    with pytest.raises(OptionError, match="pack=0"):
+        build_model("began", dict(resolution=8, channels=1, pack=0))

@@ -20,6 +20,13 @@ weight / (mean |G(z1) - G(z2)| / mean |z1 - z2|) over the batch's two halves. On
 reconstruction loss is lowest where there is least ink, so G drifts to the thinnest images (ones,
 on digits) while the equilibrium, which holds only on average, lets it; the term rewards G for
 sending distant latents to distant images.
+
+Also not in the paper: `pack` > 1 makes D judge packs of that many images stacked along the
+channels (PacGAN, Lin et al. 2018). D's loss weighs an image by p_data - k_t p_G, so it pushes a
+fake's loss up only where k_t p_G > p_data: with k_t near 0.17 G may draw a digit six times as
+often as the data has it before D objects. A pack of m such images is over-represented by the m-th
+power of that factor, so G may overdraw by only k_t^(-1/m): 2.4 times for m = 2, 1.6 for m = 4
+(on digits ones fell from 56-68% of the samples to 30-35% and 18%; the data has 10%).
 """
 
 from __future__ import annotations
@@ -147,7 +154,7 @@ class BEGAN(GanModel):
     stat_panels = ("began",)  # M_global, k_t and the learning rate each on a panel of its own
     latent_interpolation = "lerp"  # z fills the cube [-1, 1]^d: straight lines stay inside it
     defaults = dict(z_dim=64, h_dim=64, base_channels=64, gamma=0.5, lambda_k=0.001, eta=1, lr=1e-4, lr_floor=2e-5,
-                    lr_window_kimg=100.0, beta1=0.5, beta2=0.999, skip=False, mode_seeking=0.0)
+                    lr_window_kimg=100.0, beta1=0.5, beta2=0.999, skip=False, mode_seeking=0.0, pack=1)
 
     def __init__(self, config: dict):
         config = {**self.defaults, **config, "num_classes": 0}
@@ -160,8 +167,10 @@ class BEGAN(GanModel):
             raise OptionError(f"--model-opt eta={config['eta']}: the target norm is 1 or 2")
         if config["mode_seeking"] < 0:
             raise OptionError(f"--model-opt mode_seeking={config['mode_seeking']}: a weight, 0 (off) or more")
+        if config["pack"] < 1:
+            raise OptionError(f"--model-opt pack={config['pack']}: the number of images D judges together, 1 or more")
         self.G = Decoder(r, c, n, config["z_dim"], config["skip"])
-        self.D = Autoencoder(r, c, n, config["h_dim"], config["skip"])
+        self.D = Autoencoder(r, c * config["pack"], n, config["h_dim"], config["skip"])
         self.G.apply(xavier_init)
         self.D.apply(xavier_init)
         self.make_ema()
@@ -187,6 +196,7 @@ class BEGAN(GanModel):
                 fakes = self.G(z)
             reals, fakes = ctx.augment(reals, fakes)  # D reconstructs the augmented image it was given
             eta = self.config["eta"]
+            reals, fakes = self.pack(reals), self.pack(fakes)
             real_errors = reconstruction_errors(reals, self.D(reals), eta)
             loss_real = real_errors.mean()
             loss_fake = reconstruction_loss(fakes, self.D(fakes), eta)
@@ -197,6 +207,7 @@ class BEGAN(GanModel):
         if phase == "G":
             images = self.G(z)
             (fakes,) = ctx.augment(images)
+            fakes = self.pack(fakes)
             loss_fake_g = reconstruction_loss(fakes, self.D(fakes), self.config["eta"])
             ctx.stats["loss/L_fake"] = loss_fake_g.detach()
             if self.config["mode_seeking"] > 0:
@@ -205,6 +216,13 @@ class BEGAN(GanModel):
                 return loss_fake_g + self.config["mode_seeking"] * diversity_penalty
             return loss_fake_g
         raise ValueError(f"unknown phase {phase}")
+
+    def pack(self, images: torch.Tensor) -> torch.Tensor:
+        """Consecutive images stacked along the channels, `pack` at a time: what D judges."""
+        m = self.config["pack"]
+        if images.shape[0] % m:
+            raise OptionError(f"--model-opt pack={m}: the batch per process ({images.shape[0]}) must be a multiple of it")
+        return images.reshape(images.shape[0] // m, m * images.shape[1], *images.shape[2:])
 
     @torch.no_grad()
     def after_step(self, ctx: StepContext) -> None:
@@ -230,15 +248,19 @@ class BEGAN(GanModel):
             self.m_window_steps.zero_()
         ctx.stats["began/lr"] = torch.tensor(ctx.optimizers["G"].param_groups[0]["lr"], device=self.k_t.device)
 
+    def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
+        return self.D(self.pack(images))
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """D's encoder: its code of an image, in G's latent cube (a start for projection, free)."""
-        if self.config["h_dim"] != self.z_dim:
+        if self.config["h_dim"] != self.z_dim or self.config["pack"] > 1:
             return None
         return self.D.encoder(images).clamp(-1, 1)
 
     @torch.no_grad()
     def visuals(self, reals: torch.Tensor) -> dict[str, torch.Tensor]:
         """D's reconstructions beside the real images: pairs (real, D(real)) along each row."""
-        recon = self.D(reals).clamp(-1, 1)
+        reals = reals[:reals.shape[0] // self.config["pack"] * self.config["pack"]]
+        recon = self.D(self.pack(reals)).reshape(reals.shape).clamp(-1, 1)
         return {"reconstructions": torch.stack([reals, recon], dim=1).flatten(0, 1)}

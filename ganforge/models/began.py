@@ -261,6 +261,7 @@ class BEGAN(GanModel):
     @torch.no_grad()
     def visuals(self, reals: torch.Tensor) -> dict[str, torch.Tensor]:
         """D's reconstructions beside the real images: pairs (real, D(real)) along each row."""
-        reals = reals[:reals.shape[0] // self.config["pack"] * self.config["pack"]]
+        m = self.config["pack"]
+        reals = reals[:reals.shape[0] // m * m]  # whole packs only
         recon = self.D(self.pack(reals)).reshape(reals.shape).clamp(-1, 1)
         return {"reconstructions": torch.stack([reals, recon], dim=1).flatten(0, 1)}

@@ -117,7 +117,8 @@ def judge_began(run: Path) -> tuple[dict, bool, torch.Tensor]:
     model = load_model(run)
     resolution = model.config["resolution"]
     classifier, held_out = digit_judge(resolution)
-    reals = to_float(load_dataset("mnist", resolution, 1).images[:1000])
+    digits = load_dataset("mnist", resolution, 1).images  # sorted by digit: draw a fair sample of them
+    reals = to_float(digits[torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))[:1000]])
     images, _, _ = generate(model, 1000, seed=7)
     with torch.no_grad():
         fake_p, real_p = classifier(images).softmax(1), classifier(reals).softmax(1)

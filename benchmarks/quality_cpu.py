@@ -33,6 +33,7 @@ from torchvision.utils import save_image
 
 from ganforge.data import DIGIT_NAMES, load_dataset, to_float, to_uint8
 from ganforge.inference import generate, generate_from_prompts, load_model
+from ganforge.metrics.evaluate import sample_real
 from ganforge.metrics.conditional_accuracy import train_classifier
 from ganforge.metrics.diversity import relative_diversity
 from ganforge.metrics.swd import swd
@@ -117,8 +118,7 @@ def judge_began(run: Path) -> tuple[dict, bool, torch.Tensor]:
     model = load_model(run)
     resolution = model.config["resolution"]
     classifier, held_out = digit_judge(resolution)
-    digits = load_dataset("mnist", resolution, 1).images  # sorted by digit: draw a fair sample of them
-    reals = to_float(digits[torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))[:1000]])
+    reals = to_float(sample_real(load_dataset("mnist", resolution, 1), 1000)[0])  # the set is sorted by digit
     images, _, _ = generate(model, 1000, seed=7)
     with torch.no_grad():
         fake_p, real_p = classifier(images).softmax(1), classifier(reals).softmax(1)

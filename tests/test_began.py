@@ -141,3 +141,23 @@ def test_pack_makes_d_judge_consecutive_images_stacked_along_the_channels():
         model.loss("D", reals[:3], None, ctx)
     with pytest.raises(OptionError, match="pack=0"):
         build_model("began", dict(resolution=8, channels=1, pack=0))
+
+
+def test_denoise_gives_d_noisy_images_to_reconstruct_as_they_were():
+    torch.manual_seed(0)
+    model = build_model("began", dict(resolution=8, channels=1, base_channels=4, denoise=0.5))
+    model.k_t.fill_(0.25)
+    reals = torch.rand(4, 1, 8, 8) * 2 - 1
+    z = model.sample_latents(4)
+    ctx = StepContext(latents=lambda n: z, schedule=Schedule(8, 4), generator=torch.Generator().manual_seed(3))
+    loss_d = model.loss("D", reals, None, ctx).item()
+    noise = torch.Generator().manual_seed(3)  # the run's generator draws the reals' noise, then the fakes'
+    fakes = model.G(z)
+    noisy_reals = reals + 0.5 * torch.randn(reals.shape, generator=noise)
+    noisy_fakes = fakes + 0.5 * torch.randn(fakes.shape, generator=noise)
+    expected = reconstruction_loss(reals, model.D(noisy_reals)) - 0.25 * reconstruction_loss(fakes, model.D(noisy_fakes))
+    assert loss_d == pytest.approx(expected.item(), rel=1e-6)
+    clean = reconstruction_loss(reals, model.D(reals)) - 0.25 * reconstruction_loss(fakes, model.D(fakes))
+    assert abs(loss_d - clean.item()) > 1e-3
+    with pytest.raises(OptionError, match="denoise=-0.1"):
+        build_model("began", dict(resolution=8, channels=1, denoise=-0.1))

@@ -1,6 +1,6 @@
 """Does every model learn? Each model's CPU recipe (README, "Does it learn?"), judged independently.
 
-    python benchmarks/quality_cpu.py                        # every recipe, about 70 minutes on 2 cores
+    python benchmarks/quality_cpu.py                        # every recipe, about an hour on 2 cores
     python benchmarks/quality_cpu.py --models dfgan,began
     python benchmarks/quality_cpu.py --models pggan --emoji DIR       # PGGAN needs an RGB image folder
     python benchmarks/quality_cpu.py --judge dfgan=runs/00003-dfgan-mnist-captions   # judge a finished run

@@ -142,18 +142,18 @@ def judge_unconditional_digits(run: Path) -> tuple[dict, torch.Tensor]:
     return figures, images[:100]
 
 
-def covers_every_digit(figures: dict) -> bool:
+def varied_over_every_digit(figures: dict) -> bool:
     return min(figures["digit_shares"]) >= 0.03 and figures["diversity"] >= 0.6
 
 
 def judge_dcgan(run: Path) -> tuple[dict, bool, torch.Tensor]:
     figures, images = judge_unconditional_digits(run)
-    return figures, covers_every_digit(figures), images
+    return figures, varied_over_every_digit(figures), images
 
 
 def judge_began(run: Path) -> tuple[dict, bool, torch.Tensor]:
     figures, images = judge_unconditional_digits(run)
-    return figures, figures["recognised"] >= DCGAN_RECOGNISED and covers_every_digit(figures), images
+    return figures, figures["recognised"] >= DCGAN_RECOGNISED and varied_over_every_digit(figures), images
 
 
 def judge_pggan(run: Path) -> tuple[dict, bool, torch.Tensor]:

@@ -34,9 +34,10 @@ Gaussian noise of that standard deviation added, and L(v) compares its reconstru
 clean v; G's loss and k_t use the same errors. On digits with `pack=2` (pixels in [-1, 1]),
 sigma 0.3 kept nine or ten digits in at least 3% of the samples at 75-100 kimg where `pack=2` alone
 kept six or seven, with about as many of them clear at 100 kimg; sigma 0.5 kept all ten from 50
-kimg on; sigma 0.4, the README's recipe, kept all ten at 125 kimg on three seeds of four, 44.7-51.2%
-of the samples clear (benchmarks/RESULTS.md). Why is not settled: it does not even out D's errors on real digits
-of each class (ones at 0.88 of the mean error with sigma 0.3, 0.90 without).
+kimg on; sigma 0.4, the README's recipe, kept all ten at 125 kimg on three seeds of four, with
+44.7-51.2% of the samples clear (benchmarks/RESULTS.md). Why is not settled: it does not even out
+D's errors on real digits of each class (ones at 0.88 of the mean error with sigma 0.3, 0.90
+without).
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ganforge.hardware import restore_generator
+
 MODES = ("none", "diffaug", "ada")
 # DiffAugment's policy names, and which of the five "apply?" draws each one switches.
 OPS = {"color": (0, 1, 2), "translation": (3,), "cutout": (4,)}
@@ -112,6 +114,7 @@ class Augmenter:
         self.adaptive = mode == "ada" and p is None
         start = p if p is not None else (1.0 if mode == "diffaug" else 0.0)
         self.p = torch.tensor(float(start), device=device)
+        self.seed = seed
         self.generator = torch.Generator(device).manual_seed(seed + 7_919)  # apart from the noise's stream
         self.signs = torch.zeros(2, device=device)  # sum of sign(D(real)), count; since the last adjustment
         self.steps = 0
@@ -144,7 +147,8 @@ class Augmenter:
         if real_scores is None or not self.adaptive:
             return stats
         signs = torch.sign(real_scores.detach().float())
-        self.signs += torch.stack([signs.sum(), torch.tensor(float(signs.numel()), device=signs.device)])
+        self.signs[0] += signs.sum()
+        self.signs[1] += signs.numel()  # a number in the kernel's arguments: no copy to the device
         stats["augment/r_t"] = signs.mean()
         self.steps += 1
         if self.steps % ADA_INTERVAL == 0:
@@ -158,8 +162,10 @@ class Augmenter:
         return {"p": self.p.item(), "signs": self.signs.tolist(), "steps": self.steps,
                 "rng": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> bool:
+        """Returns False when the random stream could not be carried over (saved on another kind of
+        device) and starts afresh."""
         self.p.fill_(state["p"])
         self.signs.copy_(torch.tensor(state["signs"], device=self.signs.device))
         self.steps = state["steps"]
-        self.generator.set_state(state["rng"])
+        return restore_generator(self.generator, state["rng"], self.seed + 7_919 + 1_000_003 * self.steps)

@@ -560,28 +560,33 @@ class RealStream:
         self.dataset, self.seed, self.xflip, self.device = dataset, seed, xflip, torch.device(device)
         self.workers, self.rank, self.world_size = workers, rank, world_size
         self.position = 0
-        self._epoch_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
-        self.labels = dataset.labels_tensor()
+        self._epoch_cache: tuple | None = None
+        self.labels = to_device(dataset.labels_tensor(), self.device)
         self.images = dataset.images.to(self.device) if dataset.images is not None else None
         self.last_indices: torch.Tensor | None = None
         self._batches, self._expected = None, None  # the lazy path's loader and the next call it serves
         self._shards = shard_groups(dataset.spans) if dataset.spans is not None and dataset.images is None else None
 
-    def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The epoch's order and flips, on the host and (copied once an epoch) on the device."""
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             n = len(self.dataset)
             order = shard_major_order(self._shards, g) if self._shards else torch.randperm(n, generator=g)
-            self._epoch_cache = (epoch, order, torch.rand(n, generator=g) < 0.5)
-        return self._epoch_cache[1], self._epoch_cache[2]
+            flips = torch.rand(n, generator=g) < 0.5
+            self._epoch_cache = (epoch, order, flips, to_device(order, self.device), to_device(flips, self.device))
+        return self._epoch_cache[1:]
 
-    def indices(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dataset indices and flip flags for stream positions [start, start + count)."""
+    def indices(self, start: int, count: int, on_device: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dataset indices and flip flags for stream positions [start, start + count), on the host or
+        (`on_device`) on the stream's device, cut from the epoch's copy there: no copy per batch."""
         n = len(self.dataset)
         idx, flip = [], []
         pos = start
         while pos < start + count:
-            perm, flips = self._epoch(pos // n)
+            perm, flips, perm_there, flips_there = self._epoch(pos // n)
+            if on_device:
+                perm, flips = perm_there, flips_there
             lo = pos % n
             take = min(start + count - pos, n - lo)
             idx.append(perm[lo:lo + take])
@@ -593,19 +598,21 @@ class RealStream:
         """The next `batch` images (this rank's share when distributed) as uint8 on the device, and labels.
         `resolution`: what the model trains at now; images not held in memory are then read from the
         dataset's stored level of that size where it has one (else at full size, for the model to
-        scale down), so early progressive phases decode small files."""
-        idx, flip = self.indices(self.position, batch)
+        scale down), so early progressive phases decode small files. Indices, flips and labels are
+        cut from tensors already on the device, and decoded images come from pinned memory without
+        blocking: the host never waits for the device here."""
+        idx, flip = self.indices(self.position, batch, on_device=True)
         self.position += batch
         idx, flip = self.rank_share(idx, batch), self.rank_share(flip, batch)
-        self.last_indices = idx.to(self.device)
+        self.last_indices = idx
         if self.images is not None:
-            images = self.images[idx.to(self.device)]
+            images = self.images[idx]
         else:
             level = resolution if resolution in self.dataset.levels else self.dataset.resolution
             images = self._decoded(self.position - batch, batch, level).to(self.device, non_blocking=True)
         if self.xflip:
-            images = torch.where(flip.to(self.device)[:, None, None, None], images.flip(-1), images)
-        return images, self.labels[idx].to(self.device)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return images, self.labels[idx]
 
     # --- the lazy path: images decoded by DataLoader worker processes, ahead of the step -------------
     def _decoded(self, start: int, batch: int, level: int) -> torch.Tensor:
@@ -633,6 +640,13 @@ class RealStream:
             return idx
         share = batch // self.world_size
         return idx[self.rank * share:(self.rank + 1) * share]
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`, copied from pinned memory without blocking where that is a GPU."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def shard_groups(spans: list[tuple[str, int, int]]) -> list[torch.Tensor]:

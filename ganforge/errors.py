@@ -23,9 +23,17 @@ class MissingExtra(GanforgeError):
 
 def require(modules: str, extra: str, needed_for: str, alternative: str = "") -> None:
     """Stop with one line naming the pip extra when any of `modules` (comma-separated) is not installed."""
-    if any(importlib.util.find_spec(m) is None for m in modules.split(",")):
+    if not all(installed(m) for m in modules.split(",")):
         raise MissingExtra(f"{needed_for} needs the [{extra}] extra: pip install 'ganforge[{extra}]' "
                            f"(from a clone: pip install -e '.[{extra}]'){alternative}")
+
+
+def installed(module: str) -> bool:
+    """Whether a module can be found, without importing it (a broken install counts as missing)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def available_memory() -> int | None:

@@ -51,12 +51,28 @@ def check_precision(model, precision: str) -> None:
                             "use --precision bf16 (or tf32/fp32)")
 
 
+def set_tf32(on: bool) -> None:
+    """TF32 for fp32 matmuls and convolutions, on or off, set for every run: the process-wide flags
+    outlive a run, and cuDNN's default is on, which would make "fp32" TF32 convolutions. (For
+    bf16/fp16 the flags govern only the ops autocast keeps in fp32.) The legacy flags: PyTorch 2.9+
+    maps them onto its fp32_precision settings, and parts of PyTorch (the ONNX exporter) still read
+    them, which fails once the new settings alone were used."""
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def tf32_state() -> dict[str, bool]:
+    """Whether matmuls and convolutions in fp32 run as TF32 now (for tests and the GPU check's labels)."""
+    return {"matmul": torch.backends.cuda.matmul.allow_tf32, "conv": torch.backends.cudnn.allow_tf32}
+
+
 def compile_networks(model) -> list[str]:
     """torch.compile the forward of G and D, keeping the modules (and their snapshot keys) as they are.
 
     A network that a gradient penalty differentiates twice (model.double_backward) stays eager:
-    compiled graphs do not support double backward. A network whose forward fails to compile
-    falls back to eager on its first call, with a warning.
+    compiled graphs do not support double backward. A network whose forward the compiler cannot
+    handle falls back to eager on its first call, with a warning that gives the compiler's reason;
+    running out of memory is raised as such (it is no compiler failure, and eager needs the memory too).
     """
     notes = []
     for name in ("G", "D"):
@@ -69,9 +85,12 @@ def compile_networks(model) -> list[str]:
         def forward(*args, _net=net, _eager=eager, _compiled=compiled, _name=name, **kwargs):
             try:
                 return _compiled(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - any compiler failure: run eagerly from now on
-                warnings.warn(f"torch.compile failed for {_name}; running it eagerly ({type(e).__name__}: {e})",
-                              stacklevel=2)
+            except Exception as e:  # noqa: BLE001 - sorted below: memory, or the compiler's own failure
+                out_of_memory = caused_by(e, torch.OutOfMemoryError)
+                if out_of_memory is not None:
+                    raise out_of_memory from e
+                warnings.warn(f"torch.compile could not compile {_name}, which runs eagerly from now on: "
+                              f"{type(e).__name__}: {first_line(e)}", stacklevel=2)
                 _net.forward = _eager
                 return _eager(*args, **kwargs)
 
@@ -80,15 +99,43 @@ def compile_networks(model) -> list[str]:
     return notes
 
 
+def caused_by(error: BaseException, kind: type) -> BaseException | None:
+    """The first exception of `kind` in the error's chain of causes (the compiler wraps what it meets)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or getattr(error, "inner_exception", None) or error.__context__
+    return None
+
+
+def first_line(error: BaseException) -> str:
+    return next((line for line in str(error).splitlines() if line.strip()), "")
+
+
 def prepare_networks(model, precision: str, channels_last: bool, compile: bool) -> tuple:
-    """The model set up for speed as asked: precision checked, tf32 switched on, NHWC layout,
+    """The model set up for speed as asked: precision checked, TF32 on or off, NHWC layout,
     compiled forwards. Returns (model, notes for the log)."""
     check_precision(model, precision)
-    if precision == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    set_tf32(precision == "tf32")
     notes = []
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
         notes += compile_networks(model)
     return model, notes
+
+
+def restore_generator(generator: torch.Generator, state: torch.Tensor, reseed: int) -> bool:
+    """Put a saved random stream back; False, and the generator seeded with `reseed` instead, when
+    the state was saved on another kind of device (a run moved from a CPU to a GPU or back: their
+    generators' states are of different kinds and cannot be carried over)."""
+    if state.numel() == generator.get_state().numel():
+        try:
+            generator.set_state(state)
+            return True
+        except RuntimeError:
+            pass
+    generator.manual_seed(reseed)
+    return False

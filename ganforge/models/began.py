@@ -258,6 +258,7 @@ class BEGAN(GanModel):
         ctx.stats.update({"began/m_global": m, "began/k_t": self.k_t.clone()})
         window = round(c["lr_window_kimg"] * 1000)
         if ctx.images_seen // window != (ctx.images_seen + ctx.schedule.batch) // window:
+            # Read by the host once a window (100 kimg by default): the learning rate lives there.
             mean = (self.m_window_sum / self.m_window_steps).item()
             if mean < self.m_best.item():
                 self.m_best.fill_(mean)
@@ -267,7 +268,8 @@ class BEGAN(GanModel):
                         group["lr"] = max(group["lr"] * 0.5, c["lr_floor"])
             self.m_window_sum.zero_()
             self.m_window_steps.zero_()
-        ctx.stats["began/lr"] = torch.tensor(ctx.optimizers["G"].param_groups[0]["lr"], device=self.k_t.device)
+        # Filled on the device from a number in the kernel's arguments (torch.tensor would copy from the host).
+        ctx.stats["began/lr"] = torch.full((), ctx.optimizers["G"].param_groups[0]["lr"], device=self.k_t.device)
 
     def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
         return self.D(self.pack(images))

@@ -273,7 +273,9 @@ class PGGAN(GanModel):
         fade, stab = round(c["fade_kimg"] * 1000), round(c["stab_kimg"] * 1000)
         target = c["resolution"]
         res, alpha = 4, 1.0                         # 4x4 first, stabilise only
-        if images_seen >= stab:
+        if fade + stab == 0:                        # no growing: train at the target size throughout
+            res = target
+        elif images_seen >= stab:
             level, within = divmod(images_seen - stab, fade + stab)
             if level < int(math.log2(target)) - 2:  # fading in (then stabilising) resolution 8 * 2^level
                 res, alpha = 8 * 2 ** level, (min(within / fade, 1.0) if fade else 1.0)

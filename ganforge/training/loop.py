@@ -23,7 +23,8 @@ import torch
 from ganforge.augment import OPS as AUGMENT_OPS, Augmenter
 from ganforge.data import ImagesTooSmall, RealStream, load_dataset, to_float
 from ganforge.errors import GanforgeError, TrainingError, check_memory
-from ganforge.hardware import make_scalers, prepare_networks, resolve_device
+from ganforge.hardware import make_scalers, prepare_networks, resolve_device, restore_generator
+from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, StepContext, build_model, model_class, parameter_count
 from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
@@ -52,12 +53,14 @@ class RunState:
     period: str | None = None      # the schedule's period: its grid is kept when it ends (not saved)
     best_value: float | None = None
     retries: int = 0               # non-finite steps recovered from in this process (not saved)
+    notes: list = dataclasses.field(default_factory=list)  # lines for log.txt from restoring (not saved)
 
     def snapshot(self, model: GanModel, opts: TrainOptions) -> dict:
         return dict(model=opts.model, model_config=model.config, options=opts.to_json(), state=model.state_dict(),
                     optimizers={k: o.state_dict() for k, o in self.optimizers.items()},
                     scaler={k: s.state_dict() for k, s in self.scalers.items()},
-                    rng={"loop": self.generator.get_state(), "torch": torch.get_rng_state()}, stage=self.stage,
+                    rng={"loop": self.generator.get_state(), "torch": torch.get_rng_state(),
+                         "device": self.generator.device.type}, stage=self.stage,
                     images_seen=self.images_seen, step=self.step, stream_position=self.stream.position,
                     best_value=self.best_value,
                     **({"augment": self.augmenter.state_dict()} if self.augmenter and self.augmenter.active else {}))
@@ -70,13 +73,17 @@ class RunState:
         saved = snap["scaler"]
         for net, scaler in self.scalers.items():  # snapshots before per-network scalers held one state for both
             scaler.load_state_dict(saved[net] if set(saved) == set(self.scalers) else saved)
-        self.generator.set_state(snap["rng"]["loop"])
         torch.set_rng_state(snap["rng"]["torch"])
         self.stream.position = snap["stream_position"]
         self.stage, self.images_seen, self.step = snap["stage"], snap["images_seen"], snap["step"]
         self.best_value = snap.get("best_value")
+        carried = restore_generator(self.generator, snap["rng"]["loop"], opts.seed + 1_000_003 * self.step)
         if self.augmenter is not None and "augment" in snap:
-            self.augmenter.load_state_dict(snap["augment"])
+            carried = self.augmenter.load_state_dict(snap["augment"]) and carried
+        if not carried:
+            self.notes.append(f"random streams start afresh at step {self.step}: the snapshot's were drawn on "
+                              f"{snap['rng'].get('device', 'another kind of device')}, this run is on "
+                              f"{self.generator.device.type}")
 
 
 def recover(state: RunState, model: GanModel, opts: TrainOptions, run_dir: Path, reason: str) -> str:
@@ -96,12 +103,16 @@ def recover(state: RunState, model: GanModel, opts: TrainOptions, run_dir: Path,
 
 
 def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | None = None,
-          progress: bool = True, evaluator_factory: Callable | None = None, inception_weights: str | None = None) -> Path:
+          progress: bool = True, evaluator_factory: Callable | None = None, inception_weights: str | None = None,
+          watch_step: Callable[[], contextlib.AbstractContextManager] | None = None) -> Path:
     """Train (or continue) a run; returns its directory.
 
     `explicit`: the options the user set (only these may override a resumed run's).
     `evaluator_factory`: (dataset, run_dir, device, share) -> (model -> {metric: results}) for the run's
     --metrics; by default ganforge.metrics.evaluate.training_evaluator's, with `inception_weights`.
+    `watch_step`: a context entered around each step's loop body: by default none, or the
+    ganforge.hostsync.StepCensus that GANFORGE_HOST_SYNCS asks for (a count of the steps' host
+    syncs in log.txt, or a refusal of any).
     """
     snapshot = read_snapshot(resume)
     opts, channels_source = run_options(opts, snapshot, explicit or set(), resume)
@@ -111,6 +122,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         evaluator_factory = training_evaluator(opts.metrics, opts.metrics_n, inception_weights)
     ddp, device_name = init_from_env(opts.device)
     device, world = resolve_device(device_name), ddp.world_size
+    watch_step = watch_step or census_from_env(device) or contextlib.nullcontext
     torch.manual_seed(opts.seed)
     dataset = training_data(opts, listed_once=lambda make: made_once(make, ddp))
     opts = resolve_augment(opts, len(dataset))
@@ -126,8 +138,10 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
     try:
         run_dir = run_steps(opts, snapshot, dataset, model, state, run_dir, ddp, device, progress, evaluator_factory,
+                            watch_step,
                             [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
-                             f"({channels_source})", *notes, state.augmenter.describe(), *([lock.took_over] if lock and lock.took_over else [])])
+                             f"({channels_source})", *notes, state.augmenter.describe(), *([lock.took_over] if lock and lock.took_over else []),
+                             *state.notes])
     except BaseException:
         if snapshot is None and state.step == 0 and ddp.main:  # a new run with nothing in it to resume
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -139,7 +153,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
 
 
 def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanModel, state: RunState, run_dir: Path,
-              ddp, device: torch.device, progress: bool, evaluator_factory: Callable | None, notes: list[str]) -> Path:
+              ddp, device: torch.device, progress: bool, evaluator_factory: Callable | None, watch_step: Callable,
+              notes: list[str]) -> Path:
     """The training loop proper: step, then tick, grids, metrics and snapshots when their kimg come."""
     world, total = ddp.world_size, round(opts.kimg * 1000)
     log = RunLog(run_dir, ddp.main, progress, total, state.images_seen)
@@ -157,39 +172,30 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
         while state.images_seen < total and not stop.requested:
             sched: Schedule = model.schedule(state.images_seen, opts.batch, opts.resolution)
             enter_schedule(sched, model, state, log)
-            real_u8, labels = state.stream.next_batch(sched.batch, sched.resolution)
-            rounds = accumulation_rounds(sched.batch, world, opts.batch_gpu)
-            ctx = StepContext(latents=lambda n: rank_slice(model.sample_latents(n * world, state.generator, device), ddp),
-                              reduce_mean=lambda t: reduce_mean(t, world), schedule=sched, step=state.step,
-                              images_seen=state.images_seen, optimizers=state.optimizers, generator=state.generator,
-                              indices=state.stream.last_indices, augment=state.augmenter)
-            try:
-                training_step(model, state.optimizers, state.scalers, to_float(real_u8), labels, ctx, opts.precision,
-                              device, world, rounds)
-            except torch.OutOfMemoryError as e:
-                raise TrainingError(out_of_memory(opts, sched, run_dir, "training step")) from e
             before = state.images_seen
-            state.images_seen, state.step = before + sched.batch, state.step + 1
-            update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, state.images_seen, model.ema_beta))
-            ctx.stats.update(state.augmenter.observe(ctx.real_scores, sched.batch, ctx.reduce_mean))
-
-            finite = not ctx.stats or bool(torch.stack([v.float() for v in ctx.stats.values()]).isfinite().all())
-            if not all_true(finite, world, device):
+            with watch_step():
+                stats = loop_step(model, state, sched, opts, ddp, device, run_dir)
+                log.add_step(stats, before, state.images_seen)
+            done = state.images_seen >= total or stop.requested
+            due = {name: crossed(before, state.images_seen, every) or done for name, every in
+                   (("tick", opts.tick), ("grids", opts.sample_every), ("snap", opts.snap))}
+            due["metrics"] = evaluate is not None and (crossed(before, state.images_seen, opts.metrics_every)
+                                                       or state.images_seen >= total)
+            # The steps' finiteness is read here, once, when something is about to be written: a NaN
+            # since the last check rolls back to latest.pt before it reaches a row, a grid or a snapshot.
+            if any(due.values()) and not all_true(log.finite(), world, device):
                 log.line(recover(state, model, opts, run_dir, "non-finite loss"))
                 log.move_to(state.images_seen)
                 continue
-            log.add_step(ctx.stats, before, state.images_seen)
-            done = state.images_seen >= total or stop.requested
-            if crossed(before, state.images_seen, opts.tick) or done:
+            if due["tick"]:
                 log.tick(model, sched, state.images_seen, state.step)
-            if crossed(before, state.images_seen, opts.sample_every) or done:
+            if due["grids"]:
                 log.grids(model, state.images_seen, fine=opts.sample_every < 1)
-            if evaluate is not None and (crossed(before, state.images_seen, opts.metrics_every)
-                                         or state.images_seen >= total):
+            if due["metrics"]:
                 evaluate_and_keep_best(evaluate, model, state, opts, run_dir, log, stop, sched, ddp)
-            if crossed(before, state.images_seen, opts.snap) or state.images_seen >= total or stop.requested:
+            if due["snap"] or stop.requested:
                 # asked anew: a stop may have come while the grids were written or the metrics ran
-                if not all_true(all(bool(torch.isfinite(p).all()) for p in model.parameters()), world, device):
+                if not all_true(weights_finite(model), world, device):
                     log.line(recover(state, model, opts, run_dir, "non-finite weights"))  # never overwrite a good
                     log.move_to(state.images_seen)                                        # snapshot with a poisoned one
                     continue
@@ -199,6 +205,9 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
             log.period_grid(model, state.period)
             if ddp.main:
                 growth_picture(run_dir)
+        if isinstance(watch_step, StepCensus):
+            for line in watch_step.summary():
+                log.line(line)
         if stop.requested and ddp.main:
             log.bar.write(f"stopped at {state.images_seen / 1000:.1f} kimg; continue with: ganforge train --resume {run_dir}")
     return run_dir
@@ -348,6 +357,36 @@ def prepare(model: GanModel, dataset, device: torch.device, resumed: bool) -> No
 
 
 # --- during a run --------------------------------------------------------------------------------
+def loop_step(model: GanModel, state: RunState, sched: Schedule, opts: TrainOptions, ddp, device: torch.device,
+              run_dir: Path | None = None) -> dict:
+    """The body of the training loop, the same in a run and in bench: the next real batch, one
+    training step, the counters, G's EMA and the augmentation's p. Returns the step's statistics
+    (device tensors). Nothing here waits for the device: what the host needs of it (are the losses
+    finite? what are they?) is read at the next tick."""
+    world = ddp.world_size
+    real_u8, labels = state.stream.next_batch(sched.batch, sched.resolution)
+    rounds = accumulation_rounds(sched.batch, world, opts.batch_gpu)
+    ctx = StepContext(latents=lambda n: rank_slice(model.sample_latents(n * world, state.generator, device), ddp),
+                      reduce_mean=lambda t: reduce_mean(t, world), schedule=sched, step=state.step,
+                      images_seen=state.images_seen, optimizers=state.optimizers, generator=state.generator,
+                      indices=state.stream.last_indices, augment=state.augmenter)
+    try:
+        training_step(model, state.optimizers, state.scalers, to_float(real_u8), labels, ctx, opts.precision,
+                      device, world, rounds)
+    except torch.OutOfMemoryError as e:
+        where = out_of_memory(opts, sched, run_dir, "training step") if run_dir else "out of memory in a training step"
+        raise TrainingError(where) from e
+    state.images_seen, state.step = state.images_seen + sched.batch, state.step + 1
+    update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, state.images_seen, model.ema_beta))
+    ctx.stats.update(state.augmenter.observe(ctx.real_scores, sched.batch, ctx.reduce_mean))
+    return ctx.stats
+
+
+def weights_finite(model: GanModel) -> bool:
+    """Whether every weight is finite, read from the device once."""
+    return bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
+
+
 def crossed(before: int, after: int, every_kimg: float) -> bool:
     """True when images_seen passed a multiple of every_kimg between two steps."""
     every = max(1, round(every_kimg * 1000))

@@ -1,5 +1,5 @@
 """On a CUDA machine: one tick of every model in bf16 (skipped elsewhere; the full matrix is
-benchmarks/gpu_check.py)."""
+benchmarks/device_run.sh)."""
 
 import json
 

@@ -1,0 +1,130 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ganforge import conv
+
+# (transposed, in channels, out channels, kernel, stride, padding, output_padding, groups, input size):
+# every convolution PGGAN's and DF-GAN's discriminators use, PGGAN's fused "up", grouped convs, and
+# odd input sizes of strided convs, whose input gradient needs an output_padding.
+CASES = {
+    "3x3 s1 p1": (False, 2, 3, 3, 1, 1, 0, 1, 4),
+    "1x1 s1 p0": (False, 2, 3, 1, 1, 0, 0, 1, 4),
+    "4x4 s2 p1 (down, DF-GAN conv0)": (False, 2, 3, 4, 2, 1, 0, 1, 6),
+    "4x4 s2 p1, odd input": (False, 2, 3, 4, 2, 1, 0, 1, 5),
+    "4x4 s1 p0 valid": (False, 2, 3, 4, 1, 0, 0, 1, 5),
+    "3x3 s2 p1, groups 2": (False, 4, 2, 3, 2, 1, 0, 2, 5),
+    "transposed 4x4 s2 p1 (up)": (True, 2, 3, 4, 2, 1, 0, 1, 3),
+    "transposed 3x3 s2 p1 output_padding 1, groups 2": (True, 4, 2, 3, 2, 1, 1, 2, 3),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tensors here are tiny: a second thread only adds waits, long ones when another process holds a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def case_tensors(case: str, dtype=torch.float64):
+    """(x, weight, bias) requiring grad, and the op of ganforge.conv and of torch.nn.functional."""
+    transposed, cin, cout, k, stride, padding, output_padding, groups, size = CASES[case]
+    g = torch.Generator().manual_seed(0)
+    weight_shape = (cin, cout // groups, k, k) if transposed else (cout, cin // groups, k, k)
+    x, weight, bias = (torch.randn(shape, generator=g, dtype=dtype).requires_grad_(True)
+                       for shape in ((2, cin, size, size), weight_shape, (cout,)))
+    if transposed:
+        kw = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups)
+        ours, native = (lambda *a: conv.conv_transpose2d(*a, **kw)), (lambda *a: F.conv_transpose2d(*a, **kw))
+    else:
+        kw = dict(stride=stride, padding=padding, groups=groups)
+        ours, native = (lambda *a: conv.conv2d(*a, **kw)), (lambda *a: F.conv2d(*a, **kw))
+    return (x, weight, bias), ours, native
+
+
+def penalty_derivatives(op, x, weight, bias):
+    """A penalty's derivatives: the output, the gradients of a smooth score w.r.t. x and the weight
+    (kept as a graph), and the gradients of their squared norm w.r.t. x, the weight and the bias."""
+    out = op(x, weight, bias)
+    gx, gw = torch.autograd.grad(F.softplus(out).sum(), (x, weight), create_graph=True)
+    second = torch.autograd.grad(gx.pow(2).sum() + gw.pow(2).sum(), (x, weight, bias))
+    return (out, gx, gw, *second)
+
+
+def node_names(t: torch.Tensor) -> set[str]:
+    """The names of every node of t's autograd graph."""
+    names, seen, stack = set(), set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(node.name())
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradcheck_and_gradgradcheck(case):
+    inputs, ours, _ = case_tensors(case)
+    with conv.force(True):  # fast mode: random projections of the Jacobians, a few calls instead of one per element
+        assert torch.autograd.gradcheck(ours, inputs, fast_mode=True)
+        assert torch.autograd.gradgradcheck(ours, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_values_and_first_and_second_derivatives_equal_native(case):
+    inputs, ours, native = case_tensors(case)
+    with conv.force(True):
+        got = penalty_derivatives(ours, *inputs)
+    assert {"_ConvolutionBackward", "_WeightGradientBackward"} <= node_names(got[1]) | node_names(got[2])
+    expected = penalty_derivatives(native, *inputs)
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", ["4x4 s2 p1 (down, DF-GAN conv0)", "transposed 4x4 s2 p1 (up)"])
+def test_bfloat16_autocast_double_backward_gives_float32_gradients(case):
+    (x, weight, bias), ours, native = case_tensors(case, dtype=torch.float32)
+
+    def penalty_gradients(op):
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the first backward under autocast, as in the losses
+            out = op(x, weight, bias)
+            (gx,) = torch.autograd.grad(F.softplus(out.float()).sum(), x, create_graph=True)
+        assert out.dtype == torch.bfloat16 and gx.dtype == torch.float32
+        return torch.autograd.grad(gx.pow(2).sum(), (x, weight, bias))  # the second outside, as in training_step
+
+    with conv.force(True):
+        got = penalty_gradients(ours)
+    expected = penalty_gradients(native)
+    for a, b in zip(got, expected):
+        assert a.dtype == torch.float32
+        assert (a - b).norm() <= 0.05 * b.norm()  # both in bfloat16: agreement to its precision
+
+
+def test_channels_last_input():
+    (x, weight, bias), ours, native = case_tensors("3x3 s1 p1")
+    x_nhwc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    with conv.force(True):
+        got = penalty_derivatives(ours, x_nhwc, weight, bias)
+    expected = penalty_derivatives(native, x_nhwc, weight, bias)
+    for out in (got[0], got[1], expected[0], expected[1]):  # the output and the input's gradient stay NHWC
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_dilation_other_than_one_is_refused():
+    (x, weight, bias), _, _ = case_tensors("3x3 s1 p1")
+    with pytest.raises(ValueError, match="dilation 1 only"):
+        conv.conv2d(x, weight, bias, padding=2, dilation=2)
+
+
+def test_cpu_tensors_take_the_native_ops_by_default():
+    # On the CPU the custom path was no faster (float32) or a little slower (bfloat16): native ops there.
+    (x, weight, bias), _, _ = case_tensors("3x3 s1 p1")
+    assert conv.enabled is None
+    assert "ConvolutionBackward0" in node_names(conv.conv2d(x, weight, bias, padding=1))

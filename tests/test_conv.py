@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from ganforge import conv
+from ganforge.models import Schedule, StepContext, build_model
 
 # (transposed, in channels, out channels, kernel, stride, padding, output_padding, groups, input size):
 # every convolution PGGAN's and DF-GAN's discriminators use, PGGAN's fused "up", grouped convs, and
@@ -123,8 +124,91 @@ def test_dilation_other_than_one_is_refused():
         conv.conv2d(x, weight, bias, padding=2, dilation=2)
 
 
+def test_conv2d_module_is_an_nn_conv2d_with_the_same_state_and_initialisation():
+    """DF-GAN's D swapped nn.Conv2d for it: its snapshots keep their keys and a seed its initial weights."""
+    torch.manual_seed(0)
+    native = torch.nn.Conv2d(3, 4, 4, 2, 1)
+    torch.manual_seed(0)
+    ours = conv.Conv2d(3, 4, 4, 2, 1)
+    assert native.state_dict().keys() == ours.state_dict().keys()
+    assert all(torch.equal(native.state_dict()[k], v) for k, v in ours.state_dict().items())
+    x = torch.randn(2, 3, 8, 8)
+    with conv.force(True):
+        torch.testing.assert_close(ours(x), native(x))
+
+
 def test_cpu_tensors_take_the_native_ops_by_default():
     # On the CPU the custom path was no faster (float32) or a little slower (bfloat16): native ops there.
     (x, weight, bias), _, _ = case_tensors("3x3 s1 p1")
     assert conv.enabled is None
     assert "ConvolutionBackward0" in node_names(conv.conv2d(x, weight, bias, padding=1))
+
+
+def pggan_losses(model, phase: str) -> tuple[torch.Tensor, dict]:
+    """A PGGAN phase's loss and the gradient of every parameter, with fixed noise."""
+    gen = torch.Generator().manual_seed(1)
+    reals = torch.rand(4, 3, 16, 16, generator=gen, dtype=torch.float64) * 2 - 1
+    ctx = StepContext(latents=lambda n: torch.randn(n, model.z_dim, generator=gen, dtype=torch.float64),
+                      schedule=Schedule(resolution=16, batch=4, alpha=0.5), generator=gen)
+    model.zero_grad(set_to_none=True)
+    loss = model.loss(phase, reals, model.training_condition(torch.zeros(4, dtype=torch.long), ctx), ctx)
+    loss.backward()
+    return loss, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+def small_pggan():
+    torch.manual_seed(0)
+    # fused_min 8: the fused "up" and "down" convolutions at 8x8 and 16x16
+    return build_model("pggan", dict(resolution=16, channels=3, fmap_base=64, fmap_max=8, z_dim=16,
+                                     fused_min=8)).double()
+
+
+def dfgan_d_loss(model) -> tuple[torch.Tensor, dict]:
+    gen = torch.Generator().manual_seed(1)
+    model.prepare_synthetic(4, "cpu", gen)
+    model.captions.embeddings = model.captions.embeddings.double()
+    reals = torch.rand(4, 1, 16, 16, generator=gen, dtype=torch.float64) * 2 - 1
+    ctx = StepContext(latents=lambda n: torch.randn(n, model.z_dim, generator=gen, dtype=torch.float64),
+                      schedule=Schedule(resolution=16, batch=4), generator=gen, indices=torch.arange(4))
+    model.zero_grad(set_to_none=True)
+    loss = model.loss("D", reals, model.training_condition(torch.zeros(4, dtype=torch.long), ctx), ctx)
+    loss.backward()
+    return loss, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+def small_dfgan():
+    torch.manual_seed(0)
+    return build_model("dfgan", dict(resolution=16, channels=1, nf=4, text_encoder="bilstm")).double()
+
+
+def assert_same_losses_and_gradients(compute):
+    with conv.force(True):
+        loss, grads = compute()
+    with conv.force(False):
+        native_loss, native_grads = compute()
+    torch.testing.assert_close(loss, native_loss, rtol=1e-9, atol=1e-12)
+    assert grads.keys() == native_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], native_grads[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("phase", ["D", "G"])
+def test_pggan_losses_and_gradients_equal_native_convs(phase):
+    model = small_pggan()
+    assert_same_losses_and_gradients(lambda: pggan_losses(model, phase))
+
+
+def test_dfgan_d_phase_loss_and_gradients_equal_native_convs():
+    model = small_dfgan()
+    assert_same_losses_and_gradients(lambda: dfgan_d_loss(model))
+
+
+def test_the_models_convolve_only_through_the_custom_path():
+    """The graph of each phase (D's with its gradient penalty) holds custom convolutions and no native one:
+    fails if a convolution of PGGAN or of DF-GAN's D goes back to torch's own."""
+    pggan, dfgan = small_pggan(), small_dfgan()
+    with conv.force(True):
+        for loss, _ in (pggan_losses(pggan, "D"), pggan_losses(pggan, "G"), dfgan_d_loss(dfgan)):
+            names = node_names(loss)
+            assert "_ConvolutionBackward" in names
+            assert not [name for name in names if name.startswith("Convolution")], names

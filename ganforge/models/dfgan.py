@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganforge.conv import Conv2d
 from ganforge.errors import OptionError
 from ganforge.models.base import TEXT, Condition, GanModel, StepContext, adam, check_resolution
 from ganforge.models.text import PAD, UNK, BiLSTMEncoder, CaptionTable, MiniLMEncoder, build_vocab, train_matcher
@@ -118,8 +119,8 @@ class DownBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.conv0, self.conv1 = nn.Conv2d(cin, cout, 4, 2, 1), nn.Conv2d(cout, cout, 3, 1, 1)
-        self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.conv0, self.conv1 = Conv2d(cin, cout, 4, 2, 1), Conv2d(cout, cout, 3, 1, 1)
+        self.shortcut = Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,13 +129,16 @@ class DownBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
+    """Every convolution of D is a ganforge.conv.Conv2d (an nn.Conv2d whose derivatives of every order
+    are convolutions): MA-GP differentiates D twice."""
+
     def __init__(self, resolution: int, channels: int, text_dim: int, nf: int):
         super().__init__()
         ch = widths(resolution, nf)[::-1]  # nf x (1, 2, 4, 8, 8, ...)
-        self.conv_img = nn.Conv2d(channels, ch[0], 3, 1, 1)
+        self.conv_img = Conv2d(channels, ch[0], 3, 1, 1)
         self.blocks = nn.Sequential(*(DownBlock(a, b) for a, b in zip(ch[:-1], ch[1:])))
-        self.joint = nn.Sequential(nn.Conv2d(ch[-1] + text_dim, 2 * nf, 3, 1, 1), nn.LeakyReLU(0.2),
-                                   nn.Conv2d(2 * nf, 1, 4, 1, 0))
+        self.joint = nn.Sequential(Conv2d(ch[-1] + text_dim, 2 * nf, 3, 1, 1), nn.LeakyReLU(0.2),
+                                   Conv2d(2 * nf, 1, 4, 1, 0))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.conv_img(images))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganforge.conv import conv2d, conv_transpose2d
 from ganforge.errors import OptionError
 from ganforge.losses import gradient_penalty
 from ganforge.models.base import Condition, GanModel, Schedule, StepContext, adam, check_resolution
@@ -58,6 +59,8 @@ class EqualizedConv2d(nn.Module):
 
     `resample`: "up" fuses nearest 2x upsampling into a stride-2 transposed conv, "down" fuses
     2x2 average pooling into a stride-2 conv (both only for 3x3 kernels); None is a plain conv.
+    The convolutions are ganforge.conv's, whose derivatives of every order are convolutions: the
+    gradient penalty differentiates D twice.
     """
 
     def __init__(self, cin: int, cout: int, kernel: int, gain: float = SQRT2, resample: str | None = None):
@@ -70,14 +73,14 @@ class EqualizedConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight * self.scale
         if self.resample is None:
-            return F.conv2d(x, w, self.bias, padding=self.weight.shape[-1] // 2)
+            return conv2d(x, w, self.bias, padding=self.weight.shape[-1] // 2)
         # Sum the 3x3 kernel at the four offsets of a 2x2 block: a 4x4 kernel that does the
         # resampling and the conv in one stride-2 pass.
         w = F.pad(w, (1, 1, 1, 1))
         w = w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
         if self.resample == "up":  # a transposed conv applies its kernel mirrored: flip to match upsample + conv
-            return F.conv_transpose2d(x, w.flip(-1, -2).transpose(0, 1), self.bias, stride=2, padding=1)
-        return F.conv2d(x, w * 0.25, self.bias, stride=2, padding=1)
+            return conv_transpose2d(x, w.flip(-1, -2).transpose(0, 1), self.bias, stride=2, padding=1)
+        return conv2d(x, w * 0.25, self.bias, stride=2, padding=1)
 
 
 class EqualizedLinear(nn.Module):

@@ -26,6 +26,8 @@ from torch import nn
 
 # None: the custom path for CUDA tensors only; True / False: everywhere / nowhere (see `force`).
 enabled: bool | None = None
+# False inside `no_weight_gradients`.
+_weight_gradients = True
 
 
 @contextlib.contextmanager
@@ -37,6 +39,23 @@ def force(flag: bool | None) -> Iterator[None]:
         yield
     finally:
         enabled = previous
+
+
+@contextlib.contextmanager
+def no_weight_gradients() -> Iterator[None]:
+    """Inside the block, backward passes through these convolutions give no gradient to weights and biases.
+
+    For a gradient penalty's autograd.grad w.r.t. D's input only: a custom Function's backward
+    cannot tell which of its inputs autograd.grad asked for, and would compute a weight gradient per
+    layer only to drop it. The penalty's own gradient w.r.t. the weights (its second derivative) is
+    unaffected: it is computed later, outside the block.
+    """
+    global _weight_gradients
+    previous, _weight_gradients = _weight_gradients, False
+    try:
+        yield
+    finally:
+        _weight_gradients = previous
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
@@ -151,9 +170,9 @@ class _Convolution(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             transpose = _input_gradient_config(config, x.shape, grad_out.shape, weight.shape)
             grad_x = _Convolution.apply(grad_out, weight, None, transpose)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and _weight_gradients:
             grad_weight = _WeightGradient.apply(grad_out, x, weight, config)
-        if ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2] and _weight_gradients:
             grad_bias = grad_out.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias, None
 

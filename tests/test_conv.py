@@ -3,7 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from ganforge import conv
+from ganforge.losses import gradient_penalty
 from ganforge.models import Schedule, StepContext, build_model
+from ganforge.models.dfgan import ma_gp
 
 # (transposed, in channels, out channels, kernel, stride, padding, output_padding, groups, input size):
 # every convolution PGGAN's and DF-GAN's discriminators use, PGGAN's fused "up", grouped convs, and
@@ -142,6 +144,30 @@ def test_cpu_tensors_take_the_native_ops_by_default():
     (x, weight, bias), _, _ = case_tensors("3x3 s1 p1")
     assert conv.enabled is None
     assert "ConvolutionBackward0" in node_names(conv.conv2d(x, weight, bias, padding=1))
+
+
+def test_penalties_compute_no_weight_gradient_in_their_first_backward(monkeypatch):
+    """gradient_penalty and ma_gp differentiate D w.r.t. its inputs only: no weight gradient is computed
+    there only to be dropped, and the weights still get the penalty's gradient, equal to native convs'."""
+    calls = []
+    forward = conv._WeightGradient.forward
+    monkeypatch.setattr(conv._WeightGradient, "forward", staticmethod(lambda *a: calls.append(1) or forward(*a)))
+    (x, weight, bias), ours, native = case_tensors("4x4 s2 p1 (down, DF-GAN conv0)")
+    sentences = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    penalties = {
+        "gradient_penalty": lambda op: gradient_penalty(lambda p: F.softplus(op(p, weight, bias)).flatten(1).sum(1), x),
+        "ma_gp": lambda op: ma_gp(F.softplus(op(x, weight, bias)).flatten(1).sum(1) + sentences.sum(1), x, sentences),
+    }
+    for name, penalty_of in penalties.items():
+        calls.clear()
+        with conv.force(True):
+            penalty = penalty_of(ours)
+            assert not calls, name
+            got = torch.autograd.grad(penalty, (weight, bias))
+        assert calls, name  # the penalty's own backward: the weights' second derivatives are convolutions too
+        expected = torch.autograd.grad(penalty_of(native), (weight, bias))
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
 
 def pggan_losses(model, phase: str) -> tuple[torch.Tensor, dict]:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganforge.conv import Conv2d
+from ganforge.conv import Conv2d, no_weight_gradients
 from ganforge.errors import OptionError
 from ganforge.models.base import TEXT, Condition, GanModel, StepContext, adam, check_resolution
 from ganforge.models.text import PAD, UNK, BiLSTMEncoder, CaptionTable, MiniLMEncoder, build_vocab, train_matcher
@@ -155,8 +155,12 @@ def hinge_d_loss(real_match: torch.Tensor, fake: torch.Tensor, real_mismatch: to
 
 
 def ma_gp(scores: torch.Tensor, images: torch.Tensor, sentences: torch.Tensor, k: float = 2.0, p: float = 6.0) -> torch.Tensor:
-    """Matching-aware gradient penalty: k * mean(||(dD/dx, dD/de)||_2 ^ p) over real matched pairs."""
-    gx, ge = torch.autograd.grad(scores.float().sum(), (images, sentences), create_graph=True)
+    """Matching-aware gradient penalty: k * mean(||(dD/dx, dD/de)||_2 ^ p) over real matched pairs.
+
+    D's weights get their gradient from the backward of the penalty, not from this one (hence
+    no_weight_gradients)."""
+    with no_weight_gradients():
+        gx, ge = torch.autograd.grad(scores.float().sum(), (images, sentences), create_graph=True)
     norms = torch.cat([gx.float().flatten(1), ge.float().flatten(1)], dim=1).norm(dim=1)
     return k * norms.pow(p).mean()
 

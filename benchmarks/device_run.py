@@ -13,30 +13,33 @@ The exit status is 1 when a case failed, a part crashed, or (rehearsal) a packag
 lacks was imported.
 
 Parts, in the order they run, so that what time cuts is the least important:
-  part     H200 (est.)  CPU rehearsal  file            what
-  env          5 s          5 s        env.json        GPU, clocks, driver, torch, CUDA, cuDNN
-  matrix     150 s         75 s        matrix.jsonl    every model x fp32 (TF32 off) / tf32 / bf16 / fp16, and
-                                                       bf16 + channels-last; PGGAN through a fade and a growth,
+  part     H200 (est.)  CPU (budget)   file            what
+  env          5 s         10 s        env.json        GPU, clocks, driver, torch, CUDA, cuDNN
+  matrix     150 s         80 s        matrix.jsonl    every model x fp32 (TF32 off) / tf32 / bf16 / fp16, and
+                                                       bf16 + channels-last (also with --cuda-graphs for four
+                                                       models); PGGAN through a fade and a growth,
                                                        and with its fused convolutions in the fades; each
                                                        case trains, resumes, generates, exports (ONNX, once per
                                                        model) and evaluates (swd, msssim; fid when its weights
                                                        are installed). MiniLM rows: skipped, weights not there
-  syncs       45 s         30 s        syncs.jsonl     host syncs per step of real `ganforge train` steps, with
+  syncs       45 s         35 s        syncs.jsonl     host syncs per step of real `ganforge train` steps, with
                                                        augmentation on (CUDA's sync debug mode and ganforge's own
                                                        count), and where they are
   speed      200 s         25 s        speed.jsonl     PGGAN 32 ... 1024 at the paper's batch and 4x, tf32 and bf16 +
-                                                       channels-last, img/s, TFLOP/s, peak memory and the ratio to
+                                                       channels-last (and with CUDA graphs up to 128x128; with
+                                                       torch's own conv double backward at 128, 256), img/s,
+                                                       TFLOP/s, peak memory, host syncs and waits, the ratio to
                                                        pytorch_GAN_zoo on an H200; DF-GAN 64 / 128 / 256 at batch 32
                                                        beside the official code's figures; a fixed number of steps
-  compile     70 s         40 s        compile.jsonl   torch.compile: a bf16 training case of the cDCGAN, then bench
+  compile     70 s         25 s        compile.jsonl   torch.compile: a bf16 training case of the cDCGAN, then bench
                                                        of the cDCGAN with and without it, while time lasts
   (always)                             summary.md, parts.log
 How the H200 figures are estimated (not measured yet): a case is a fresh process (Python, torch and
-CUDA start: 6-8 s) plus five commands on tiny networks (about 10 s), 27 cases six at a time (5
+CUDA start: 6-8 s) plus five commands on tiny networks (about 10 s), 31 cases six at a time (5
 MiniLM rows are skipped at once); a speed point is 3 warm-up and 10 timed steps (5 from 512x512 up)
 at the zoo's step times divided by the ratios last measured (1.4-2.2x), 1,024x1,024 the longest at
 about 40 s for its four settings; compiling a small network takes 20-40 s. In a rehearsal the cases
-are 9, the speed points take one step each, and the networks are 4-16 feature maps wide.
+are 10, the speed points take one step each, and the networks are 4-16 feature maps wide.
 """
 
 from __future__ import annotations
@@ -212,11 +215,13 @@ def matrix_cases(kind: str) -> list[dict]:
     if kind == "cpu":  # every network once, bf16 where dtypes meet (fades, sentence vectors), fp16's refusal
         device = "cpu"
         return ([case(m, "fp32", export=not m.startswith("dfgan")) for m in MODELS]
-                + [case("pggan-fused", "bf16"), case("cdcgan", "bf16", channels_last=True), case("pggan", "fp16")])
+                + [case("pggan-fused", "bf16"), case("cdcgan", "bf16", channels_last=True), case("pggan", "fp16"),
+                   {**case("pggan", "fp32"), "cuda_graphs": True}])
     device = "cuda"
     return ([case(m, p, export=p == "fp32" and not m.startswith("dfgan")) for m in MODELS
              for p in ("fp32", "tf32", "bf16", "fp16")]
-            + [case(m, "bf16", channels_last=True) for m in MODELS] + [case("pggan-fused", "bf16"), case("pggan-fused", "fp32")])
+            + [case(m, "bf16", channels_last=True) for m in MODELS] + [case("pggan-fused", "bf16"), case("pggan-fused", "fp32")]
+            + [{**case(m, "bf16", channels_last=True), "cuda_graphs": True} for m in ("cdcgan", "began", "pggan", "dfgan-bilstm")])
 
 
 def matrix_rows(kind: str, deadline: float, jobs: int):
@@ -271,7 +276,7 @@ def run_case_process(case: dict, deadline: float, limit: float, threads: int = 1
 
 def settings(case: dict) -> str:
     return " ".join([case["precision"]] + ["channels-last"] * case.get("channels_last", False)
-                    + ["compile"] * case.get("compile", False))
+                    + ["compile"] * case.get("compile", False) + ["cuda-graphs"] * case.get("cuda_graphs", False))
 
 
 def installed(module: str) -> bool:
@@ -294,6 +299,7 @@ def run_case(case: dict) -> int:
         "--resolution", "16", "--batch", "16", "--precision", case["precision"], "--device", device,
         "--tick", "0.032", "--sample-every", "0.064", "--snap", "0.064", "--augment", "ada"]
     opts += ["--channels-last"] * case.get("channels_last", False) + ["--compile"] * case.get("compile", False)
+    opts += ["--cuda-graphs"] * case.get("cuda_graphs", False)
     kimg, more = "0.224", "0.288"
     with tempfile.TemporaryDirectory(prefix="ganforge-device-") as tmp:
         if device == "cuda":
@@ -383,9 +389,13 @@ def speed_points(kind: str) -> list[dict]:
     points = []
     for res, (_, batch) in ZOO.items():
         for b in (batch, 4 * batch):
-            points.append(dict(model="pggan", resolution=res, batch=b, settings=["tf32", "bf16+cl"], model_opts={},
+            graphs = ["bf16+cl+graphs"] if res <= 128 else []  # where launches, not arithmetic, bound a step
+            native = ["bf16+cl+native"] if res in (128, 256) and b == batch else []  # torch's own conv double backward
+            points.append(dict(model="pggan", resolution=res, batch=b, settings=["tf32", "bf16+cl", *graphs, *native],
+                               model_opts={},
                                steps=10 if res <= 256 else 5, warmup=3 if res <= 256 else 2, device="cuda"))
-    points += [dict(model="dfgan", resolution=r, batch=32, settings=["tf32", "bf16+cl"], model_opts={"text_encoder": "bilstm"},
+    points += [dict(model="dfgan", resolution=r, batch=32, settings=["tf32", "bf16+cl", "bf16+cl+graphs", "bf16+cl+native"],
+                    model_opts={"text_encoder": "bilstm"},
                     steps=10, warmup=3, device="cuda") for r in DFGAN_OFFICIAL]
     return points
 
@@ -417,15 +427,18 @@ def speed_point(point: dict) -> None:
     """Inside a speed point's process: bench of the loop body in each setting, one JSON line each."""
     import torch
 
+    from ganforge import conv
     from ganforge.training.bench import bench_training_step
 
     for setting in point["settings"]:
-        precision, channels_last = setting.split("+")[0], setting.endswith("+cl")
+        precision, flags = setting.split("+")[0], setting.split("+")[1:]
         row = {k: point[k] for k in ("model", "resolution", "batch")} | {"settings": setting}
+        # "native": PyTorch's own convolutions in the penalty's double backward, the speed before ganforge.conv
+        conv.enabled = False if "native" in flags else None
         try:
             r = bench_training_step(point["model"], point["resolution"], point["batch"], precision, point["steps"],
                                     point["warmup"], point["device"], model_opts=point["model_opts"],
-                                    channels_last=channels_last, count_flops=True)
+                                    channels_last="cl" in flags, count_flops=True, cuda_graphs="graphs" in flags)
         except torch.OutOfMemoryError:
             print(json.dumps({**row, "result": "out of memory"}), flush=True)
             torch.cuda.empty_cache()
@@ -434,7 +447,9 @@ def speed_point(point: dict) -> None:
             print(json.dumps({**row, "result": "FAIL", "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
             continue
         row |= {"result": "pass", "img_per_sec": round(r["img_per_sec"], 2), "tflop_per_sec": round(r.get("tflop_per_sec", 0), 2),
-                "peak_gib": round(r.get("peak_mem_gb", 0), 2), "host_wait": r.get("host_wait")}
+                "peak_gib": round(r.get("peak_mem_gb", 0), 2), "host_syncs_per_step": r["host_syncs_per_step"],
+                "host_wait": round(r["host_wait"], 4), "cuda_syncs_per_step": r.get("cuda_syncs_per_step"),
+                "graphs_captured": r.get("cuda_graphs_captured")}
         reference = reference_for(point)
         if reference:
             row |= {"reference": reference[0], "reference_name": reference[1],
@@ -508,9 +523,12 @@ def summarise(out: Path, parts: list[str], status: dict, imports: list[str], sec
         "syncs": (["case", "settings", "result", "syncs per step", "where"],
                   lambda r: [r["case"], r["settings"], r["result"], r.get("census", r.get("error", "")),
                              "; ".join(r.get("places", []))]),
-        "speed": (["model", "res", "batch", "settings", "img/s", "TFLOP/s", "peak GiB", "reference img/s", "ratio", "result"],
+        "speed": (["model", "res", "batch", "settings", "img/s", "TFLOP/s", "peak GiB", "syncs/step", "host wait",
+                   "reference img/s", "ratio", "result"],
                   lambda r: [r["model"], r["resolution"], r["batch"], r.get("settings", ""), r.get("img_per_sec", ""),
-                             r.get("tflop_per_sec", ""), r.get("peak_gib", ""), r.get("reference", ""), r.get("ratio", ""),
+                             r.get("tflop_per_sec", ""), r.get("peak_gib", ""),
+                             f"{r.get('host_syncs_per_step', '')}/{r.get('cuda_syncs_per_step', '')}",
+                             r.get("host_wait", ""), r.get("reference", ""), r.get("ratio", ""),
                              r["result"] + (f": {r['error']}" if r.get("error") else "")]),
         "compile": (["case", "settings", "result", "img/s", "error"],
                     lambda r: [r.get("case", f"bench {r.get('model')} {r.get('resolution')}"),

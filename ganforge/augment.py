@@ -117,7 +117,7 @@ class Augmenter:
         self.seed = seed
         self.generator = torch.Generator(device).manual_seed(seed + 7_919)  # apart from the noise's stream
         self.signs = torch.zeros(2, device=device)  # sum of sign(D(real)), count; since the last adjustment
-        self.steps = 0
+        self.count = torch.zeros((), dtype=torch.long, device=device)  # steps observed
 
     @property
     def active(self) -> bool:
@@ -150,16 +150,18 @@ class Augmenter:
         self.signs[0] += signs.sum()
         self.signs[1] += signs.numel()  # a number in the kernel's arguments: no copy to the device
         stats["augment/r_t"] = signs.mean()
-        self.steps += 1
-        if self.steps % ADA_INTERVAL == 0:
-            r_t = reduce_mean(self.signs[0] / self.signs[1].clamp(min=1))
-            step = batch * ADA_INTERVAL / (self.ada_kimg * 1000)
-            self.p.copy_((self.p + torch.sign(r_t - self.target) * step).clamp(0, 1))
-            self.signs.zero_()
+        # Every ADA_INTERVAL steps p moves and the tally restarts. Decided on the device, the same
+        # kernels every step: a step replayed from a CUDA graph repeats it exactly.
+        self.count += 1
+        due = self.count % ADA_INTERVAL == 0
+        r_t = reduce_mean(self.signs[0] / self.signs[1].clamp(min=1))
+        step = batch * ADA_INTERVAL / (self.ada_kimg * 1000)
+        self.p.copy_(torch.where(due, (self.p + torch.sign(r_t - self.target) * step).clamp(0, 1), self.p))
+        self.signs.mul_(~due)
         return stats
 
     def state_dict(self) -> dict:
-        return {"p": self.p.item(), "signs": self.signs.tolist(), "steps": self.steps,
+        return {"p": self.p.item(), "signs": self.signs.tolist(), "steps": int(self.count),
                 "rng": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> bool:
@@ -167,5 +169,5 @@ class Augmenter:
         device) and starts afresh."""
         self.p.fill_(state["p"])
         self.signs.copy_(torch.tensor(state["signs"], device=self.signs.device))
-        self.steps = state["steps"]
-        return restore_generator(self.generator, state["rng"], self.seed + 7_919 + 1_000_003 * self.steps)
+        self.count.fill_(state["steps"])
+        return restore_generator(self.generator, state["rng"], self.seed + 7_919 + 1_000_003 * state["steps"])

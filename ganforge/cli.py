@@ -606,12 +606,13 @@ def plot(run, out):
 @PRECISION
 @option_from("channels_last")
 @option_from("compile")
+@option_from("cuda_graphs")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
               help="Untimed steps first (allocation, cuDNN autotuning, compilation)")
 @MODEL_OPT
 @DEVICE
-def bench(model, resolution, batch, precision, channels_last, compile, steps, warmup, model_opt, device):
+def bench(model, resolution, batch, precision, channels_last, compile, cuda_graphs, steps, warmup, model_opt, device):
     """Time full training steps (D step with penalties + G step) of a model: img/s, memory, TFLOP/s.
 
     FLOPs are counted by torch.utils.flop_counter over one whole training step (forward and backward
@@ -622,7 +623,7 @@ def bench(model, resolution, batch, precision, channels_last, compile, steps, wa
     extra = _parse_model_opts(model_opt)
     result = bench_training_step(model, resolution, batch, precision, steps, warmup, device,
                                  channels=3, model_opts=extra, channels_last=channels_last, compile=compile,
-                                 count_flops=True)
+                                 count_flops=True, cuda_graphs=cuda_graphs)
     click.echo(json.dumps(result))
 
 

@@ -99,3 +99,21 @@ def test_two_gloo_processes_step_without_a_host_read(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = tmp_path.iterdir()
     assert (run / "latest.pt").exists()
+
+
+@pytest.mark.parametrize("model", ["cdcgan", "began", "pggan", "dfgan"])
+def test_the_cuda_graph_ready_step_trains_as_the_plain_step(tmp_path, model):
+    """--cuda-graphs on the CPU runs the step as it would be captured (static input buffers, the EMA's
+    decay as a device tensor, ADA decided on the device): the same run."""
+    from ganforge.snapshots import load_snapshot
+
+    opts = dict(**MODELS[model], **TINY, augment="ada")
+    plain = train(TrainOptions(**opts, outdir=str(tmp_path / "plain")), progress=False)
+    graphed = train(TrainOptions(**opts, cuda_graphs=True, outdir=str(tmp_path / "graphed")), progress=False,
+                    watch_step=StepCensus(strict=True))  # and without a host read, which a capture would refuse
+    a, b = load_snapshot(plain), load_snapshot(graphed)
+    assert a["step"] == b["step"] == 6
+    for key in a["state"]:
+        torch.testing.assert_close(b["state"][key], a["state"][key], atol=1e-6, rtol=1e-5, msg=key)
+    assert b["augment"]["p"] == a["augment"]["p"] and b["augment"]["steps"] == 6
+    assert "--cuda-graphs: cpu has no CUDA graphs" in (graphed / "log.txt").read_text()

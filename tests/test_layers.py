@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ganforge"
 LAYERS = {
     "ganforge.errors": 1, "ganforge.progress": 1,
     "ganforge.data": 2, "ganforge.snapshots": 2, "ganforge.hardware": 2, "ganforge.losses": 2, "ganforge.assets": 2,
-    "ganforge.augment": 2, "ganforge.archive": 2, "ganforge.hostsync": 2,
+    "ganforge.augment": 2, "ganforge.archive": 2, "ganforge.hostsync": 2, "ganforge.conv": 2,
     "ganforge.models": 3,
     "ganforge.sampling": 4,
     "ganforge.metrics": 5, "ganforge.inference": 5, "ganforge.explore": 5,

@@ -176,6 +176,11 @@ class GanModel(nn.Module):
     def after_step(self, ctx: StepContext) -> None:
         """Hook after all phases of a step (BEGAN's k_t update lives here)."""
 
+    def host_step(self, images_seen: int, batch: int) -> bool:
+        """Whether the step from `images_seen` does work on the host besides launching kernels (BEGAN
+        halving its learning rate): such a step cannot be replayed from a CUDA graph and runs eagerly."""
+        return False
+
     def visuals(self, reals: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra image grids for the run directory, by name (BEGAN: D's reconstructions)."""
         return {}

@@ -256,8 +256,7 @@ class BEGAN(GanModel):
         self.m_window_sum += m
         self.m_window_steps += 1
         ctx.stats.update({"began/m_global": m, "began/k_t": self.k_t.clone()})
-        window = round(c["lr_window_kimg"] * 1000)
-        if ctx.images_seen // window != (ctx.images_seen + ctx.schedule.batch) // window:
+        if self.host_step(ctx.images_seen, ctx.schedule.batch):
             # Read by the host once a window (100 kimg by default): the learning rate lives there.
             mean = (self.m_window_sum / self.m_window_steps).item()
             if mean < self.m_best.item():
@@ -270,6 +269,11 @@ class BEGAN(GanModel):
             self.m_window_steps.zero_()
         # Filled on the device from a number in the kernel's arguments (torch.tensor would copy from the host).
         ctx.stats["began/lr"] = torch.full((), ctx.optimizers["G"].param_groups[0]["lr"], device=self.k_t.device)
+
+    def host_step(self, images_seen: int, batch: int) -> bool:
+        """The step that ends a learning-rate window (every lr_window_kimg)."""
+        window = round(self.config["lr_window_kimg"] * 1000)
+        return images_seen // window != (images_seen + batch) // window
 
     def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
         return self.D(self.pack(images))

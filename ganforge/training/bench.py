@@ -14,6 +14,7 @@ from ganforge.hostsync import StepCensus
 from ganforge.models import Schedule, StepContext, build_model, model_class
 from ganforge.progress import bar_over
 from ganforge.training.distributed import Dist
+from ganforge.training.graphs import WARMUP_STEPS, GraphedSteps
 from ganforge.training.loop import RunState, loop_step
 from ganforge.training.options import TrainOptions
 
@@ -23,12 +24,12 @@ CENSUS_STEPS = 2  # steps after the timed ones whose host syncs are counted and 
 def bench_training_step(model_name: str, resolution: int, batch: int, precision: str = "fp32", steps: int = 10,
                         warmup: int = 3, device: str = "auto", channels: int = 3, num_classes: int | None = None,
                         model_opts: dict | None = None, channels_last: bool = False, compile: bool = False,
-                        count_flops: bool = False, augment: str = "none") -> dict:
+                        count_flops: bool = False, augment: str = "none", cuda_graphs: bool = False) -> dict:
     """img/s of `steps` turns of the training loop's body after `warmup`, with peak GPU memory, and the
     host syncs per step with the share of a step the host spends waiting in them (counted on
     CENSUS_STEPS more). Random reals (speed only), held on the device as a run holds a dataset that
     fits in memory. A model that trains on labels is timed with 10 classes unless `num_classes` says
-    otherwise."""
+    otherwise. `cuda_graphs`: steps replayed from a CUDA graph (the warm-up then includes its capture)."""
     dev = resolve_device(device)
     if num_classes is None:
         num_classes = 10 if model_class(model_name).trains_on_labels(model_opts or {}) else 0
@@ -36,7 +37,7 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
                                          **(model_opts or {}))).to(dev)
     model, notes = prepare_networks(model, precision, channels_last, compile)
     opts = TrainOptions(model=model_name, resolution=resolution, batch=batch, precision=precision, device=str(dev),
-                        channels_last=channels_last, compile=compile, augment=augment)
+                        channels_last=channels_last, compile=compile, augment=augment, cuda_graphs=cuda_graphs)
     sched = Schedule(resolution=resolution, batch=batch, alpha=1.0, stage=str(resolution))
     gen = torch.Generator(dev).manual_seed(0)
     state = RunState(optimizers=model.optimizers(sched), scalers=make_scalers(precision, dev), generator=gen,
@@ -44,9 +45,12 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
                      augmenter=Augmenter(augment, dev, 0))
     model.prepare_synthetic(batch, dev, gen)  # random stand-ins for what the model's data would give (captions)
     single = Dist()
+    graphs = GraphedSteps(capture=dev.type == "cuda") if cuda_graphs else None
+    if graphs is not None:
+        warmup = max(warmup, WARMUP_STEPS + 1)
 
     def turn() -> None:
-        loop_step(model, state, sched, opts, single, dev)
+        loop_step(model, state, sched, opts, single, dev, graphs=graphs)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -81,6 +85,8 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
         result["tflop_per_sec"] = flops * steps / seconds / 1e12
     if dev.type == "cuda":
         result["peak_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    if graphs is not None:
+        result["cuda_graphs_captured"] = graphs.captures
     if notes:
         result["notes"] = notes
     return result

@@ -65,6 +65,12 @@ def average_gradients(module: torch.nn.Module, world_size: int) -> None:
         g.copy_(synced)
 
 
+def rank_slice(batch: torch.Tensor, ddp: Dist) -> torch.Tensor:
+    """This rank's share of a global batch (noise drawn for all ranks: the numbers one process would use)."""
+    n = batch.shape[0] // ddp.world_size
+    return batch[ddp.rank * n:(ddp.rank + 1) * n]
+
+
 def reduce_mean(t: torch.Tensor, world_size: int) -> torch.Tensor:
     if world_size <= 1:
         return t

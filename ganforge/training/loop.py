@@ -25,16 +25,17 @@ from ganforge.data import ImagesTooSmall, RealStream, load_dataset, to_float
 from ganforge.errors import GanforgeError, TrainingError, check_memory
 from ganforge.hardware import make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
-from ganforge.models import GanModel, Schedule, StepContext, build_model, model_class, parameter_count
+from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
 from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
-                                          init_from_env, reduce_mean)
-from ganforge.training.options import (TrainOptions, accumulation_rounds, check_batches, check_resume,
+                                          init_from_env)
+from ganforge.training.options import (TrainOptions, check_batches, check_resume,
                                        describe_schedule, model_config, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
                                       kimg_label, make_run_dir, truncate_logs, write_options)
+from ganforge.training.graphs import GraphedSteps
 from ganforge.training.runlog import RunLog, SampleGrid
-from ganforge.training.step import ema_beta, training_step, update_ema
+from ganforge.training.step import device_step, ema_beta
 
 
 @dataclass
@@ -70,6 +71,8 @@ class RunState:
         self.optimizers = model.optimizers(model.schedule(snap["images_seen"], opts.batch, opts.resolution))
         for name, opt in self.optimizers.items():
             opt.load_state_dict(snap["optimizers"][name])
+            for group in opt.param_groups:  # a run with --cuda-graphs saved them capturable; a graph sets it again
+                group["capturable"] = False
         saved = snap["scaler"]
         for net, scaler in self.scalers.items():  # snapshots before per-network scalers held one state for both
             scaler.load_state_dict(saved[net] if set(saved) == set(self.scalers) else saved)
@@ -167,6 +170,9 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
     grid_reals, _ = RealStream(dataset, seed=opts.seed + 1, device=device).next_batch(len(grid.z))
     log.start_grids(model, grid, to_float(grid_reals), first=snapshot is None, fine=opts.sample_every < 1)
     evaluate = evaluator_factory(dataset, run_dir, device, metric_share(ddp)) if opts.metrics else None
+    graphs = GraphedSteps(capture=device.type == "cuda") if opts.cuda_graphs else None
+    if graphs is not None and not graphs.capture:
+        log.line(f"--cuda-graphs: {device} has no CUDA graphs; the steps run as they would be captured, eagerly")
 
     with StopFlag() as stop, contextlib.closing(log):
         while state.images_seen < total and not stop.requested:
@@ -174,7 +180,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
             enter_schedule(sched, model, state, log)
             before = state.images_seen
             with watch_step():
-                stats = loop_step(model, state, sched, opts, ddp, device, run_dir)
+                stats = loop_step(model, state, sched, opts, ddp, device, run_dir, graphs)
                 log.add_step(stats, before, state.images_seen)
             done = state.images_seen >= total or stop.requested
             due = {name: crossed(before, state.images_seen, every) or done for name, every in
@@ -205,6 +211,8 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
             log.period_grid(model, state.period)
             if ddp.main:
                 growth_picture(run_dir)
+        if graphs is not None and graphs.capture:
+            log.line(f"--cuda-graphs: {graphs.captures} graph(s) captured")
         if isinstance(watch_step, StepCensus):
             for line in watch_step.summary():
                 log.line(line)
@@ -358,28 +366,23 @@ def prepare(model: GanModel, dataset, device: torch.device, resumed: bool) -> No
 
 # --- during a run --------------------------------------------------------------------------------
 def loop_step(model: GanModel, state: RunState, sched: Schedule, opts: TrainOptions, ddp, device: torch.device,
-              run_dir: Path | None = None) -> dict:
+              run_dir: Path | None = None, graphs: GraphedSteps | None = None) -> dict:
     """The body of the training loop, the same in a run and in bench: the next real batch, one
-    training step, the counters, G's EMA and the augmentation's p. Returns the step's statistics
-    (device tensors). Nothing here waits for the device: what the host needs of it (are the losses
-    finite? what are they?) is read at the next tick."""
-    world = ddp.world_size
+    training step with G's EMA and the augmentation's p (replayed from a CUDA graph where `graphs`
+    can), the counters. Returns the step's statistics (device tensors). Nothing here waits for the
+    device: what the host needs of it (are the losses finite? what are they?) is read at the next tick."""
     real_u8, labels = state.stream.next_batch(sched.batch, sched.resolution)
-    rounds = accumulation_rounds(sched.batch, world, opts.batch_gpu)
-    ctx = StepContext(latents=lambda n: rank_slice(model.sample_latents(n * world, state.generator, device), ddp),
-                      reduce_mean=lambda t: reduce_mean(t, world), schedule=sched, step=state.step,
-                      images_seen=state.images_seen, optimizers=state.optimizers, generator=state.generator,
-                      indices=state.stream.last_indices, augment=state.augmenter)
+    beta = ema_beta(opts, sched.batch, state.images_seen + sched.batch, model.ema_beta)
     try:
-        training_step(model, state.optimizers, state.scalers, to_float(real_u8), labels, ctx, opts.precision,
-                      device, world, rounds)
+        if graphs is not None and graphs.replayable(model, state, sched, opts, ddp.world_size):
+            stats = graphs.step(model, state, sched, opts, ddp, device, real_u8, labels, state.stream.last_indices, beta)
+        else:
+            stats = device_step(model, state, sched, opts, ddp, device, real_u8, labels, state.stream.last_indices, beta)
     except torch.OutOfMemoryError as e:
         where = out_of_memory(opts, sched, run_dir, "training step") if run_dir else "out of memory in a training step"
         raise TrainingError(where) from e
     state.images_seen, state.step = state.images_seen + sched.batch, state.step + 1
-    update_ema(model.G_ema, model.G, ema_beta(opts, sched.batch, state.images_seen, model.ema_beta))
-    ctx.stats.update(state.augmenter.observe(ctx.real_scores, sched.batch, ctx.reduce_mean))
-    return ctx.stats
+    return stats
 
 
 def weights_finite(model: GanModel) -> bool:
@@ -404,12 +407,6 @@ def enter_schedule(sched: Schedule, model: GanModel, state: RunState, log: RunLo
         if state.period:
             log.period_grid(model, state.period)
         state.period = sched.period
-
-
-def rank_slice(batch: torch.Tensor, ddp) -> torch.Tensor:
-    """This rank's share of a global batch (noise drawn for all ranks: the numbers one process would use)."""
-    n = batch.shape[0] // ddp.world_size
-    return batch[ddp.rank * n:(ddp.rank + 1) * n]
 
 
 def write_snapshots(run_dir: Path, state: RunState, model: GanModel, opts: TrainOptions, ddp, keep: bool) -> None:

@@ -5,9 +5,29 @@ from __future__ import annotations
 
 import torch
 
+from ganforge.data import to_float
 from ganforge.hardware import autocast_for
-from ganforge.models.base import GanModel, StepContext
-from ganforge.training.distributed import average_gradients
+from ganforge.models.base import GanModel, Schedule, StepContext
+from ganforge.training.distributed import average_gradients, rank_slice, reduce_mean
+from ganforge.training.options import accumulation_rounds
+
+
+def device_step(model: GanModel, state, sched: Schedule, opts, ddp, device: torch.device, real_u8: torch.Tensor,
+                labels: torch.Tensor, indices: torch.Tensor | None, beta: float | torch.Tensor) -> dict:
+    """What a turn of the loop asks of the device: the training step on this batch, G's EMA with
+    decay `beta` (a number, or a device tensor in a CUDA graph), and the augmentation's p after D's
+    verdicts. `state` is the run's (its optimizers, loss scalers, generator, augmenter, counters).
+    Returns the step's statistics (device tensors)."""
+    world = ddp.world_size
+    ctx = StepContext(latents=lambda n: rank_slice(model.sample_latents(n * world, state.generator, device), ddp),
+                      reduce_mean=lambda t: reduce_mean(t, world), schedule=sched, step=state.step,
+                      images_seen=state.images_seen, optimizers=state.optimizers, generator=state.generator,
+                      indices=indices, augment=state.augmenter)
+    training_step(model, state.optimizers, state.scalers, to_float(real_u8), labels, ctx, opts.precision, device, world,
+                  accumulation_rounds(sched.batch, world, opts.batch_gpu))
+    update_ema(model.G_ema, model.G, beta)
+    ctx.stats.update(state.augmenter.observe(ctx.real_scores, sched.batch, ctx.reduce_mean))
+    return ctx.stats
 
 
 def training_step(model: GanModel, optimizers: dict, scalers: dict, reals: torch.Tensor,
@@ -44,9 +64,14 @@ def training_step(model: GanModel, optimizers: dict, scalers: dict, reals: torch
 
 
 @torch.no_grad()
-def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float) -> None:
-    ema_params = list(ema.parameters())
-    torch._foreach_lerp_(ema_params, [p.detach() for p in net.parameters()], 1.0 - beta)
+def update_ema(ema: torch.nn.Module, net: torch.nn.Module, beta: float | torch.Tensor) -> None:
+    ema_params, params = list(ema.parameters()), [p.detach() for p in net.parameters()]
+    if isinstance(beta, torch.Tensor):  # ema += (1 - beta) (p - ema): lerp would read a tensor weight on the host
+        step = torch._foreach_sub(params, ema_params)
+        torch._foreach_mul_(step, 1.0 - beta)
+        torch._foreach_add_(ema_params, step)
+    else:
+        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
     for b_ema, b in zip(ema.buffers(), net.buffers()):
         b_ema.copy_(b)
 

@@ -447,6 +447,7 @@ def speed_point(point: dict) -> None:
             print(json.dumps({**row, "result": "FAIL", "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
             continue
         row |= {"result": "pass", "img_per_sec": round(r["img_per_sec"], 2), "tflop_per_sec": round(r.get("tflop_per_sec", 0), 2),
+                "share_of_bf16_peak": r.get("share_of_bf16_peak"),
                 "peak_gib": round(r.get("peak_mem_gb", 0), 2), "host_syncs_per_step": r["host_syncs_per_step"],
                 "host_wait": round(r["host_wait"], 4), "cuda_syncs_per_step": r.get("cuda_syncs_per_step"),
                 "graphs_captured": r.get("cuda_graphs_captured")}
@@ -523,10 +524,11 @@ def summarise(out: Path, parts: list[str], status: dict, imports: list[str], sec
         "syncs": (["case", "settings", "result", "syncs per step", "where"],
                   lambda r: [r["case"], r["settings"], r["result"], r.get("census", r.get("error", "")),
                              "; ".join(r.get("places", []))]),
-        "speed": (["model", "res", "batch", "settings", "img/s", "TFLOP/s", "peak GiB", "syncs/step", "host wait",
-                   "reference img/s", "ratio", "result"],
+        "speed": (["model", "res", "batch", "settings", "img/s", "TFLOP/s", "of bf16 peak", "peak GiB", "syncs/step",
+                   "host wait", "reference img/s", "ratio", "result"],
                   lambda r: [r["model"], r["resolution"], r["batch"], r.get("settings", ""), r.get("img_per_sec", ""),
-                             r.get("tflop_per_sec", ""), r.get("peak_gib", ""),
+                             r.get("tflop_per_sec", ""), f"{r['share_of_bf16_peak']:.1%}" if r.get("share_of_bf16_peak") else "",
+                             r.get("peak_gib", ""),
                              f"{r.get('host_syncs_per_step', '')}/{r.get('cuda_syncs_per_step', '')}",
                              r.get("host_wait", ""), r.get("reference", ""), r.get("ratio", ""),
                              r["result"] + (f": {r['error']}" if r.get("error") else "")]),

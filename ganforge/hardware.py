@@ -12,6 +12,18 @@ import torch
 from ganforge.errors import TrainingError
 
 
+# Dense bf16 tensor-core peaks (TFLOP/s) from the makers' data sheets, by a part of the device's name.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
+
+
+def bf16_peak_tflops(device: torch.device) -> float | None:
+    """The GPU's bf16 peak, where it is in BF16_PEAK_TFLOPS (None on a CPU or an unknown GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for part, peak in BF16_PEAK_TFLOPS.items() if part in name), None)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

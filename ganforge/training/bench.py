@@ -9,7 +9,7 @@ import torch
 
 from ganforge.augment import Augmenter
 from ganforge.data import ImageDataset, RealStream
-from ganforge.hardware import make_scalers, prepare_networks, resolve_device
+from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device
 from ganforge.hostsync import StepCensus
 from ganforge.models import Schedule, StepContext, build_model, model_class
 from ganforge.progress import bar_over
@@ -83,6 +83,9 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
     if flops is not None:
         result["gflop_per_step"] = flops / 1e9
         result["tflop_per_sec"] = flops * steps / seconds / 1e12
+        peak = bf16_peak_tflops(dev)
+        if peak:
+            result["share_of_bf16_peak"] = result["tflop_per_sec"] / peak
     if dev.type == "cuda":
         result["peak_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
     if graphs is not None:

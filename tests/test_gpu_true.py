@@ -228,3 +228,20 @@ def test_torch_compile_runs_on_the_cpu_and_samples_as_eager(tmp_path):
                              model_opts={"base_channels": 4}, compile=True, device="cpu", outdir=str(tmp_path)),
                 progress=False)
     assert "G compiled" in (run / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("model", ["cdcgan", "pggan"])
+def test_a_gpu_runs_ticks_show_tflops_and_the_share_of_bf16_peak_without_changing_the_run(tmp_path, monkeypatch, model):
+    """On a GPU whose bf16 peak is known each tick logs TFLOP/s and the share of that peak; counting
+    the FLOPs (once per resolution) leaves the run as it was: BatchNorm statistics and the noise stream."""
+    opts = dict(model=model, data="mnist", resolution=16, batch=8, kimg=0.064, tick=0.016, sample_every=1, snap=0.064,
+                device="cpu", model_opts={"base_channels": 4} if model == "cdcgan" else
+                {"preset": "cpu", "fmap_max": 8, "fade_kimg": 0.016, "stab_kimg": 0.008})
+    plain = train(TrainOptions(**opts, outdir=str(tmp_path / "plain")), progress=False)
+    monkeypatch.setattr(loop, "bf16_peak_tflops", lambda device: 100.0)  # as on a GPU of 100 TFLOP/s
+    counted = train(TrainOptions(**opts, outdir=str(tmp_path / "counted")), progress=False)
+    rows = [json.loads(line) for line in (counted / "stats.jsonl").read_text().splitlines()]
+    assert all(r["tflop_per_sec"] > 0 and r["share_of_bf16_peak"] == pytest.approx(r["tflop_per_sec"] / 100) for r in rows)
+    assert "of bf16 peak" in (counted / "log.txt").read_text()
+    a, b = load_snapshot(plain)["state"], load_snapshot(counted)["state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

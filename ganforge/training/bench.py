@@ -11,11 +11,12 @@ from ganforge.augment import Augmenter
 from ganforge.data import ImageDataset, RealStream
 from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device
 from ganforge.hostsync import StepCensus
-from ganforge.models import Schedule, StepContext, build_model, model_class
+from ganforge.models import Schedule, build_model, model_class
 from ganforge.progress import bar_over
 from ganforge.training.distributed import Dist
 from ganforge.training.graphs import WARMUP_STEPS, GraphedSteps
 from ganforge.training.loop import RunState, loop_step
+from ganforge.training.step import step_flops
 from ganforge.training.options import TrainOptions
 
 CENSUS_STEPS = 2  # steps after the timed ones whose host syncs are counted and timed
@@ -102,24 +103,3 @@ def random_images(n: int, channels: int, resolution: int, num_classes: int) -> I
     labels = torch.randint(0, max(num_classes, 1), (n,), generator=g).tolist() if num_classes else [-1] * n
     return ImageDataset(name="random", entries=[f"random-{i}" for i in range(n)], labels=labels, resolution=resolution,
                         channels=channels, class_names=[str(c) for c in range(num_classes)], images=images)
-
-
-def step_flops(model, reals: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, batch: int) -> float:
-    """FLOPs of one training step = n_G x (G forward) + n_D x (D forward), forwards counted by
-    torch.utils.flop_counter at this batch size and (n_G, n_D) = model.step_forwards: each forward
-    costs 1 and its backward 2 (SPEC.md: about 4 G + 14 D for a WGAN-GP step, 4 G + 9 D without a
-    penalty). The whole step cannot be counted directly: the counter does not follow the double
-    backward of gradient penalties."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    n = reals.shape[0]
-    ctx = StepContext(latents=lambda k: model.sample_latents(k, gen, reals.device), schedule=None, generator=gen,
-                      indices=torch.arange(batch, device=reals.device))
-    condition = model.training_condition(labels, ctx)
-    z = model.sample_latents(n, gen, reals.device)
-    with torch.no_grad(), FlopCounterMode(display=False) as g_count:
-        fakes = model.generate(z, condition, ema=False)
-    with torch.no_grad(), FlopCounterMode(display=False) as d_count:
-        model.discriminate(fakes, condition)
-    n_g, n_d = model.step_forwards
-    return n_g * g_count.get_total_flops() + n_d * d_count.get_total_flops()

@@ -23,7 +23,7 @@ import torch
 from ganforge.augment import OPS as AUGMENT_OPS, Augmenter
 from ganforge.data import ImagesTooSmall, RealStream, load_dataset, to_float
 from ganforge.errors import GanforgeError, TrainingError, check_memory
-from ganforge.hardware import make_scalers, prepare_networks, resolve_device, restore_generator
+from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
 from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
@@ -35,7 +35,7 @@ from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_director
                                       kimg_label, make_run_dir, truncate_logs, write_options)
 from ganforge.training.graphs import GraphedSteps
 from ganforge.training.runlog import RunLog, SampleGrid
-from ganforge.training.step import device_step, ema_beta
+from ganforge.training.step import device_step, ema_beta, step_flops
 
 
 @dataclass
@@ -171,6 +171,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
     log.start_grids(model, grid, to_float(grid_reals), first=snapshot is None, fine=opts.sample_every < 1)
     evaluate = evaluator_factory(dataset, run_dir, device, metric_share(ddp)) if opts.metrics else None
     graphs = GraphedSteps(capture=device.type == "cuda") if opts.cuda_graphs else None
+    speed = TickSpeed(model, device, state.generator, world)
     if graphs is not None and not graphs.capture:
         log.line(f"--cuda-graphs: {device} has no CUDA graphs; the steps run as they would be captured, eagerly")
 
@@ -194,7 +195,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
                 log.move_to(state.images_seen)
                 continue
             if due["tick"]:
-                log.tick(model, sched, state.images_seen, state.step)
+                log.tick(model, sched, state.images_seen, state.step, speed(sched))
             if due["grids"]:
                 log.grids(model, state.images_seen, fine=opts.sample_every < 1)
             if due["metrics"]:
@@ -383,6 +384,34 @@ def loop_step(model: GanModel, state: RunState, sched: Schedule, opts: TrainOpti
         raise TrainingError(where) from e
     state.images_seen, state.step = state.images_seen + sched.batch, state.step + 1
     return stats
+
+
+class TickSpeed:
+    """A tick's (training FLOPs per image, bf16 peak) on a GPU whose peak is known: the FLOPs are
+    counted once per resolution and batch (one G and one D forward under the FLOP counter)."""
+
+    def __init__(self, model: GanModel, device: torch.device, generator: torch.Generator, world: int):
+        self.model, self.device, self.generator = model, device, generator
+        peak = bf16_peak_tflops(device)
+        self.peak = peak * world if peak else None  # img/s are the run's, over all its GPUs
+        self.per_image: dict[tuple[int, int], float] = {}
+
+    def __call__(self, sched: Schedule) -> tuple[float, float] | None:
+        if self.peak is None:
+            return None
+        key = (sched.resolution, sched.batch)
+        if key not in self.per_image:
+            n = sched.batch
+            reals = torch.zeros(n, 1, sched.resolution, sched.resolution, device=self.device)
+            labels = torch.zeros(n, dtype=torch.long, device=self.device)
+            # Counting runs G and D once: in eval mode (no BatchNorm statistics move) and with the
+            # run's noise stream put back, so the run trains as it would have.
+            state, modes = self.generator.get_state(), (self.model.G.training, self.model.D.training)
+            self.model.G.eval(), self.model.D.eval()
+            self.per_image[key] = step_flops(self.model, reals, labels, self.generator, n) / n
+            self.generator.set_state(state)
+            self.model.G.train(modes[0]), self.model.D.train(modes[1])
+        return self.per_image[key], self.peak
 
 
 def weights_finite(model: GanModel) -> bool:

@@ -101,13 +101,19 @@ class RunLog:
         self.bar.n = min(images_seen, self.total)
         self.bar.refresh()
 
-    def tick(self, model: GanModel, sched: Schedule, images_seen: int, step: int) -> None:
-        """One stats.jsonl row: mean losses since the last tick, speed, and the samples' diversity."""
+    def tick(self, model: GanModel, sched: Schedule, images_seen: int, step: int,
+             speed: tuple[float, float] | None = None) -> None:
+        """One stats.jsonl row: mean losses since the last tick, speed, and the samples' diversity.
+        `speed`: (training FLOPs per image, the GPU's bf16 peak in TFLOP/s) for the achieved TFLOP/s
+        and the share of that peak (on GPUs whose peak is known)."""
         now = time.time()
         means = {k: (v / self.tick_count).item() for k, v in self.tick_sums.items()}
         row = {"kimg": images_seen / 1000, "step": step, "time": now, "resolution": sched.resolution,
                "batch": sched.batch, "alpha": sched.alpha,
                "img_per_sec": (images_seen - self.tick_images) / max(now - self.tick_start, 1e-9), **means}
+        if speed is not None:
+            row["tflop_per_sec"] = speed[0] * row["img_per_sec"] / 1e12
+            row["share_of_bf16_peak"] = row["tflop_per_sec"] / speed[1]
         # A collapse signal beside the losses: how much the grid's samples vary, relative to reals.
         row["diversity"] = relative_diversity(self.grid.images(model), self.grid_reals)
         # Early samples of any model are alike: warn from 5 kimg on, once per fall below the line.
@@ -125,7 +131,8 @@ class RunLog:
                 self.tb.add_scalar(k, v, global_step=images_seen)  # x axis in images shown, like kimg
         short = {k.split("/")[-1]: f"{v:.4g}" for k, v in {**means, "diversity": row["diversity"]}.items()}
         self.bar.set_postfix({"kimg": f"{images_seen / 1000:.1f}", **short})
-        self.text.write(f"kimg {images_seen / 1000:8.1f}  step {step:7d}  img/s {row['img_per_sec']:7.1f}  "
+        peak = f"  of bf16 peak {row['share_of_bf16_peak']:.1%}" if speed is not None else ""
+        self.text.write(f"kimg {images_seen / 1000:8.1f}  step {step:7d}  img/s {row['img_per_sec']:7.1f}{peak}  "
                         + "  ".join(f"{k} {v}" for k, v in short.items()) + "\n")
         self.text.flush()
         self.restart_tick(images_seen)

@@ -88,3 +88,22 @@ def ema_beta(opts, batch: int, images_seen: int, fixed: float | None = None) -> 
     return beta
 
 
+def step_flops(model, reals: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, batch: int) -> float:
+    """FLOPs of one training step = n_G x (G forward) + n_D x (D forward), forwards counted by
+    torch.utils.flop_counter at this batch size and (n_G, n_D) = model.step_forwards: each forward
+    costs 1 and its backward 2 (about 4 G + 14 D for a WGAN-GP step, 4 G + 9 D without a penalty).
+    The whole step cannot be counted directly: the counter does not follow the double backward of
+    gradient penalties."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n = reals.shape[0]
+    ctx = StepContext(latents=lambda k: model.sample_latents(k, gen, reals.device), schedule=None, generator=gen,
+                      indices=torch.arange(batch, device=reals.device))
+    condition = model.training_condition(labels, ctx)
+    z = model.sample_latents(n, gen, reals.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as g_count:
+        fakes = model.generate(z, condition, ema=False)
+    with torch.no_grad(), FlopCounterMode(display=False) as d_count:
+        model.discriminate(fakes, condition)
+    n_g, n_d = model.step_forwards
+    return n_g * g_count.get_total_flops() + n_d * d_count.get_total_flops()

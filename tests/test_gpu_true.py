@@ -90,7 +90,7 @@ def test_out_of_memory_names_model_size_batch_and_what_to_lower(tmp_path, monkey
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(loop, "training_step", oom)
+    monkeypatch.setattr(loop, "device_step", oom)
     with pytest.raises(TrainingError) as err:
         train(opts, resume=str(run), explicit={"kimg"}, progress=False)
     message = str(err.value)

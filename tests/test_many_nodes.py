@@ -1,0 +1,129 @@
+"""Many machines for real: two hosts made of network namespaces joined by a veth pair, torchrun's
+c10d rendezvous between them, and workers that torchrun restarts continuing their own run."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import torch
+
+from ganforge.snapshots import load_snapshot
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["--model", "began", "--data", "mnist", "--resolution", "16", "--batch", "16", "--base-channels", "4",
+        "--tick", "0.16", "--snap", "0.16", "--sample-every", "1", "--augment", "none", "--device", "cpu", "--quiet"]
+
+
+def one_process(outdir, kimg):
+    subprocess.run([sys.executable, "-m", "ganforge", "train", *ARGS, "--kimg", kimg, "--outdir", str(outdir)],
+                   check=True, capture_output=True, timeout=300)
+    return next(outdir.iterdir())
+
+
+def assert_close_states(a, b):
+    assert a["step"] == b["step"]
+    for k in a["state"]:
+        torch.testing.assert_close(a["state"][k].float(), b["state"][k].float(), atol=1e-5, rtol=1e-4, msg=k)
+
+
+def sh(*cmd):
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+@pytest.fixture
+def two_hosts():
+    """Namespaces gfa / gfb with 10.231.7.1 and .2 on the two ends of one veth pair; removed after."""
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        pytest.skip("network namespaces need iproute2 and root")
+    tag = uuid.uuid4().hex[:6]
+    hosts = [(f"gfa{tag}", f"gva{tag}", "10.231.7.1"), (f"gfb{tag}", f"gvb{tag}", "10.231.7.2")]
+    try:
+        made = sh("ip", "netns", "add", hosts[0][0])
+        if made.returncode:
+            pytest.skip(f"cannot make a network namespace: {made.stderr.strip()}")
+        sh("ip", "netns", "add", hosts[1][0])
+        assert not sh("ip", "link", "add", hosts[0][1], "type", "veth", "peer", "name", hosts[1][1]).returncode
+        for ns, veth, address in hosts:
+            sh("ip", "link", "set", veth, "netns", ns)
+            sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", veth)
+            sh("ip", "-n", ns, "link", "set", veth, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        assert not sh("ip", "netns", "exec", hosts[0][0], "ping", "-c", "1", "-W", "2", hosts[1][2]).returncode \
+            or shutil.which("ping") is None
+        yield hosts
+    finally:
+        for ns, _, _ in hosts:
+            sh("ip", "netns", "del", ns)  # takes its end of the veth pair with it
+
+
+@pytest.fixture
+def rendezvous_store(two_hosts):
+    """The c10d rendezvous's store, served on the first host by a process of its own (is_host=0 on
+    both nodes): when a node's agent hosts it, the other agent can fail its last call to it after a
+    finished run, as the host's agent exits first."""
+    ns, _, address = two_hosts[0]
+    serve = (f"import time, datetime, torch.distributed as d; s = d.TCPStore({address!r}, 29531, is_master=True, "
+             f"wait_for_workers=False, timeout=datetime.timedelta(seconds=600)); time.sleep(900)")
+    server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", serve], start_new_session=True)
+    time.sleep(3)
+    yield f"{address}:29531"
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+def node(host, endpoint, outdir, kimg, extra=()):
+    ns, veth, address = host
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": veth, "GANFORGE_PROGRESS": "0"}
+    cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+           "--nproc_per_node", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
+           "--rdzv_id", "gftest", "--local_addr", address, "--rdzv_conf", "is_host=0",
+           *extra, "-m", "ganforge", "train", *ARGS,
+           "--kimg", kimg, "--outdir", str(outdir)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def test_two_nodes_over_a_real_network_train_as_one_process(tmp_path, two_hosts, rendezvous_store):
+    nodes = [node(host, rendezvous_store, tmp_path / "two", "0.32") for host in two_hosts]
+    outputs = [n.communicate(timeout=400)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    (run,) = [p for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")]  # rank 0 alone wrote
+    assert_close_states(load_snapshot(one_process(tmp_path / "one", "0.32")), load_snapshot(run))
+
+
+def workers(torchrun_pid):
+    """The training processes under a torchrun agent (its children)."""
+    out = sh("ps", "-o", "pid=", "--ppid", str(torchrun_pid)).stdout.split()
+    return [int(p) for p in out]
+
+
+def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_continues_by_itself(tmp_path):
+    """torchrun --max-restarts 1: SIGKILL one rank after the first snapshot; the restarted workers
+    find the run their job started and continue it from latest.pt, without --resume; the weights
+    are those of a run never killed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts", "1",
+           "-m", "ganforge", "train", *ARGS, "--kimg", "0.96", "--outdir", str(tmp_path / "two")]
+    agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not list((tmp_path / "two").glob("*/latest.pt")):
+            assert agent.poll() is None and time.time() < deadline, "the run ended or stalled before its first snapshot"
+            time.sleep(0.05)
+        os.kill(workers(agent.pid)[-1], signal.SIGKILL)
+        output = agent.communicate(timeout=300)[0]
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+    assert agent.returncode == 0, output[-3000:]
+    (run,) = [p for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")]  # no second run was started
+    log = (run / "log.txt").read_text()
+    assert "torchrun restarted the workers (restart 1 of job" in log and log.count("resuming") == 1
+    assert not list((tmp_path / "two").glob(".torchrun-*"))  # the job's note is gone with the finished run
+    assert_close_states(load_snapshot(one_process(tmp_path / "one", "0.96")), load_snapshot(run))
+

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ganforge.data import LOD_FOLDER, DatasetError, ImageDataset, load_dataset
+from ganforge.data import LOD_FOLDER, DatasetError, ImageDataset, inside_root, load_dataset
 from ganforge.errors import require
 
 
@@ -141,7 +141,8 @@ class ZipWriter:
         self.zip = zipfile.ZipFile(self.temporary, "w", compression=zipfile.ZIP_STORED)
 
     def write(self, name: str, data: bytes) -> None:
-        self.zip.writestr(name, data)
+        # Names hold class names read from the source: a '../' or '/' member would be extracted outside.
+        self.zip.writestr(inside_root(name, str(self.dest)), data)
 
     def close(self) -> None:
         self.zip.close()
@@ -161,7 +162,7 @@ class FolderWriter:
         self.temporary.mkdir(parents=True)
 
     def write(self, name: str, data: bytes) -> None:
-        path = self.temporary / name
+        path = self.temporary / inside_root(name, str(self.dest))  # names hold class names read from the source
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 

@@ -28,7 +28,7 @@ import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable
 
 import numpy as np
@@ -52,6 +52,17 @@ Image.MAX_IMAGE_PIXELS = 40_000 * 40_000  # refuse decompression bombs, allow la
 
 class DatasetError(GanforgeError, ValueError):
     """A dataset that cannot be used: the message names the file or option at fault."""
+
+
+def inside_root(name: str, where: str) -> str:
+    """`name`, a path read from inside a user's file (a zip or tar member, a split.csv row, a shard
+    list, a class name), as a relative POSIX path that stays inside its root; any other name is
+    refused naming it, since joining it to a folder would read or write outside that folder."""
+    path = PurePosixPath(name.replace("\\", "/"))  # a Windows separator would hide a '..' on POSIX
+    if not path.parts or path.is_absolute() or ".." in path.parts or PureWindowsPath(name).drive:
+        raise DatasetError(f"{where}: entry {name!r} leads outside its folder (an absolute path, a drive or '..'); "
+                           "give names relative to the data's own folder")
+    return path.as_posix()
 
 
 @dataclass
@@ -246,12 +257,13 @@ def _image_zip(path: Path, **kw) -> ImageDataset:
             # train on, as in a folder.
             names = sorted(n for n in z.namelist() if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_EXTENSIONS
                            and not hidden_member(n))
+            for name in names:  # its folders become class names, and `ganforge dataset` writes under them
+                inside_root(name, f"--data {path}")
             summary = json.loads(z.read("dataset.json")) if "dataset.json" in z.namelist() else {}
     except zipfile.BadZipFile as e:
         raise DatasetError(f"--data {path}: not a readable zip file ({e})") from e
     if not names:
         raise DatasetError(f"--data {path}: the zip holds no image files")
-    # Members are only ever read into memory, never extracted, so '../' names cannot escape anywhere.
     labels, class_names = _labels_from_folders(names)
     return ImageDataset(name=str(path), entries=names, labels=labels, class_names=class_names,
                         zip_path=str(path), levels=stored_levels(summary, kw["resolution"]), **kw)
@@ -292,7 +304,7 @@ def _captioned(root: Path, split: str, **kw) -> ImageDataset:
             if class_names and not 0 <= label < len(class_names):
                 raise DatasetError(f"{split_csv}:{line}: label {label} out of range: {classes_txt} lists "
                                    f"{len(class_names)} classes")
-            image = row["image"]
+            image = inside_root(row["image"], f"{split_csv}:{line}")
             sub = image[len("images/"):] if image.startswith("images/") else image
             entries.append(str(root / image))
             labels.append(label)
@@ -360,7 +372,9 @@ def shard_files(data: str) -> list[Path] | None:
     if path.is_file() and path.suffix == ".tar":
         return [path]
     shards = _summary(path).get("shards") if path.is_dir() else None
-    return [path / name for name in shards] if shards else None
+    if not shards:
+        return None
+    return [path / inside_root(str(name), f"--data {path / 'dataset.json'}") for name in shards]
 
 
 def _shards(tars: list[Path], split: str, listed_once: Callable, **kw) -> ImageDataset:
@@ -394,7 +408,7 @@ def tar_samples(tar: Path) -> list[dict]:
             for member in archive:
                 if not member.isfile():
                     continue
-                folder, _, base = member.name.rpartition("/")
+                folder, _, base = inside_root(member.name, f"--data {tar}").rpartition("/")
                 stem, _, ext = base.partition(".")  # WebDataset: the key ends at the first dot
                 key = f"{folder}/{stem}" if folder else stem
                 sample = samples.setdefault(key, {"name": f"{tar}:{key}", "span": None, "label": -1, "captions": None,
@@ -409,6 +423,8 @@ def tar_samples(tar: Path) -> list[dict]:
                         sample["captions"] = [line.strip() for line in text.splitlines() if line.strip()]
                     else:
                         sample["split"] = json.loads(text).get("split")
+    except DatasetError:
+        raise
     except (tarfile.TarError, OSError, ValueError) as e:
         raise DatasetError(f"--data: {tar} is not a readable tar shard ({e})") from e
     return [s for s in samples.values() if s["span"] is not None]

@@ -2,13 +2,14 @@
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from ganforge.archive import convert
 from ganforge.cli import main
-from ganforge.data import load_dataset
+from ganforge.data import DatasetError, load_dataset
 
 
 def photo(path, size, colour):
@@ -178,3 +179,77 @@ def test_shards_are_read_one_after_another_each_shuffled_and_resume_exactly(tmp_
     a, b = load_snapshot(straight), load_snapshot(resumed)
     assert a["stream_position"] == b["stream_position"] == 32
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+
+
+def zip_of_images(path, names):
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name in names:
+            png = io.BytesIO()
+            Image.new("RGB", (20, 20), (200, 10, 10)).save(png, format="PNG")
+            z.writestr(name, png.getvalue())
+
+
+def files_under(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_zip_members_that_lead_outside_are_refused_and_nothing_is_written_outside(tmp_path):
+    zip_of_images(tmp_path / "evil.zip", ["../../x/a.png", "ok/c.png"])
+    (tmp_path / "work").mkdir()
+    result = CliRunner().invoke(main, ["dataset", str(tmp_path / "evil.zip"), str(tmp_path / "work" / "out"),
+                                       "--resolution", "16"])
+    assert result.exit_code != 0 and "'../../x/a.png'" in result.output and "Traceback" not in result.output
+    assert files_under(tmp_path) == ["evil.zip"]  # not beside out/, not anywhere
+    zip_of_images(tmp_path / "abs.zip", ["/abs/b.png", "ok/c.png"])
+    result = CliRunner().invoke(main, ["dataset", str(tmp_path / "abs.zip"), str(tmp_path / "out.zip"),
+                                       "--resolution", "16"])
+    assert result.exit_code != 0 and "'/abs/b.png'" in result.output and not (tmp_path / "out.zip").exists()
+
+
+def test_a_written_name_that_leads_outside_is_refused(tmp_path):
+    from ganforge.archive import FolderWriter, ZipWriter
+
+    for writer in (ZipWriter(tmp_path / "a.zip"), FolderWriter(tmp_path / "b")):
+        for name in ("../x.png", "/x.png", "c/../../x.png"):
+            with pytest.raises(DatasetError, match="leads outside"):
+                writer.write(name, b"")
+        writer.abandon()
+    assert files_under(tmp_path) == []
+
+
+def test_split_csv_rows_shard_lists_and_tar_members_must_stay_inside_their_root(tmp_path):
+    import tarfile
+
+    photo(tmp_path / "outside.png", (20, 20), (1, 2, 3))
+    source = tmp_path / "captioned"
+    photo(source / "images" / "a.png", (20, 20), (1, 2, 3))
+    (source / "text").mkdir()
+    (source / "split.csv").write_text("image,label,split\nimages/a.png,0,train\n../outside.png,0,train\n")
+    with pytest.raises(DatasetError, match=r"split.csv:3: entry '../outside.png' leads outside"):
+        load_dataset(str(source), 16)
+    with tarfile.open(tmp_path / "evil.tar", "w") as tar:
+        tar.add(tmp_path / "outside.png", arcname="../up.png")
+    with pytest.raises(DatasetError, match="entry '../up.png' leads outside"):
+        load_dataset(str(tmp_path / "evil.tar"), 16)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "dataset.json").write_text(json.dumps({"shards": ["../evil.tar"]}))
+    with pytest.raises(DatasetError, match="entry '../evil.tar' leads outside"):
+        load_dataset(str(shards), 16)
+
+
+@pytest.mark.parametrize("name", ["..", "../a.png", "/etc/a.png", "a/../../b.png", "a\\..\\..\\b.png", "C:/a.png", ""])
+def test_inside_root_refuses_names_that_leave_the_root(name):
+    from ganforge.data import inside_root
+
+    with pytest.raises(DatasetError, match="leads outside"):
+        inside_root(name, "data.zip")
+
+
+def test_inside_root_keeps_relative_names():
+    from ganforge.data import inside_root
+
+    assert inside_root("./cat/a.png", "data.zip") == "cat/a.png" and inside_root("a..b.png", "x") == "a..b.png"

@@ -98,10 +98,12 @@ def test_zip_of_class_folders(tmp_path, class_folder):
     with zipfile.ZipFile(z, "w") as f:
         for p in class_folder.rglob("*.png"):
             f.write(p, p.relative_to(class_folder).as_posix())
-        f.writestr("../escape.png", (class_folder / "cat" / "0.png").read_bytes())  # traversal name: read, never extracted
     ds = load_dataset(str(z), 8)
-    assert len(ds) == 7 and ds[0][0].shape == (3, 8, 8)
-    assert not (tmp_path.parent / "escape.png").exists()
+    assert len(ds) == 6 and ds[0][0].shape == (3, 8, 8)
+    with zipfile.ZipFile(z, "a") as f:  # a traversal name would become class '..', written outside on conversion
+        f.writestr("../escape.png", (class_folder / "cat" / "0.png").read_bytes())
+    with pytest.raises(DatasetError, match="'../escape.png' leads outside"):
+        load_dataset(str(z), 8)
 
 
 def test_corrupt_files_are_skipped_and_reported(tmp_path):

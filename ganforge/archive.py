@@ -16,6 +16,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -132,12 +133,27 @@ def png_bytes(pixels) -> bytes:
     return out.getvalue()
 
 
+def unique_temporary(dest: Path, folder: bool) -> Path:
+    """A new file or folder beside `dest` (so the final rename stays on one file system) with a name
+    no one else has: a fixed name could be a user's own file, truncated or deleted when abandoned."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        path = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    else:
+        handle, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        os.close(handle)
+        path = Path(name)
+    umask = os.umask(0)  # tempfile makes it private; the result gets the permissions a new one would
+    os.umask(umask)
+    path.chmod((0o777 if folder else 0o666) & ~umask)
+    return path
+
+
 class ZipWriter:
     """Members stored as they are (PNG is compressed already), into a temporary file renamed at the end."""
 
     def __init__(self, dest: Path):
-        self.dest, self.temporary = dest, dest.with_name(f".{dest.name}.tmp")
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.dest, self.temporary = dest, unique_temporary(dest, folder=False)
         self.zip = zipfile.ZipFile(self.temporary, "w", compression=zipfile.ZIP_STORED)
 
     def write(self, name: str, data: bytes) -> None:
@@ -149,17 +165,17 @@ class ZipWriter:
         os.replace(self.temporary, self.dest)
 
     def abandon(self) -> None:
-        self.zip.close()
-        self.temporary.unlink(missing_ok=True)
+        try:
+            self.zip.close()
+        finally:  # closing writes the directory, which a full disk refuses
+            self.temporary.unlink(missing_ok=True)
 
 
 class FolderWriter:
     """Files into a temporary folder renamed at the end: an interrupted conversion leaves nothing half-made."""
 
     def __init__(self, dest: Path):
-        self.dest, self.temporary = dest, dest.with_name(f".{dest.name}.tmp")
-        shutil.rmtree(self.temporary, ignore_errors=True)
-        self.temporary.mkdir(parents=True)
+        self.dest, self.temporary = dest, unique_temporary(dest, folder=True)
 
     def write(self, name: str, data: bytes) -> None:
         path = self.temporary / inside_root(name, str(self.dest))  # names hold class names read from the source

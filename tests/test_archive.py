@@ -253,3 +253,37 @@ def test_inside_root_keeps_relative_names():
     from ganforge.data import inside_root
 
     assert inside_root("./cat/a.png", "data.zip") == "cat/a.png" and inside_root("a..b.png", "x") == "a..b.png"
+
+
+def test_a_users_file_at_a_temporary_looking_name_is_never_deleted(tmp_path):
+    source = tmp_path / "src"
+    photo(source / "a.png", (20, 20), (1, 2, 3))
+    (tmp_path / "nd" / ".mine.tmp").mkdir(parents=True)
+    (tmp_path / "nd" / ".mine.tmp" / "notes.txt").write_text("mine")
+    (tmp_path / "nd" / ".mine.zip.tmp").write_text("mine too")
+    for dest in ("mine", "mine.zip"):
+        result = CliRunner().invoke(main, ["dataset", str(source), str(tmp_path / "nd" / dest), "--resolution", "8"])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "nd" / ".mine.tmp" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "nd" / ".mine.zip.tmp").read_text() == "mine too"
+    assert sorted(p.name for p in (tmp_path / "nd").iterdir()) == [".mine.tmp", ".mine.zip.tmp", "mine", "mine.zip"]
+    assert len(load_dataset(str(tmp_path / "nd" / "mine"), 8)) == 1 and len(load_dataset(str(tmp_path / "nd" / "mine.zip"), 8)) == 1
+    assert (tmp_path / "nd" / "mine").stat().st_mode & 0o777 == 0o777 & ~current_umask()
+
+
+def current_umask() -> int:
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_an_abandoned_conversion_removes_only_its_own_temporary(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "bad.png").write_bytes(b"not a png")
+    (tmp_path / ".out.tmp").mkdir()
+    result = CliRunner().invoke(main, ["dataset", str(source), str(tmp_path / "out"), "--resolution", "8"])
+    assert result.exit_code != 0 and "no readable image" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.tmp", "src"]

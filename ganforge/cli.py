@@ -276,9 +276,10 @@ def export(run_or_snapshot, fmt, out):
     from ganforge.inference import RuntimeGenerator, export as write_export, load_model
     from ganforge.snapshots import find_snapshot
 
+    snapshot = find_snapshot(run_or_snapshot)
     if out is None:
-        out = find_snapshot(run_or_snapshot).parent / ("generator.onnx" if fmt == "onnx" else "generator.pt")
-    _check_writable(out, "--out")
+        out = snapshot.parent / ("generator.onnx" if fmt == "onnx" else "generator.pt")
+    _check_writable(out, "--out", reading=snapshot)
     model = load_model(run_or_snapshot)
     paths = write_export(model, fmt, out)
     inputs = f"z [N, {model.z_dim}] float32" + (", labels [N] int64" if RuntimeGenerator(model).conditional else "")
@@ -315,7 +316,7 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
 
     names = parse_metrics(metrics)
     if out:
-        _check_writable(out, "--out")
+        _check_writable(out, "--out", reading=find_snapshot(run_or_snapshot) if run_or_snapshot else None)
     dev = resolve_device(device)
     started = time.time()
     if (run_or_snapshot is None) == (fake is None):
@@ -363,9 +364,15 @@ def _finite_or_null(value):
     return value
 
 
-def _check_writable(path: str | Path, option: str, folder: bool = False) -> None:
-    """Refuse an output that cannot be written before the work that would fill it starts."""
+def _check_writable(path: str | Path, option: str, folder: bool = False, reading: str | Path | None = None) -> None:
+    """Refuse an output that cannot be written before the work that would fill it starts, and one
+    that would replace a run's own file or `reading`, the snapshot the command reads."""
+    from ganforge.training.rundir import kept_in_run
+
     path = Path(path)
+    if kept_in_run(path) or (reading is not None and path.exists() and path.samefile(reading)):
+        raise click.BadParameter(f"{path} is a file ganforge keeps in the run (a snapshot, its options or its logs) "
+                                 "and would be replaced; give another file", param_hint=option)
     if folder and path.exists() and not path.is_dir():
         raise click.BadParameter(f"{path} is a file; give a folder (or a .png file for a grid)", param_hint=option)
     if not folder and path.is_dir():

@@ -204,3 +204,27 @@ def test_hostile_input_catalogue_fast_subset():
     from hostile_inputs import main_
 
     assert main_(["--cases", "1,2,5,8,9,10,12,13,16,17,18,20,21,22,24,25,26,28,29"]) == 0
+
+
+@pytest.mark.parametrize("command", [["export", "--format", "torchscript"], ["evaluate", "--metrics", "swd", "--n", "64"]])
+@pytest.mark.parametrize("name", ["latest.pt", "snapshot-000000k064.pt", "training_options.json", "stats.jsonl"])
+def test_an_output_is_never_one_of_the_runs_own_files(finished_run, command, name, tmp_path):
+    kept = finished_run / name
+    before = kept.read_bytes()
+    result = cli(command[0], finished_run, *command[1:], "--out", kept)
+    assert result.exit_code != 0 and name in result.output and "keeps in the run" in result.output, result.output
+    assert kept.read_bytes() == before
+
+
+def test_an_export_never_replaces_the_snapshot_it_reads(finished_run, tmp_path):
+    copy = tmp_path / "mine.pt"  # a snapshot outside any run
+    shutil.copy(finished_run / "latest.pt", copy)
+    result = cli("export", copy, "--format", "torchscript", "--out", copy)
+    assert result.exit_code != 0 and "mine.pt" in result.output and load_snapshot(copy)["step"] >= 0
+
+
+def test_the_final_snapshot_in_the_whole_kimg_of_a_kept_one_gets_its_own_name(tmp_path):
+    options = {**TINY, "batch": 64, "tick": 1, "sample_every": 10, "snap": 1}
+    run = train(TrainOptions(**options, kimg=1.5, outdir=str(tmp_path / "runs")), progress=False)
+    kept = {p.name: load_snapshot(p)["images_seen"] for p in run.glob("snapshot-*.pt")}
+    assert kept == {"snapshot-000001.pt": 1024, "snapshot-000001k536.pt": 1536}, kept

@@ -213,8 +213,11 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
                     log.line(recover(state, model, opts, run_dir, "non-finite weights"))  # never overwrite a good
                     log.move_to(state.images_seen)                                        # snapshot with a poisoned one
                     continue
-                write_snapshots(run_dir, state, model, opts, ddp,
-                                keep=crossed(before, state.images_seen, opts.snap) or state.images_seen >= total)
+                on_interval = crossed(before, state.images_seen, opts.snap)
+                # the final snapshot between two intervals gets the finer name: in the whole kimg of
+                # the last kept one (--kimg 1.5 --snap 1) it would replace that one
+                write_snapshots(run_dir, state, model, opts, ddp, keep=on_interval or state.images_seen >= total,
+                                fine=opts.snap < 1 or not on_interval)
         if state.images_seen >= total and state.period:
             log.period_grid(model, state.period)
             if ddp.main:
@@ -478,12 +481,13 @@ def enter_schedule(sched: Schedule, model: GanModel, state: RunState, log: RunLo
         state.period = sched.period
 
 
-def write_snapshots(run_dir: Path, state: RunState, model: GanModel, opts: TrainOptions, ddp, keep: bool) -> None:
-    """latest.pt, and with `keep` snapshot-<kimg>.pt too; every rank waits until they are complete
-    (other ranks may read one back to recover)."""
+def write_snapshots(run_dir: Path, state: RunState, model: GanModel, opts: TrainOptions, ddp, keep: bool,
+                    fine: bool) -> None:
+    """latest.pt, and with `keep` snapshot-<kimg>.pt too (`fine`: kimg_label's finer name); every rank
+    waits until they are complete (other ranks may read one back to recover)."""
     if ddp.main:
         snap = state.snapshot(model, opts)
-        paths = [run_dir / LATEST] + ([run_dir / f"snapshot-{kimg_label(state.images_seen, opts.snap < 1)}.pt"] if keep else [])
+        paths = [run_dir / LATEST] + ([run_dir / f"snapshot-{kimg_label(state.images_seen, fine)}.pt"] if keep else [])
         for path in paths:
             write_snapshot(path, snap, run_dir)
     barrier(ddp.world_size)

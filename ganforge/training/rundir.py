@@ -32,6 +32,16 @@ def dataset_desc(data: str) -> str:
 OWN_TEMPORARY = re.compile(r"\.(latest|best|snapshot-\d+(k\d+)?)\.pt\.\d+\.tmp|\.training_options\.json\.tmp|\.lock\.\d+\.tmp")
 
 
+RUN_FILES = re.compile(r"(latest|best|snapshot-\d+(k\d+)?)\.pt|training_options\.json|stats\.jsonl|log\.txt|metric-.+\.jsonl")
+
+
+def kept_in_run(path: str | Path) -> bool:
+    """Whether `path` is a file ganforge keeps in a run directory (a snapshot, the options, the logs):
+    an output written there would destroy the run's work."""
+    path = Path(path).resolve()
+    return bool(RUN_FILES.fullmatch(path.name)) and (path.parent / "training_options.json").is_file()
+
+
 def check_run_directory(run_dir: Path, snapshot: dict) -> None:
     """Resume only into a run directory ganforge made for this snapshot's model: a resumed run
     rewrites its logs and snapshots, which must never happen to a folder that is not a run's."""

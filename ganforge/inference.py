@@ -26,7 +26,19 @@ def load_model(run_or_snapshot: str | Path, device: str | torch.device = "cpu") 
         model.load_state_dict(snap["state"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise SnapshotError(f"{snap['path']}: snapshot does not match the {snap.get('model')} networks ({e})") from e
+    check_finite(model, snap["path"])
     return model.to(device).eval().requires_grad_(False)
+
+
+def check_finite(model: GanModel, path: str) -> None:
+    """Refuse weights holding NaN or Inf, naming the first such tensor: they would give black grids,
+    NaN exports and null metrics with no error. Parameters and the generator's floating buffers
+    are read (not every buffer: BEGAN's best measure starts at inf)."""
+    buffers = [(f"G_ema.{name}", b) for name, b in model.G_ema.named_buffers() if b.is_floating_point()]
+    for name, tensor in [*model.named_parameters(), *buffers]:
+        if not bool(tensor.isfinite().all()):
+            raise SnapshotError(f"{path}: tensor {name} holds NaN or Inf values; the snapshot cannot be used "
+                                "(an earlier snapshot-*.pt of the run may be intact)")
 
 
 class RuntimeGenerator(nn.Module):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ganforge.training import TrainingError, TrainOptions, train
 from ganforge.snapshots import load_snapshot
@@ -228,3 +229,21 @@ def test_the_final_snapshot_in_the_whole_kimg_of_a_kept_one_gets_its_own_name(tm
     run = train(TrainOptions(**options, kimg=1.5, outdir=str(tmp_path / "runs")), progress=False)
     kept = {p.name: load_snapshot(p)["images_seen"] for p in run.glob("snapshot-*.pt")}
     assert kept == {"snapshot-000001.pt": 1024, "snapshot-000001k536.pt": 1536}, kept
+
+
+def test_a_snapshot_with_nan_weights_is_refused_naming_the_tensor(finished_run, tmp_path):
+    from ganforge.snapshots import save_snapshot
+
+    snap = load_snapshot(finished_run)
+    del snap["path"], snap["format_version"]
+    name = next(k for k, v in snap["state"].items() if k.startswith("G_ema.") and v.is_floating_point())
+    snap["state"][name] = torch.full_like(snap["state"][name], float("nan"))
+    poisoned = tmp_path / "poisoned.pt"
+    save_snapshot(poisoned, snap)
+    for command in (["generate", "--n", "4", "--out", tmp_path / "grid.png"],
+                    ["export", "--format", "torchscript", "--out", tmp_path / "g.pt"],
+                    ["evaluate", "--metrics", "swd", "--n", "64", "--out", tmp_path / "r.json"]):
+        result = cli(command[0], poisoned, *command[1:])
+        assert result.exit_code != 0 and f"tensor {name} holds NaN or Inf" in result.output, result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poisoned.pt"]

@@ -17,7 +17,7 @@ from click.core import ParameterSource
 
 from ganforge.errors import GanforgeError
 from ganforge.models import model_names
-from ganforge.training.options import TrainOptions
+from ganforge.training.options import SEED_MAX, TrainOptions
 
 
 def _power_of_two(ctx, param, value):
@@ -93,7 +93,7 @@ def option_from(name: str, **override):
             kwargs["callback"] = lambda ctx, param, value: None if value is None else int(value)
             kwargs["default"] = None if kwargs["default"] is None else str(kwargs["default"])
     elif "minimum" in form:
-        kwargs["type"] = click.IntRange(min=form["minimum"])
+        kwargs["type"] = click.IntRange(min=form["minimum"], max=form.get("maximum"))
     elif form.get("positive"):
         kwargs.update(type=float, callback=_finite_positive)
     elif form.get("fraction"):
@@ -410,8 +410,8 @@ def _number_list(ctx, param, value: str | None) -> list[int] | None:
         numbers = [int(s) for s in value.split(",") if s.strip()]
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of whole numbers, e.g. 1,7,42") from None
-    if not numbers or min(numbers) < 0:
-        raise click.BadParameter(f"{value!r}: give whole numbers >= 0, e.g. 1,7,42")
+    if not numbers or min(numbers) < 0 or max(numbers) > SEED_MAX:
+        raise click.BadParameter(f"{value!r}: give whole numbers 0..{SEED_MAX}, e.g. 1,7,42")
     return numbers
 
 

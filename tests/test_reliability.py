@@ -112,6 +112,8 @@ def cli(*args):
     (["--batch", str(10**9)], f"--batch {10**9} at 32x32 needs"),
     (["--kimg", "0.0001"], "--kimg 0.0001 is less than one image"),
     (["--device", "gpu0"], "--device gpu0: not a device"),
+    (["--model-opt", "lr=-1"], "--model-opt: the optimizer refuses its settings (Invalid learning rate: -1)"),
+    (["--seed", str(2**64 - 1)], f"Invalid value for '--seed': {2**64 - 1} is not in the range"),
 ])
 def test_ordinary_mistakes_are_one_line_and_leave_no_run_directory(args, message, tmp_path):
     result = cli("train", "--outdir", tmp_path / "runs", *args)
@@ -247,3 +249,11 @@ def test_a_snapshot_with_nan_weights_is_refused_naming_the_tensor(finished_run, 
         assert result.exit_code != 0 and f"tensor {name} holds NaN or Inf" in result.output, result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["poisoned.pt"]
+
+
+def test_a_seed_out_of_range_is_one_line_for_generate_and_interpolate(finished_run, tmp_path):
+    result = cli("generate", finished_run, "--n", "4", "--seed", 2**64, "--out", tmp_path / "grid.png")
+    assert result.exit_code == 2 and f"'--seed': {2**64} is not in the range" in result.output, result.output
+    result = cli("interpolate", finished_run, "--seeds", f"1,{2**63}", "--out", tmp_path / "walk.gif")
+    assert result.exit_code == 2 and "'--seeds'" in result.output and "give whole numbers 0.." in result.output
+    assert "Traceback" not in result.output and not any(tmp_path.iterdir())

@@ -23,7 +23,7 @@ import torch
 
 from ganforge.augment import OPS as AUGMENT_OPS, Augmenter
 from ganforge.data import ImagesTooSmall, RealStream, load_dataset, to_float
-from ganforge.errors import GanforgeError, TrainingError, check_memory
+from ganforge.errors import GanforgeError, OptionError, TrainingError, check_memory
 from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
@@ -135,7 +135,11 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     opts = resolve_augment(opts, len(dataset))
     model, notes = training_model(opts, dataset, snapshot, device, world)
     check_batches(model, opts, world)
-    state = RunState(optimizers=model.optimizers(model.schedule(0, opts.batch, opts.resolution)),
+    try:  # torch's optimizers check their settings: a negative lr from --model-opt, say
+        optimizers = model.optimizers(model.schedule(0, opts.batch, opts.resolution))
+    except ValueError as e:
+        raise OptionError(f"--model-opt: the optimizer refuses its settings ({e})") from e
+    state = RunState(optimizers=optimizers,
                      scalers=make_scalers(opts.precision, device), generator=torch.Generator(device).manual_seed(opts.seed),
                      stream=RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=device, workers=opts.workers,
                                        rank=ddp.rank, world_size=world),

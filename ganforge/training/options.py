@@ -13,9 +13,14 @@ from ganforge.errors import TrainingError
 ADA_BELOW = 30_000  # --augment auto: adaptive augmentation for datasets smaller than this
 
 
+# Seeds are combined into others (seed * 1_000_003 + epoch, times 8 in the metrics) that must still fit
+# the 64 bits torch.Generator.manual_seed takes: 2**32 - 1 leaves that room.
+SEED_MAX = 2**32 - 1
+
+
 def option(default, help: str, cli: bool = True, **form):
     """A TrainOptions field with its command-line help and form: choices=[...], minimum=N,
-    positive=True (a finite number > 0), fraction=True (a number in [0, 1]), power_of_two=True,
+    maximum=N, positive=True (a finite number > 0), fraction=True (a number in [0, 1]), power_of_two=True,
     flag=True (--x/--no-x), comma=True (a list given as a,b,c), cli=False (not a command-line option)."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
     return field(**factory, metadata={"help": help, "cli": cli, **form})
@@ -48,7 +53,8 @@ class TrainOptions:
     batch_gpu: int | None = option(None, "Images per GPU in one forward pass: a larger share of --batch is "
                                    "accumulated over several [default: the whole share]", minimum=1)
     kimg: float = option(100.0, "Training length in thousands of real images shown", positive=True)
-    seed: int = option(0, "Random seed (noise, data order); the same seed gives the same result", minimum=0)
+    seed: int = option(0, "Random seed (noise, data order); the same seed gives the same result", minimum=0,
+                       maximum=SEED_MAX)
     model_opts: dict = option(dict, "The model's own hyperparameters (--model-opt KEY=VALUE)", cli=False)
     ema_kimg: float = option(10.0, "Half-life of the EMA generator in kimg", positive=True)
     ema_rampup: float | None = option(0.05, "EMA half-life at most this fraction of images seen (None: off)",

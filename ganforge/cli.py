@@ -600,6 +600,8 @@ def plot(run, out):
     """Chart a run's losses and measures (stats.jsonl) and its metrics (metric-*.jsonl) against kimg."""
     from ganforge.training.plots import plot_stats
 
+    if out is not None:
+        _check_writable(out, "--out")
     path = plot_stats(run, out)
     if path is None:
         raise click.ClickException(f"{run}: not enough rows in stats.jsonl to plot yet")

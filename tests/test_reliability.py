@@ -219,6 +219,13 @@ def test_an_output_is_never_one_of_the_runs_own_files(finished_run, command, nam
     assert kept.read_bytes() == before
 
 
+def test_plot_never_replaces_the_runs_logs(finished_run):
+    before = (finished_run / "stats.jsonl").read_bytes()
+    result = cli("plot", finished_run, "--out", finished_run / "stats.jsonl")
+    assert result.exit_code != 0 and "stats.jsonl is a file ganforge keeps in the run" in result.output, result.output
+    assert (finished_run / "stats.jsonl").read_bytes() == before
+
+
 def test_an_export_never_replaces_the_snapshot_it_reads(finished_run, tmp_path):
     copy = tmp_path / "mine.pt"  # a snapshot outside any run
     shutil.copy(finished_run / "latest.pt", copy)

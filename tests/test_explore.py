@@ -75,7 +75,7 @@ def test_timelapse_shows_every_grid_in_training_order(run, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--seeds", "1,x"], "not a comma-separated list"),
     (["--seeds", "4"], "a walk needs two keyframes or more"),
-    (["--seeds", "1,-2"], "give whole numbers >= 0"),
+    (["--seeds", "1,-2"], "give whole numbers 0..4294967295"),
     (["--out", "walk.avi"], "give a .mp4 or .gif file"),
     (["--label", "10"], "out of range, the model has classes 0..9"),
     (["--labels", "3,12"], "--labels 12: out of range"),

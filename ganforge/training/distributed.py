@@ -114,14 +114,3 @@ def broadcast_parameters(module: torch.nn.Module, world_size: int) -> None:
 def barrier(world_size: int) -> None:
     if world_size > 1:
         dist.barrier()
-
-
-def restart_count() -> int:
-    """How many times torchrun has restarted this job's workers (0 for the first attempt, or
-    outside torchrun)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-
-
-def job_id() -> str | None:
-    """torchrun's id of this job (its --rdzv-id; a fresh one per launch with --standalone)."""
-    return os.environ.get("TORCHELASTIC_RUN_ID") or None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import shutil
 import signal
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
 from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
-                                          init_from_env, job_id, restart_count)
+                                          init_from_env)
 from ganforge.training.options import (TrainOptions, check_batches, check_resume,
                                        describe_schedule, model_config, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
@@ -118,9 +117,6 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     ganforge.hostsync.StepCensus that GANFORGE_HOST_SYNCS asks for (a count of the steps' host
     syncs in log.txt, or a refusal of any).
     """
-    restarted = None
-    if resume is None:  # workers restarted by torchrun continue the run their job started
-        resume, restarted = elastic_resume(opts)
     snapshot = read_snapshot(resume)
     opts, channels_source = run_options(opts, snapshot, explicit or set(), resume)
     if opts.metrics and evaluator_factory is None:  # before the run directory: a missing extra stops here
@@ -152,10 +148,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                             watch_step,
                             [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
                              f"({channels_source})", *notes, state.augmenter.describe(), *([lock.took_over] if lock and lock.took_over else []),
-                             *state.notes, *([restarted] if restarted else [])])
-        record = job_record(opts)
-        if ddp.main and record is not None and state.images_seen >= round(opts.kimg * 1000):
-            record.unlink(missing_ok=True)  # the job's run is finished: a later restart has nothing to continue
+                             *state.notes])
     except BaseException:
         if snapshot is None and state.step == 0 and ddp.main:  # a new run with nothing in it to resume
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -270,38 +263,6 @@ def run_options(opts: TrainOptions, snapshot: dict | None, explicit: set[str], r
     return opts, channels_source
 
 
-def job_record(opts: TrainOptions) -> Path | None:
-    """Where a torchrun job notes the run directory it started (in --outdir, shared by the nodes)."""
-    job = job_id()
-    return Path(opts.outdir) / f".torchrun-{''.join(c if c.isalnum() or c in '-_' else '_' for c in job)}" if job else None
-
-
-def record_job_run(opts: TrainOptions, run_dir: Path) -> None:
-    record = job_record(opts)
-    if record is not None:
-        record.write_text(str(run_dir.resolve()) + "\n", encoding="utf-8")
-
-
-def elastic_resume(opts: TrainOptions) -> tuple[str | None, str | None]:
-    """Under torchrun, after its agent restarted the workers (a rank died; --max-restarts) or a lost
-    node was started again with the same command: the run directory this job started, to resume
-    from its latest.pt, and a line for log.txt. Every rank asks the others, since a node started
-    again counts no restart of its own; with no snapshot yet there is nothing to resume and a run
-    starts anew. (None, None) outside torchrun and on a job's first attempt."""
-    record = job_record(opts)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or record is None:
-        return None, None
-    ddp, _ = init_from_env(opts.device)
-    restarts = max(gather_object(restart_count(), ddp.world_size))
-    if restarts == 0 or not record.exists():
-        return None, None
-    run_dir = Path(record.read_text(encoding="utf-8").strip())
-    if not (run_dir / LATEST).exists():
-        return None, None
-    return str(run_dir), (f"torchrun restarted the workers (restart {restarts} of job {job_id()}): continuing "
-                          f"from {run_dir / LATEST}")
-
-
 def made_once(make, ddp):
     """make() on rank 0, its result shared with every rank; an error there stops every rank with it."""
     if ddp.world_size <= 1:
@@ -380,7 +341,6 @@ def open_run_directory(opts: TrainOptions, snapshot: dict | None, dataset, model
             lock = RunLock(run_dir) if ddp.main else None
             if ddp.main:
                 write_options(run_dir, opts)
-                record_job_run(opts, run_dir)
         except BaseException as e:  # an empty new directory would only take the next run number
             shutil.rmtree(run_dir, ignore_errors=True)
             if isinstance(e, OSError):

@@ -32,6 +32,8 @@ from ganforge.errors import OptionError
 
 _PACKAGE = str(Path(__file__).resolve().parent)
 _TORCH = str(Path(torch.__file__).resolve().parent)
+# Frames PyTorch puts in front of every dispatch mode call: not the caller of the operation.
+_PLUMBING = (str(Path(_TORCH) / "_compile.py"), str(Path(_TORCH) / "_dynamo"))
 
 # Operations that wait for a device value, or copy a host value to the device, whatever the device.
 _WAITING_OPS = {
@@ -136,9 +138,8 @@ def where_in_ganforge() -> str:
 def made_by_pytorch() -> bool:
     """Whether the innermost Python frame is PyTorch's own code (this module's frames and the ones
     PyTorch puts in front of every dispatch mode left out)."""
-    plumbing = (str(Path(_TORCH) / "_compile.py"), str(Path(_TORCH) / "_dynamo"))
     for frame in reversed(traceback.extract_stack()):
-        if not frame.filename.endswith("hostsync.py") and not frame.filename.startswith(plumbing):
+        if not frame.filename.endswith("hostsync.py") and not frame.filename.startswith(_PLUMBING):
             return frame.filename.startswith(_TORCH)
     return False
 

@@ -381,11 +381,10 @@ def loop_step(model: GanModel, state: RunState, sched: Schedule, opts: TrainOpti
     device: what the host needs of it (are the losses finite? what are they?) is read at the next tick."""
     real_u8, labels = state.stream.next_batch(sched.batch, sched.resolution)
     beta = ema_beta(opts, sched.batch, state.images_seen + sched.batch, model.ema_beta)
+    replayed = graphs is not None and graphs.replayable(model, state, sched, opts, ddp.world_size)
     try:
-        if graphs is not None and graphs.replayable(model, state, sched, opts, ddp.world_size):
-            stats = graphs.step(model, state, sched, opts, ddp, device, real_u8, labels, state.stream.last_indices, beta)
-        else:
-            stats = device_step(model, state, sched, opts, ddp, device, real_u8, labels, state.stream.last_indices, beta)
+        stats = (graphs.step if replayed else device_step)(model, state, sched, opts, ddp, device, real_u8, labels,
+                                                            state.stream.last_indices, beta)
     except torch.OutOfMemoryError as e:
         where = out_of_memory(opts, sched, run_dir, "training step") if run_dir else "out of memory in a training step"
         raise TrainingError(where) from e
@@ -413,11 +412,13 @@ class TickSpeed:
             labels = torch.zeros(n, dtype=torch.long, device=self.device)
             # Counting runs G and D once: in eval mode (no BatchNorm statistics move) and with the
             # run's noise stream put back, so the run trains as it would have.
-            state, modes = self.generator.get_state(), (self.model.G.training, self.model.D.training)
-            self.model.G.eval(), self.model.D.eval()
+            state, modes = self.generator.get_state(), {net: net.training for net in (self.model.G, self.model.D)}
+            for net in modes:
+                net.eval()
             self.per_image[key] = step_flops(self.model, reals, labels, self.generator, n) / n
             self.generator.set_state(state)
-            self.model.G.train(modes[0]), self.model.D.train(modes[1])
+            for net, training in modes.items():
+                net.train(training)
         return self.per_image[key], self.peak
 
 

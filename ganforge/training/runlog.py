@@ -76,24 +76,18 @@ class RunLog:
     # --- ticks ------------------------------------------------------------------------------
     def restart_tick(self, images_seen: int) -> None:
         self.tick_start, self.tick_images, self.tick_sums, self.tick_count = time.time(), images_seen, {}, 0
-        self.nonfinite = None  # on the device: whether a step since the last check logged a non-finite value
 
     def add_step(self, stats: dict, before: int, after: int) -> None:
         """A finished step's statistics (tensors, summed on the device until the tick) and the bar's advance."""
         for k, v in stats.items():
             self.tick_sums[k] = self.tick_sums.get(k, 0.0) + v.double()
-        if stats:
-            bad = (~torch.stack([v.float() for v in stats.values()]).isfinite()).any()
-            self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
         self.tick_count += 1
         self.bar.update(min(after, self.total) - min(before, self.total))
 
     def finite(self) -> bool:
-        """Whether every statistic since the last check was finite: the one read of the steps' results
-        by the host, made when something is about to be written."""
-        finite = self.nonfinite is None or not bool(self.nonfinite)
-        self.nonfinite = None
-        return finite
+        """Whether every statistic of the tick so far was finite (a NaN or Inf stays in their sums):
+        the one read of the steps' results by the host, made when something is about to be written."""
+        return not self.tick_sums or bool(torch.stack(list(self.tick_sums.values())).isfinite().all())
 
     def move_to(self, images_seen: int) -> None:
         """Back to an earlier count (a restored snapshot): the unfinished tick is dropped."""

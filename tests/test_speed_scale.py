@@ -165,7 +165,7 @@ def test_bf16_autocast_step_with_gradient_penalty_runs():
 
 @pytest.mark.parametrize("resolution,gflop", [(32, 12.8), (64, 27.3), (256, 56.3), (1024, 85.4)])
 def test_pggan_forward_flops_match_the_reference_networks(resolution, gflop):
-    """G and D forwards per image, counted on the meta device (no compute), as SPEC.md's table (unfused)."""
+    """G and D forwards per image, counted on the meta device (no compute), as the reference networks' table (unfused)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):

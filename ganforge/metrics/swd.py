@@ -1,4 +1,4 @@
-"""Sliced Wasserstein distance between Laplacian-pyramid patch statistics (PGGAN, SPEC.md section 5).
+"""Sliced Wasserstein distance between Laplacian-pyramid patch statistics (Karras et al., ICLR 2018, appendix D).
 
 For every image, a Laplacian pyramid from full resolution down to 16x16 (5-tap binomial filter,
 mirrored borders); at every level 128 random 7x7 neighbourhoods; each set's descriptors of a level

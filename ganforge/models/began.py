@@ -1,4 +1,4 @@
-"""BEGAN: boundary equilibrium GAN (Berthelot et al. 2017; SPEC.md section 3).
+"""BEGAN: boundary equilibrium GAN (Berthelot et al. 2017).
 
 D is an autoencoder and L(v) = mean |v - D(v)|^eta its reconstruction loss (eta 1 or 2, the
 paper's target norm). D lowers L on reals and raises it on fakes; G lowers L on its fakes. The
@@ -25,19 +25,14 @@ Also not in the paper: `pack` > 1 makes D judge packs of that many images stacke
 channels (PacGAN, Lin et al. 2018). D's loss weighs an image by p_data - k_t p_G, so it pushes a
 fake's loss up only where k_t p_G > p_data: with k_t near 0.17 G may draw a digit six times as
 often as the data has it before D objects. A pack of m such images is over-represented by the m-th
-power of that factor, so G may overdraw by only k_t^(-1/m): 2.4 times for m = 2, 1.6 for m = 4
-(on digits ones fell from 56-68% of the samples to 30-35% and 18%; the data has 10%).
+power of that factor, so G may overdraw by only k_t^(-1/m): 2.4 times for m = 2, 1.6 for m = 4.
 
 Also not in the paper: `denoise` > 0 makes D a denoising autoencoder (one that learns to send
 corrupted inputs back to the data; Alain and Bengio 2014). D is given each image (or pack) with
 Gaussian noise of that standard deviation added, and L(v) compares its reconstruction with the
-clean v; G's loss and k_t use the same errors. On digits with `pack=2` (pixels in [-1, 1]),
-sigma 0.3 kept nine or ten digits in at least 3% of the samples at 75-100 kimg where `pack=2` alone
-kept six or seven, with about as many of them clear at 100 kimg; sigma 0.5 kept all ten from 50
-kimg on; sigma 0.4, the README's recipe, kept all ten at 125 kimg on three seeds of four, with
-44.7-51.2% of the samples clear (benchmarks/RESULTS.md). Why is not settled: it does not even out
-D's errors on real digits of each class (ones at 0.88 of the mean error with sigma 0.3, 0.90
-without).
+clean v; G's loss and k_t use the same errors.
+
+What these options did on digits, seed by seed, is in benchmarks/RESULTS.md ("Does each model learn?").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Conditional DCGAN, as in the Neural Network Console GAN sample (SPEC.md section 1).
+"""Conditional DCGAN, as in the Neural Network Console GAN sample (README, "Two commands").
 
 The sample defines four networks over one set of parameters:
   Generator          trains G with D frozen: BCE(D(G(z, y), y), 1)

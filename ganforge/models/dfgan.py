@@ -1,4 +1,4 @@
-"""DF-GAN: deep fusion text-to-image GAN (Tao et al., CVPR 2022; SPEC.md section 4).
+"""DF-GAN: deep fusion text-to-image GAN (Tao et al., CVPR 2022).
 
 One stage: z (100-d) -> dense -> 8nf x 4 x 4 -> UPBlocks (nearest 2x up, DFBlock, conv3x3,
 DFBlock, conv3x3, plus a 1x1 shortcut when the width changes) -> LeakyReLU -> conv3x3 (-> tanh

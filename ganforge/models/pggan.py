@@ -1,4 +1,4 @@
-"""PGGAN: progressive growing of GANs (Karras et al., ICLR 2018; SPEC.md section 2).
+"""PGGAN: progressive growing of GANs (Karras et al., ICLR 2018).
 
 G and D start at 4x4 and grow together, one resolution at a time, up to the target (<= 1024).
 Each new resolution is faded in over `fade_kimg` images (alpha 0 -> 1: the new block's toRGB /

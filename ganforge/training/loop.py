@@ -14,6 +14,7 @@ import dataclasses
 import math
 import shutil
 import signal
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,7 @@ from typing import Callable
 import torch
 
 from ganforge.augment import OPS as AUGMENT_OPS, Augmenter
-from ganforge.data import ImagesTooSmall, RealStream, load_dataset, to_float
+from ganforge.data import ImagesTooSmall, RealStream, data_identity, load_dataset, to_float
 from ganforge.errors import GanforgeError, OptionError, TrainingError, check_memory
 from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
@@ -29,7 +30,7 @@ from ganforge.models import GanModel, Schedule, build_model, model_class, parame
 from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
                                           init_from_env)
-from ganforge.training.options import (TrainOptions, check_batches, check_resume,
+from ganforge.training.options import (TrainOptions, absolute_data, check_batches, check_resume,
                                        describe_schedule, model_config, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
                                       kimg_label, make_run_dir, truncate_logs, write_options)
@@ -53,6 +54,7 @@ class RunState:
     stage: str | None = None       # the schedule's stage: optimizers start afresh when it changes
     period: str | None = None      # the schedule's period: its grid is kept when it ends (not saved)
     best_value: float | None = None
+    data: dict | None = None       # the data's image count, class names and fingerprint (data_identity)
     retries: int = 0               # non-finite steps recovered from in this process (not saved)
     notes: list = dataclasses.field(default_factory=list)  # lines for log.txt from restoring (not saved)
 
@@ -63,7 +65,7 @@ class RunState:
                     rng={"loop": self.generator.get_state(), "torch": torch.get_rng_state(),
                          "device": self.generator.device.type}, stage=self.stage,
                     images_seen=self.images_seen, step=self.step, stream_position=self.stream.position,
-                    best_value=self.best_value,
+                    best_value=self.best_value, data=self.data,
                     **({"augment": self.augmenter.state_dict()} if self.augmenter and self.augmenter.active else {}))
 
     def restore(self, snap: dict, model: GanModel, opts: TrainOptions) -> None:
@@ -125,9 +127,14 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         evaluator_factory = training_evaluator(opts.metrics, opts.metrics_n, inception_weights)
     ddp, device_name = init_from_env(opts.device)
     device, world = resolve_device(device_name), ddp.world_size
+    if snapshot is None:  # the run's identity, in its options and every snapshot: a snapshot resumes only in its run
+        opts = dataclasses.replace(opts, run_id=broadcast_object(uuid.uuid4().hex[:16] if ddp.main else None, world))
     watch_step = watch_step or census_from_env(device) or contextlib.nullcontext
     torch.manual_seed(opts.seed)
     dataset = training_data(opts, listed_once=lambda make: made_once(make, ddp))
+    identity = data_identity(dataset)
+    if snapshot is not None:
+        check_same_data(snapshot, identity, opts)
     opts = resolve_augment(opts, len(dataset))
     model, notes = training_model(opts, dataset, snapshot, device, world)
     check_batches(model, opts, world)
@@ -140,7 +147,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                      stream=RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=device, workers=opts.workers,
                                        rank=ddp.rank, world_size=world),
                      augmenter=Augmenter(opts.augment, device, opts.seed, opts.augment_p, opts.ada_target, opts.ada_kimg,
-                                         tuple(opts.augment_ops)))
+                                         tuple(opts.augment_ops)), data=identity)
     broadcast_parameters(model, world)
     run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
     try:
@@ -243,6 +250,7 @@ def run_options(opts: TrainOptions, snapshot: dict | None, explicit: set[str], r
     """The options this run trains with (a resumed run's own, with what may change), checked; and
     where its channel count comes from, for log.txt."""
     channels_source = "--channels" if opts.channels is not None else "detected from the data"
+    opts = absolute_data(opts)
     if snapshot is not None:
         opts = check_resume(opts, snapshot["options"], explicit, resume)
         channels_source = "as the run was trained"
@@ -292,6 +300,28 @@ def training_data(opts: TrainOptions, listed_once=None):
         raise TrainingError(f"{smaller_images(opts, dataset)}; {opts.model} would learn upscaling blur. Use a lower "
                             "--resolution or larger images")
     return dataset
+
+
+def check_same_data(snapshot: dict, identity: dict, opts: TrainOptions) -> None:
+    """A resumed run continues on the data it was trained on: say what differs and stop (a renamed
+    class folder would shift every label; another folder would train on silently)."""
+    saved = snapshot.get("data")
+    if saved is None:  # snapshots from before runs recorded their data
+        return
+    where = f"--resume {snapshot['path']}: --data {opts.data} is not the data the run was trained on"
+    fix = "; give the run its own data again (or start a new run)"
+    if saved["images"] != identity["images"]:
+        raise TrainingError(f"{where}: {saved['images']} images then, {identity['images']} now{fix}")
+    if saved["classes"] != identity["classes"]:
+        then = [c for c in saved["classes"] if c not in identity["classes"]]
+        now = [c for c in identity["classes"] if c not in saved["classes"]]
+        differ = (f"class(es) {', '.join(then[:5]) or '-'} then, {', '.join(now[:5]) or '-'} now" if then or now
+                  else "the same class names in another order")
+        raise TrainingError(f"{where}: {len(saved['classes'])} classes then, {len(identity['classes'])} now; "
+                            f"{differ}{fix}")
+    if saved["fingerprint"] != identity["fingerprint"]:
+        raise TrainingError(f"{where}: its files changed (names, sizes or labels: fingerprint {saved['fingerprint']} "
+                            f"then, {identity['fingerprint']} now){fix}")
 
 
 def smaller_images(opts: TrainOptions, dataset) -> str:

@@ -50,12 +50,18 @@ def check_run_directory(run_dir: Path, snapshot: dict) -> None:
         raise TrainingError(f"--resume {snapshot['path']}: {run_dir} is not a ganforge run directory (no "
                             "training_options.json); resume from the run directory the snapshot came from")
     try:
-        model = json.loads(options.read_text(encoding="utf-8"))["model"]
-    except (ValueError, KeyError) as e:
+        saved = json.loads(options.read_text(encoding="utf-8"))
+        model, run_id = saved["model"], saved.get("run_id")
+    except (ValueError, KeyError, AttributeError) as e:
         raise TrainingError(f"--resume: {options} is unreadable ({e})") from e
     if model != snapshot["model"]:
         raise TrainingError(f"--resume {snapshot['path']}: the snapshot holds {snapshot['model']} but the run "
                             f"directory {run_dir} is a {model} run; it was copied from another run")
+    snapshot_run = snapshot["options"].get("run_id")
+    if snapshot_run != run_id:  # both None: runs from before runs had an identity
+        raise TrainingError(f"--resume {snapshot['path']}: the snapshot belongs to run {snapshot_run}, the run "
+                            f"directory {run_dir} to run {run_id} (run_id in training_options.json); it was copied "
+                            "from another run: resume that run's own directory, or start a new run")
 
 
 def write_options(run_dir: Path, opts) -> None:

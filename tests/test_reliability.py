@@ -264,3 +264,24 @@ def test_a_seed_out_of_range_is_one_line_for_generate_and_interpolate(finished_r
     result = cli("interpolate", finished_run, "--seeds", f"1,{2**63}", "--out", tmp_path / "walk.gif")
     assert result.exit_code == 2 and "'--seeds'" in result.output and "give whole numbers 0.." in result.output
     assert "Traceback" not in result.output and not any(tmp_path.iterdir())
+
+
+def test_a_resume_with_a_wrong_shape_tensor_is_one_line_naming_it_and_both_shapes(finished_run, tmp_path):
+    from ganforge.snapshots import save_snapshot
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    snap = load_snapshot(run)
+    del snap["path"], snap["format_version"]
+    name = next(k for k, v in snap["state"].items() if k.startswith("G.") and v.dim() == 4)
+    shape = tuple(snap["state"][name].shape)
+    snap["state"][name] = torch.zeros(shape[0] + 1, *shape[1:])
+    save_snapshot(run / "latest.pt", snap)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    result = cli("train", "--resume", run, "--kimg", "0.128")
+    assert result.exit_code == 1, result.output
+    assert f"tensor {name} has shape {(shape[0] + 1, *shape[1:])}, the networks expect {shape}" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    result = cli("generate", run, "--n", "4", "--out", tmp_path / "grid.png")
+    assert result.exit_code == 1 and f"tensor {name} has shape" in result.output, result.output

@@ -27,7 +27,7 @@ from ganforge.errors import GanforgeError, OptionError, TrainingError, check_mem
 from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
-from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
+from ganforge.snapshots import LATEST, SnapshotError, check_shapes, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
                                           init_from_env)
 from ganforge.training.options import (TrainOptions, absolute_data, check_batches, check_resume,
@@ -352,6 +352,8 @@ def training_model(opts: TrainOptions, dataset, snapshot: dict | None, device: t
                                 f"{opts.model} with { {k: b for k, (a, b) in differ.items()} }")
         config = saved
     model = build_model(opts.model, config).to(device)
+    if snapshot is not None:  # an edited or damaged tensor: one line naming it, before the run directory is touched
+        check_shapes(snapshot["state"], model.state_dict(), snapshot["path"])
     if opts.sync_bn and world > 1:
         if device.type != "cuda":
             raise TrainingError("--sync-bn: needs CUDA GPUs (PyTorch's SyncBatchNorm runs on NCCL only)")

@@ -285,3 +285,47 @@ def test_a_resume_with_a_wrong_shape_tensor_is_one_line_naming_it_and_both_shape
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     result = cli("generate", run, "--n", "4", "--out", tmp_path / "grid.png")
     assert result.exit_code == 1 and f"tensor {name} has shape" in result.output, result.output
+
+
+def test_a_first_snapshot_that_cannot_be_written_claims_no_previous_one(tmp_path, monkeypatch):
+    def disk_full(path, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("ganforge.training.loop.save_snapshot", disk_full)
+    with pytest.raises(TrainingError) as failed:
+        train(TrainOptions(**TINY, kimg=0.064, outdir=str(tmp_path)), progress=False)
+    message = str(failed.value)
+    assert "No space left on device" in message and "the run has no snapshot yet" in message, message
+    assert "intact" not in message and "--resume" not in message
+    assert list(tmp_path.iterdir()) == []  # nothing in it to resume: no run directory left
+
+
+def test_a_nan_at_the_first_step_leaves_no_run_directory(tmp_path, monkeypatch):
+    from ganforge.models.cdcgan import CDCGAN
+
+    original = CDCGAN.loss
+    monkeypatch.setattr(CDCGAN, "loss", lambda self, *args: original(self, *args) * float("nan"))
+    with pytest.raises(TrainingError, match="step 1.: training diverged; no snapshot yet"):
+        train(TrainOptions(**{**TINY, "tick": 0.016}, kimg=0.064, outdir=str(tmp_path)), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sigterm_before_the_first_step_leaves_no_run_directory(tmp_path):
+    """A real SIGTERM, sent while the new run writes its first grids (its directory is made, no step yet)."""
+    script = """if True:
+        import os, signal, sys
+        from ganforge.training.runlog import RunLog
+        original = RunLog.start_grids
+        def terminated_here(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return original(self, *args, **kwargs)
+        RunLog.start_grids = terminated_here
+        from ganforge.cli import main
+        main(sys.argv[1:])
+    """
+    result = subprocess.run([sys.executable, "-c", script, "train", "--resolution", "16", "--batch", "16", "--kimg",
+                             "0.064", "--model-opt", "base_channels=8", "--quiet", "--outdir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "Error: stopped before the first step" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -33,7 +33,7 @@ from ganforge.training.distributed import (all_true, barrier, broadcast_object, 
 from ganforge.training.options import (TrainOptions, absolute_data, check_batches, check_resume,
                                        describe_schedule, model_config, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
-                                      kimg_label, make_run_dir, truncate_logs, write_options)
+                                      kimg_label, make_run_dir, remove_unless_kept, truncate_logs, write_options)
 from ganforge.training.graphs import GraphedSteps
 from ganforge.training.runlog import RunLog, SampleGrid
 from ganforge.training.step import device_step, ema_beta, step_flops
@@ -149,26 +149,38 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                      augmenter=Augmenter(opts.augment, device, opts.seed, opts.augment_p, opts.ada_target, opts.ada_kimg,
                                          tuple(opts.augment_ops)), data=identity)
     broadcast_parameters(model, world)
-    run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
-    try:
-        run_dir = run_steps(opts, snapshot, dataset, model, state, run_dir, ddp, device, progress, evaluator_factory,
-                            watch_step,
-                            [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
-                             f"({channels_source})", *notes, state.augmenter.describe(), *([lock.took_over] if lock and lock.took_over else []),
-                             *state.notes])
-    except BaseException:
-        if snapshot is None and state.step == 0 and ddp.main:  # a new run with nothing in it to resume
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
+    run_dir, lock = None, None
+    with StopFlag() as stop:
+        # Until its first step a new run holds nothing to keep: a stop (SIGTERM, Ctrl-C) abandons it at
+        # once; from the first step on a stop finishes the step and writes latest.pt.
+        stop.raise_now = snapshot is None
+        try:
+            run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
+            run_dir = run_steps(opts, snapshot, dataset, model, state, run_dir, ddp, device, progress,
+                                evaluator_factory, watch_step, stop,
+                                [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
+                                 f"({channels_source})", *notes, state.augmenter.describe(),
+                                 *([lock.took_over] if lock and lock.took_over else []), *state.notes])
+            if snapshot is None and state.step == 0:  # stopped between the start and the first step
+                raise StopRequested
+        except BaseException as e:
+            if snapshot is None and run_dir is not None and ddp.main:  # a new run with no snapshot: nothing to resume
+                if lock is not None:
+                    lock.release()
+                remove_unless_kept(run_dir)
+            if isinstance(e, StopRequested):
+                raise TrainingError("stopped before the first step: nothing was trained, and the new run "
+                                    "directory is removed") from None
+            raise
+        finally:
+            if lock is not None:
+                lock.release()
     return run_dir
 
 
 def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanModel, state: RunState, run_dir: Path,
               ddp, device: torch.device, progress: bool, evaluator_factory: Callable | None, watch_step: Callable,
-              notes: list[str]) -> Path:
+              stop: "StopFlag", notes: list[str]) -> Path:
     """The training loop proper: step, then tick, grids, metrics and snapshots when their kimg come."""
     world, total = ddp.world_size, round(opts.kimg * 1000)
     log = RunLog(run_dir, ddp.main, progress, total, state.images_seen)
@@ -186,7 +198,8 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
     if graphs is not None and not graphs.capture:
         log.line(f"--cuda-graphs: {device} has no CUDA graphs; the steps run as they would be captured, eagerly")
 
-    with StopFlag() as stop, contextlib.closing(log):
+    stop.raise_now = False  # from the first step on, a stop writes a snapshot
+    with contextlib.closing(log):
         while state.images_seen < total and not stop.requested:
             sched: Schedule = model.schedule(state.images_seen, opts.batch, opts.resolution)
             enter_schedule(sched, model, state, log)
@@ -495,8 +508,9 @@ def write_snapshot(path: Path, snap: dict, run_dir: Path) -> None:
     try:
         save_snapshot(path, snap)
     except OSError as e:
-        raise TrainingError(f"could not write snapshot {path}: {e.strerror or e}; the previous snapshot "
-                            f"is intact, resume with: ganforge train --resume {run_dir}") from e
+        kept = (f"{run_dir / LATEST} is intact, resume with: ganforge train --resume {run_dir}"
+                if (run_dir / LATEST).exists() else "the run has no snapshot yet, so nothing of it can be resumed")
+        raise TrainingError(f"could not write snapshot {path}: {e.strerror or e}; {kept}") from e
 
 
 def metric_share(ddp):

@@ -35,6 +35,29 @@ OWN_TEMPORARY = re.compile(r"\.(latest|best|snapshot-\d+(k\d+)?)\.pt\.\d+\.tmp|\
 RUN_FILES = re.compile(r"(latest|best|snapshot-\d+(k\d+)?)\.pt|training_options\.json|stats\.jsonl|log\.txt|metric-.+\.jsonl")
 
 
+# What a run writes besides its snapshots: a new run that stops before its first snapshot takes
+# these with its directory (anything else there is someone else's and keeps the directory).
+WRITTEN_BY_RUN = re.compile(r"training_options\.json|log\.txt|stats\.(jsonl|png)|metric-.+\.jsonl|"
+                            r"[a-z_-]+\d{6}(k\d{3})?\.png|reals\.png|growth\.png|period-.+\.png|"
+                            r"events\.out\.tfevents\..+|\.lock")
+
+
+def remove_unless_kept(run_dir: Path) -> bool:
+    """Remove a new run's directory when it holds no snapshot, so a run stopped or failed before its
+    first snapshot leaves no empty directory behind: ganforge's own files go, then the directory if
+    nothing else is in it. Returns whether it is gone."""
+    if any(run_dir.glob("*.pt")):
+        return False
+    for path in run_dir.iterdir():
+        if path.is_file() and (WRITTEN_BY_RUN.fullmatch(path.name) or OWN_TEMPORARY.fullmatch(path.name)):
+            path.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:  # something of someone else's is in it
+        return False
+    return True
+
+
 def kept_in_run(path: str | Path) -> bool:
     """Whether `path` is a file ganforge keeps in a run directory (a snapshot, the options, the logs):
     an output written there would destroy the run's work."""

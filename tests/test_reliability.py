@@ -329,3 +329,28 @@ def test_a_sigterm_before_the_first_step_leaves_no_run_directory(tmp_path):
     assert result.returncode == 1, (result.returncode, result.stderr)
     assert "Error: stopped before the first step" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_lock_whose_id_now_belongs_to_another_process_is_taken_over(finished_run, tmp_path):
+    from ganforge.training.rundir import process_start
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = process_start(unrelated.pid)
+        if started is None:
+            pytest.skip("no /proc here to tell processes apart")
+        boot, _, ticks = started.rpartition("/")
+        # the lock of a training process that had this id before and started earlier (it died)
+        (run / ".lock").write_text(f"{unrelated.pid} {boot}/{int(ticks) - 1}")
+        train(TrainOptions(**TINY, kimg=0.096), resume=str(run), explicit={"kimg"}, progress=False)
+        log = (run / "log.txt").read_text()
+        assert f"took over the lock of process {unrelated.pid}, which no longer runs (its id now belongs" in log
+        assert not (run / ".lock").exists() and load_snapshot(run)["images_seen"] == 96
+        (run / ".lock").write_text(f"{unrelated.pid} {started}")  # the live process that holds the lock
+        with pytest.raises(TrainingError, match=f"being trained by process {unrelated.pid}"):
+            train(TrainOptions(**TINY, kimg=0.128), resume=str(run), explicit={"kimg"}, progress=False)
+    finally:
+        unrelated.kill()
+        unrelated.wait()

@@ -117,31 +117,48 @@ def kimg_label(images_seen: int, fine: bool) -> str:
 
 
 class RunLock:
-    """`.lock` in a run directory holds the training process's id: a second process refuses to train
-    the same run (their logs and snapshots would interleave); a lock left by a process that no longer
-    runs (killed, crashed) is taken over, and `took_over` says so for log.txt."""
+    """`.lock` in a run directory holds the training process's id and start (`process_start`): a second
+    process refuses to train the same run (their logs and snapshots would interleave); a lock left by
+    a process that no longer runs (killed, crashed), or whose id now belongs to another process that
+    started later, is taken over, and `took_over` says so for log.txt."""
 
     def __init__(self, run_dir: Path):
         self.path, self.took_over = run_dir / ".lock", ""
-        holder = self._holder()
+        holder, started = self._holder()
         if holder is not None and holder != os.getpid():
-            if _running(holder):
+            alive = _running(holder)
+            if alive and (started is None or process_start(holder) in (None, started)):
                 raise TrainingError(f"{run_dir} is being trained by process {holder} (its .lock); wait for it to "
                                     f"finish or stop it, then resume")
-            self.took_over = f"note: took over the lock of process {holder}, which no longer runs"
+            self.took_over = (f"note: took over the lock of process {holder}, which no longer runs" if not alive else
+                              f"note: took over the lock of process {holder}, which no longer runs (its id now "
+                              "belongs to another process)")
         tmp = self.path.with_name(f".lock.{os.getpid()}.tmp")
-        tmp.write_text(str(os.getpid()))
+        tmp.write_text(f"{os.getpid()} {process_start(os.getpid()) or ''}".strip())
         os.replace(tmp, self.path)
 
-    def _holder(self) -> int | None:
+    def _holder(self) -> tuple[int | None, str | None]:
+        """The locking process's id, and its start where the lock recorded one (older locks hold the id alone)."""
         try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
+            fields = self.path.read_text().split()
+            return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+        except (OSError, ValueError, IndexError):
+            return None, None
 
     def release(self) -> None:
-        if self._holder() == os.getpid():
+        if self._holder()[0] == os.getpid():
             self.path.unlink(missing_ok=True)
+
+
+def process_start(pid: int) -> str | None:
+    """What tells a process apart from a later one given the same id: this boot's id and the process's
+    start time since boot (Linux's /proc); None where they cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{stat.rpartition(')')[2].split()[19]}"  # field 22, starttime (the name may hold spaces)
+    except (OSError, IndexError):
+        return None
 
 
 def _running(pid: int) -> bool:

@@ -354,3 +354,27 @@ def test_a_stale_lock_whose_id_now_belongs_to_another_process_is_taken_over(fini
     finally:
         unrelated.kill()
         unrelated.wait()
+
+
+def test_an_mp4_without_the_video_extra_is_refused_before_any_work(finished_run, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # the [video] extra not installed: its import fails
+    with pytest.raises(ImportError):
+        import imageio_ffmpeg  # noqa: F401
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the missing extra was named")
+
+    monkeypatch.setattr("ganforge.explore.project", no_work)
+    monkeypatch.setattr("ganforge.explore.walk_frames", no_work)
+    monkeypatch.setattr("ganforge.explore.timelapse_frames", no_work)
+    Image.new("L", (16, 16)).save(tmp_path / "target.png")
+    for command in (["project", finished_run, "--image", tmp_path / "target.png", "--label", "1", "--out",
+                     tmp_path / "p"],
+                    ["interpolate", finished_run, "--out", tmp_path / "walk.mp4"],
+                    ["timelapse", finished_run, "--out", tmp_path / "t.mp4"]):
+        result = cli(*command)
+        assert result.exit_code == 1 and "needs the [video] extra: pip install 'ganforge[video]'" in result.output, \
+            (command[0], result.output)
+        assert len(result.output.strip().splitlines()) == 1

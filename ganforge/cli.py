@@ -431,12 +431,13 @@ def _number_list(ctx, param, value: str | None) -> list[int] | None:
 @DEVICE
 def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts, device):
     """Write a looping latent walk through the samples of the given seeds (and classes or captions) as a video."""
-    from ganforge.explore import VIDEO_SUFFIXES, walk_frames, write_video
+    from ganforge.explore import VIDEO_SUFFIXES, check_video_writer, walk_frames, write_video
     from ganforge.hardware import resolve_device
     from ganforge.inference import load_model
 
     if Path(out).suffix.lower() not in VIDEO_SUFFIXES:
         raise click.BadParameter(f"{out}: give a .mp4 or .gif file", param_hint="--out")
+    check_video_writer(out)
     if max(len(seeds), len(labels or []), len(prompts)) < 2:
         raise click.UsageError("a walk needs two keyframes or more: give two or more seeds (--seeds 1,7,42), "
                                "classes (--labels 3,8) or prompts (--prompt A --prompt B)")
@@ -505,12 +506,14 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, devi
     import torch
     from torchvision.utils import make_grid, save_image
 
-    from ganforge.explore import as_frame, project as find_latent, psnr, read_image, write_video
+    from ganforge.explore import as_frame, check_video_writer, project as find_latent, psnr, read_image, write_video
     from ganforge.hardware import resolve_device
     from ganforge.inference import load_model
     from ganforge.metrics.msssim import ms_ssim
     from ganforge.models.base import TEXT, Condition
 
+    if video != "none":  # before the optimisation, not after it
+        check_video_writer(f"projection.{video}", "--video mp4", "; or --video gif")
     _check_writable(out, "--out", folder=True)
     dev = resolve_device(device)
     model = load_model(run_or_snapshot, dev)
@@ -582,11 +585,12 @@ def dataset(source, dest, resolution, channels, center_crop, lods, shard_size):
 @click.option("--fps", type=click.IntRange(1, 120), default=8, show_default=True, help="Grids per second")
 def timelapse(run, out, fps):
     """Write a run's sample grids in training order, each labelled with its kimg, as a video."""
-    from ganforge.explore import VIDEO_SUFFIXES, timelapse_frames, write_video
+    from ganforge.explore import VIDEO_SUFFIXES, check_video_writer, timelapse_frames, write_video
 
     out = out or str(Path(run) / "timelapse.mp4")
     if Path(out).suffix.lower() not in VIDEO_SUFFIXES:
         raise click.BadParameter(f"{out}: give a .mp4 or .gif file", param_hint="--out")
+    check_video_writer(out)
     _check_writable(out, "--out")
     frames, labels = timelapse_frames(run)
     write_video(frames, out, fps)

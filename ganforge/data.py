@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import itertools
 import json
@@ -187,6 +188,40 @@ class ImageDataset(torch.utils.data.Dataset):
             entries = [str(root / LOD_FOLDER / str(resolution) / Path(e).relative_to(root)) for e in self.entries]
         return dataclasses.replace(self, entries=entries, resolution=resolution, images=None, levels=[], _zip=None,
                                    bad_files=[])
+
+
+def data_identity(ds: ImageDataset) -> dict:
+    """What a run was trained on, cheaply: the image count, the class names and a fingerprint of each
+    image's name within the data, size in bytes and label (no pixels read; None for a built-in set,
+    which its name fixes). A resumed run compares it to its snapshot's: other data, a renamed class
+    folder or replaced files would otherwise train on silently with shifted labels."""
+    fingerprint = None
+    if ds.name not in BUILTIN_DATASETS:
+        digest = hashlib.sha256()
+        sizes = _entry_sizes(ds)
+        for i, entry in enumerate(ds.entries):
+            name = os.path.relpath(entry, ds.root) if ds.root else entry  # a zip member or a tar sample as it is
+            if ds.spans is not None:
+                name = f"{Path(ds.spans[i][0]).name}:{entry[len(ds.spans[i][0]) + 1:]}"  # <tar>:<key>
+            digest.update(f"{name}\0{sizes[i]}\0{ds.labels[i]}\n".encode("utf-8", "surrogateescape"))
+        fingerprint = digest.hexdigest()[:16]
+    return {"images": len(ds), "classes": list(ds.class_names), "fingerprint": fingerprint}
+
+
+def _entry_sizes(ds: ImageDataset) -> list[int]:
+    """Each entry's size in bytes, from the file system, the zip's directory or the tar's headers."""
+    if ds.spans is not None:
+        return [size for _, _, size in ds.spans]
+    if ds.zip_path is not None:
+        with zipfile.ZipFile(ds.zip_path) as z:
+            return [z.getinfo(name).file_size for name in ds.entries]
+    sizes = []
+    for entry in ds.entries:
+        try:
+            sizes.append(os.stat(entry).st_size)
+        except OSError:
+            sizes.append(-1)
+    return sizes
 
 
 def to_tensor(img: Image.Image, channels: int) -> torch.Tensor:

@@ -174,6 +174,13 @@ def kimg_of(label: str) -> float:
     return int(match[1]) + (int(match[2]) / 1000 if match[2] else 0.0) if match else math.nan
 
 
+def check_video_writer(out: str | Path, needed_for: str = "--out .mp4", alternative: str = "; or write a .gif") -> None:
+    """Stop now, before the frames are made, when `out` is an MP4 and the [video] extra is missing
+    (a projection or a long walk would otherwise run to the end and then fail)."""
+    if Path(out).suffix.lower() == ".mp4":
+        require("imageio,imageio_ffmpeg", "video", needed_for, alternative)
+
+
 def write_video(frames: np.ndarray, out: str | Path, fps: int) -> Path:
     """MP4 (H.264 through imageio-ffmpeg; small frames are upscaled so the codec keeps detail) or GIF."""
     out = Path(out)

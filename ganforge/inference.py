@@ -15,7 +15,7 @@ from ganforge.errors import OptionError, check_memory, require
 from ganforge.models import build_model
 from ganforge.models.base import CLASS, TEXT, Condition, GanModel
 from ganforge.sampling import sample, sample_from_text
-from ganforge.snapshots import SnapshotError, load_snapshot
+from ganforge.snapshots import SnapshotError, check_shapes, load_snapshot
 
 
 def load_model(run_or_snapshot: str | Path, device: str | torch.device = "cpu") -> GanModel:
@@ -23,6 +23,7 @@ def load_model(run_or_snapshot: str | Path, device: str | torch.device = "cpu") 
     snap = load_snapshot(run_or_snapshot)
     try:
         model = build_model(snap["model"], snap["model_config"])
+        check_shapes(snap["state"], model.state_dict(), snap["path"])
         model.load_state_dict(snap["state"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise SnapshotError(f"{snap['path']}: snapshot does not match the {snap.get('model')} networks ({e})") from e

@@ -55,6 +55,22 @@ def save_snapshot(path: str | os.PathLike, state: dict) -> None:
         pass
 
 
+def check_shapes(saved: dict, expected: dict, path: str | os.PathLike) -> None:
+    """Refuse a snapshot whose tensors do not fit the networks built for it (an edited or damaged
+    file), naming the first tensor that is missing, extra or of another shape, with both shapes."""
+    for name, tensor in expected.items():
+        if name not in saved:
+            raise SnapshotError(f"{path}: tensor {name} is missing; the snapshot does not fit its own networks")
+        got = saved[name]
+        if not isinstance(got, torch.Tensor) or got.shape != tensor.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise SnapshotError(f"{path}: tensor {name} has shape {shape}, the networks expect "
+                                f"{tuple(tensor.shape)}; the snapshot does not fit its own networks")
+    extra = sorted(set(saved) - set(expected))
+    if extra:
+        raise SnapshotError(f"{path}: tensor {extra[0]} is not one of the networks'; the snapshot does not fit them")
+
+
 def find_snapshot(run_or_snapshot: str | os.PathLike) -> Path:
     """A snapshot file as given, or a run directory's latest snapshot."""
     p = Path(run_or_snapshot)

@@ -264,3 +264,117 @@ def test_a_seed_out_of_range_is_one_line_for_generate_and_interpolate(finished_r
     result = cli("interpolate", finished_run, "--seeds", f"1,{2**63}", "--out", tmp_path / "walk.gif")
     assert result.exit_code == 2 and "'--seeds'" in result.output and "give whole numbers 0.." in result.output
     assert "Traceback" not in result.output and not any(tmp_path.iterdir())
+
+
+def test_a_resume_with_a_wrong_shape_tensor_is_one_line_naming_it_and_both_shapes(finished_run, tmp_path):
+    from ganforge.snapshots import save_snapshot
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    snap = load_snapshot(run)
+    del snap["path"], snap["format_version"]
+    name = next(k for k, v in snap["state"].items() if k.startswith("G.") and v.dim() == 4)
+    shape = tuple(snap["state"][name].shape)
+    snap["state"][name] = torch.zeros(shape[0] + 1, *shape[1:])
+    save_snapshot(run / "latest.pt", snap)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    result = cli("train", "--resume", run, "--kimg", "0.128")
+    assert result.exit_code == 1, result.output
+    assert f"tensor {name} has shape {(shape[0] + 1, *shape[1:])}, the networks expect {shape}" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    result = cli("generate", run, "--n", "4", "--out", tmp_path / "grid.png")
+    assert result.exit_code == 1 and f"tensor {name} has shape" in result.output, result.output
+
+
+def test_a_first_snapshot_that_cannot_be_written_claims_no_previous_one(tmp_path, monkeypatch):
+    def disk_full(path, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("ganforge.training.loop.save_snapshot", disk_full)
+    with pytest.raises(TrainingError) as failed:
+        train(TrainOptions(**TINY, kimg=0.064, outdir=str(tmp_path)), progress=False)
+    message = str(failed.value)
+    assert "No space left on device" in message and "the run has no snapshot yet" in message, message
+    assert "intact" not in message and "--resume" not in message
+    assert list(tmp_path.iterdir()) == []  # nothing in it to resume: no run directory left
+
+
+def test_a_nan_at_the_first_step_leaves_no_run_directory(tmp_path, monkeypatch):
+    from ganforge.models.cdcgan import CDCGAN
+
+    original = CDCGAN.loss
+    monkeypatch.setattr(CDCGAN, "loss", lambda self, *args: original(self, *args) * float("nan"))
+    with pytest.raises(TrainingError, match="step 1.: training diverged; no snapshot yet"):
+        train(TrainOptions(**{**TINY, "tick": 0.016}, kimg=0.064, outdir=str(tmp_path)), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sigterm_before_the_first_step_leaves_no_run_directory(tmp_path):
+    """A real SIGTERM, sent while the new run writes its first grids (its directory is made, no step yet)."""
+    script = """if True:
+        import os, signal, sys
+        from ganforge.training.runlog import RunLog
+        original = RunLog.start_grids
+        def terminated_here(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return original(self, *args, **kwargs)
+        RunLog.start_grids = terminated_here
+        from ganforge.cli import main
+        main(sys.argv[1:])
+    """
+    result = subprocess.run([sys.executable, "-c", script, "train", "--resolution", "16", "--batch", "16", "--kimg",
+                             "0.064", "--model-opt", "base_channels=8", "--quiet", "--outdir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "Error: stopped before the first step" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_lock_whose_id_now_belongs_to_another_process_is_taken_over(finished_run, tmp_path):
+    from ganforge.training.rundir import process_start
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = process_start(unrelated.pid)
+        if started is None:
+            pytest.skip("no /proc here to tell processes apart")
+        boot, _, ticks = started.rpartition("/")
+        # the lock of a training process that had this id before and started earlier (it died)
+        (run / ".lock").write_text(f"{unrelated.pid} {boot}/{int(ticks) - 1}")
+        train(TrainOptions(**TINY, kimg=0.096), resume=str(run), explicit={"kimg"}, progress=False)
+        log = (run / "log.txt").read_text()
+        assert f"took over the lock of process {unrelated.pid}, which no longer runs (its id now belongs" in log
+        assert not (run / ".lock").exists() and load_snapshot(run)["images_seen"] == 96
+        (run / ".lock").write_text(f"{unrelated.pid} {started}")  # the live process that holds the lock
+        with pytest.raises(TrainingError, match=f"being trained by process {unrelated.pid}"):
+            train(TrainOptions(**TINY, kimg=0.128), resume=str(run), explicit={"kimg"}, progress=False)
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_an_mp4_without_the_video_extra_is_refused_before_any_work(finished_run, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # the [video] extra not installed: its import fails
+    with pytest.raises(ImportError):
+        import imageio_ffmpeg  # noqa: F401
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the missing extra was named")
+
+    monkeypatch.setattr("ganforge.explore.project", no_work)
+    monkeypatch.setattr("ganforge.explore.walk_frames", no_work)
+    monkeypatch.setattr("ganforge.explore.timelapse_frames", no_work)
+    Image.new("L", (16, 16)).save(tmp_path / "target.png")
+    for command in (["project", finished_run, "--image", tmp_path / "target.png", "--label", "1", "--out",
+                     tmp_path / "p"],
+                    ["interpolate", finished_run, "--out", tmp_path / "walk.mp4"],
+                    ["timelapse", finished_run, "--out", tmp_path / "t.mp4"]):
+        result = cli(*command)
+        assert result.exit_code == 1 and "needs the [video] extra: pip install 'ganforge[video]'" in result.output, \
+            (command[0], result.output)
+        assert len(result.output.strip().splitlines()) == 1

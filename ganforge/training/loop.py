@@ -14,6 +14,7 @@ import dataclasses
 import math
 import shutil
 import signal
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,18 +22,18 @@ from typing import Callable
 import torch
 
 from ganforge.augment import OPS as AUGMENT_OPS, Augmenter
-from ganforge.data import ImagesTooSmall, RealStream, load_dataset, to_float
+from ganforge.data import ImagesTooSmall, RealStream, data_identity, load_dataset, to_float
 from ganforge.errors import GanforgeError, OptionError, TrainingError, check_memory
 from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
-from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
+from ganforge.snapshots import LATEST, SnapshotError, check_shapes, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
                                           init_from_env)
-from ganforge.training.options import (TrainOptions, check_batches, check_resume,
+from ganforge.training.options import (TrainOptions, absolute_data, check_batches, check_resume,
                                        describe_schedule, model_config, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
-                                      kimg_label, make_run_dir, truncate_logs, write_options)
+                                      kimg_label, make_run_dir, remove_unless_kept, truncate_logs, write_options)
 from ganforge.training.graphs import GraphedSteps
 from ganforge.training.runlog import RunLog, SampleGrid
 from ganforge.training.step import device_step, ema_beta, step_flops
@@ -53,6 +54,7 @@ class RunState:
     stage: str | None = None       # the schedule's stage: optimizers start afresh when it changes
     period: str | None = None      # the schedule's period: its grid is kept when it ends (not saved)
     best_value: float | None = None
+    data: dict | None = None       # the data's image count, class names and fingerprint (data_identity)
     retries: int = 0               # non-finite steps recovered from in this process (not saved)
     notes: list = dataclasses.field(default_factory=list)  # lines for log.txt from restoring (not saved)
 
@@ -63,7 +65,7 @@ class RunState:
                     rng={"loop": self.generator.get_state(), "torch": torch.get_rng_state(),
                          "device": self.generator.device.type}, stage=self.stage,
                     images_seen=self.images_seen, step=self.step, stream_position=self.stream.position,
-                    best_value=self.best_value,
+                    best_value=self.best_value, data=self.data,
                     **({"augment": self.augmenter.state_dict()} if self.augmenter and self.augmenter.active else {}))
 
     def restore(self, snap: dict, model: GanModel, opts: TrainOptions) -> None:
@@ -125,9 +127,14 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         evaluator_factory = training_evaluator(opts.metrics, opts.metrics_n, inception_weights)
     ddp, device_name = init_from_env(opts.device)
     device, world = resolve_device(device_name), ddp.world_size
+    if snapshot is None:  # the run's identity, in its options and every snapshot: a snapshot resumes only in its run
+        opts = dataclasses.replace(opts, run_id=broadcast_object(uuid.uuid4().hex[:16] if ddp.main else None, world))
     watch_step = watch_step or census_from_env(device) or contextlib.nullcontext
     torch.manual_seed(opts.seed)
     dataset = training_data(opts, listed_once=lambda make: made_once(make, ddp))
+    identity = data_identity(dataset)
+    if snapshot is not None:
+        check_same_data(snapshot, identity, opts)
     opts = resolve_augment(opts, len(dataset))
     model, notes = training_model(opts, dataset, snapshot, device, world)
     check_batches(model, opts, world)
@@ -140,28 +147,40 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
                      stream=RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=device, workers=opts.workers,
                                        rank=ddp.rank, world_size=world),
                      augmenter=Augmenter(opts.augment, device, opts.seed, opts.augment_p, opts.ada_target, opts.ada_kimg,
-                                         tuple(opts.augment_ops)))
+                                         tuple(opts.augment_ops)), data=identity)
     broadcast_parameters(model, world)
-    run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
-    try:
-        run_dir = run_steps(opts, snapshot, dataset, model, state, run_dir, ddp, device, progress, evaluator_factory,
-                            watch_step,
-                            [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
-                             f"({channels_source})", *notes, state.augmenter.describe(), *([lock.took_over] if lock and lock.took_over else []),
-                             *state.notes])
-    except BaseException:
-        if snapshot is None and state.step == 0 and ddp.main:  # a new run with nothing in it to resume
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
+    run_dir, lock = None, None
+    with StopFlag() as stop:
+        # Until its first step a new run holds nothing to keep: a stop (SIGTERM, Ctrl-C) abandons it at
+        # once; from the first step on a stop finishes the step and writes latest.pt.
+        stop.raise_now = snapshot is None
+        try:
+            run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
+            run_dir = run_steps(opts, snapshot, dataset, model, state, run_dir, ddp, device, progress,
+                                evaluator_factory, watch_step, stop,
+                                [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
+                                 f"({channels_source})", *notes, state.augmenter.describe(),
+                                 *([lock.took_over] if lock and lock.took_over else []), *state.notes])
+            if snapshot is None and state.step == 0:  # stopped between the start and the first step
+                raise StopRequested
+        except BaseException as e:
+            if snapshot is None and run_dir is not None and ddp.main:  # a new run with no snapshot: nothing to resume
+                if lock is not None:
+                    lock.release()
+                remove_unless_kept(run_dir)
+            if isinstance(e, StopRequested):
+                raise TrainingError("stopped before the first step: nothing was trained, and the new run "
+                                    "directory is removed") from None
+            raise
+        finally:
+            if lock is not None:
+                lock.release()
     return run_dir
 
 
 def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanModel, state: RunState, run_dir: Path,
               ddp, device: torch.device, progress: bool, evaluator_factory: Callable | None, watch_step: Callable,
-              notes: list[str]) -> Path:
+              stop: "StopFlag", notes: list[str]) -> Path:
     """The training loop proper: step, then tick, grids, metrics and snapshots when their kimg come."""
     world, total = ddp.world_size, round(opts.kimg * 1000)
     log = RunLog(run_dir, ddp.main, progress, total, state.images_seen)
@@ -179,7 +198,8 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
     if graphs is not None and not graphs.capture:
         log.line(f"--cuda-graphs: {device} has no CUDA graphs; the steps run as they would be captured, eagerly")
 
-    with StopFlag() as stop, contextlib.closing(log):
+    stop.raise_now = False  # from the first step on, a stop writes a snapshot
+    with contextlib.closing(log):
         while state.images_seen < total and not stop.requested:
             sched: Schedule = model.schedule(state.images_seen, opts.batch, opts.resolution)
             enter_schedule(sched, model, state, log)
@@ -243,6 +263,7 @@ def run_options(opts: TrainOptions, snapshot: dict | None, explicit: set[str], r
     """The options this run trains with (a resumed run's own, with what may change), checked; and
     where its channel count comes from, for log.txt."""
     channels_source = "--channels" if opts.channels is not None else "detected from the data"
+    opts = absolute_data(opts)
     if snapshot is not None:
         opts = check_resume(opts, snapshot["options"], explicit, resume)
         channels_source = "as the run was trained"
@@ -294,6 +315,28 @@ def training_data(opts: TrainOptions, listed_once=None):
     return dataset
 
 
+def check_same_data(snapshot: dict, identity: dict, opts: TrainOptions) -> None:
+    """A resumed run continues on the data it was trained on: say what differs and stop (a renamed
+    class folder would shift every label; another folder would train on silently)."""
+    saved = snapshot.get("data")
+    if saved is None:  # snapshots from before runs recorded their data
+        return
+    where = f"--resume {snapshot['path']}: --data {opts.data} is not the data the run was trained on"
+    fix = "; give the run its own data again (or start a new run)"
+    if saved["images"] != identity["images"]:
+        raise TrainingError(f"{where}: {saved['images']} images then, {identity['images']} now{fix}")
+    if saved["classes"] != identity["classes"]:
+        then = [c for c in saved["classes"] if c not in identity["classes"]]
+        now = [c for c in identity["classes"] if c not in saved["classes"]]
+        differ = (f"class(es) {', '.join(then[:5]) or '-'} then, {', '.join(now[:5]) or '-'} now" if then or now
+                  else "the same class names in another order")
+        raise TrainingError(f"{where}: {len(saved['classes'])} classes then, {len(identity['classes'])} now; "
+                            f"{differ}{fix}")
+    if saved["fingerprint"] != identity["fingerprint"]:
+        raise TrainingError(f"{where}: its files changed (names, sizes or labels: fingerprint {saved['fingerprint']} "
+                            f"then, {identity['fingerprint']} now){fix}")
+
+
 def smaller_images(opts: TrainOptions, dataset) -> str:
     return (f"--resolution {opts.resolution}: some images in --data {opts.data} are smaller "
             f"(smallest side {dataset.smallest_side} px)")
@@ -322,6 +365,8 @@ def training_model(opts: TrainOptions, dataset, snapshot: dict | None, device: t
                                 f"{opts.model} with { {k: b for k, (a, b) in differ.items()} }")
         config = saved
     model = build_model(opts.model, config).to(device)
+    if snapshot is not None:  # an edited or damaged tensor: one line naming it, before the run directory is touched
+        check_shapes(snapshot["state"], model.state_dict(), snapshot["path"])
     if opts.sync_bn and world > 1:
         if device.type != "cuda":
             raise TrainingError("--sync-bn: needs CUDA GPUs (PyTorch's SyncBatchNorm runs on NCCL only)")
@@ -463,8 +508,9 @@ def write_snapshot(path: Path, snap: dict, run_dir: Path) -> None:
     try:
         save_snapshot(path, snap)
     except OSError as e:
-        raise TrainingError(f"could not write snapshot {path}: {e.strerror or e}; the previous snapshot "
-                            f"is intact, resume with: ganforge train --resume {run_dir}") from e
+        kept = (f"{run_dir / LATEST} is intact, resume with: ganforge train --resume {run_dir}"
+                if (run_dir / LATEST).exists() else "the run has no snapshot yet, so nothing of it can be resumed")
+        raise TrainingError(f"could not write snapshot {path}: {e.strerror or e}; {kept}") from e
 
 
 def metric_share(ddp):

@@ -5,6 +5,7 @@ resuming may change, and the schedule of a run in words."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from ganforge.errors import TrainingError
@@ -82,6 +83,8 @@ class TrainOptions:
     nonfinite_retries: int = option(3, "NaN/Inf: restore the last snapshot and continue this many times, then stop",
                                     cli=False)
     outdir: str = option("runs", "Parent folder of numbered run directories")
+    run_id: str | None = option(None, "The run's identity, drawn when it starts: a snapshot resumes only in the "
+                                "run that wrote it", cli=False)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -90,6 +93,16 @@ class TrainOptions:
 # Options that may differ when a run is resumed: they change how long or where it runs, not what it computes.
 RESUME_MAY_CHANGE = {"batch_gpu", "channels_last", "compile", "cuda_graphs", "nonfinite_retries", "kimg", "tick", "sample_every", "snap", "device",
                      "workers", "outdir", "metrics", "metrics_every", "metrics_n", "best_metric"}
+
+
+def absolute_data(opts: TrainOptions) -> TrainOptions:
+    """--data as an absolute path (a built-in dataset's name as it is): the run stores it, so that a
+    resume from another working directory reads the same data, not a folder of the same name there."""
+    from ganforge.data import BUILTIN_DATASETS
+
+    if opts.data in BUILTIN_DATASETS:
+        return opts
+    return dataclasses.replace(opts, data=os.path.abspath(os.path.expanduser(opts.data)))
 
 
 def saved_options(saved: dict) -> dict:
@@ -193,6 +206,7 @@ def plan(opts: TrainOptions, resume: str | None, explicit: set[str]) -> tuple[Tr
     from ganforge.models import GanModel, build_model, model_class
     from ganforge.snapshots import load_snapshot
 
+    opts = absolute_data(opts)
     if resume:
         opts = check_resume(opts, load_snapshot(resume)["options"], explicit, resume)
     opts = resolve_options(opts)

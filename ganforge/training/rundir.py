@@ -35,6 +35,29 @@ OWN_TEMPORARY = re.compile(r"\.(latest|best|snapshot-\d+(k\d+)?)\.pt\.\d+\.tmp|\
 RUN_FILES = re.compile(r"(latest|best|snapshot-\d+(k\d+)?)\.pt|training_options\.json|stats\.jsonl|log\.txt|metric-.+\.jsonl")
 
 
+# What a run writes besides its snapshots: a new run that stops before its first snapshot takes
+# these with its directory (anything else there is someone else's and keeps the directory).
+WRITTEN_BY_RUN = re.compile(r"training_options\.json|log\.txt|stats\.(jsonl|png)|metric-.+\.jsonl|"
+                            r"[a-z_-]+\d{6}(k\d{3})?\.png|reals\.png|growth\.png|period-.+\.png|"
+                            r"events\.out\.tfevents\..+|\.lock")
+
+
+def remove_unless_kept(run_dir: Path) -> bool:
+    """Remove a new run's directory when it holds no snapshot, so a run stopped or failed before its
+    first snapshot leaves no empty directory behind: ganforge's own files go, then the directory if
+    nothing else is in it. Returns whether it is gone."""
+    if any(run_dir.glob("*.pt")):
+        return False
+    for path in run_dir.iterdir():
+        if path.is_file() and (WRITTEN_BY_RUN.fullmatch(path.name) or OWN_TEMPORARY.fullmatch(path.name)):
+            path.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:  # something of someone else's is in it
+        return False
+    return True
+
+
 def kept_in_run(path: str | Path) -> bool:
     """Whether `path` is a file ganforge keeps in a run directory (a snapshot, the options, the logs):
     an output written there would destroy the run's work."""
@@ -50,12 +73,18 @@ def check_run_directory(run_dir: Path, snapshot: dict) -> None:
         raise TrainingError(f"--resume {snapshot['path']}: {run_dir} is not a ganforge run directory (no "
                             "training_options.json); resume from the run directory the snapshot came from")
     try:
-        model = json.loads(options.read_text(encoding="utf-8"))["model"]
-    except (ValueError, KeyError) as e:
+        saved = json.loads(options.read_text(encoding="utf-8"))
+        model, run_id = saved["model"], saved.get("run_id")
+    except (ValueError, KeyError, AttributeError) as e:
         raise TrainingError(f"--resume: {options} is unreadable ({e})") from e
     if model != snapshot["model"]:
         raise TrainingError(f"--resume {snapshot['path']}: the snapshot holds {snapshot['model']} but the run "
                             f"directory {run_dir} is a {model} run; it was copied from another run")
+    snapshot_run = snapshot["options"].get("run_id")
+    if snapshot_run != run_id:  # both None: runs from before runs had an identity
+        raise TrainingError(f"--resume {snapshot['path']}: the snapshot belongs to run {snapshot_run}, the run "
+                            f"directory {run_dir} to run {run_id} (run_id in training_options.json); it was copied "
+                            "from another run: resume that run's own directory, or start a new run")
 
 
 def write_options(run_dir: Path, opts) -> None:
@@ -88,31 +117,48 @@ def kimg_label(images_seen: int, fine: bool) -> str:
 
 
 class RunLock:
-    """`.lock` in a run directory holds the training process's id: a second process refuses to train
-    the same run (their logs and snapshots would interleave); a lock left by a process that no longer
-    runs (killed, crashed) is taken over, and `took_over` says so for log.txt."""
+    """`.lock` in a run directory holds the training process's id and start (`process_start`): a second
+    process refuses to train the same run (their logs and snapshots would interleave); a lock left by
+    a process that no longer runs (killed, crashed), or whose id now belongs to another process that
+    started later, is taken over, and `took_over` says so for log.txt."""
 
     def __init__(self, run_dir: Path):
         self.path, self.took_over = run_dir / ".lock", ""
-        holder = self._holder()
+        holder, started = self._holder()
         if holder is not None and holder != os.getpid():
-            if _running(holder):
+            alive = _running(holder)
+            if alive and (started is None or process_start(holder) in (None, started)):
                 raise TrainingError(f"{run_dir} is being trained by process {holder} (its .lock); wait for it to "
                                     f"finish or stop it, then resume")
-            self.took_over = f"note: took over the lock of process {holder}, which no longer runs"
+            self.took_over = (f"note: took over the lock of process {holder}, which no longer runs" if not alive else
+                              f"note: took over the lock of process {holder}, which no longer runs (its id now "
+                              "belongs to another process)")
         tmp = self.path.with_name(f".lock.{os.getpid()}.tmp")
-        tmp.write_text(str(os.getpid()))
+        tmp.write_text(f"{os.getpid()} {process_start(os.getpid()) or ''}".strip())
         os.replace(tmp, self.path)
 
-    def _holder(self) -> int | None:
+    def _holder(self) -> tuple[int | None, str | None]:
+        """The locking process's id, and its start where the lock recorded one (older locks hold the id alone)."""
         try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
+            fields = self.path.read_text().split()
+            return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+        except (OSError, ValueError, IndexError):
+            return None, None
 
     def release(self) -> None:
-        if self._holder() == os.getpid():
+        if self._holder()[0] == os.getpid():
             self.path.unlink(missing_ok=True)
+
+
+def process_start(pid: int) -> str | None:
+    """What tells a process apart from a later one given the same id: this boot's id and the process's
+    start time since boot (Linux's /proc); None where they cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{stat.rpartition(')')[2].split()[19]}"  # field 22, starttime (the name may hold spaces)
+    except (OSError, IndexError):
+        return None
 
 
 def _running(pid: int) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ganforge.errors import GanforgeError
+from ganforge.errors import GanforgeError, GanforgeWarning
 from ganforge.models import model_names
 from ganforge.training.options import SEED_MAX, TrainOptions
 
@@ -149,6 +149,18 @@ class _GanforgeErrors(click.Group):
 def main(debug):
     """ganforge: train, sample, measure and export GANs on your own images."""
     warnings.simplefilter("default", UserWarning)
+    warnings.showwarning = _one_line_warning
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """ganforge's own warnings as one line, like its errors; other libraries' keep Python's form."""
+    if issubclass(category, GanforgeWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 @main.command()
@@ -163,7 +175,7 @@ def main(debug):
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this machine (one per GPU) through torchrun; --batch is the total over all")
 @click.option("--dry-run", is_flag=True, help="Print the resolved options and exit")
-@click.option("--quiet", is_flag=True, help="No progress bar")
+@click.option("--quiet", is_flag=True, help="No progress bars or tick lines on the console (warnings still show)")
 @click.pass_context
 def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
     """Train a GAN (default: the conditional DCGAN on the built-in MNIST digits)."""
@@ -178,6 +190,8 @@ def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
     from ganforge.training.loop import train as run_training
     from ganforge.training.options import plan
 
+    if quiet:  # every bar of the run (decoding, caption encoding, metrics), in its worker processes too
+        os.environ["GANFORGE_PROGRESS"] = "0"
     explicit = {k for k in kwargs if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     aliases = {k: kwargs.pop(k) for k in MODEL_OPT_ALIASES}
     kwargs["model_opts"] = _parse_model_opts(kwargs.pop("model_opt"), aliases)

@@ -338,7 +338,8 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
     if run_or_snapshot is not None:
         from ganforge.inference import load_model
 
-        options = load_snapshot(run_or_snapshot)["options"]
+        saved = load_snapshot(run_or_snapshot)
+        options = saved["options"]
         model = load_model(run_or_snapshot, dev)
         real_ds = load_dataset(real or options["data"], model.sample_resolution, model.config["channels"],
                                options["center_crop"], split or options["split"])
@@ -368,6 +369,23 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
                "per metric: its seconds)", err=True)
     if out:
         Path(out).write_text(text + "\n")
+    if run_or_snapshot is not None:
+        _keep_in_run(snapshot, saved, results, n, out)
+
+
+def _keep_in_run(snapshot: Path, saved: dict, results: dict, n: int, out: str | None) -> None:
+    """The results of evaluating a run's snapshot go into its run, beside those of --metrics during
+    training, where `plot` and the studio find them; a snapshot outside any run keeps them in --out only."""
+    from ganforge.metrics.evaluate import keep_in_run
+
+    run_dir = snapshot.parent
+    if not (run_dir / "training_options.json").is_file():
+        where = f"written to {out}" if out else "not kept (give --out FILE to keep them)"
+        click.echo(f"{snapshot} is not in a run directory: the results are {where}", err=True)
+        return
+    paths = keep_in_run(run_dir, results, saved["images_seen"], saved["step"], snapshot=snapshot.name, n=n,
+                        by="ganforge evaluate")
+    click.echo(f"kept in the run: {', '.join(str(p) for p in paths)}", err=True)
 
 
 def _finite_or_null(value):

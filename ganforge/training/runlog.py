@@ -155,14 +155,13 @@ class RunLog:
 
     def metrics(self, results: dict, images_seen: int, step: int) -> None:
         """One row per metric in metric-<name>.jsonl, TensorBoard, and a log line."""
-        from ganforge.metrics.evaluate import headline
+        from ganforge.metrics.evaluate import headline, keep_in_run
 
         if not self.main:
             return
         kimg = images_seen / 1000
+        keep_in_run(self.run_dir, results, images_seen, step)
         for name, result in results.items():
-            with open(self.run_dir / f"metric-{name}.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"kimg": kimg, "step": step, **result}) + "\n")
             self.tb.add_scalar(f"metrics/{name}", headline(name, result), global_step=images_seen)
         self.line(f"metrics at {kimg:.1f} kimg: " + ", ".join(f"{n} {headline(n, r):.4g}" for n, r in results.items()))
 

@@ -96,7 +96,7 @@ class RunLock:
         self.path, self.took_over = run_dir / ".lock", ""
         holder = self._holder()
         if holder is not None and holder != os.getpid():
-            if _running(holder):
+            if running(holder):
                 raise TrainingError(f"{run_dir} is being trained by process {holder} (its .lock); wait for it to "
                                     f"finish or stop it, then resume")
             self.took_over = f"note: took over the lock of process {holder}, which no longer runs"
@@ -115,7 +115,8 @@ class RunLock:
             self.path.unlink(missing_ok=True)
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

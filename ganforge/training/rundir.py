@@ -25,7 +25,12 @@ def make_run_dir(outdir: str | Path, desc: str) -> Path:
 
 
 def dataset_desc(data: str) -> str:
-    name = Path(data.rstrip("/")).stem if data != "mnist" else "mnist"
+    """The data's part of a run's name: the folder or file name; for tar shards ('lsun/{000000..000099}.tar',
+    'lsun/000003.tar') the folder that holds them, or 'shards'."""
+    path = Path(data.rstrip("/"))
+    name = path.stem if data != "mnist" else "mnist"
+    if "{" in path.name or path.suffix == ".tar":  # a shard's own name says nothing of the data
+        name = path.parent.name or "shards"
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "data"
 
 

@@ -238,7 +238,8 @@ def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
 @main.command()
 @click.argument("run_or_snapshot", type=click.Path(exists=True))
 @click.option("--n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of images")
-@click.option("--label", type=int, default=None, help="Class to generate [default: one row per class]")
+@click.option("--label", default=None, help="Class to generate, by number or name (a class folder's) "
+              "[default: one row per class]")
 @SEED
 @click.option("--out", default="samples.png", show_default=True, help="A .png grid, or a folder for one PNG per image")
 @click.option("--prompt", "prompts", multiple=True, help="Text-to-image (dfgan): a caption; repeat for more rows")
@@ -275,6 +276,10 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
         paths = write_images(images, out, n)
         click.echo(f"wrote {len(images)} images ({n} per prompt) to {out if len(paths) == 1 else Path(out)}")
         return
+    if label is not None and model.num_classes:
+        label = _class_of(model, run_or_snapshot, label, "--label")
+    elif label is not None:
+        raise click.BadParameter("this model is not class-conditional (trained without labels)", param_hint="--label")
     images, labels, columns = sample(model, n, seed=seed, label=label, device=device, psi=psi)
     paths = write_images(images, out, columns, labels if label is None else None)
     click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
@@ -434,6 +439,21 @@ def _first_image_size(folder: str) -> int:
     raise click.BadParameter(f"{folder}: no readable images", param_hint="--fake")
 
 
+def _class_of(model, run_or_snapshot: str, given: str, option: str) -> int:
+    """A class given by number or by name (a class folder's), as generate, interpolate and project take it."""
+    from ganforge.inference import class_index, run_class_names
+
+    names = [] if given.isdigit() and int(given) < model.num_classes else run_class_names(run_or_snapshot)
+    return class_index(model, given, names, option)
+
+
+def _class_name(run_or_snapshot: str, index: int) -> str:
+    from ganforge.inference import run_class_names
+
+    names = run_class_names(run_or_snapshot)
+    return f"{index} ({names[index]})" if index < len(names) and names[index] != str(index) else str(index)
+
+
 def _number_list(ctx, param, value: str | None) -> list[int] | None:
     """A comma-separated list of whole numbers >= 0 (seeds, class labels)."""
     if value is None:
@@ -455,9 +475,10 @@ def _number_list(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--seconds", type=float, default=10.0, show_default=True, callback=_finite_positive, help="Length of the loop")
 @click.option("--fps", type=click.IntRange(1, 120), default=30, show_default=True, help="Frames per second")
 @click.option("--grid", type=click.IntRange(1, 8), default=1, show_default=True, help="N x N walks side by side")
-@click.option("--labels", "--label", "labels", default=None, callback=_number_list,
-              help="Class-conditional run: the class of each keyframe, e.g. 3,8 (the class embedding moves "
-                   "between them) [default: 0]")
+@click.option("--labels", "--label", "labels", default=None,
+              callback=lambda ctx, param, value: None if value is None else [v.strip() for v in value.split(",") if v.strip()],
+              help="Class-conditional run: the class of each keyframe, by number or name, e.g. 3,8 (the class "
+                   "embedding moves between them) [default: 0]")
 @click.option("--prompt", "prompts", multiple=True,
               help="Text-to-image: the caption of a keyframe; repeat to move between captions")
 @DEVICE
@@ -475,6 +496,10 @@ def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts
     _check_writable(out, "--out")
     dev = resolve_device(device)
     model = load_model(run_or_snapshot, dev)
+    if labels and not model.num_classes:
+        raise click.BadParameter("this model is not class-conditional (trained without labels)", param_hint="--labels")
+    if labels:
+        labels = [_class_of(model, run_or_snapshot, given, "--labels") for given in labels]
     frames = walk_frames(model, seeds, seconds, fps, grid, labels, list(prompts), dev)
     write_video(frames, out, fps)
     through = [f"seeds {','.join(map(str, seeds))}"] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
@@ -523,7 +548,8 @@ def studio(roots, host, port, refresh, device):
 @click.option("--image", required=True, help="The real image to find in the generator")
 @click.option("--out", default="projection", show_default=True, help="Folder for the results")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimisation steps")
-@click.option("--label", type=click.IntRange(min=0), default=None, help="Class-conditional run: the image's class")
+@click.option("--label", default=None, help="Class-conditional run: the image's class, by number or name "
+              "[default: every class is tried and the closest kept]")
 @click.option("--prompt", default=None, help="Text-to-image run: a caption of the image")
 @click.option("--video", type=click.Choice(["mp4", "gif", "none"]), default="mp4", show_default=True,
               help="The optimisation as a video (mp4 needs the [video] extra)")
@@ -553,8 +579,14 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, devi
         vector = model.encode_text([prompt.strip()]).to(dev)
         condition = lambda z: model.generate_from_vectors(vector.expand(len(z), -1), z)  # noqa: E731
     elif model.num_classes:
-        if label is None or label >= model.num_classes:
-            raise click.BadParameter(f"give the image's class, 0..{model.num_classes - 1}", param_hint="--label")
+        if label is None:  # every class tried from the same starts; the closest is kept, and said
+            from ganforge.explore import closest_class
+
+            label = closest_class(model, target, seed)
+            click.echo(f"no --label: tried each of the {model.num_classes} classes, kept class "
+                       f"{_class_name(run_or_snapshot, label)} (its samples came closest)", err=True)
+        else:
+            label = _class_of(model, run_or_snapshot, label, "--label")
         condition = lambda z: model.generate(z, Condition(classes=torch.full((len(z),), label, device=dev)))  # noqa: E731
     else:
         if label is not None or prompt:

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ganforge.errors import GanforgeError
+from ganforge.errors import GanforgeError, GanforgeWarning
 from ganforge.models import model_names
 from ganforge.training.options import SEED_MAX, TrainOptions
 
@@ -149,6 +149,18 @@ class _GanforgeErrors(click.Group):
 def main(debug):
     """ganforge: train, sample, measure and export GANs on your own images."""
     warnings.simplefilter("default", UserWarning)
+    warnings.showwarning = _one_line_warning
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """ganforge's own warnings as one line, like its errors; other libraries' keep Python's form."""
+    if issubclass(category, GanforgeWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 @main.command()
@@ -163,7 +175,7 @@ def main(debug):
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this machine (one per GPU) through torchrun; --batch is the total over all")
 @click.option("--dry-run", is_flag=True, help="Print the resolved options and exit")
-@click.option("--quiet", is_flag=True, help="No progress bar")
+@click.option("--quiet", is_flag=True, help="No progress bars or tick lines on the console (warnings still show)")
 @click.pass_context
 def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
     """Train a GAN (default: the conditional DCGAN on the built-in MNIST digits)."""
@@ -178,6 +190,8 @@ def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
     from ganforge.training.loop import train as run_training
     from ganforge.training.options import plan
 
+    if quiet:  # every bar of the run (decoding, caption encoding, metrics), in its worker processes too
+        os.environ["GANFORGE_PROGRESS"] = "0"
     explicit = {k for k in kwargs if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     aliases = {k: kwargs.pop(k) for k in MODEL_OPT_ALIASES}
     kwargs["model_opts"] = _parse_model_opts(kwargs.pop("model_opt"), aliases)
@@ -224,7 +238,8 @@ def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
 @main.command()
 @click.argument("run_or_snapshot", type=click.Path(exists=True))
 @click.option("--n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of images")
-@click.option("--label", type=int, default=None, help="Class to generate [default: one row per class]")
+@click.option("--label", default=None, help="Class to generate, by number or name (a class folder's) "
+              "[default: one row per class]")
 @SEED
 @click.option("--out", default="samples.png", show_default=True, help="A .png grid, or a folder for one PNG per image")
 @click.option("--prompt", "prompts", multiple=True, help="Text-to-image (dfgan): a caption; repeat for more rows")
@@ -261,6 +276,10 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
         paths = write_images(images, out, n)
         click.echo(f"wrote {len(images)} images ({n} per prompt) to {out if len(paths) == 1 else Path(out)}")
         return
+    if label is not None and model.num_classes:
+        label = _class_of(model, run_or_snapshot, label, "--label")
+    elif label is not None:
+        raise click.BadParameter("this model is not class-conditional (trained without labels)", param_hint="--label")
     images, labels, columns = sample(model, n, seed=seed, label=label, device=device, psi=psi)
     paths = write_images(images, out, columns, labels if label is None else None)
     click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
@@ -324,7 +343,8 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
     if run_or_snapshot is not None:
         from ganforge.inference import load_model
 
-        options = load_snapshot(run_or_snapshot)["options"]
+        saved = load_snapshot(run_or_snapshot)
+        options = saved["options"]
         model = load_model(run_or_snapshot, dev)
         real_ds = load_dataset(real or options["data"], model.sample_resolution, model.config["channels"],
                                options["center_crop"], split or options["split"])
@@ -354,6 +374,23 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
                "per metric: its seconds)", err=True)
     if out:
         Path(out).write_text(text + "\n")
+    if run_or_snapshot is not None:
+        _keep_in_run(snapshot, saved, results, n, out)
+
+
+def _keep_in_run(snapshot: Path, saved: dict, results: dict, n: int, out: str | None) -> None:
+    """The results of evaluating a run's snapshot go into its run, beside those of --metrics during
+    training, where `plot` and the studio find them; a snapshot outside any run keeps them in --out only."""
+    from ganforge.metrics.evaluate import keep_in_run
+
+    run_dir = snapshot.parent
+    if not (run_dir / "training_options.json").is_file():
+        where = f"written to {out}" if out else "not kept (give --out FILE to keep them)"
+        click.echo(f"{snapshot} is not in a run directory: the results are {where}", err=True)
+        return
+    paths = keep_in_run(run_dir, results, saved["images_seen"], saved["step"], snapshot=snapshot.name, n=n,
+                        by="ganforge evaluate")
+    click.echo(f"kept in the run: {', '.join(str(p) for p in paths)}", err=True)
 
 
 def _finite_or_null(value):
@@ -402,6 +439,21 @@ def _first_image_size(folder: str) -> int:
     raise click.BadParameter(f"{folder}: no readable images", param_hint="--fake")
 
 
+def _class_of(model, run_or_snapshot: str, given: str, option: str) -> int:
+    """A class given by number or by name (a class folder's), as generate, interpolate and project take it."""
+    from ganforge.inference import class_index, run_class_names
+
+    names = [] if given.isdigit() and int(given) < model.num_classes else run_class_names(run_or_snapshot)
+    return class_index(model, given, names, option)
+
+
+def _class_name(run_or_snapshot: str, index: int) -> str:
+    from ganforge.inference import run_class_names
+
+    names = run_class_names(run_or_snapshot)
+    return f"{index} ({names[index]})" if index < len(names) and names[index] != str(index) else str(index)
+
+
 def _number_list(ctx, param, value: str | None) -> list[int] | None:
     """A comma-separated list of whole numbers >= 0 (seeds, class labels)."""
     if value is None:
@@ -423,9 +475,10 @@ def _number_list(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--seconds", type=float, default=10.0, show_default=True, callback=_finite_positive, help="Length of the loop")
 @click.option("--fps", type=click.IntRange(1, 120), default=30, show_default=True, help="Frames per second")
 @click.option("--grid", type=click.IntRange(1, 8), default=1, show_default=True, help="N x N walks side by side")
-@click.option("--labels", "--label", "labels", default=None, callback=_number_list,
-              help="Class-conditional run: the class of each keyframe, e.g. 3,8 (the class embedding moves "
-                   "between them) [default: 0]")
+@click.option("--labels", "--label", "labels", default=None,
+              callback=lambda ctx, param, value: None if value is None else [v.strip() for v in value.split(",") if v.strip()],
+              help="Class-conditional run: the class of each keyframe, by number or name, e.g. 3,8 (the class "
+                   "embedding moves between them) [default: 0]")
 @click.option("--prompt", "prompts", multiple=True,
               help="Text-to-image: the caption of a keyframe; repeat to move between captions")
 @DEVICE
@@ -444,6 +497,10 @@ def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts
     _check_writable(out, "--out")
     dev = resolve_device(device)
     model = load_model(run_or_snapshot, dev)
+    if labels and not model.num_classes:
+        raise click.BadParameter("this model is not class-conditional (trained without labels)", param_hint="--labels")
+    if labels:
+        labels = [_class_of(model, run_or_snapshot, given, "--labels") for given in labels]
     frames = walk_frames(model, seeds, seconds, fps, grid, labels, list(prompts), dev)
     write_video(frames, out, fps)
     through = [f"seeds {','.join(map(str, seeds))}"] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
@@ -492,7 +549,8 @@ def studio(roots, host, port, refresh, device):
 @click.option("--image", required=True, help="The real image to find in the generator")
 @click.option("--out", default="projection", show_default=True, help="Folder for the results")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimisation steps")
-@click.option("--label", type=click.IntRange(min=0), default=None, help="Class-conditional run: the image's class")
+@click.option("--label", default=None, help="Class-conditional run: the image's class, by number or name "
+              "[default: every class is tried and the closest kept]")
 @click.option("--prompt", default=None, help="Text-to-image run: a caption of the image")
 @click.option("--video", type=click.Choice(["mp4", "gif", "none"]), default="mp4", show_default=True,
               help="The optimisation as a video (mp4 needs the [video] extra)")
@@ -524,8 +582,14 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, devi
         vector = model.encode_text([prompt.strip()]).to(dev)
         condition = lambda z: model.generate_from_vectors(vector.expand(len(z), -1), z)  # noqa: E731
     elif model.num_classes:
-        if label is None or label >= model.num_classes:
-            raise click.BadParameter(f"give the image's class, 0..{model.num_classes - 1}", param_hint="--label")
+        if label is None:  # every class tried from the same starts; the closest is kept, and said
+            from ganforge.explore import closest_class
+
+            label = closest_class(model, target, seed)
+            click.echo(f"no --label: tried each of the {model.num_classes} classes, kept class "
+                       f"{_class_name(run_or_snapshot, label)} (its samples came closest)", err=True)
+        else:
+            label = _class_of(model, run_or_snapshot, label, "--label")
         condition = lambda z: model.generate(z, Condition(classes=torch.full((len(z),), label, device=dev)))  # noqa: E731
     else:
         if label is not None or prompt:

@@ -37,7 +37,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ganforge.errors import GanforgeError, check_memory, require
+from ganforge.errors import GanforgeError, GanforgeWarning, check_memory, require
 from ganforge.progress import bar
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -128,7 +128,7 @@ class ImageDataset(torch.utils.data.Dataset):
             except Exception as e:  # noqa: BLE001 - any decode failure means a bad file
                 if self.entries[k] not in self.bad_files:
                     self.bad_files.append(self.entries[k])
-                    warnings.warn(f"skipping unreadable image {self.entries[k]}: {e}", stacklevel=2)
+                    warnings.warn(f"skipping unreadable image {self.entries[k]}: {e}", GanforgeWarning, stacklevel=2)
         raise DatasetError(f"no readable image in dataset {self.name}")
 
     def decoded(self, threads: int | None = None, desc: str | None = None):
@@ -169,7 +169,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def _check_not_empty(self) -> None:
         if self.bad_files:
             shown = ", ".join(self.bad_files[:5]) + (" ..." if len(self.bad_files) > 5 else "")
-            warnings.warn(f"{self.name}: skipped {len(self.bad_files)} unreadable image(s): {shown}", stacklevel=3)
+            warnings.warn(f"{self.name}: skipped {len(self.bad_files)} unreadable image(s): {shown}", GanforgeWarning,
+                          stacklevel=3)
         if len(self) == 0:
             raise DatasetError(f"dataset {self.name} has no readable images")
 

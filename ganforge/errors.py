@@ -17,6 +17,11 @@ class OptionError(GanforgeError, ValueError):
     """An option or input value that cannot work (a ValueError too, for callers that catch those)."""
 
 
+class GanforgeWarning(UserWarning):
+    """Something the user should know that does not stop the command (files skipped, say): the
+    command line prints its message as one line, without Python's source line."""
+
+
 class MissingExtra(GanforgeError):
     """An optional part of ganforge is not installed."""
 

@@ -250,6 +250,21 @@ def projection_loss(images: torch.Tensor, target: torch.Tensor, structure_weight
     return pixel + structure_weight * structure
 
 
+def closest_class(model: GanModel, target: torch.Tensor, seed: int = 0, start_candidates: int = 64) -> int:
+    """The class under which the model comes closest to the target: every class is tried from the
+    same `start_candidates` latents `project` starts from, and the class of the best start is kept."""
+    from ganforge.models.base import Condition
+
+    best = []
+    with torch.no_grad():
+        for c in range(model.num_classes):
+            z = model.sampling_latents(start_candidates, generator=torch.Generator().manual_seed(seed)).to(target.device)
+            classes = torch.full((len(z),), c, dtype=torch.long, device=target.device)
+            images = torch.cat([model.generate(part, Condition(classes=classes[:len(part)])) for part in z.split(16)])
+            best.append(projection_loss(images, target.expand(len(images), -1, -1, -1)).min())
+    return int(torch.stack(best).argmin())
+
+
 def project(model: GanModel, target: torch.Tensor, condition: Callable[[torch.Tensor], torch.Tensor],
             steps: int = 1000, seed: int = 0, start_candidates: int = 64, frames: int = 60,
             lr: float = 0.05) -> dict:

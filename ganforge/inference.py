@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.utils import save_image
 
 from ganforge.data import to_uint8
-from ganforge.errors import OptionError, check_memory, require
+from ganforge.errors import GanforgeError, OptionError, check_memory, require
 from ganforge.models import build_model
 from ganforge.models.base import CLASS, TEXT, Condition, GanModel
 from ganforge.sampling import sample, sample_from_text
@@ -53,6 +53,41 @@ class RuntimeGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.G(z, labels if self.conditional else None, **self.options)
+
+
+def run_class_names(run_or_snapshot: str | Path) -> list[str]:
+    """The names of a run's classes (its class folders, classes.txt), read from its training data;
+    [] when that data is no longer where the run found it (the classes are then numbers only)."""
+    import json
+
+    from ganforge.data import load_dataset
+    from ganforge.snapshots import find_snapshot
+
+    beside = find_snapshot(run_or_snapshot).parent / "training_options.json"
+    try:
+        options = (json.loads(beside.read_text(encoding="utf-8")) if beside.is_file()
+                   else load_snapshot(run_or_snapshot)["options"])
+        with warnings.catch_warnings():  # unreadable images are the run's business here
+            warnings.simplefilter("ignore")
+            return load_dataset(options["data"], options["resolution"], options.get("channels"),
+                                options.get("center_crop", True), options.get("split", "train"),
+                                preload=False).class_names
+    except (GanforgeError, OSError, KeyError, ValueError):
+        return []
+
+
+def class_index(model: GanModel, given: str, names: list[str], option: str = "--label") -> int:
+    """A class given by its number or its name (a class folder's: `names`); a wrong one is refused
+    with the run's classes listed."""
+    if given.isdigit() and int(given) < model.num_classes:
+        return int(given)
+    if given in names:
+        return names.index(given)
+    listed = ", ".join(f"{i} {n}" if n != str(i) else str(i) for i, n in enumerate(names[:30])) if names else \
+        f"0..{model.num_classes - 1}"
+    more = f" ... ({len(names)} in all)" if len(names) > 30 else ""
+    wrong = "out of range" if given.isdigit() else "not a class of this run"
+    raise OptionError(f"{option} {given}: {wrong}; the run's classes: {listed}{more}")
 
 
 def class_condition(model: GanModel, n: int, label: int | None) -> tuple[Condition | None, int]:

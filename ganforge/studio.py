@@ -17,18 +17,21 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from ganforge.data import load_dataset
 from ganforge.errors import GanforgeError, OptionError
 from ganforge.explore import blend_frame, kimg_of
 from ganforge.inference import class_rows, generate, generate_from_prompts, load_model
 from ganforge.models.base import CLASS, TEXT
 from ganforge.snapshots import find_snapshot
 from ganforge.training.plots import plot_stats, read_jsonl, read_stats
+from ganforge.training.rundir import run_is_training
 
 RUN_MARKERS = ("training_options.json", "stats.jsonl", "latest.pt")  # any of these makes a folder a run
 MAX_DEPTH = 3  # folders below each root searched for runs (runs/, runs/<group>/, ...)
@@ -68,6 +71,7 @@ class Studio:
         self.runs = find_runs(self.roots)
         self._models: dict[str, tuple[str, float, object]] = {}  # name -> (snapshot, mtime, model)
         self._charts: dict[str, tuple[int, Image.Image | None]] = {}  # name -> (rows charted, chart)
+        self._captions: dict[str, list[str]] = {}  # name -> captions of its data (own_captions)
 
     def refresh(self) -> list[str]:
         self.runs = find_runs(self.roots)
@@ -97,10 +101,29 @@ class Studio:
 
     # --- what the page shows ---
     def describe(self, name: str) -> dict:
-        """What the inputs should offer for this run: its conditioning, classes and resolution."""
+        """What the inputs should offer for this run: its conditioning, classes and resolution, and
+        for a text-to-image run two captions of its own data to start from."""
         model = self.model(name)
         return {"conditioning": model.conditioning, "num_classes": model.num_classes,
-                "resolution": model.sample_resolution, "model": model.name}
+                "resolution": model.sample_resolution, "model": model.name,
+                "captions": self.own_captions(name) if model.conditioning == TEXT else []}
+
+    def own_captions(self, name: str) -> list[str]:
+        """Two captions of the run's training data (its first image's, and one from halfway through,
+        as its grid's rows are spread): what the page starts from, so the first grid a user sees is
+        drawn from a caption of the kind the run learned. None when the data is no longer there."""
+        if name not in self._captions:
+            options = _options(self.run_dir(name))
+            try:
+                with warnings.catch_warnings():  # unreadable images are the run's business, not the page's
+                    warnings.simplefilter("ignore")
+                    data = load_dataset(options["data"], options["resolution"], options.get("channels"),
+                                        options.get("center_crop", True), options.get("split", "train"), preload=False)
+                texts = data.captions or []
+            except (GanforgeError, OSError, KeyError):
+                texts = []
+            self._captions[name] = [texts[i][0] for i in sorted({0, len(texts) // 2}) if texts and texts[i]]
+        return self._captions[name]
 
     def samples(self, name: str, seed: float | None, psi: float, grid: float, label: str | None,
                 caption: str | None) -> Image.Image:
@@ -144,10 +167,15 @@ class Studio:
         speed = last.get("img_per_sec") or 0.0
         line = [f"**{name}**", f"{last['kimg']:.1f} kimg" + (f" of {total:g}" if total else ""),
                 f"{speed:.1f} img/s"]
-        if total and speed and last["kimg"] < total:
-            line.append(f"ETA {_duration((total - last['kimg']) * 1000 / speed)}")
         age = time.time() - last.get("time", 0)
-        line.append("training" if age < 120 else f"last update {_duration(age)} ago")
+        # An ETA only for a run a live process is training: a stopped run would never arrive.
+        if total and last["kimg"] >= total:
+            line.append(f"finished, last wrote {_duration(age)} ago")
+        elif not run_is_training(run):
+            line.append(f"stopped, last wrote {_duration(age)} ago")
+        else:
+            line.append("training" + (f", ETA {_duration((total - last['kimg']) * 1000 / speed)}" if total and speed
+                                      else ""))
         line.append(f"{len(rows)} points" + (f", grid at {kimg_of(grids[-1].stem[5:]):g} kimg" if grids else ""))
         return grid, chart, " · ".join(line)
 
@@ -264,8 +292,7 @@ def build_page(studio: Studio, refresh_seconds: float = 5.0):
                 grid = gr.Slider(1, MAX_GRID, value=4, step=1, label="grid (n x n)", elem_id="grid")
             with gr.Row():
                 label = gr.Textbox(label="class (empty: one row per class)", elem_id="label", visible=False)
-                caption = gr.Textbox(label="caption (press Enter)", elem_id="caption", visible=False,
-                                     value="a handwritten digit three")
+                caption = gr.Textbox(label="caption (press Enter)", elem_id="caption", visible=False)
             samples = gr.Image(type="pil", format="png", label="samples", elem_id="samples", interactive=False,
                                height=440,
                                buttons=["download"])
@@ -277,8 +304,8 @@ def build_page(studio: Studio, refresh_seconds: float = 5.0):
             with gr.Row():
                 label_a = gr.Textbox(value="0", label="class A", visible=False)
                 label_b = gr.Textbox(value="1", label="class B", visible=False)
-                caption_a = gr.Textbox(label="caption A", visible=False, value="a handwritten digit three")
-                caption_b = gr.Textbox(label="caption B", visible=False, value="a handwritten digit eight")
+                caption_a = gr.Textbox(label="caption A", visible=False)
+                caption_b = gr.Textbox(label="caption B", visible=False)
             t = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="from A to B: drag", elem_id="t")
             walk = gr.Image(type="pil", format="png", label="walk", elem_id="walk", interactive=False, height=440)
         with gr.Tab("Training"):
@@ -298,10 +325,11 @@ def build_page(studio: Studio, refresh_seconds: float = 5.0):
             kind = studio.describe(name)
             by_class, by_text = kind["conditioning"] == CLASS, kind["conditioning"] == TEXT
             top = kind["num_classes"] - 1 if by_class else 0
+            own = kind["captions"] or [""]  # captions of the run's own data, not of another dataset
             return (gr.update(visible=by_class, label=f"class 0-{top} (empty: one row per class)"),
-                    gr.update(visible=by_text),
+                    gr.update(visible=by_text, value=own[0]),
                     gr.update(visible=by_class, label=f"class A (0-{top})"), gr.update(visible=by_class, label=f"class B (0-{top})"),
-                    gr.update(visible=by_text), gr.update(visible=by_text))
+                    gr.update(visible=by_text, value=own[0]), gr.update(visible=by_text, value=own[-1]))
 
         sample_inputs = [run, seed, psi, grid, label, caption]
         walk_inputs = [run, seed_a, seed_b, t, walk_grid, label_a, label_b, caption_a, caption_b]

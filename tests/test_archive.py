@@ -181,6 +181,20 @@ def test_shards_are_read_one_after_another_each_shuffled_and_resume_exactly(tmp_
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
 
 
+def test_runs_from_shards_are_named_after_their_folder(tmp_path):
+    from ganforge.training import TrainOptions, train
+    from ganforge.training.rundir import dataset_desc
+
+    noisy_photos(tmp_path / "photos64", 8, size=8)
+    convert(str(tmp_path / "photos64"), tmp_path / "lsun256", 8, shard_size=4)
+    run = train(TrainOptions(data=str(tmp_path / "lsun256" / "{000000..000001}.tar"), model="dcgan", resolution=8,
+                             batch=8, model_opts={"base_channels": 4}, kimg=0.008, tick=0.008, augment="none",
+                             outdir=str(tmp_path / "runs")), progress=False)
+    assert run.name == "00000-dcgan-lsun256"
+    assert dataset_desc("lsun256/000003.tar") == "lsun256" and dataset_desc("{000000..000003}.tar") == "shards"
+    assert dataset_desc("photos.zip") == "photos" and dataset_desc("mnist") == "mnist"
+
+
 def zip_of_images(path, names):
     import io
     import zipfile

@@ -196,3 +196,35 @@ def test_ctrl_c_during_training_keeps_a_snapshot_and_exits_130(tmp_path):
 def test_gpus_without_the_gpus_is_one_clear_line_before_any_launch(tmp_path):
     result = CliRunner().invoke(main, ["train", "--gpus", "64", "--outdir", str(tmp_path)])
     assert result.exit_code == 2 and "64 processes need 64 GPUs" in result.output and "Traceback" not in result.output
+
+
+def test_evaluate_keeps_its_results_in_the_run_and_the_studio_shows_them(run_dir, tmp_path):
+    import shutil
+
+    from ganforge.studio import Studio
+
+    run = shutil.copytree(run_dir, tmp_path / "runs" / run_dir.name)
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--metrics", "swd", "--n", "64", "--no-floor",
+                                       "--out", str(tmp_path / "copy.json")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (run / "metric-swd.jsonl").read_text().splitlines()]
+    copy = json.loads((tmp_path / "copy.json").read_text())
+    assert len(rows) == 1 and rows[0]["kimg"] == 0.064 and rows[0]["snapshot"] == "latest.pt"
+    assert rows[0]["swd_avg_x1e3"] == copy["swd"]["swd_avg_x1e3"]
+    _, metrics = Studio([tmp_path / "runs"]).details(f"runs/{run_dir.name}")
+    assert metrics["swd"]["swd_avg_x1e3"] == copy["swd"]["swd_avg_x1e3"]
+    # a kept snapshot keeps its results beside it too, at its own kimg
+    snapshot = next(run.glob("snapshot-*.pt"))
+    result = CliRunner().invoke(main, ["evaluate", str(snapshot), "--metrics", "swd", "--n", "64", "--no-floor"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "metric-swd.jsonl").read_text().splitlines()[-1])["snapshot"] == snapshot.name
+
+
+def test_evaluating_a_snapshot_outside_any_run_says_where_its_results_are(run_dir, tmp_path):
+    import shutil
+
+    lone = shutil.copy(run_dir / "latest.pt", tmp_path / "lone.pt")
+    result = CliRunner().invoke(main, ["evaluate", str(lone), "--metrics", "swd", "--n", "64", "--no-floor"])
+    assert result.exit_code == 0, result.output
+    assert "not in a run directory: the results are not kept (give --out FILE to keep them)" in result.output
+    assert not list(tmp_path.glob("metric-*.jsonl"))

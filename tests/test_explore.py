@@ -77,7 +77,7 @@ def test_timelapse_shows_every_grid_in_training_order(run, tmp_path):
     (["--seeds", "4"], "a walk needs two keyframes or more"),
     (["--seeds", "1,-2"], "give whole numbers 0..4294967295"),
     (["--out", "walk.avi"], "give a .mp4 or .gif file"),
-    (["--label", "10"], "out of range, the model has classes 0..9"),
+    (["--label", "10"], "--labels 10: out of range; the run's classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9"),
     (["--labels", "3,12"], "--labels 12: out of range"),
     (["--prompt", "a bird"], "not a text-to-image model"),
 ])
@@ -120,6 +120,43 @@ def test_projection_finds_a_latent_that_reproduces_a_generated_image(run, tmp_pa
         assert gif.n_frames > 10 and gif.size == (2 * 16 + 3 * 2, 16 + 2 * 2)  # target | result
     with Image.open(tmp_path / "p" / "compare.png") as compare:
         assert compare.size == gif.size
+
+
+def test_projection_without_a_label_tries_every_class_and_says_which_it_kept(run, tmp_path):
+    model = load_model(run)
+    z = model.sampling_latents(64, generator=torch.Generator().manual_seed(0))  # the starts of --seed 0
+    target = model.generate(z[5:6], Condition(classes=torch.tensor([7]))).clamp(-1, 1)
+    save_image(target * 0.5 + 0.5, tmp_path / "seven.png")
+    result = CliRunner().invoke(main, ["project", str(run), "--image", str(tmp_path / "seven.png"), "--steps", "2",
+                                       "--seed", "0", "--out", str(tmp_path / "p"), "--video", "none"])
+    assert result.exit_code == 0, result.output
+    assert "no --label: tried each of the 10 classes, kept class 7 (its samples came closest)" in result.output
+    assert "Invalid value" not in result.output
+    assert json.loads((tmp_path / "p" / "result.json").read_text())["label"] == 7
+
+
+def test_classes_are_taken_by_name_wherever_a_class_number_is(tmp_path):
+    for name, shade in (("Faces", 40), ("Flags", 220)):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("L", (16, 16), shade + i).save(tmp_path / "photos" / name / f"{i}.png")
+    run = train(TrainOptions(data=str(tmp_path / "photos"), resolution=16, batch=8, model_opts={"base_channels": 4},
+                             kimg=0.016, outdir=str(tmp_path / "runs")), progress=False)
+    runner = CliRunner()
+    by_name = runner.invoke(main, ["generate", str(run), "--n", "4", "--label", "Flags", "--out", str(tmp_path / "a.png")])
+    by_number = runner.invoke(main, ["generate", str(run), "--n", "4", "--label", "1", "--out", str(tmp_path / "b.png")])
+    assert by_name.exit_code == 0 and by_number.exit_code == 0, by_name.output + by_number.output
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    wrong = runner.invoke(main, ["generate", str(run), "--label", "Flag", "--out", str(tmp_path / "c.png")])
+    assert wrong.exit_code != 0 and "--label Flag: not a class of this run; the run's classes: 0 Faces, 1 Flags" \
+        in wrong.output
+    walk = runner.invoke(main, ["interpolate", str(run), "--labels", "Faces,Flags", "--seeds", "1", "--seconds", "0.4",
+                                "--fps", "5", "--out", str(tmp_path / "w.gif")])
+    assert walk.exit_code == 0 and "classes 0,1" in walk.output, walk.output
+    Image.new("L", (16, 16), 220).save(tmp_path / "flag.png")
+    projected = runner.invoke(main, ["project", str(run), "--image", str(tmp_path / "flag.png"), "--label", "Flags",
+                                     "--steps", "2", "--video", "none", "--out", str(tmp_path / "p")])
+    assert projected.exit_code == 0 and json.loads((tmp_path / "p" / "result.json").read_text())["label"] == 1
 
 
 def test_began_projection_starts_from_its_encoder(tmp_path):

@@ -257,3 +257,44 @@ def test_the_page_in_chromium_shows_samples_walks_and_a_run_as_it_trains(roots, 
         for process in (studio, live):
             process.terminate()
             process.wait(30)
+
+
+def test_a_text_run_starts_from_captions_of_its_own_data(tmp_path):
+    from ganforge.training import TrainOptions, train
+
+    data = tmp_path / "shapes"
+    (data / "classes.txt").parent.mkdir()
+    (data / "classes.txt").write_text("shapes\n")
+    rows = ["image,label,split"]
+    for i, colour in enumerate(["red", "green", "blue", "yellow", "white"] * 3):
+        (data / "images").mkdir(exist_ok=True)
+        (data / "text").mkdir(exist_ok=True)
+        Image.new("RGB", (16, 16), colour).save(data / "images" / f"{i}.png")
+        (data / "text" / f"{i}.txt").write_text(f"a {colour} square\na square painted {colour}\n")
+        rows.append(f"images/{i}.png,0,train")
+    (data / "split.csv").write_text("\n".join(rows) + "\n")
+    train(TrainOptions(model="dfgan", data=str(data), resolution=16, batch=8, model_opts={"nf": 4}, kimg=0.008,
+                       tick=0.008, outdir=str(tmp_path / "runs")), progress=False)
+    studio = Studio([tmp_path / "runs"])
+    name = next(iter(studio.runs))
+    assert studio.describe(name)["captions"] == ["a red square", "a blue square"]  # images 0 and 7 of 15
+    assert studio.samples(name, 0, 1.0, 1, None, "a red square").size == (16, 16)
+
+
+def test_the_training_tab_gives_no_eta_for_a_run_that_is_not_training(roots, tmp_path):
+    import json
+    import os
+
+    studio, run = Studio([roots]), names(roots)
+    line = studio.progress(run["cdcgan"])[2]
+    assert "ETA" not in line and "finished, last wrote" in line
+    # the same run cut short, its process gone (a lock naming no live process)
+    stopped = shutil.copytree(studio.run_dir(run["cdcgan"]), tmp_path / "runs" / "00000-stopped")
+    options = json.loads((stopped / "training_options.json").read_text())
+    (stopped / "training_options.json").write_text(json.dumps({**options, "kimg": 10}))
+    (stopped / ".lock").write_text("999999999")
+    line = Studio([tmp_path / "runs"]).progress("runs/00000-stopped")[2]
+    assert "ETA" not in line and "stopped, last wrote" in line
+    (stopped / ".lock").write_text(str(os.getpid()))  # a live process trains it
+    line = Studio([tmp_path / "runs"]).progress("runs/00000-stopped")[2]
+    assert "training, ETA" in line

@@ -467,6 +467,21 @@ def headline(name: str, result: dict) -> float:
     return value if math.isfinite(value) else worst(name)
 
 
+def keep_in_run(run_dir: str | Path, results: dict, images_seen: int, step: int, **about) -> list[Path]:
+    """One row per metric appended to the run's metric-<name>.jsonl, which `plot` and the studio
+    read: the results of --metrics during training and of `ganforge evaluate RUN` alike. `about`:
+    what else the row records (the snapshot evaluated, say). Returns the files written."""
+    import json
+
+    paths = []
+    for name, result in results.items():
+        path = Path(run_dir) / f"metric-{name}.jsonl"
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"kimg": images_seen / 1000, "step": step, **about, **result}) + "\n")
+        paths.append(path)
+    return paths
+
+
 def worst(name: str) -> float:
     return float("inf") if METRICS[name].lower_is_better else float("-inf")
 

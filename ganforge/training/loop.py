@@ -15,6 +15,7 @@ import math
 import shutil
 import signal
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,7 @@ import torch
 
 from ganforge.augment import OPS as AUGMENT_OPS, Augmenter
 from ganforge.data import ImagesTooSmall, RealStream, data_identity, load_dataset, to_float
-from ganforge.errors import GanforgeError, OptionError, TrainingError, check_memory
+from ganforge.errors import GanforgeError, GanforgeWarning, OptionError, TrainingError, check_memory
 from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
@@ -245,7 +246,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
             for line in watch_step.summary():
                 log.line(line)
         if stop.requested and ddp.main:
-            log.bar.write(f"stopped at {state.images_seen / 1000:.1f} kimg; continue with: ganforge train --resume {run_dir}")
+            log.say(f"stopped at {state.images_seen / 1000:.1f} kimg; continue with: ganforge train --resume {run_dir}")
     return run_dir
 
 
@@ -301,8 +302,10 @@ def made_once(make, ddp):
 def training_data(opts: TrainOptions, listed_once=None):
     full_size = model_class(opts.model).needs_full_size_images
     try:
-        dataset = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split,
-                               min_side=opts.resolution if full_size else None, listed_once=listed_once)
+        with warnings.catch_warnings():  # skipped files: the run's log (and console) says so, once
+            warnings.simplefilter("ignore", GanforgeWarning)
+            dataset = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split,
+                                   min_side=opts.resolution if full_size else None, listed_once=listed_once)
     except ImagesTooSmall as e:
         raise TrainingError(f"{e}; {opts.model} would learn upscaling blur. Use a lower --resolution or larger "
                             "images") from e
@@ -347,7 +350,7 @@ def dataset_notes(opts: TrainOptions, dataset) -> list[str]:
     if dataset.smallest_side is not None and dataset.smallest_side < opts.resolution:
         notes.append(smaller_images(opts, dataset) + "; they are upscaled")
     if dataset.bad_files:
-        notes.append(f"skipped {len(dataset.bad_files)} unreadable image(s), e.g. {dataset.bad_files[0]}")
+        notes.append(f"warning: skipped {len(dataset.bad_files)} unreadable image(s), e.g. {dataset.bad_files[0]}")
     return notes
 
 

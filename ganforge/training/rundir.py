@@ -25,7 +25,12 @@ def make_run_dir(outdir: str | Path, desc: str) -> Path:
 
 
 def dataset_desc(data: str) -> str:
-    name = Path(data.rstrip("/")).stem if data != "mnist" else "mnist"
+    """The data's part of a run's name: the folder or file name; for tar shards ('lsun/{000000..000099}.tar',
+    'lsun/000003.tar') the folder that holds them, or 'shards'."""
+    path = Path(data.rstrip("/"))
+    name = path.stem if data != "mnist" else "mnist"
+    if "{" in path.name or path.suffix == ".tar":  # a shard's own name says nothing of the data
+        name = path.parent.name or "shards"
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "data"
 
 
@@ -124,10 +129,10 @@ class RunLock:
 
     def __init__(self, run_dir: Path):
         self.path, self.took_over = run_dir / ".lock", ""
-        holder, started = self._holder()
+        holder, started = lock_holder(self.path)
         if holder is not None and holder != os.getpid():
-            alive = _running(holder)
-            if alive and (started is None or process_start(holder) in (None, started)):
+            alive = running(holder)
+            if holds_lock(holder, started):
                 raise TrainingError(f"{run_dir} is being trained by process {holder} (its .lock); wait for it to "
                                     f"finish or stop it, then resume")
             self.took_over = (f"note: took over the lock of process {holder}, which no longer runs" if not alive else
@@ -137,17 +142,29 @@ class RunLock:
         tmp.write_text(f"{os.getpid()} {process_start(os.getpid()) or ''}".strip())
         os.replace(tmp, self.path)
 
-    def _holder(self) -> tuple[int | None, str | None]:
-        """The locking process's id, and its start where the lock recorded one (older locks hold the id alone)."""
-        try:
-            fields = self.path.read_text().split()
-            return int(fields[0]), (fields[1] if len(fields) > 1 else None)
-        except (OSError, ValueError, IndexError):
-            return None, None
-
     def release(self) -> None:
-        if self._holder()[0] == os.getpid():
+        if lock_holder(self.path)[0] == os.getpid():
             self.path.unlink(missing_ok=True)
+
+
+def lock_holder(path: Path) -> tuple[int | None, str | None]:
+    """A `.lock`'s process id, and its start where the lock recorded one (older locks hold the id alone)."""
+    try:
+        fields = path.read_text().split()
+        return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+    except (OSError, ValueError, IndexError):
+        return None, None
+
+
+def holds_lock(pid: int | None, started: str | None) -> bool:
+    """Whether the process that wrote a lock still runs: its id is alive and, where the lock recorded
+    its start, the process with that id started then (not a later one given the same id)."""
+    return pid is not None and running(pid) and (started is None or process_start(pid) in (None, started))
+
+
+def run_is_training(run_dir: Path) -> bool:
+    """Whether a live process trains the run (holds its `.lock`)."""
+    return holds_lock(*lock_holder(run_dir / ".lock"))
 
 
 def process_start(pid: int) -> str | None:
@@ -161,7 +178,8 @@ def process_start(pid: int) -> str | None:
         return None
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,10 +1,14 @@
 """What a run writes as it trains, in one object: log.txt, stats.jsonl, TensorBoard, the progress
-bar, and the sample grids. Rank 0 writes; the other ranks hold a RunLog that writes nothing."""
+bar, and the sample grids. Rank 0 writes; the other ranks hold a RunLog that writes nothing.
+
+On the console (stderr) a run shows a progress bar on a terminal (ganforge.progress decides, with
+GANFORGE_PROGRESS), else its tick lines; --quiet hides both, never the warnings."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,10 +17,12 @@ from torchvision.utils import save_image
 
 from ganforge.metrics.diversity import relative_diversity
 from ganforge.models.base import GanModel, Schedule
+from ganforge.progress import enabled as bars_enabled
 from ganforge.sampling import in_chunks
 from ganforge.training.plots import plot_stats
 from ganforge.training.rundir import kimg_label
 
+WARNING = "warning: "  # log lines that start so reach the console even with --quiet
 COLLAPSED = 0.25  # tick diversity (samples' spread / reals') below which log.txt warns of mode collapse
 
 
@@ -54,24 +60,37 @@ class RunLog:
     """log.txt, stats.jsonl (one row per tick), TensorBoard, the progress bar and the grids of one run."""
 
     def __init__(self, run_dir: Path, main: bool, progress: bool, total: int, images_seen: int):
+        """`progress`: whether the console follows the run (a bar, or tick lines where bars are hidden);
+        False (--quiet) leaves the console only its warnings."""
         from torch.utils.tensorboard import SummaryWriter  # import here: tensorboard is slow to import
         from tqdm import tqdm
 
         self.run_dir, self.main, self.progress, self.total = run_dir, main, progress and main, total
+        show_bar = self.progress and bars_enabled()  # a pipe or a nohup'd log gets lines, not bar redraws
         self.text = open(run_dir / "log.txt" if main else os.devnull, "a", encoding="utf-8")
         self.stats = open(run_dir / "stats.jsonl" if main else os.devnull, "a", encoding="utf-8")
         self.tb = SummaryWriter(str(run_dir)) if main else _NoWriter()
         self.bar = tqdm(total=total, initial=min(images_seen, total), unit="img", unit_scale=True, dynamic_ncols=True,
-                        smoothing=0.1, disable=not self.progress)
+                        smoothing=0.1, file=sys.stderr, disable=not show_bar)
         self.restart_tick(images_seen)
         self.collapse_warned = False
         self.grid: SampleGrid | None = None
 
     def line(self, text: str) -> None:
+        """A line of log.txt, shown on the console too (a warning even with --quiet)."""
         self.text.write(text + "\n")
         self.text.flush()
-        if self.progress:
-            self.bar.write(text)
+        if self.progress or text.startswith(WARNING):
+            self.say(text)
+
+    def say(self, text: str) -> None:
+        """One line on the console (stderr), above the bar when there is one; rank 0 only."""
+        if not self.main:
+            return
+        if self.bar.disable:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            self.bar.write(text, file=sys.stderr)
 
     # --- ticks ------------------------------------------------------------------------------
     def restart_tick(self, images_seen: int) -> None:
@@ -126,21 +145,23 @@ class RunLog:
         short = {k.split("/")[-1]: f"{v:.4g}" for k, v in {**means, "diversity": row["diversity"]}.items()}
         self.bar.set_postfix({"kimg": f"{images_seen / 1000:.1f}", **short})
         peak = f"  of bf16 peak {row['share_of_bf16_peak']:.1%}" if speed is not None else ""
-        self.text.write(f"kimg {images_seen / 1000:8.1f}  step {step:7d}  img/s {row['img_per_sec']:7.1f}{peak}  "
-                        + "  ".join(f"{k} {v}" for k, v in short.items()) + "\n")
+        tick_line = (f"kimg {images_seen / 1000:8.1f}  step {step:7d}  img/s {row['img_per_sec']:7.1f}{peak}  "
+                     + "  ".join(f"{k} {v}" for k, v in short.items()))
+        self.text.write(tick_line + "\n")
         self.text.flush()
+        if self.progress and self.bar.disable:  # no bar to follow the run: its tick lines instead
+            self.say(tick_line)
         self.restart_tick(images_seen)
 
     def metrics(self, results: dict, images_seen: int, step: int) -> None:
         """One row per metric in metric-<name>.jsonl, TensorBoard, and a log line."""
-        from ganforge.metrics.evaluate import headline
+        from ganforge.metrics.evaluate import headline, keep_in_run
 
         if not self.main:
             return
         kimg = images_seen / 1000
+        keep_in_run(self.run_dir, results, images_seen, step)
         for name, result in results.items():
-            with open(self.run_dir / f"metric-{name}.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"kimg": kimg, "step": step, **result}) + "\n")
             self.tb.add_scalar(f"metrics/{name}", headline(name, result), global_step=images_seen)
         self.line(f"metrics at {kimg:.1f} kimg: " + ", ".join(f"{n} {headline(n, r):.4g}" for n, r in results.items()))
 

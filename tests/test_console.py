@@ -1,0 +1,75 @@
+"""What a user sees on the console of a real `ganforge` process: bars, tick lines, warnings."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--resolution", "16", "--batch", "16", "--base-channels", "8", "--kimg", "0.064", "--tick", "0.032",
+        "--sample-every", "0.064", "--snap", "0.064"]
+
+
+def ganforge(*args, progress=None, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m ganforge ARGS` with stdout and stderr piped (not a terminal), from this checkout;
+    `progress`: GANFORGE_PROGRESS (default: unset)."""
+    environment = {k: v for k, v in os.environ.items() if k != "GANFORGE_PROGRESS"}
+    environment["PYTHONPATH"] = str(REPO)
+    if progress is not None:
+        environment["GANFORGE_PROGRESS"] = progress
+    result = subprocess.run([sys.executable, "-m", "ganforge", *args], capture_output=True, env=environment, cwd=cwd,
+                            timeout=300)
+    # decoded by hand: text mode would turn a bar's carriage returns into newlines
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
+
+
+@pytest.fixture
+def photos_with_a_bad_file(tmp_path):
+    """An unlabelled folder of 24 small colour images and one file that is no image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def test_a_piped_run_prints_tick_lines_and_no_bar(tmp_path):
+    result = ganforge("train", *TINY, "--outdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stderr and "%|" not in result.stderr  # no bar redraws in a log
+    ticks = [line for line in result.stderr.splitlines() if line.startswith("kimg ")]
+    assert len(ticks) == 2 and "img/s" in ticks[0]
+
+
+def test_ganforge_progress_decides_the_bar(tmp_path):
+    shown = ganforge("train", *TINY, "--outdir", str(tmp_path / "a"), progress="1")
+    assert shown.returncode == 0 and "\r" in shown.stderr and "%|" in shown.stderr
+    hidden = ganforge("train", *TINY, "--outdir", str(tmp_path / "b"), progress="0")
+    assert hidden.returncode == 0 and "\r" not in hidden.stderr and "%|" not in hidden.stderr
+
+
+def test_quiet_hides_the_progress_but_keeps_the_warnings(tmp_path, photos_with_a_bad_file):
+    # PGGAN's cpu preset at 16x16 for 32 images stays at 4x4: a warning, as is the skipped file
+    result = ganforge("train", "--model", "pggan", "--data", str(photos_with_a_bad_file), "--resolution", "16",
+                      "--model-opt", "preset=cpu", "--batch", "8", "--kimg", "0.032", "--tick", "0.016",
+                      "--outdir", str(tmp_path), "--quiet", progress="1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: the run stays at 4x4" in result.stderr
+    assert result.stderr.count("unreadable") == 1 and "warning: skipped 1 unreadable image(s)" in result.stderr
+    assert "UserWarning" not in result.stderr and "warnings.warn" not in result.stderr
+    assert not any(line.startswith("kimg ") for line in result.stderr.splitlines())  # no tick lines
+    assert "%|" not in result.stderr and "\r" not in result.stderr  # no bars, the data's decoding included
+
+
+def test_skipped_files_are_one_ganforge_line_in_any_command(photos_with_a_bad_file):
+    result = ganforge("evaluate", "--fake", str(photos_with_a_bad_file), "--real", str(photos_with_a_bad_file),
+                      "--metrics", "swd")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "UserWarning" not in result.stderr and "ds.preload()" not in result.stderr
+    assert f"warning: {photos_with_a_bad_file}: skipped 1 unreadable image(s)" in result.stderr

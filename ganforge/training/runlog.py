@@ -3,6 +3,7 @@ bar, and the sample grids. Rank 0 writes; the other ranks hold a RunLog that wri
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -20,8 +21,10 @@ from ganforge.training.rundir import kimg_label
 COLLAPSED = 0.25  # tick diversity (samples' spread / reals') below which log.txt warns of mode collapse
 
 
-def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
-    save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)
+def save_grid(images: torch.Tensor, path: Path | io.BytesIO, columns: int) -> None:
+    """A PNG grid of images in [-1, 1], to a file or into memory (a BytesIO: timing it writes nothing)."""
+    save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1), padding=1,
+               format="png" if isinstance(path, io.BytesIO) else None)
 
 
 class SampleGrid:

@@ -357,6 +357,7 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
         n_fake = fakes.n
     if n_fake < n or evaluator.n_real < n:
         click.echo(f"note: using {n_fake} fake and {evaluator.n_real} real images (asked for {n})")
+    evaluator.report = partial(click.echo, err=True)  # how long each side takes, from its first block
     results = measure()
     if floor and "swd" in names:
         results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()

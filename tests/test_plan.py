@@ -83,3 +83,15 @@ def test_period_names_of_a_fixed_schedule():
     (only,) = run_periods(model, opts)
     assert (only.name, only.start, only.steps, only.images) == ("16x16 train", 0, 16, 1024)
     assert period_name(only.schedule) == "16x16 train"
+
+
+def test_evaluate_states_its_estimate_before_the_feature_passes(finished_runs):
+    run = next((finished_runs / "done").glob("*cdcgan*"))
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--metrics", "swd,msssim", "--n", "384", "--no-floor",
+                                       "--cache-dir", str(finished_runs / "estimate-cache")])
+    assert result.exit_code == 0, result.output
+    assert "evaluate: 384 generated images to make (or read) and measure, 384 real ones to measure" in result.stderr
+    for side in ("real", "generated"):
+        assert re.search(rf"^{side} side: 384 images; the first 128 took [\d.]+ s \([\d,.]+ img/s\): about "
+                         r"\d+:\d\d:\d\d more for this side$", result.stderr, re.M)
+    assert result.output.index("generated side: 384") < result.output.index('"swd"')  # before the results

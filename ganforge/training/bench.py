@@ -57,7 +57,7 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
     def turn() -> None:
         loop_step(model, state, sched, opts, single, dev, graphs=graphs)
 
-    seconds, _ = time_turns(turn, warmup, steps, dev, f"{model_name} {resolution}x{resolution}, batch {batch}")
+    seconds, _, _ = time_turns(turn, warmup, steps, dev, f"{model_name} {resolution}x{resolution}, batch {batch}")
     census = StepCensus(device=dev)
     for _ in range(CENSUS_STEPS):
         with census():
@@ -87,9 +87,12 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
     return result
 
 
-def time_turns(turn, warmup: int, steps: int, device: torch.device, what: str) -> tuple[float, int | None]:
+def time_turns(turn, warmup: int, steps: int, device: torch.device, what: str,
+               min_seconds: float = 0.0) -> tuple[float, int, int | None]:
     """Seconds of `steps` calls of `turn` (a turn of the loop's body) after `warmup` untimed ones, the
-    device's work finished; and the peak memory over the timed ones (hardware.peak_memory)."""
+    device's work finished, and more calls until `min_seconds` have passed (fast steps are timed over
+    enough of them to average out a busy machine); returns (seconds, calls timed, the peak memory over
+    them: hardware.peak_memory)."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -102,14 +105,20 @@ def time_turns(turn, warmup: int, steps: int, device: torch.device, what: str) -
     for _ in bar_over(range(steps), f"timed steps ({what})", unit="step"):
         turn()
     sync()
-    return time.perf_counter() - start, peak_memory(device)
+    timed = steps
+    while time.perf_counter() - start < min_seconds:
+        turn()
+        sync()
+        timed += 1
+    return time.perf_counter() - start, timed, peak_memory(device)
 
 
-def plan_run(opts: TrainOptions, explicit: set[str], steps: int = 3, warmup: int = 1) -> tuple[list[str], float]:
+def plan_run(opts: TrainOptions, explicit: set[str], steps: int = 3, warmup: int = 2,
+             min_seconds: float = 2.0) -> tuple[list[str], float]:
     """`train --plan`: the run set up as `train` sets it up (its data, model, augmentation, on its
-    device), `steps` turns of the loop's body timed in each period of its schedule after `warmup`,
-    and the periodic work timed once; nothing is written. Returns the table's lines and the whole
-    run's estimated seconds."""
+    device), turns of the loop's body timed in each period of its schedule after `warmup` (`steps`,
+    and more until `min_seconds` have passed), and the periodic work timed once; nothing is written.
+    Returns the table's lines and the whole run's estimated seconds."""
     started = time.perf_counter()
     opts, _ = run_options(opts, None, explicit, None)
     dev = resolve_device(opts.device)
@@ -137,10 +146,10 @@ def plan_run(opts: TrainOptions, explicit: set[str], steps: int = 3, warmup: int
         def turn() -> None:
             loop_step(model, state, sched, opts, single, dev)
 
-        seconds, peak = time_turns(turn, warmup, steps, dev, period.name)
-        timed.append(TimedPeriod(period, seconds / steps, peak))
+        seconds, turns, peak = time_turns(turn, warmup, steps, dev, period.name, min_seconds)
+        timed.append(TimedPeriod(period, seconds / turns, peak))
     costs = time_periodic_work(model, grid, grid_reals, state, opts)
-    return plan_lines(opts, dev, timed, startup, costs, steps, warmup)
+    return plan_lines(opts, dev, timed, startup, costs, f"at least {steps} steps and {min_seconds:g} s", warmup)
 
 
 def random_images(n: int, channels: int, resolution: int, num_classes: int) -> ImageDataset:

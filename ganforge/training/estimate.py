@@ -100,7 +100,7 @@ class TimedPeriod:
 
 
 def plan_lines(opts: TrainOptions, device: torch.device, timed: list[TimedPeriod], startup: float,
-               costs: PeriodicCosts, steps: int, warmup: int) -> tuple[list[str], float]:
+               costs: PeriodicCosts, timed_over: str, warmup: int) -> tuple[list[str], float]:
     """The table `train --plan` prints, and the whole run's seconds."""
     memory_kind = "max allocated" if device.type == "cuda" else "peak RSS"
     rows = [("phase", "images", "img/s", f"memory ({memory_kind})", "time")]
@@ -115,7 +115,7 @@ def plan_lines(opts: TrainOptions, device: torch.device, timed: list[TimedPeriod
     total = startup + training + periodic
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = [f"plan: {opts.model} {opts.resolution}x{opts.resolution}, --kimg {opts.kimg:g}, on {device}: each phase "
-             f"timed over {steps} steps after {warmup} warm-up step(s), the data, EMA and augmentation included"]
+             f"timed over {timed_over} after {warmup} warm-up steps, the data, EMA and augmentation included"]
     lines += ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
               for r in rows]
     lines.append(f"start-up (data, model): {clock(startup)}")

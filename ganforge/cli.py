@@ -175,11 +175,14 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this machine (one per GPU) through torchrun; --batch is the total over all")
 @click.option("--dry-run", is_flag=True, help="Print the resolved options and exit")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Time a few steps of each phase of the run on this device, print how long the run takes, and "
+                   "exit (writes nothing)")
 @click.option("--quiet", is_flag=True, help="No progress bars or tick lines on the console (warnings still show)")
 @click.pass_context
-def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
+def train(ctx, resume, dry_run, plan_only, quiet, inception_weights, gpus, **kwargs):
     """Train a GAN (default: the conditional DCGAN on the built-in MNIST digits)."""
-    if gpus > 1 and "WORLD_SIZE" not in os.environ and not dry_run:  # relaunch this command under torchrun
+    if gpus > 1 and "WORLD_SIZE" not in os.environ and not (dry_run or plan_only):  # relaunch this command under torchrun
         _check_before_launch(gpus, kwargs, resume)  # one clear line here, not one traceback per process
         args = [a for a in sys.argv[1:]]
         i = next(i for i, a in enumerate(args) if a.startswith("--gpus"))
@@ -202,6 +205,15 @@ def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
         explicit.add("model_opts")
     explicit -= {"model_opt", *MODEL_OPT_ALIASES}
     opts = TrainOptions(**kwargs)
+    if plan_only:
+        if resume or gpus > 1 or "WORLD_SIZE" in os.environ:
+            raise click.UsageError("--plan times a new run in one process: leave out --resume and --gpus (a resumed "
+                                   "run logs its estimate at its first tick)")
+        from ganforge.training.bench import plan_run
+
+        lines, _ = plan_run(opts, explicit)
+        click.echo("\n".join(lines))
+        return
     if dry_run:
         opts, schedule = plan(opts, resume, explicit)
         click.echo(json.dumps(opts.to_json(), indent=2))
@@ -365,6 +377,7 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
         n_fake = fakes.n
     if n_fake < n or evaluator.n_real < n:
         click.echo(f"note: using {n_fake} fake and {evaluator.n_real} real images (asked for {n})")
+    evaluator.report = partial(click.echo, err=True)  # how long each side takes, from its first block
     results = measure()
     if floor and "swd" in names:
         results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()

@@ -5,6 +5,7 @@ alone, so a timed step is the step a run takes."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 
 import torch
@@ -38,6 +39,35 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps", "meta"):
         raise TrainingError(f"--device {name}: not supported (use auto, cpu, cuda or cuda:N)")
     return device
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for `peak_memory`: CUDA's allocator statistics, or on a Linux CPU this
+    process's peak resident set (elsewhere a CPU's peak is the process's whole life)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        with contextlib.suppress(OSError):
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")  # resets VmHWM, the peak resident set
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Bytes at the peak since `reset_peak_memory`: the most tensors held on a GPU (max allocated), or
+    the process's peak resident set on a CPU (RSS: everything, Python included); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 def autocast_for(precision: str, device: torch.device):

@@ -10,6 +10,7 @@ cached in `cache_dir`, when a cache folder is given.
 
 from __future__ import annotations
 
+import datetime
 import math
 import time
 from dataclasses import dataclass
@@ -224,6 +225,7 @@ class Evaluator:
         self._classifier: Classifier | None = None
         self.captions: CaptionTable | None = None  # of the real data, for rprec (use_captions_of)
         self._matcher = None
+        self.report: Callable[[str], None] | None = None  # gets the estimate of each side's pass (ganforge evaluate)
 
     @property
     def n_real(self) -> int:
@@ -313,14 +315,20 @@ class Evaluator:
         resumed = load_or_discard(checkpoint) if checkpoint is not None and checkpoint.exists() else None
         tally = Tally.from_state(resumed) if resumed else Tally()
         saved_at = -math.inf  # the first block is kept at once, then one save every few seconds
+        todo = sum(len(blocks[b]) for b in mine if b not in tally.blocks)
+        estimated = self.report is None or todo <= BLOCK  # a pass of one block needs no estimate
         with bar(sum(len(blocks[b]) for b in mine), f"evaluating ({side})",
                  initial=sum(len(blocks[b]) for b in mine if b in tally.blocks)) as progress:
             for b in mine:
                 if b in tally.blocks:
                     continue
+                started = time.perf_counter()
                 images, condition = source.images(blocks[b])
                 real = self.reals.images(reference[b])[0] if reference is not None and b < len(reference) else None
                 tally.add(b, *self.summarise(b, blocks[b], images, condition, real, pairs_per_image))
+                if not estimated:
+                    self.report(pass_estimate(side, todo, len(images), time.perf_counter() - started))
+                    estimated = True
                 if checkpoint is not None and time.monotonic() - saved_at > 5:  # before its progress shows
                     save_atomically(checkpoint, tally.state())
                     saved_at = time.monotonic()
@@ -398,7 +406,13 @@ class Evaluator:
             self.classifier()
         if "rprec" in self.names:
             self.matcher()
-        real = self.real_tally() if self._inception_metrics() or "msssim" in self.names else None
+        real_pass = bool(self._inception_metrics() or "msssim" in self.names)
+        if self.report is not None:
+            inception = self._inception_metrics()
+            self.report(f"evaluate: {source.n:,} generated images to make (or read) and measure"
+                        + (f", {self.n_real:,} real ones to measure unless their statistics are cached" if real_pass else "")
+                        + (f"; Inception features for {', '.join(inception)}" if inception else ""))
+        real = self.real_tally() if real_pass else None
         fakes = self.measure(source, "generated", checkpoint)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
@@ -410,6 +424,14 @@ class Evaluator:
             r.update(n_fake=fakes.count, n_real=self.n_real, seconds=round(time.time() - start + shared_seconds, 2))
             results[name] = r
         return results
+
+
+def pass_estimate(side: str, todo: int, first: int, seconds: float) -> str:
+    """The line stating how long a side's pass takes, from the time of its first block."""
+    rate = first / max(seconds, 1e-9)
+    left = datetime.timedelta(seconds=round((todo - first) / rate))
+    return (f"{side} side: {todo:,} images; the first {first} took {seconds:.1f} s ({rate:,.1f} img/s): "
+            f"about {left} more for this side")
 
 
 # --- the metrics: figures from the tallies of both sides ------------------------------------------

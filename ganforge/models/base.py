@@ -157,6 +157,12 @@ class GanModel(nn.Module):
         """Fixed-resolution models train at the run's resolution and batch throughout."""
         return Schedule(resolution=resolution, batch=batch)
 
+    def period_starts(self, batch: int | None, resolution: int) -> list[int] | None:
+        """The image counts (besides 0) from which `schedule` may give another period, stage or batch:
+        what a run's plan splits it at without asking `schedule` at every step. None: not stated (the
+        plan then asks `schedule` at every step); a fixed schedule has none."""
+        return [] if type(self).schedule is GanModel.schedule else None
+
     # --- training ---------------------------------------------------------------------------
     def training_condition(self, labels: torch.Tensor, ctx: StepContext) -> Condition:
         """The condition of a real batch, from its class labels (and ctx.indices, ctx.generator); every

@@ -288,6 +288,18 @@ class PGGAN(GanModel):
         return Schedule(resolution=res, batch=batch, alpha=alpha, stage=str(res),
                         period=f"{res:04d}-{'fade' if alpha < 1 else 'stable'}")
 
+    def period_starts(self, batch: int | None, resolution: int) -> list[int]:
+        """Where each fade-in and each stabilisation begins (the last stabilisation lasts to the end)."""
+        c = self.config
+        fade, stab = round(c["fade_kimg"] * 1000), round(c["stab_kimg"] * 1000)
+        if fade + stab == 0:
+            return []
+        starts = []
+        for level in range(int(math.log2(c["resolution"])) - 2):
+            begin = stab + level * (fade + stab)
+            starts += [begin, begin + fade]
+        return sorted(set(starts) - {0})
+
     def optimizers(self, schedule: Schedule | None = None) -> dict[str, torch.optim.Optimizer]:
         c = self.config
         res = schedule.resolution if schedule else 4

@@ -1,5 +1,6 @@
 """Timing the training loop's body (next batch, every phase of the step with its penalties, G's
-EMA, the statistics) of a fully grown model on random images, outside a run."""
+EMA, the statistics): of a fully grown model on random images (`ganforge bench`), and of each
+period of a run's own schedule on its own data before it starts (`ganforge train --plan`)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ import time
 import torch
 
 from ganforge.augment import Augmenter
-from ganforge.data import ImageDataset, RealStream
-from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device
+from ganforge.data import ImageDataset, RealStream, to_float
+from ganforge.hardware import (bf16_peak_tflops, make_scalers, peak_memory, prepare_networks, reset_peak_memory,
+                               resolve_device)
 from ganforge.hostsync import StepCensus
 from ganforge.models import Schedule, build_model, model_class
 from ganforge.progress import bar_over
 from ganforge.training.distributed import Dist
 from ganforge.training.graphs import WARMUP_STEPS, GraphedSteps
-from ganforge.training.loop import RunState, loop_step
+from ganforge.training.estimate import TimedPeriod, plan_lines, time_periodic_work
+from ganforge.training.loop import RunState, loop_step, prepare, run_options, training_data, training_model
+from ganforge.training.options import TrainOptions, check_batches, resolve_augment, run_periods
+from ganforge.training.runlog import SampleGrid
 from ganforge.training.step import step_flops
-from ganforge.training.options import TrainOptions
 
 CENSUS_STEPS = 2  # steps after the timed ones whose host syncs are counted and timed
 
@@ -53,20 +57,7 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
     def turn() -> None:
         loop_step(model, state, sched, opts, single, dev, graphs=graphs)
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    for _ in bar_over(range(warmup), f"warm-up ({model_name} {resolution}x{resolution}, batch {batch})", unit="step"):
-        turn()
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    start = time.perf_counter()
-    for _ in bar_over(range(steps), "timed steps", unit="step"):
-        turn()
-    sync()
-    seconds = time.perf_counter() - start
+    seconds, _, _ = time_turns(turn, warmup, steps, dev, f"{model_name} {resolution}x{resolution}, batch {batch}")
     census = StepCensus(device=dev)
     for _ in range(CENSUS_STEPS):
         with census():
@@ -94,6 +85,71 @@ def bench_training_step(model_name: str, resolution: int, batch: int, precision:
     if notes:
         result["notes"] = notes
     return result
+
+
+def time_turns(turn, warmup: int, steps: int, device: torch.device, what: str,
+               min_seconds: float = 0.0) -> tuple[float, int, int | None]:
+    """Seconds of `steps` calls of `turn` (a turn of the loop's body) after `warmup` untimed ones, the
+    device's work finished, and more calls until `min_seconds` have passed (fast steps are timed over
+    enough of them to average out a busy machine); returns (seconds, calls timed, the peak memory over
+    them: hardware.peak_memory)."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in bar_over(range(warmup), f"warm-up ({what})", unit="step"):
+        turn()
+    sync()
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    for _ in bar_over(range(steps), f"timed steps ({what})", unit="step"):
+        turn()
+    sync()
+    timed = steps
+    while time.perf_counter() - start < min_seconds:
+        turn()
+        sync()
+        timed += 1
+    return time.perf_counter() - start, timed, peak_memory(device)
+
+
+def plan_run(opts: TrainOptions, explicit: set[str], steps: int = 3, warmup: int = 2,
+             min_seconds: float = 2.0) -> tuple[list[str], float]:
+    """`train --plan`: the run set up as `train` sets it up (its data, model, augmentation, on its
+    device), turns of the loop's body timed in each period of its schedule after `warmup` (`steps`,
+    and more until `min_seconds` have passed), and the periodic work timed once; nothing is written.
+    Returns the table's lines and the whole run's estimated seconds."""
+    started = time.perf_counter()
+    opts, _ = run_options(opts, None, explicit, None)
+    dev = resolve_device(opts.device)
+    torch.manual_seed(opts.seed)
+    dataset = training_data(opts)
+    opts = resolve_augment(opts, len(dataset))
+    model, _ = training_model(opts, dataset, None, dev)
+    check_batches(model, opts, 1)
+    prepare(model, dataset, dev, resumed=False)
+    state = RunState(optimizers=model.optimizers(model.schedule(0, opts.batch, opts.resolution)),
+                     scalers=make_scalers(opts.precision, dev), generator=torch.Generator(dev).manual_seed(opts.seed),
+                     stream=RealStream(dataset, seed=opts.seed, xflip=opts.xflip, device=dev, workers=opts.workers),
+                     augmenter=Augmenter(opts.augment, dev, opts.seed, opts.augment_p, opts.ada_target, opts.ada_kimg,
+                                         tuple(opts.augment_ops)))
+    grid = SampleGrid(model, opts.seed, dev)
+    grid_reals = to_float(RealStream(dataset, seed=opts.seed + 1, device=dev).next_batch(len(grid.z))[0])
+    startup = time.perf_counter() - started
+    single, timed = Dist(), []
+    for period in run_periods(model, opts):
+        sched = period.schedule
+        if sched.stage != state.stage:  # as the loop does: a new stage's optimizers start afresh
+            state.optimizers, state.stage = model.optimizers(sched), sched.stage
+        state.images_seen = period.start
+
+        def turn() -> None:
+            loop_step(model, state, sched, opts, single, dev)
+
+        seconds, turns, peak = time_turns(turn, warmup, steps, dev, period.name, min_seconds)
+        timed.append(TimedPeriod(period, seconds / turns, peak))
+    costs = time_periodic_work(model, grid, grid_reals, state, opts)
+    return plan_lines(opts, dev, timed, startup, costs, f"at least {steps} steps and {min_seconds:g} s", warmup)
 
 
 def random_images(n: int, channels: int, resolution: int, num_classes: int) -> ImageDataset:

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import shutil
 import signal
+import time
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ from ganforge.models import GanModel, Schedule, build_model, model_class, parame
 from ganforge.snapshots import LATEST, SnapshotError, check_shapes, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
                                           init_from_env)
-from ganforge.training.options import (TrainOptions, absolute_data, check_batches, check_resume,
-                                       describe_schedule, model_config, resolve_augment, resolve_options)
+from ganforge.training.estimate import RunTimer, time_snapshot
+from ganforge.training.options import (TrainOptions, absolute_data, check_batches, check_resume, describe_schedule,
+                                       model_config, period_name, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
                                       kimg_label, make_run_dir, remove_unless_kept, truncate_logs, write_options)
 from ganforge.training.graphs import GraphedSteps
@@ -120,6 +122,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     ganforge.hostsync.StepCensus that GANFORGE_HOST_SYNCS asks for (a count of the steps' host
     syncs in log.txt, or a refusal of any).
     """
+    started = time.perf_counter()  # the estimate logged at the first tick counts the start-up too
     snapshot = read_snapshot(resume)
     opts, channels_source = run_options(opts, snapshot, explicit or set(), resume)
     if opts.metrics and evaluator_factory is None:  # before the run directory: a missing extra stops here
@@ -158,7 +161,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         try:
             run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
             run_dir = run_steps(opts, snapshot, dataset, model, state, run_dir, ddp, device, progress,
-                                evaluator_factory, watch_step, stop,
+                                evaluator_factory, watch_step, stop, started,
                                 [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
                                  f"({channels_source})", *notes, state.augmenter.describe(),
                                  *([lock.took_over] if lock and lock.took_over else []), *state.notes])
@@ -181,8 +184,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
 
 def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanModel, state: RunState, run_dir: Path,
               ddp, device: torch.device, progress: bool, evaluator_factory: Callable | None, watch_step: Callable,
-              stop: "StopFlag", notes: list[str]) -> Path:
-    """The training loop proper: step, then tick, grids, metrics and snapshots when their kimg come."""
+              stop: "StopFlag", started: float, notes: list[str]) -> Path:
+    """The training loop proper: step, then tick, grids, metrics and snapshots when their kimg come.
+    The first tick of each period logs the whole run's estimate from the speed measured so far."""
     world, total = ddp.world_size, round(opts.kimg * 1000)
     log = RunLog(run_dir, ddp.main, progress, total, state.images_seen)
     log.line(f"{'resuming' if snapshot else 'starting'} {run_dir} at {state.images_seen / 1000:.1f} kimg on {device}: "
@@ -192,7 +196,9 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
         log.line(note)
     grid = SampleGrid(model, opts.seed, device)
     grid_reals, _ = RealStream(dataset, seed=opts.seed + 1, device=device).next_batch(len(grid.z))
-    log.start_grids(model, grid, to_float(grid_reals), first=snapshot is None, fine=opts.sample_every < 1)
+    timer = RunTimer.for_run(started, model, opts, state.images_seen)
+    with timer.work("grid" if snapshot is None else "set-up"):
+        log.start_grids(model, grid, to_float(grid_reals), first=snapshot is None, fine=opts.sample_every < 1)
     evaluate = evaluator_factory(dataset, run_dir, device, metric_share(ddp)) if opts.metrics else None
     graphs = GraphedSteps(capture=device.type == "cuda") if opts.cuda_graphs else None
     speed = TickSpeed(model, device, state.generator, world)
@@ -208,6 +214,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
             with watch_step():
                 stats = loop_step(model, state, sched, opts, ddp, device, run_dir, graphs)
                 log.add_step(stats, before, state.images_seen)
+            timer.stepped(period_name(sched), sched.batch)
             done = state.images_seen >= total or stop.requested
             due = {name: crossed(before, state.images_seen, every) or done for name, every in
                    (("tick", opts.tick), ("grids", opts.sample_every), ("snap", opts.snap))}
@@ -220,11 +227,18 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
                 log.move_to(state.images_seen)
                 continue
             if due["tick"]:
-                log.tick(model, sched, state.images_seen, state.step, speed(sched))
+                with timer.work("tick"):
+                    log.tick(model, sched, state.images_seen, state.step, speed(sched))
+                estimate = timer.estimate_line(state.images_seen, lambda: time_snapshot(state, model, opts)) \
+                    if ddp.main else None
+                if estimate:
+                    log.line(estimate)
             if due["grids"]:
-                log.grids(model, state.images_seen, fine=opts.sample_every < 1)
+                with timer.work("grid"):
+                    log.grids(model, state.images_seen, fine=opts.sample_every < 1)
             if due["metrics"]:
-                evaluate_and_keep_best(evaluate, model, state, opts, run_dir, log, stop, sched, ddp)
+                with timer.work("metrics"):
+                    evaluate_and_keep_best(evaluate, model, state, opts, run_dir, log, stop, sched, ddp)
             if due["snap"] or stop.requested:
                 # asked anew: a stop may have come while the grids were written or the metrics ran
                 if not all_true(weights_finite(model), world, device):
@@ -232,10 +246,11 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
                     log.move_to(state.images_seen)                                        # snapshot with a poisoned one
                     continue
                 on_interval = crossed(before, state.images_seen, opts.snap)
+                keep = on_interval or state.images_seen >= total
                 # the final snapshot between two intervals gets the finer name: in the whole kimg of
                 # the last kept one (--kimg 1.5 --snap 1) it would replace that one
-                write_snapshots(run_dir, state, model, opts, ddp, keep=on_interval or state.images_seen >= total,
-                                fine=opts.snap < 1 or not on_interval)
+                with timer.work("snapshot", count=1 + keep):
+                    write_snapshots(run_dir, state, model, opts, ddp, keep=keep, fine=opts.snap < 1 or not on_interval)
         if state.images_seen >= total and state.period:
             log.period_grid(model, state.period)
             if ddp.main:

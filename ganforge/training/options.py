@@ -4,6 +4,7 @@ resuming may change, and the schedule of a run in words."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -152,16 +153,56 @@ def model_config(opts: TrainOptions, channels: int, num_classes: int) -> dict:
     return {**dict(resolution=opts.resolution, channels=channels, num_classes=num_classes), **opts.model_opts}
 
 
+@dataclass
+class PlannedPeriod:
+    """A stretch of a run with one schedule period, resolution and batch, counted as the loop steps
+    it: `steps` steps of `schedule.batch` images from image `start` (the last step may pass --kimg)."""
+
+    start: int
+    steps: int
+    schedule: object  # the model's Schedule at `start`
+
+    @property
+    def images(self) -> int:
+        return self.steps * self.schedule.batch
+
+    @property
+    def name(self) -> str:
+        return period_name(self.schedule)
+
+
+def period_name(schedule) -> str:
+    """'8x8 fade', '8x8 stable', or '32x32 train' for the one period of a fixed schedule."""
+    return f"{schedule.resolution}x{schedule.resolution} {schedule.period.partition('-')[2] or 'train'}"
+
+
+def run_periods(model, opts: TrainOptions, start: int = 0) -> list[PlannedPeriod]:
+    """The periods the run passes through from image `start` to --kimg, with the steps the loop takes
+    in each: the loop asks `model.schedule` at the image count where a step begins and moves on by its
+    batch, so a period's images are whole batches. Where the model states its period starts, the
+    count is done period by period; otherwise every step's schedule is asked."""
+    total = round(opts.kimg * 1000)
+    starts = model.period_starts(opts.batch, opts.resolution)
+    cuts = None if starts is None else sorted({c for c in starts if start < c < total} | {total})
+    periods: list[PlannedPeriod] = []
+    images = start
+    while images < total:
+        sched = model.schedule(images, opts.batch, opts.resolution)
+        cut = images + 1 if cuts is None else cuts[bisect.bisect_right(cuts, images)]
+        steps = -(-(cut - images) // sched.batch)  # the steps that begin before the cut
+        last = periods[-1].schedule if periods else None
+        if last is not None and (last.period, last.stage, last.resolution, last.batch) == \
+                (sched.period, sched.stage, sched.resolution, sched.batch):
+            periods[-1].steps += steps
+        else:
+            periods.append(PlannedPeriod(images, steps, sched))
+        images += steps * sched.batch
+    return periods
+
+
 def schedule_periods(model, opts: TrainOptions) -> list[tuple[float, object]]:
     """(kimg where it starts, schedule) for each period the run will pass through within --kimg."""
-    total = round(opts.kimg * 1000)
-    stride = max(1, total // 20_000)  # the model is asked every `stride` images: period starts to 0.1 kimg at 2M images
-    periods: list[tuple[float, object]] = []
-    for images in range(0, total, stride):
-        sched = model.schedule(images, opts.batch, opts.resolution)
-        if not periods or sched.period != periods[-1][1].period or sched.resolution != periods[-1][1].resolution:
-            periods.append((images / 1000, sched))
-    return periods
+    return [(p.start / 1000, p.schedule) for p in run_periods(model, opts)]
 
 
 def accumulation_rounds(batch: int, world: int, batch_gpu: int | None, where: str = "") -> int:
@@ -190,8 +231,8 @@ def describe_schedule(model, opts: TrainOptions) -> list[str]:
     periods = schedule_periods(model, opts)
     lines = []
     if len(periods) > 1 or (periods and periods[0][1].period):
-        lines.append("schedule: " + "; ".join(f"{s.resolution}x{s.resolution} {s.period.partition('-')[2] or 'train'} "
-                                              f"from {round(kimg, 1):g} kimg (batch {s.batch})" for kimg, s in periods))
+        lines.append("schedule: " + "; ".join(f"{period_name(s)} from {round(kimg, 1):g} kimg (batch {s.batch})"
+                                              for kimg, s in periods))
     reached = periods[-1][1].resolution if periods else opts.resolution
     if reached < opts.resolution:
         stays = "stays at" if len(periods) == 1 else "reaches only"

@@ -6,6 +6,7 @@ GANFORGE_PROGRESS), else its tick lines; --quiet hides both, never the warnings.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -26,8 +27,10 @@ WARNING = "warning: "  # log lines that start so reach the console even with --q
 COLLAPSED = 0.25  # tick diversity (samples' spread / reals') below which log.txt warns of mode collapse
 
 
-def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
-    save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)
+def save_grid(images: torch.Tensor, path: Path | io.BytesIO, columns: int) -> None:
+    """A PNG grid of images in [-1, 1], to a file or into memory (a BytesIO: timing it writes nothing)."""
+    save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1), padding=1,
+               format="png" if isinstance(path, io.BytesIO) else None)
 
 
 class SampleGrid:

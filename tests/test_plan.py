@@ -1,0 +1,97 @@
+"""How long a run will take: `train --plan` before it (writing nothing), the estimate a run logs at
+the first tick of each period, and the arithmetic both share (images per period, as the loop steps)."""
+
+import json
+import re
+
+from click.testing import CliRunner
+
+from ganforge.cli import main
+from ganforge.models import build_model
+from ganforge.training import TrainOptions, train
+from ganforge.training.options import period_name, run_periods
+
+# PGGAN from 4x4 into the fade-in of 16x16: four periods whose lengths are not whole batches of 16.
+TINY_PGGAN = dict(model="pggan", data="mnist", resolution=16, batch=16, kimg=0.14,
+                  model_opts={"preset": "cpu", "fmap_max": 8, "fade_kimg": 0.05, "stab_kimg": 0.03})
+
+
+def tiny_pggan_model():
+    opts = TrainOptions(**TINY_PGGAN)
+    return build_model("pggan", dict(resolution=16, channels=1, num_classes=0, **opts.model_opts)), opts
+
+
+def test_plan_prints_a_row_per_phase_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--plan", "--model", "pggan", "--data", "mnist", "--resolution", "16", "--batch", "16",
+            "--kimg", "0.14", "--outdir", str(tmp_path / "runs")]
+    for key, value in TINY_PGGAN["model_opts"].items():
+        args += ["--model-opt", f"{key}={value}"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("  ")[0].strip(): line.split() for line in result.output.splitlines()
+            if re.match(r"\d+x\d+ (fade|stable)", line)}
+    model, opts = tiny_pggan_model()
+    assert {name: int(row[2].replace(",", "")) for name, row in rows.items()} == \
+        {p.name: p.images for p in run_periods(model, opts)}
+    assert list(rows) == ["4x4 stable", "8x8 fade", "8x8 stable", "16x16 fade"]
+    assert all(re.fullmatch(r"\d+:\d\d:\d\d", row[-1]) and row[-2] == "GiB" for row in rows.values())
+    assert re.search(r"^whole run: about \d+:\d\d:\d\d", result.output, re.M)
+    assert "periodic work, estimated" in result.output
+    assert list(tmp_path.iterdir()) == []  # no run directory, nothing else either
+
+
+def test_plan_refuses_resume_in_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--plan", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "--plan times a new run" in result.output and "Traceback" not in result.output
+
+
+def test_images_per_period_are_those_the_loop_trains(tmp_path):
+    """The plan's arithmetic against a real run that logs every step (a stats row per step gives the
+    schedule each step ran with), and against asking the schedule at every step."""
+    run_dir = train(TrainOptions(**TINY_PGGAN, tick=0.001, outdir=str(tmp_path)), progress=False)
+    rows = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    trained: dict[str, int] = {}
+    for row in rows:
+        name = f"{row['resolution']}x{row['resolution']} {'fade' if row['alpha'] < 1 else 'stable'}"
+        trained[name] = trained.get(name, 0) + row["batch"]
+    model, opts = tiny_pggan_model()
+    planned = run_periods(model, opts)
+    assert [(p.name, p.images) for p in planned] == list(trained.items())
+    assert sum(p.steps for p in planned) == len(rows)
+    model.period_starts = lambda batch, resolution: None  # not stated: the schedule is asked at every step
+    assert [(p.name, p.start, p.steps) for p in run_periods(model, opts)] == \
+        [(p.name, p.start, p.steps) for p in planned]
+    # The run logged its estimate at the first tick of each period.
+    log = (run_dir / "log.txt").read_text()
+    assert len(re.findall(r"^estimate: the whole run about \d+:\d\d:\d\d", log, re.M)) == len(planned)
+
+
+def test_the_first_tick_logs_the_whole_run_estimate(tmp_path):
+    run_dir = train(TrainOptions(data="mnist", resolution=16, batch=16, kimg=0.064, tick=0.032,
+                                 model_opts={"base_channels": 8}, outdir=str(tmp_path)), progress=False)
+    lines = (run_dir / "log.txt").read_text().splitlines()
+    first_tick = next(i for i, line in enumerate(lines) if line.startswith("kimg"))
+    assert re.match(r"estimate: the whole run about \d+:\d\d:\d\d, \d+:\d\d:\d\d left \(ends about \d\d:\d\d UTC\), "
+                    r"from [\d,.]+ img/s measured in 16x16 train", lines[first_tick + 1])
+    assert sum(line.startswith("estimate:") for line in lines) == 1  # one period: one estimate
+
+
+def test_period_names_of_a_fixed_schedule():
+    model = build_model("cdcgan", dict(resolution=16, channels=1, num_classes=10))
+    opts = TrainOptions(resolution=16, batch=64, kimg=1)
+    (only,) = run_periods(model, opts)
+    assert (only.name, only.start, only.steps, only.images) == ("16x16 train", 0, 16, 1024)
+    assert period_name(only.schedule) == "16x16 train"
+
+
+def test_evaluate_states_its_estimate_before_the_feature_passes(finished_runs):
+    run = next((finished_runs / "done").glob("*cdcgan*"))
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--metrics", "swd,msssim", "--n", "384", "--no-floor",
+                                       "--cache-dir", str(finished_runs / "estimate-cache")])
+    assert result.exit_code == 0, result.output
+    assert "evaluate: 384 generated images to make (or read) and measure, 384 real ones to measure" in result.stderr
+    for side in ("real", "generated"):
+        assert re.search(rf"^{side} side: 384 images; the first 128 took [\d.]+ s \([\d,.]+ img/s\): about "
+                         r"\d+:\d\d:\d\d more for this side$", result.stderr, re.M)
+    assert result.output.index("generated side: 384") < result.output.index('"swd"')  # before the results

@@ -29,6 +29,7 @@ from ganforge.models import GanModel, Schedule, build_model, model_class, parame
 from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
                                           init_from_env)
+from ganforge.training.finetune import freeze_d, read_source, source_options, start_from_source
 from ganforge.training.options import (TrainOptions, check_batches, check_resume,
                                        describe_schedule, model_config, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
@@ -118,7 +119,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     syncs in log.txt, or a refusal of any).
     """
     snapshot = read_snapshot(resume)
+    source = read_source(opts, resume, explicit or set())  # --init-from: another run's networks
     opts, channels_source = run_options(opts, snapshot, explicit or set(), resume)
+    opts = source_options(opts, source)
     if opts.metrics and evaluator_factory is None:  # before the run directory: a missing extra stops here
         from ganforge.metrics.evaluate import training_evaluator
 
@@ -130,6 +133,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     dataset = training_data(opts, listed_once=lambda make: made_once(make, ddp))
     opts = resolve_augment(opts, len(dataset))
     model, notes = training_model(opts, dataset, snapshot, device, world)
+    notes = [*notes, *start_from_source(model, source), *freeze_d(model, opts.freeze_d)]
     check_batches(model, opts, world)
     try:  # torch's optimizers check their settings: a negative lr from --model-opt, say
         optimizers = model.optimizers(model.schedule(0, opts.batch, opts.resolution))

@@ -82,6 +82,11 @@ class TrainOptions:
     nonfinite_retries: int = option(3, "NaN/Inf: restore the last snapshot and continue this many times, then stop",
                                     cli=False)
     outdir: str = option("runs", "Parent folder of numbered run directories")
+    init_from: str | None = option(None, "Start a new run from another run's networks (G, D, G's EMA): its run "
+                                   "directory or a snapshot; optimizers, counters and random streams start fresh")
+    init_from_sha256: str | None = option(None, "SHA-256 of the --init-from snapshot file", cli=False)
+    freeze_d: int = option(0, "Keep D's first N blocks from the image side as they are (FreezeD; for fine-tuning "
+                           "with --init-from)", minimum=0)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -200,6 +200,24 @@ class GanModel(nn.Module):
         `ganforge project`); None where it has none."""
         return None
 
+    # --- fine-tuning: a new run from another run's networks (--init-from), FreezeD (--freeze-d) ----
+    architecture: tuple[str, ...] = ()  # config keys that shape the networks: a source must have the same values
+    frozen_parameters: tuple = ()       # D's parameters --freeze-d keeps as they are (the step gives them no gradient)
+
+    def start_from(self, source_config: dict, source_state: dict) -> list[str]:
+        """Called before a new run loads a source run's networks: refuse a source it cannot start from
+        (naming the option), and set up where it starts. Returns lines for log.txt. A fixed-resolution
+        model needs the source's resolution (its layers' widths follow it)."""
+        if source_config["resolution"] != self.config["resolution"]:
+            raise OptionError(f"--resolution {self.config['resolution']}: the source was trained at "
+                              f"{source_config['resolution']}x{source_config['resolution']}")
+        return []
+
+    def d_blocks(self) -> list[nn.Module]:
+        """D in blocks from the image side, what --freeze-d N counts (the first N get no updates);
+        by default one block, the whole of D."""
+        return [self.D]
+
     # --- sampling -----------------------------------------------------------------------------
     @property
     def z_dim(self) -> int:

@@ -161,6 +161,7 @@ class BEGAN(GanModel):
     latent_interpolation = "lerp"  # z fills the cube [-1, 1]^d: straight lines stay inside it
     defaults = dict(z_dim=64, h_dim=64, base_channels=64, gamma=0.5, lambda_k=0.001, eta=1, lr=1e-4, lr_floor=2e-5,
                     lr_window_kimg=100.0, beta1=0.5, beta2=0.999, skip=False, mode_seeking=0.0, pack=1, denoise=0.0)
+    architecture = ("z_dim", "h_dim", "base_channels", "skip", "pack")
 
     def __init__(self, config: dict):
         config = {**self.defaults, **config, "num_classes": 0}
@@ -272,6 +273,13 @@ class BEGAN(GanModel):
 
     def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
         return self.D(self.pack(images))
+
+    def d_blocks(self) -> list[nn.Module]:
+        """The encoder's scales from the image side (the first with the input conv), then the encoder's
+        linear layer with the whole decoder."""
+        net = list(self.D.encoder.net)  # input conv; then per scale two convs and a stride-2 conv (not after the last)
+        scales = [nn.ModuleList(net[:4])] + [nn.ModuleList(net[i:i + 3]) for i in range(4, len(net), 3)]
+        return scales + [nn.ModuleList([self.D.encoder.fc, self.D.decoder])]
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -97,6 +97,7 @@ class CDCGAN(GanModel):
 
     name = "cdcgan"
     defaults = dict(z_dim=100, base_channels=None, max_channels=512, embed_dim=50, lr=2e-4, beta1=0.5, beta2=0.999)
+    architecture = ("z_dim", "base_channels", "max_channels", "embed_dim")
 
     @classmethod
     def trains_on_labels(cls, model_opts: dict) -> bool:
@@ -141,6 +142,15 @@ class CDCGAN(GanModel):
 
     def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
         return self.D(images, condition.classes)
+
+    def d_blocks(self) -> list[nn.Module]:
+        """One block per convolution of D (with its batch norm), from the image side; the label map is in none."""
+        blocks: list[nn.ModuleList] = []
+        for layer in self.D.net:
+            if isinstance(layer, nn.Conv2d):
+                blocks.append(nn.ModuleList())
+            blocks[-1].append(layer)
+        return blocks
 
 
 class DCGAN(CDCGAN):

@@ -186,6 +186,7 @@ class DFGAN(GanModel):
     defaults = dict(z_dim=100, nf=32, text_encoder="minilm", text_dim=None, cond_noise=True, lr_g=1e-4, lr_d=4e-4,
                     beta1=0.0, beta2=0.9, ma_k=2.0, ma_p=6.0, trunc_bound=2.0, trunc_scale=0.88, vocab=None,
                     encoder_epochs=10, tanh=False)
+    architecture = ("z_dim", "nf", "text_encoder", "text_dim", "cond_noise", "tanh")
 
     def __init__(self, config: dict):
         config = {**self.defaults, **config, "num_classes": 0}
@@ -302,6 +303,10 @@ class DFGAN(GanModel):
 
     def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
         return self.D(images, self.captions.embeddings[condition.captions])
+
+    def d_blocks(self) -> list[nn.Module]:
+        """The image's first conv, each residual down block, then the joint image-text output."""
+        return [self.D.conv_img, *self.D.blocks, self.D.joint]
 
     def grid_conditions(self, rows: int, columns: int) -> Condition:
         """Grid rows are captions (the first of images spread over the dataset), columns noise."""

@@ -245,7 +245,8 @@ class PGGAN(GanModel):
     # None: from the preset (fade_kimg, stab_kimg, fmap_max, z_dim).
     defaults = dict(conditional=False, z_dim=None, preset="v2", fade_kimg=None, stab_kimg=None, lr=0.001, beta1=0.0,
                     beta2=0.99, eps=1e-8, lambda_gp=10.0, drift=0.001, mbstd_group=4, label_weight=1.0, fused_min=128,
-                    fmap_base=8192, fmap_max=None)
+                    fmap_base=8192, fmap_max=None, start_resolution=4)
+    architecture = ("z_dim", "fmap_base", "fmap_max")
 
     @classmethod
     def trains_on_labels(cls, model_opts: dict) -> bool:
@@ -261,13 +262,16 @@ class PGGAN(GanModel):
         super().__init__(config)
         r = config["resolution"]
         check_resolution("PGGAN", r, largest=1024)
+        start = config["start_resolution"]
+        if start < 4 or start & (start - 1) or start > r:
+            raise OptionError(f"--model-opt start_resolution={start}: a power of two from 4 to --resolution {r}")
         c, n = config["channels"], config.get("num_classes", 0)
         fm = dict(fmap_base=config["fmap_base"], fmap_max=config["fmap_max"])
         self.G = Generator(r, c, config["z_dim"], n, config["fused_min"], **fm)
         self.D = Discriminator(r, c, n, config["fused_min"], config["mbstd_group"], **fm)
         self.make_ema()
         # How far the run has grown, so a snapshot samples at the resolution and fade it reached.
-        self.register_buffer("grown_resolution", torch.tensor(4))
+        self.register_buffer("grown_resolution", torch.tensor(start))
         self.register_buffer("grown_alpha", torch.tensor(1.0))
 
     # --- schedule ---------------------------------------------------------------------------
@@ -275,6 +279,7 @@ class PGGAN(GanModel):
         c = self.config
         fade, stab = round(c["fade_kimg"] * 1000), round(c["stab_kimg"] * 1000)
         target = c["resolution"]
+        images_seen += self.images_before_start()
         res, alpha = 4, 1.0                         # 4x4 first, stabilise only
         if fade + stab == 0:                        # no growing: train at the target size throughout
             res = target
@@ -289,7 +294,8 @@ class PGGAN(GanModel):
                         period=f"{res:04d}-{'fade' if alpha < 1 else 'stable'}")
 
     def period_starts(self, batch: int | None, resolution: int) -> list[int]:
-        """Where each fade-in and each stabilisation begins (the last stabilisation lasts to the end)."""
+        """Where each fade-in and each stabilisation begins (the last stabilisation lasts to the end),
+        counted from where this run starts in the schedule (`images_before_start`)."""
         c = self.config
         fade, stab = round(c["fade_kimg"] * 1000), round(c["stab_kimg"] * 1000)
         if fade + stab == 0:
@@ -298,7 +304,28 @@ class PGGAN(GanModel):
         for level in range(int(math.log2(c["resolution"])) - 2):
             begin = stab + level * (fade + stab)
             starts += [begin, begin + fade]
-        return sorted(set(starts) - {0})
+        offset = self.images_before_start()
+        return sorted({s - offset for s in starts if s > offset})
+
+    def images_before_start(self) -> int:
+        """Where in the schedule a run that starts at `start_resolution` begins: that resolution's
+        stabilisation (a run started from a grown source repeats no growth, no fade)."""
+        c = self.config
+        fade, stab = round(c["fade_kimg"] * 1000), round(c["stab_kimg"] * 1000)
+        if c["start_resolution"] <= 4 or fade + stab == 0:
+            return 0
+        return stab + (int(math.log2(c["start_resolution"])) - 3) * (fade + stab) + fade
+
+    def start_from(self, source_config: dict, source_state: dict) -> list[str]:
+        """Grow on from the resolution the source reached: its larger layers (if any) are copied too,
+        untrained as they are; a source grown past this run's --resolution is refused."""
+        grown, target = int(source_state["grown_resolution"]), self.config["resolution"]
+        if grown > target:
+            raise OptionError(f"--resolution {target}: the source has grown to {grown}x{grown}, past it (give "
+                              f"--resolution {grown} or more)")
+        self.config["start_resolution"] = grown
+        self.grown_resolution.fill_(grown)
+        return [f"schedule starts at {grown}x{grown}, where the source had grown to"] if grown > 4 else []
 
     def optimizers(self, schedule: Schedule | None = None) -> dict[str, torch.optim.Optimizer]:
         c = self.config
@@ -349,6 +376,13 @@ class PGGAN(GanModel):
 
     def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
         return self.D(images, 1.0)
+
+    def d_blocks(self) -> list[nn.Module]:
+        """One block per resolution from the target's down (its fromRGB and its two convs), then the 4x4
+        end: fromRGB, the minibatch-std conv, the dense layers and the output."""
+        D = self.D
+        blocks = [nn.ModuleList([D.from_rgb[r], D.blocks[r]]) for r in reversed(list(D.blocks))]
+        return blocks + [nn.ModuleList([D.from_rgb["4"], D.conv4, D.dense4, D.out])]
 
     # --- sampling ---------------------------------------------------------------------------
     @property

@@ -33,6 +33,7 @@ from ganforge.snapshots import LATEST, SnapshotError, check_shapes, load_snapsho
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
                                           init_from_env)
 from ganforge.training.estimate import RunTimer, time_snapshot
+from ganforge.training.finetune import freeze_d, read_source, source_options, start_from_source
 from ganforge.training.options import (TrainOptions, absolute_data, check_batches, check_resume, describe_schedule,
                                        model_config, period_name, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
@@ -124,7 +125,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     """
     started = time.perf_counter()  # the estimate logged at the first tick counts the start-up too
     snapshot = read_snapshot(resume)
+    source = read_source(opts, resume, explicit or set())  # --init-from: another run's networks
     opts, channels_source = run_options(opts, snapshot, explicit or set(), resume)
+    opts = source_options(opts, source)
     if opts.metrics and evaluator_factory is None:  # before the run directory: a missing extra stops here
         from ganforge.metrics.evaluate import training_evaluator
 
@@ -141,6 +144,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         check_same_data(snapshot, identity, opts)
     opts = resolve_augment(opts, len(dataset))
     model, notes = training_model(opts, dataset, snapshot, device, world)
+    notes = [*notes, *start_from_source(model, source), *freeze_d(model, opts.freeze_d)]
     check_batches(model, opts, world)
     try:  # torch's optimizers check their settings: a negative lr from --model-opt, say
         optimizers = model.optimizers(model.schedule(0, opts.batch, opts.resolution))

@@ -86,6 +86,11 @@ class TrainOptions:
     outdir: str = option("runs", "Parent folder of numbered run directories")
     run_id: str | None = option(None, "The run's identity, drawn when it starts: a snapshot resumes only in the "
                                 "run that wrote it", cli=False)
+    init_from: str | None = option(None, "Start a new run from another run's networks (G, D, G's EMA): its run "
+                                   "directory or a snapshot; optimizers, counters and random streams start fresh")
+    init_from_sha256: str | None = option(None, "SHA-256 of the --init-from snapshot file", cli=False)
+    freeze_d: int = option(0, "Keep D's first N blocks from the image side as they are (FreezeD; for fine-tuning "
+                           "with --init-from)", minimum=0)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

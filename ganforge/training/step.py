@@ -42,6 +42,8 @@ def training_step(model: GanModel, optimizers: dict, scalers: dict, reals: torch
     for phase in model.phases():
         for net in ("G", "D"):
             getattr(model, net).requires_grad_(net == phase.network)
+        for p in model.frozen_parameters:  # --freeze-d: no gradient, so no update (training/finetune.py says why)
+            p.requires_grad_(False)
         optimizer = optimizers[phase.optimizer]
         optimizer.zero_grad(set_to_none=True)
         scaler = scalers[phase.network]

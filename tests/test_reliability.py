@@ -310,6 +310,25 @@ def test_a_nan_at_the_first_step_leaves_no_run_directory(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_run_that_fails_after_its_first_tick_keeps_its_log_though_it_has_no_snapshot(tmp_path, monkeypatch):
+    """Only a run with nothing in it goes: one that ticked keeps log.txt and stats.jsonl, which say
+    what it did before it failed."""
+    from ganforge.models.cdcgan import CDCGAN
+
+    original, calls = CDCGAN.loss, []
+
+    def nan_after_two_ticks(self, *args):
+        calls.append(1)
+        loss = original(self, *args)
+        return loss * float("nan") if len(calls) > 8 else loss  # two phases a step: a NaN from the fifth step
+
+    monkeypatch.setattr(CDCGAN, "loss", nan_after_two_ticks)
+    with pytest.raises(TrainingError, match="training diverged; no snapshot yet"):
+        train(TrainOptions(**{**TINY, "snap": 0.128}, kimg=0.128, outdir=str(tmp_path)), progress=False)
+    (run,) = tmp_path.iterdir()
+    assert (run / "stats.jsonl").read_text().count("\n") >= 1 and (run / "log.txt").exists()
+
+
 def test_a_sigterm_before_the_first_step_leaves_no_run_directory(tmp_path):
     """A real SIGTERM, sent while the new run writes its first grids (its directory is made, no step yet)."""
     script = """if True:

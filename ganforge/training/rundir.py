@@ -48,10 +48,12 @@ WRITTEN_BY_RUN = re.compile(r"training_options\.json|log\.txt|stats\.(jsonl|png)
 
 
 def remove_unless_kept(run_dir: Path) -> bool:
-    """Remove a new run's directory when it holds no snapshot, so a run stopped or failed before its
-    first snapshot leaves no empty directory behind: ganforge's own files go, then the directory if
-    nothing else is in it. Returns whether it is gone."""
-    if any(run_dir.glob("*.pt")):
+    """Remove a new run's directory when it holds neither a snapshot nor a tick's statistics, so a run
+    stopped or failed before its first tick leaves no empty directory behind: ganforge's own files go,
+    then the directory if nothing else is in it. A run that ticked keeps its log and grids, which say
+    what happened before it failed. Returns whether it is gone."""
+    stats = run_dir / "stats.jsonl"
+    if any(run_dir.glob("*.pt")) or (stats.exists() and stats.stat().st_size > 0):
         return False
     for path in run_dir.iterdir():
         if path.is_file() and (WRITTEN_BY_RUN.fullmatch(path.name) or OWN_TEMPORARY.fullmatch(path.name)):

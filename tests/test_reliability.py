@@ -378,3 +378,60 @@ def test_an_mp4_without_the_video_extra_is_refused_before_any_work(finished_run,
         assert result.exit_code == 1 and "needs the [video] extra: pip install 'ganforge[video]'" in result.output, \
             (command[0], result.output)
         assert len(result.output.strip().splitlines()) == 1
+
+
+def png_declaring(path, width, height):
+    """A small valid PNG whose header then declares width x height (its CRC fixed): a decompression bomb."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def test_an_image_declaring_50000_by_50000_pixels_is_skipped_without_decoding(tmp_path, monkeypatch):
+    from PIL import Image, ImageFile
+
+    from ganforge.data import load_dataset
+
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    png_declaring(tmp_path / "huge.png", 50_000, 50_000)
+    decoded, original = [], ImageFile.ImageFile.load
+
+    def recording_load(self):
+        decoded.append(self.size)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image.*huge\.png"):
+        ds = load_dataset(str(tmp_path), 8)
+    assert len(ds) == 3 and [os.path.basename(f) for f in ds.bad_files] == ["huge.png"]
+    assert (50_000, 50_000) not in decoded and (8, 8) in decoded
+
+
+def test_a_shard_label_far_beyond_the_data_is_refused_naming_the_entry(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from ganforge.data import DatasetError, load_dataset
+
+    with tarfile.open(tmp_path / "000000.tar", "w") as tar:
+        for key, label in (("a", "0"), ("b", "1"), ("c", "999999")):
+            png = io.BytesIO()
+            Image.new("RGB", (8, 8)).save(png, "PNG")
+            for name, data in ((f"{key}.png", png.getvalue()), (f"{key}.cls", label.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DatasetError, match=r"000000\.tar:c\.cls: label 999999 out of range \(3 images take ids below 1,000\)"):
+        load_dataset(str(tmp_path / "000000.tar"), 8)

@@ -435,3 +435,30 @@ def test_a_shard_label_far_beyond_the_data_is_refused_naming_the_entry(tmp_path)
                 tar.addfile(info, io.BytesIO(data))
     with pytest.raises(DatasetError, match=r"000000\.tar:c\.cls: label 999999 out of range \(3 images take ids below 1,000\)"):
         load_dataset(str(tmp_path / "000000.tar"), 8)
+
+
+def test_a_walk_too_long_to_hold_is_refused_naming_the_options_before_allocating(finished_run, tmp_path):
+    result = cli("interpolate", finished_run, "--seconds", "10000000", "--fps", "120", "--out", tmp_path / "walk.gif")
+    assert result.exit_code == 1, result.output
+    assert "--seconds 1e+07 at --fps 120 (1,200,000,000 frames of 16x16) needs" in result.output, result.output
+    assert "lower --seconds or --fps" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "walk.gif").exists()
+
+
+def test_a_timelapse_grid_declaring_a_huge_size_is_refused_from_its_header(finished_run, tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    png_declaring(run / "fakes000001.png", 25_000, 25_000)
+    decoded = []
+
+    def refusing_huge_loads(self):  # a decode of the crafted grid would take gigabytes: record it instead
+        decoded.append(self.size)
+        raise OSError("decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refusing_huge_loads)
+    result = cli("timelapse", run, "--out", tmp_path / "t.gif")
+    assert result.exit_code == 1 and "fakes000001.png: refused, its header declares 25000x25000 pixels" in result.output, \
+        result.output
+    assert decoded == [] and not (tmp_path / "t.gif").exists()

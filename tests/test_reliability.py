@@ -462,3 +462,11 @@ def test_a_timelapse_grid_declaring_a_huge_size_is_refused_from_its_header(finis
     assert result.exit_code == 1 and "fakes000001.png: refused, its header declares 25000x25000 pixels" in result.output, \
         result.output
     assert decoded == [] and not (tmp_path / "t.gif").exists()
+
+
+def test_generate_from_prompts_checks_the_memory_of_all_its_images_first(finished_runs, tmp_path):
+    run = finished_runs / "done" / "00001-dfgan-mnist-captions"
+    result = cli("generate", run, "--prompt", "a handwritten digit one", "--n", 10**12, "--out", tmp_path / "g.png")
+    assert result.exit_code == 1, result.output
+    assert "--n 1000000000000 images for each of 1 prompt(s) at 16x16 needs" in result.output, result.output
+    assert "lower --n or the number of prompts" in result.output and len(result.output.strip().splitlines()) == 1

@@ -470,3 +470,16 @@ def test_generate_from_prompts_checks_the_memory_of_all_its_images_first(finishe
     assert result.exit_code == 1, result.output
     assert "--n 1000000000000 images for each of 1 prompt(s) at 16x16 needs" in result.output, result.output
     assert "lower --n or the number of prompts" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_split_csv_label_far_beyond_the_data_is_refused_naming_the_line(tmp_path):
+    from PIL import Image
+
+    from ganforge.data import DatasetError, load_dataset
+
+    (tmp_path / "images").mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"{name}.png")
+    (tmp_path / "split.csv").write_text("image,label,split\nimages/a.png,0,train\nimages/b.png,999999,train\n")
+    with pytest.raises(DatasetError, match=r"split.csv:3: label 999999 out of range \(2 images take ids below 1,000\)"):
+        load_dataset(str(tmp_path), 8)

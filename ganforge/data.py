@@ -48,7 +48,8 @@ PRELOAD_LIMIT_BYTES = 2 << 30  # decode everything up front when it fits: faster
 
 _size_lock = threading.Lock()
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we report, not a grey image
-Image.MAX_IMAGE_PIXELS = 40_000 * 40_000  # refuse decompression bombs, allow large photos
+Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # refuse decompression bombs (1.2 GB as RGB), allow large photos
+MAX_CLASSES = 100_000  # class ids from a label file size the model's class embedding
 
 
 class DatasetError(GanforgeError, ValueError):
@@ -105,8 +106,9 @@ class ImageDataset(torch.utils.data.Dataset):
             return f.read()
 
     def decode(self, i: int) -> torch.Tensor:
-        """Decode entry i to uint8 [C, R, R]; raises on a corrupt file."""
-        with Image.open(io.BytesIO(self.read_bytes(i))) as img:
+        """Decode entry i to uint8 [C, R, R]; raises on a corrupt file, and on one whose header declares
+        more pixels than ganforge decodes (before decoding it)."""
+        with open_image(io.BytesIO(self.read_bytes(i))) as img:
             img.load()
             self._note_size(img.size)
             pixels = to_tensor(img, self.channels)
@@ -225,6 +227,32 @@ def _entry_sizes(ds: ImageDataset) -> list[int]:
     return sizes
 
 
+def open_image(source) -> Image.Image:
+    """Image.open (the header only), refusing an image whose header declares more than
+    Image.MAX_IMAGE_PIXELS: PIL itself only warns up to twice that, and decoding it would take
+    gigabytes (a small crafted PNG can declare 50,000 x 50,000) before the file is found useless."""
+    img = Image.open(source)
+    width, height = img.size
+    if width * height > Image.MAX_IMAGE_PIXELS:
+        img.close()
+        raise Image.DecompressionBombError(f"its header declares {width}x{height} pixels, more than the "
+                                           f"{Image.MAX_IMAGE_PIXELS:,} ganforge decodes")
+    return img
+
+
+def check_labels(labels: list[int], where: list[str], class_names: list[str]) -> None:
+    """Class ids read from a file (split.csv, a shard's .cls) must fit the data: the largest sizes the
+    model's class embedding, so one id of 999999 would build a million-class model. An id must be at
+    least 0 (-1: none), under the listed classes where there is a list, and otherwise not far beyond
+    the number of images (ten times, at least 1,000, at most MAX_CLASSES)."""
+    limit = len(class_names) if class_names else min(MAX_CLASSES, max(1_000, 10 * len(labels)))
+    for label, place in zip(labels, where):
+        if label < -1 or label >= limit:
+            bound = (f"{len(class_names)} classes are listed" if class_names else
+                     f"{len(labels)} images take ids below {limit:,}")
+            raise DatasetError(f"{place}: label {label} out of range ({bound}); fix the label")
+
+
 def to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
     """PIL image of any mode -> uint8 [channels, H, W]; transparency is composited onto white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits
@@ -324,7 +352,7 @@ def _summary(folder: Path) -> dict:
 def _captioned(root: Path, split: str, **kw) -> ImageDataset:
     split_csv, classes_txt = root / "split.csv", root / "classes.txt"
     class_names = classes_txt.read_text(encoding="utf-8").splitlines() if classes_txt.exists() else []
-    entries, labels, captions = [], [], []
+    entries, labels, captions, places = [], [], [], []
     with open(split_csv, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = {"image", "label", "split"} - set(reader.fieldnames or [])
@@ -344,10 +372,12 @@ def _captioned(root: Path, split: str, **kw) -> ImageDataset:
             sub = image[len("images/"):] if image.startswith("images/") else image
             entries.append(str(root / image))
             labels.append(label)
+            places.append(f"{split_csv}:{line}")
             captions.append(read_captions(root / "text" / Path(sub).with_suffix(".txt")))
     if not entries:
         raise DatasetError(f"{split_csv}: no images in split {split!r}")
     if not class_names and labels:
+        check_labels(labels, places, [])  # without classes.txt the largest id gives the number of classes
         class_names = [str(i) for i in range(max(labels) + 1)]
     return ImageDataset(name=str(root), entries=entries, labels=labels, class_names=class_names,
                         captions=captions, root=str(root), levels=stored_levels(_summary(root), kw["resolution"]), **kw)
@@ -426,6 +456,7 @@ def _shards(tars: list[Path], split: str, listed_once: Callable, **kw) -> ImageD
         raise DatasetError(f"--data {tars[0].parent}: the shards hold no images" + (f" in split {split!r}" if split != "all" else ""))
     summary = _summary(tars[0].parent)
     labels = [s["label"] for s in samples]
+    check_labels(labels, [f"{s['name']}.cls" for s in samples], summary.get("classes") or [])
     class_names = summary.get("classes") or ([str(i) for i in range(max(labels) + 1)] if max(labels) >= 0 else [])
     captioned = any(s["captions"] is not None for s in samples)
     return ImageDataset(name=str(tars[0].parent if len(tars) > 1 else tars[0]), entries=[s["name"] for s in samples],
@@ -587,7 +618,7 @@ def _read_headers(ds: ImageDataset, min_side: int | None = None) -> list[str]:
     with bar(len(ds), "reading image headers") as progress:
         for i, entry in enumerate(ds.entries):
             try:
-                with Image.open(io.BytesIO(ds.read_bytes(i))) as img:
+                with open_image(io.BytesIO(ds.read_bytes(i))) as img:
                     size = img.size
             except (OSError, UnidentifiedImageError, zipfile.BadZipFile, Image.DecompressionBombError, ValueError):
                 bad.append(entry)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from ganforge.data import to_uint8
-from ganforge.errors import OptionError, require
+from ganforge.errors import OptionError, check_memory, require
 from ganforge.models.base import TEXT, Condition, GanModel
 from ganforge.sampling import in_chunks
 
@@ -73,7 +73,13 @@ def walk_frames(model: GanModel, seeds: list[int], seconds: float, fps: int, gri
     labels or prompts the class embedding or sentence vector moves linearly along with the latent."""
     conditions = walk_conditions(model, labels, prompts)
     keys = max(len(seeds), len(conditions))
-    steps = walk_steps(keys, max(2, round(seconds * fps)))
+    frames = max(2, round(seconds * fps))
+    r, cells = model.sample_resolution, grid * grid
+    side = grid * r + (2 * (grid + 1) if grid > 1 else 0)
+    # Before any frame is made: the samples as floats, the frames, and their copy upscaled for the video.
+    check_memory(frames * (cells * model.config["channels"] * r * r * 4 + side * side * 3 + 2 * 3 * max(side, 256) ** 2),
+                 f"--seconds {seconds:g} at --fps {fps} ({frames:,} frames of {side}x{side})", "--seconds or --fps")
+    steps = walk_steps(keys, frames)
     return walk_images(model, seeds, steps, keys, conditions, grid, labels, prompts, device)
 
 
@@ -152,11 +158,22 @@ def timelapse_frames(run_dir: str | Path) -> tuple[np.ndarray, list[str]]:
     (nearest neighbour: early small PGGAN grids show their pixels), with its kimg written below."""
     from PIL import Image, ImageDraw
 
+    from ganforge.data import open_image
+
     paths = sorted(Path(run_dir).glob("fakes*.png"))  # the kimg labels sort in training order
     if not paths:
         raise OptionError(f"{run_dir}: no sample grids (fakes*.png) in this run directory yet")
+    sizes = []
+    for path in paths:  # headers first: what the frames will take is known before any grid is decoded
+        try:
+            with open_image(path) as img:
+                sizes.append(img.size)
+        except Image.DecompressionBombError as e:
+            raise OptionError(f"{path}: refused, {e}") from None
+    size = max(w for w, _ in sizes)
+    check_memory(len(paths) * (size * size * 3 + size * (size + 16) * 3 * 2 + 2 * 3 * max(size, 256) ** 2),
+                 f"the timelapse of {len(paths):,} grids of up to {size}x{size}", "the number of fakes*.png grids")
     grids = [Image.open(p).convert("RGB") for p in paths]
-    size = max(g.size[0] for g in grids)
     labels, frames = [], []
     for path, grid in zip(paths, grids):
         kimg = kimg_of(path.stem[len("fakes"):])

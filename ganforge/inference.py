@@ -123,6 +123,9 @@ def generate_from_prompts(model: GanModel, prompts: list[str], per_prompt: int, 
     prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
         raise OptionError("--prompt: give at least one non-empty prompt")
+    r, c = model.sample_resolution, model.config["channels"]
+    check_memory(len(prompts) * per_prompt * c * r * r * 4 * 3, f"--n {per_prompt} images for each of "
+                 f"{len(prompts):,} prompt(s) at {r}x{r}", "--n or the number of prompts")
     return sample_from_text(model, prompts, per_prompt, seed, device, truncate, psi)
 
 

@@ -397,3 +397,108 @@ def test_an_mp4_without_the_video_extra_is_refused_before_any_work(finished_run,
         assert result.exit_code == 1 and "needs the [video] extra: pip install 'ganforge[video]'" in result.output, \
             (command[0], result.output)
         assert len(result.output.strip().splitlines()) == 1
+
+
+def png_declaring(path, width, height):
+    """A small valid PNG whose header then declares width x height (its CRC fixed): a decompression bomb."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def test_an_image_declaring_50000_by_50000_pixels_is_skipped_without_decoding(tmp_path, monkeypatch):
+    from PIL import Image, ImageFile
+
+    from ganforge.data import load_dataset
+
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    png_declaring(tmp_path / "huge.png", 50_000, 50_000)
+    decoded, original = [], ImageFile.ImageFile.load
+
+    def recording_load(self):
+        decoded.append(self.size)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image.*huge\.png"):
+        ds = load_dataset(str(tmp_path), 8)
+    assert len(ds) == 3 and [os.path.basename(f) for f in ds.bad_files] == ["huge.png"]
+    assert (50_000, 50_000) not in decoded and (8, 8) in decoded
+
+
+def test_a_shard_label_far_beyond_the_data_is_refused_naming_the_entry(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from ganforge.data import DatasetError, load_dataset
+
+    with tarfile.open(tmp_path / "000000.tar", "w") as tar:
+        for key, label in (("a", "0"), ("b", "1"), ("c", "999999")):
+            png = io.BytesIO()
+            Image.new("RGB", (8, 8)).save(png, "PNG")
+            for name, data in ((f"{key}.png", png.getvalue()), (f"{key}.cls", label.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DatasetError, match=r"000000\.tar:c\.cls: label 999999 out of range \(3 images take ids below 1,000\)"):
+        load_dataset(str(tmp_path / "000000.tar"), 8)
+
+
+def test_a_walk_too_long_to_hold_is_refused_naming_the_options_before_allocating(finished_run, tmp_path):
+    result = cli("interpolate", finished_run, "--seconds", "10000000", "--fps", "120", "--out", tmp_path / "walk.gif")
+    assert result.exit_code == 1, result.output
+    assert "--seconds 1e+07 at --fps 120 (1,200,000,000 frames of 16x16) needs" in result.output, result.output
+    assert "lower --seconds or --fps" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "walk.gif").exists()
+
+
+def test_a_timelapse_grid_declaring_a_huge_size_is_refused_from_its_header(finished_run, tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    png_declaring(run / "fakes000001.png", 25_000, 25_000)
+    decoded = []
+
+    def refusing_huge_loads(self):  # a decode of the crafted grid would take gigabytes: record it instead
+        decoded.append(self.size)
+        raise OSError("decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refusing_huge_loads)
+    result = cli("timelapse", run, "--out", tmp_path / "t.gif")
+    assert result.exit_code == 1 and "fakes000001.png: refused, its header declares 25000x25000 pixels" in result.output, \
+        result.output
+    assert decoded == [] and not (tmp_path / "t.gif").exists()
+
+
+def test_generate_from_prompts_checks_the_memory_of_all_its_images_first(finished_runs, tmp_path):
+    run = finished_runs / "done" / "00001-dfgan-mnist-captions"
+    result = cli("generate", run, "--prompt", "a handwritten digit one", "--n", 10**12, "--out", tmp_path / "g.png")
+    assert result.exit_code == 1, result.output
+    assert "--n 1000000000000 images for each of 1 prompt(s) at 16x16 needs" in result.output, result.output
+    assert "lower --n or the number of prompts" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_split_csv_label_far_beyond_the_data_is_refused_naming_the_line(tmp_path):
+    from PIL import Image
+
+    from ganforge.data import DatasetError, load_dataset
+
+    (tmp_path / "images").mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"{name}.png")
+    (tmp_path / "split.csv").write_text("image,label,split\nimages/a.png,0,train\nimages/b.png,999999,train\n")
+    with pytest.raises(DatasetError, match=r"split.csv:3: label 999999 out of range \(2 images take ids below 1,000\)"):
+        load_dataset(str(tmp_path), 8)

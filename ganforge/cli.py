@@ -122,6 +122,17 @@ INCEPTION_WEIGHTS = click.option("--inception-weights", type=click.Path(exists=T
 MODEL_OPT_ALIASES = {"gamma": "BEGAN's diversity ratio gamma", "base_channels": "Network width (n, base filters)"}
 
 
+# What Ctrl-C leaves, per command, in the one line it prints (training's own stop, which writes
+# latest.pt first, prints its resume line in the loop; this is for a second Ctrl-C or one before the first step).
+INTERRUPTED = {
+    "train": "training stopped at once; a run that had begun continues from its last snapshot with "
+             "ganforge train --resume RUN, a run that had not leaves nothing",
+    "evaluate": "the blocks of images measured so far are kept in the cache folder (the run's metric-cache/ or "
+                "--cache-dir); the same command continues from them",
+    "dataset": "nothing was written (a conversion is written whole or not at all); run the command again",
+}
+
+
 class _GanforgeErrors(click.Group):
     """Project errors (bad data, snapshot, option) end with one clear line (`--debug`: with the
     traceback); anything else is a fault and keeps its traceback, with a request to report it."""
@@ -136,8 +147,8 @@ class _GanforgeErrors(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:  # one line and the shell's code for Ctrl-C, not click's bare "Aborted!"
-            click.echo("\ninterrupted: the work done so far is kept (metric features in the cache folder, "
-                       "training in latest.pt); run the same command again to continue", err=True)
+            said = INTERRUPTED.get(ctx.invoked_subcommand, f"{ctx.invoked_subcommand} stopped before it finished")
+            click.echo(("\n" if sys.stderr.isatty() else "") + f"interrupted: {said}", err=True)  # past the ^C
             ctx.exit(130)
         except Exception:
             click.echo("ganforge: unexpected error, probably a bug: please report it with the traceback below", err=True)
@@ -210,9 +221,9 @@ def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
         return
     run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet, inception_weights=inception_weights)
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"run directory: {run_dir}")
-        if _stopped_early(run_dir):  # Ctrl-C or SIGTERM: latest.pt is written, the shell sees the interrupt
+        if _stopped_early(run_dir):  # Ctrl-C or SIGTERM: latest.pt is written and its one line said so
             ctx.exit(130)
+        click.echo(f"run directory: {run_dir}")
 
 
 def _stopped_early(run_dir: Path) -> bool:

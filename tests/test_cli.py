@@ -190,6 +190,7 @@ def test_ctrl_c_during_training_keeps_a_snapshot_and_exits_130(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and time.monotonic() - sent < 5, (proc.returncode, err[-2000:])
     assert "continue with: ganforge train --resume" in out + err and "Traceback" not in err
+    assert "run directory:" not in out  # one line: the resume line names the run
     assert (tmp_path / "00000-cdcgan-mnist" / "latest.pt").exists()
 
 
@@ -228,3 +229,27 @@ def test_evaluating_a_snapshot_outside_any_run_says_where_its_results_are(run_di
     assert result.exit_code == 0, result.output
     assert "not in a run directory: the results are not kept (give --out FILE to keep them)" in result.output
     assert not list(tmp_path.glob("metric-*.jsonl"))
+
+
+@pytest.mark.parametrize("command,interrupt,said,not_said", [
+    (["evaluate", "RUN", "--metrics", "swd", "--n", "64"], "ganforge.metrics.evaluate.Evaluator.evaluate_model",
+     "interrupted: the blocks of images measured so far are kept in the cache folder", "latest.pt"),
+    (["dataset", "RUN", "OUT/small.zip", "--resolution", "8"], "ganforge.archive.png_bytes",
+     "interrupted: nothing was written (a conversion is written whole or not at all)", "metric"),
+])
+def test_ctrl_c_is_one_line_about_what_the_command_was_doing(run_dir, tmp_path, monkeypatch, command, interrupt,
+                                                            said, not_said):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(interrupt, ctrl_c)
+    source = str(run_dir) if command[0] == "evaluate" else str(tmp_path / "photos")
+    if command[0] == "dataset":
+        (tmp_path / "photos").mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i * 100, 0, 0)).save(tmp_path / "photos" / f"{i}.png")
+    args = [source if a == "RUN" else a.replace("OUT", str(tmp_path)) for a in command]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(said) and not_said not in lines[0], result.output

@@ -1,4 +1,5 @@
-"""Command line: `ganforge train | generate | evaluate | interpolate | timelapse | project | dataset | studio | plot | export | bench`."""
+"""Command line: `ganforge train | generate | evaluate | interpolate | timelapse | project | dataset | studio | runs |
+info | plot | export | bench` (and `ganforge --version`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from ganforge import __version__
 from ganforge.errors import GanforgeError, GanforgeWarning
 from ganforge.models import model_names
 from ganforge.training.options import SEED_MAX, TrainOptions
@@ -156,6 +158,7 @@ class _GanforgeErrors(click.Group):
 
 
 @click.group(cls=_GanforgeErrors)
+@click.version_option(__version__, "--version", prog_name="ganforge", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show the traceback of errors that are normally one line")
 def main(debug):
     """ganforge: train, sample, measure and export GANs on your own images."""
@@ -224,6 +227,33 @@ def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
         if _stopped_early(run_dir):  # Ctrl-C or SIGTERM: latest.pt is written and its one line said so
             ctx.exit(130)
         click.echo(f"run directory: {run_dir}")
+        for line in _next_commands(run_dir, opts):
+            click.echo(line)
+
+
+def _next_commands(run_dir: Path, opts: TrainOptions) -> list[str]:
+    """What to do with a finished run, as a stopped one is told how to resume."""
+    from ganforge.models import model_class
+    from ganforge.models.base import TEXT
+
+    text = model_class(opts.model).conditioning == TEXT  # a class attribute where a model fixes it
+    sample = f' --prompt "{_a_caption(opts)}"' if text else ""
+    metrics = "rprec" if text else "swd"
+    return ["next:",
+            f"  ganforge generate {run_dir}{sample} --n 16 --out {run_dir / 'samples.png'}",
+            f"  ganforge evaluate {run_dir} --metrics {metrics} --n 1000       # fid too with the [metrics] extra",
+            f"  ganforge studio {run_dir.parent}                                # the run in a web page"]
+
+
+def _a_caption(opts: TrainOptions) -> str:
+    from ganforge.data import load_dataset
+
+    try:
+        captions = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split,
+                                preload=False).captions
+        return captions[0][0].replace('"', "'")
+    except (GanforgeError, OSError, IndexError, TypeError):
+        return "a caption"
 
 
 def _stopped_early(run_dir: Path) -> bool:
@@ -666,6 +696,67 @@ def timelapse(run, out, fps):
     frames, labels = timelapse_frames(run)
     write_video(frames, out, fps)
     click.echo(f"wrote {out}: {len(frames)} grids, {labels[0]} to {labels[-1]}")
+
+
+@main.command()
+@click.argument("folder", default="runs", type=click.Path(file_okay=False))
+def runs(folder):
+    """List the runs in FOLDER [default: runs]: model, data, kimg reached of planned, training or
+    stopped, last metric."""
+    from ganforge.training.rundir import run_summary
+
+    found = sorted({p.parent for depth in ("", "*/", "*/*/") for p in Path(folder).glob(f"{depth}training_options.json")})
+    if not found:
+        raise click.ClickException(f"{folder}: no runs here (a run is a folder with training_options.json)")
+    rows = [("run", "model", "data", "kimg", "state", "last metric")]
+    for run in found:
+        summary = run_summary(run)
+        options = summary["options"]
+        rows.append((str(run), options.get("model", "?"), str(options.get("data", "?")),
+                     f"{summary['kimg']:g} / {summary['planned']:g}" if summary["planned"] else f"{summary['kimg']:g}",
+                     summary["state"], _last_metric(summary["metrics"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+def _last_metric(metrics: dict) -> str:
+    """The newest metric row's headline number, with the kimg it was measured at."""
+    if not metrics:
+        return "-"
+    from ganforge.metrics.evaluate import METRICS
+
+    name, row = max(metrics.items(), key=lambda item: item[1].get("kimg", 0))
+    key = METRICS[name].headline if name in METRICS else None
+    value = row.get(key) if key else None
+    return f"{name} {value:.4g} at {row.get('kimg', 0):g} kimg" if isinstance(value, (int, float)) else name
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+def info(run):
+    """What a run is and where it stands: its model, data, options that differ from the defaults,
+    progress, processes, snapshots and the last result of each metric."""
+    from ganforge.training.rundir import run_summary
+
+    if not (Path(run) / "training_options.json").is_file():
+        raise click.BadParameter(f"{run}: not a ganforge run directory (no training_options.json)", param_hint="RUN")
+    summary = run_summary(run)
+    options = summary["options"]
+    defaults = TrainOptions().to_json()
+    changed = {k: v for k, v in options.items() if k in defaults and v != defaults[k] and k not in ("outdir",)}
+    when = (f", last wrote {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(summary['last_write']))}"
+            if summary["last_write"] else "")
+    click.echo(f"run:        {run}")
+    click.echo(f"model:      {options.get('model')} on {options.get('data')} at {options.get('resolution')}x"
+               f"{options.get('resolution')}")
+    click.echo(f"progress:   {summary['kimg']:g} of {summary['planned']:g} kimg, {summary['state']}{when}")
+    click.echo(f"processes:  {options.get('processes', 'not recorded (a run made before ganforge recorded it)')}")
+    click.echo(f"options:    {json.dumps(changed)}")
+    snapshots = sorted(p.name for p in Path(run).glob("*.pt"))
+    click.echo(f"snapshots:  {', '.join(snapshots) or 'none yet'}")
+    for name, row in summary["metrics"].items():
+        click.echo(f"metric:     {name} at {row.get('kimg', 0):g} kimg: {_last_metric({name: row}).split(' at ')[0]}")
 
 
 @main.command()

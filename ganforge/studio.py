@@ -31,7 +31,7 @@ from ganforge.inference import class_rows, generate, generate_from_prompts, load
 from ganforge.models.base import CLASS, TEXT
 from ganforge.snapshots import find_snapshot
 from ganforge.training.plots import plot_stats, read_jsonl, read_stats
-from ganforge.training.rundir import running
+from ganforge.training.rundir import training_now
 
 RUN_MARKERS = ("training_options.json", "stats.jsonl", "latest.pt")  # any of these makes a folder a run
 MAX_DEPTH = 3  # folders below each root searched for runs (runs/, runs/<group>/, ...)
@@ -171,7 +171,7 @@ class Studio:
         # An ETA only for a run a live process is training: a stopped run would never arrive.
         if total and last["kimg"] >= total:
             line.append(f"finished, last wrote {_duration(age)} ago")
-        elif not _training_now(run):
+        elif not training_now(run):
             line.append(f"stopped, last wrote {_duration(age)} ago")
         else:
             line.append("training" + (f", ETA {_duration((total - last['kimg']) * 1000 / speed)}" if total and speed
@@ -196,15 +196,6 @@ class Studio:
             if rows:
                 metrics[path.stem[len("metric-"):]] = rows[-1]
         return _options(run), metrics
-
-
-def _training_now(run: Path) -> bool:
-    """Whether a live process holds the run's .lock (a stopped or killed run's lock names a dead one)."""
-    try:
-        holder = int((run / ".lock").read_text().split()[0])  # the process id comes first
-    except (OSError, ValueError, IndexError):
-        return False
-    return running(holder)
 
 
 def _options(run: Path) -> dict:

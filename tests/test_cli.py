@@ -253,3 +253,38 @@ def test_ctrl_c_is_one_line_about_what_the_command_was_doing(run_dir, tmp_path, 
     assert result.exit_code == 130
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(said) and not_said not in lines[0], result.output
+
+
+def test_a_finished_run_says_what_next_and_runs_and_info_describe_it(tmp_path):
+    from ganforge import __version__
+
+    assert CliRunner().invoke(main, ["--version"]).output.strip() == f"ganforge {__version__}"
+    result = CliRunner().invoke(main, ["train", *TINY, "--outdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "00000-cdcgan-mnist"
+    lines = result.output.strip().splitlines()
+    assert lines[-5:-3] == [f"run directory: {run}", "next:"]
+    assert lines[-3].split() == ["ganforge", "generate", str(run), "--n", "16", "--out", str(run / "samples.png")]
+    assert lines[-2].split()[:3] == ["ganforge", "evaluate", str(run)] and lines[-1].split()[:3] == ["ganforge", "studio", str(tmp_path)]
+    generated = CliRunner().invoke(main, lines[-3].split()[1:])  # the printed command works as printed
+    assert generated.exit_code == 0 and (run / "samples.png").exists(), generated.output
+    assert json.loads((run / "training_options.json").read_text())["processes"] == 1
+    assert (run / "log.txt").read_text().splitlines()[0].endswith("parameters, 1 process")
+
+    listed = CliRunner().invoke(main, ["runs", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    header, row = listed.output.strip().splitlines()
+    assert header.split() == ["run", "model", "data", "kimg", "state", "last", "metric"]
+    assert row.split() == [str(run), "cdcgan", "mnist", "0.064", "/", "0.064", "finished", "-"]
+    evaluated = CliRunner().invoke(main, ["evaluate", str(run), "--metrics", "swd", "--n", "64", "--no-floor"])
+    assert evaluated.exit_code == 0, evaluated.output
+    row = CliRunner().invoke(main, ["runs", str(tmp_path)]).output.strip().splitlines()[1]
+    value = json.loads(evaluated.stdout)["swd"]["swd_avg_x1e3"]
+    assert row.endswith(f"finished  swd {value:.4g} at 0.064 kimg"), row
+    described = CliRunner().invoke(main, ["info", str(run)])
+    assert described.exit_code == 0, described.output
+    assert "progress:   0.064 of 0.064 kimg, finished" in described.output
+    assert "processes:  1" in described.output and "metric:     swd at 0.064 kimg: swd " in described.output
+    assert "latest.pt" in described.output
+    empty = CliRunner().invoke(main, ["runs", str(tmp_path / "none")])
+    assert empty.exit_code != 0 and "no runs here" in empty.output

@@ -168,7 +168,8 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
     log = RunLog(run_dir, ddp.main, progress, total, state.images_seen)
     log.line(f"{'resuming' if snapshot else 'starting'} {run_dir} at {state.images_seen / 1000:.1f} kimg on {device}: "
              f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {dataset.num_classes} classes, "
-             f"G {parameter_count(model.G):,} / D {parameter_count(model.D):,} parameters")
+             f"G {parameter_count(model.G):,} / D {parameter_count(model.D):,} parameters, "
+             f"{world} process{'es' if world > 1 else ''}")
     for note in notes + describe_schedule(model, opts) + dataset_notes(opts, dataset):
         log.line(note)
     grid = SampleGrid(model, opts.seed, device)
@@ -343,7 +344,7 @@ def open_run_directory(opts: TrainOptions, snapshot: dict | None, dataset, model
         try:
             lock = RunLock(run_dir) if ddp.main else None
             if ddp.main:
-                write_options(run_dir, opts)
+                write_options(run_dir, opts, ddp.world_size)
         except BaseException as e:  # an empty new directory would only take the next run number
             shutil.rmtree(run_dir, ignore_errors=True)
             if isinstance(e, OSError):
@@ -360,7 +361,7 @@ def open_run_directory(opts: TrainOptions, snapshot: dict | None, dataset, model
     state.restore(snapshot, model, opts)
     truncate_logs(run_dir, state.step)  # rows written after this snapshot will be written again
     if ddp.main:  # the options this continuation runs with (a longer --kimg, say)
-        write_options(run_dir, opts)
+        write_options(run_dir, opts, ddp.world_size)
     for stale in run_dir.glob(".*.tmp"):  # a snapshot or options write cut short by a kill (ours only)
         if OWN_TEMPORARY.fullmatch(stale.name):
             stale.unlink(missing_ok=True)

@@ -63,9 +63,10 @@ def check_run_directory(run_dir: Path, snapshot: dict) -> None:
                             f"directory {run_dir} is a {model} run; it was copied from another run")
 
 
-def write_options(run_dir: Path, opts) -> None:
+def write_options(run_dir: Path, opts, processes: int = 1) -> None:
+    """training_options.json: the run's options, and the number of processes that train it now."""
     tmp = run_dir / ".training_options.json.tmp"
-    tmp.write_text(json.dumps(opts.to_json(), indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps({**opts.to_json(), "processes": processes}, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / "training_options.json")
 
 
@@ -129,6 +130,35 @@ def running(pid: int) -> bool:
     except PermissionError:  # someone else's process: it runs
         return True
     return True
+
+
+def training_now(run_dir: Path) -> bool:
+    """Whether a live process holds the run's .lock (a stopped or killed run's lock names a dead one)."""
+    try:
+        holder = int((Path(run_dir) / ".lock").read_text().split()[0])  # the process id comes first
+    except (OSError, ValueError, IndexError):
+        return False
+    return running(holder)
+
+
+def run_summary(run_dir: str | Path) -> dict:
+    """What `ganforge runs` and `ganforge info` say of a run: its options, the kimg it reached (its
+    last stats row) of those planned, whether a process trains it now (else finished or stopped),
+    and the last row of each metric-<name>.jsonl."""
+    from ganforge.training.plots import read_jsonl, read_stats
+
+    run_dir = Path(run_dir)
+    try:
+        options = json.loads((run_dir / "training_options.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        options = {}
+    stats = read_stats(run_dir)
+    reached, planned = (stats[-1]["kimg"] if stats else 0.0), options.get("kimg")
+    state = ("training" if training_now(run_dir) else "finished" if planned and reached >= planned else "stopped")
+    metrics = {path.stem[len("metric-"):]: rows[-1] for path in sorted(run_dir.glob("metric-*.jsonl"))
+               if (rows := read_jsonl(path))}
+    return {"run": run_dir, "options": options, "kimg": reached, "planned": planned, "state": state,
+            "last_write": stats[-1].get("time") if stats else None, "metrics": metrics}
 
 
 def growth_picture(run_dir: Path) -> Path | None:

@@ -188,7 +188,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 @click.option("--resume", type=click.Path(exists=True), default=None, help="Run directory or snapshot to continue")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this machine (one per GPU) through torchrun; --batch is the total over all")
-@click.option("--dry-run", is_flag=True, help="Print the resolved options and exit")
+@click.option("--dry-run", is_flag=True, help="Check the data against the model (without decoding it), print the "
+              "resolved options and exit")
 @click.option("--quiet", is_flag=True, help="No progress bars or tick lines on the console (warnings still show)")
 @click.pass_context
 def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
@@ -218,6 +219,9 @@ def train(ctx, resume, dry_run, quiet, inception_weights, gpus, **kwargs):
     opts = TrainOptions(**kwargs)
     if dry_run:
         opts, schedule = plan(opts, resume, explicit)
+        from ganforge.training.loop import training_data
+
+        training_data(opts, preload=False)  # refused now as a real start would refuse it (headers only, no decoding)
         click.echo(json.dumps(opts.to_json(), indent=2))
         for line in schedule:
             click.echo(line)

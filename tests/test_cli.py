@@ -157,7 +157,10 @@ def test_resume_with_another_model_or_a_tampered_snapshot_is_refused(run_dir, tm
 
 
 def test_dry_run_states_the_pggan_schedule_and_warns_when_kimg_ends_early(tmp_path):
-    args = ["train", "--dry-run", "--model", "pggan", "--outdir", str(tmp_path / "r")]
+    (tmp_path / "photos").mkdir()
+    for i in range(2):  # full-size images: the digits (28 px) would be refused at 64x64
+        Image.new("RGB", (64, 64), (i * 100, 0, 0)).save(tmp_path / "photos" / f"{i}.png")
+    args = ["train", "--dry-run", "--model", "pggan", "--data", str(tmp_path / "photos"), "--outdir", str(tmp_path / "r")]
     short = CliRunner().invoke(main, [*args, "--resolution", "64"])  # v2: 600 kimg at 4x4 alone
     assert short.exit_code == 0, short.output
     assert "warning: the run stays at 4x4: --kimg 100 ends before the target 64x64" in short.output
@@ -288,3 +291,21 @@ def test_a_finished_run_says_what_next_and_runs_and_info_describe_it(tmp_path):
     assert "latest.pt" in described.output
     empty = CliRunner().invoke(main, ["runs", str(tmp_path / "none")])
     assert empty.exit_code != 0 and "no runs here" in empty.output
+
+
+def test_dry_run_refuses_what_a_real_start_would_refuse(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.new("RGB", (12, 12), (i * 80, 0, 0)).save(photos / f"{i}.png")
+    for args, message in [
+        (["--data", str(tmp_path / "missing")], f"--data {tmp_path / 'missing'}: no such file or folder"),
+        (["--data", str(photos)], "--model cdcgan needs labelled data"),
+        (["--model", "pggan", "--data", str(photos), "--resolution", "16"], "is smaller (12x12 px)"),
+    ]:
+        result = CliRunner().invoke(main, ["train", "--dry-run", "--outdir", str(tmp_path / "runs"), *args])
+        assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output, result.output
+    fine = CliRunner().invoke(main, ["train", "--dry-run", "--model", "dcgan", "--data", str(photos), "--resolution", "8",
+                                     "--outdir", str(tmp_path / "runs")])
+    assert fine.exit_code == 0 and json.loads(fine.output)["data"] == str(photos), fine.output
+    assert not (tmp_path / "runs").exists()

@@ -279,13 +279,16 @@ def made_once(make, ddp):
     return value
 
 
-def training_data(opts: TrainOptions, listed_once=None):
+def training_data(opts: TrainOptions, listed_once=None, preload: bool | None = None):
+    """The run's data, refused here (before any network is built) when the model cannot learn from it;
+    `preload=False`: listed and, where the model refuses small images, its headers read, not decoded."""
     full_size = model_class(opts.model).needs_full_size_images
     try:
         with warnings.catch_warnings():  # skipped files: the run's log (and console) says so, once
             warnings.simplefilter("ignore", GanforgeWarning)
             dataset = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split,
-                                   min_side=opts.resolution if full_size else None, listed_once=listed_once)
+                                   preload=preload, min_side=opts.resolution if full_size else None,
+                                   listed_once=listed_once)
     except ImagesTooSmall as e:
         raise TrainingError(f"{e}; {opts.model} would learn upscaling blur. Use a lower --resolution or larger "
                             "images") from e

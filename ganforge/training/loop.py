@@ -27,7 +27,7 @@ from ganforge.errors import GanforgeError, GanforgeWarning, OptionError, Trainin
 from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
-from ganforge.snapshots import LATEST, SnapshotError, load_snapshot, save_snapshot
+from ganforge.snapshots import LATEST, SnapshotError, keep_snapshot, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
                                           init_from_env)
 from ganforge.training.options import (TrainOptions, check_batches, check_resume,
@@ -458,10 +458,14 @@ def write_snapshots(run_dir: Path, state: RunState, model: GanModel, opts: Train
     """latest.pt, and with `keep` snapshot-<kimg>.pt too (`fine`: kimg_label's finer name); every rank
     waits until they are complete (other ranks may read one back to recover)."""
     if ddp.main:
-        snap = state.snapshot(model, opts)
-        paths = [run_dir / LATEST] + ([run_dir / f"snapshot-{kimg_label(state.images_seen, fine)}.pt"] if keep else [])
-        for path in paths:
-            write_snapshot(path, snap, run_dir)
+        write_snapshot(run_dir / LATEST, state.snapshot(model, opts), run_dir)
+        if keep:  # the same state: a second name of latest.pt's file, not a second copy on disk
+            kept = run_dir / f"snapshot-{kimg_label(state.images_seen, fine)}.pt"
+            try:
+                keep_snapshot(run_dir / LATEST, kept)
+            except OSError as e:
+                raise TrainingError(f"could not write snapshot {kept}: {e.strerror or e}; {LATEST} is intact, "
+                                    f"resume with: ganforge train --resume {run_dir}") from e
     barrier(ddp.world_size)
 
 

@@ -360,7 +360,8 @@ def export(run_or_snapshot, fmt, out):
               help="A folder of generated images instead of a run")
 @click.option("--n", type=click.IntRange(min=2), default=10_000, show_default=True, help="Images a side")
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default=None,
-              help="Split of a captioned real dataset [default: the run's]; DF-GAN is evaluated on test")
+              help="Split of a captioned real dataset [default: the run's own, usually train; the DF-GAN "
+                   "paper's figures are on test]")
 @click.option("--resolution", type=int, default=None, callback=_power_of_two,
               help="Resolution for --fake/--real folders [default: the run's, or the first fake image's]")
 @click.option("--floor/--no-floor", default=True, show_default=True, help="Also report SWD of real vs real")
@@ -403,11 +404,14 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
         if real is None:
             raise click.UsageError("--fake needs --real")
         fake_ds = load_dataset(fake, resolution or _first_image_size(fake))
-        real_ds = load_dataset(real, fake_ds.resolution, fake_ds.channels)
+        real_ds = load_dataset(real, fake_ds.resolution, fake_ds.channels, split=split or "train")
         evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir, seed)
         fakes = dataset_source(fake_ds, n, seed + 1)  # read a block at a time, as the reals are
         measure = partial(evaluator.evaluate, fakes, evaluator.partial_path(fake_ds.name, len(fake_ds), n, seed))
         n_fake = fakes.n
+    if real_ds.captions is not None:  # say which captioned rows are the reals (and, for text models, the captions)
+        used = split or (options["split"] if run_or_snapshot else "train")
+        click.echo(f"real images: {len(real_ds)} of the {used} split of {real_ds.name}", err=True)
     if n_fake < n or evaluator.n_real < n:
         click.echo(f"note: using {n_fake} fake and {evaluator.n_real} real images (asked for {n})")
     results = measure()
@@ -546,10 +550,12 @@ def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts
     if labels:
         labels = [_class_of(model, run_or_snapshot, given, "--labels") for given in labels]
     frames = walk_frames(model, seeds, seconds, fps, grid, labels, list(prompts), dev)
-    write_video(frames, out, fps)
+    width, height = write_video(frames, out, fps)
     through = [f"seeds {','.join(map(str, seeds))}"] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
         + ([f"{len(prompts)} prompts"] if len(prompts) > 1 else [])
-    click.echo(f"wrote {out}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} at {fps} fps, "
+    enlarged = (f" (the samples' {frames.shape[2]}x{frames.shape[1]} enlarged for the codec)"
+                if (width, height) != (frames.shape[2], frames.shape[1]) else "")
+    click.echo(f"wrote {out}: {len(frames)} frames of {width}x{height}{enlarged} at {fps} fps, "
                f"through {' and '.join(through)} and back")
 
 

@@ -167,7 +167,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
     world, total = ddp.world_size, round(opts.kimg * 1000)
     log = RunLog(run_dir, ddp.main, progress, total, state.images_seen)
     log.line(f"{'resuming' if snapshot else 'starting'} {run_dir} at {state.images_seen / 1000:.1f} kimg on {device}: "
-             f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {dataset.num_classes} classes, "
+             f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {classes_in_words(opts, dataset)}, "
              f"G {parameter_count(model.G):,} / D {parameter_count(model.D):,} parameters, "
              f"{world} process{'es' if world > 1 else ''}")
     for note in notes + describe_schedule(model, opts) + dataset_notes(opts, dataset):
@@ -304,6 +304,14 @@ def training_data(opts: TrainOptions, listed_once=None, preload: bool | None = N
 def smaller_images(opts: TrainOptions, dataset) -> str:
     return (f"--resolution {opts.resolution}: some images in --data {opts.data} are smaller "
             f"(smallest side {dataset.smallest_side} px)")
+
+
+def classes_in_words(opts: TrainOptions, dataset) -> str:
+    """The data's labels as the run uses them: none, its classes, or classes the model does not use."""
+    if not dataset.num_classes:
+        return "unlabelled"
+    used = model_class(opts.model).trains_on_labels(opts.model_opts)
+    return f"{dataset.num_classes} classes" + ("" if used else f" (unused: {opts.model} here is unconditional)")
 
 
 def dataset_notes(opts: TrainOptions, dataset) -> list[str]:

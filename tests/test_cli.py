@@ -213,7 +213,10 @@ def test_evaluate_keeps_its_results_in_the_run_and_the_studio_shows_them(run_dir
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (run / "metric-swd.jsonl").read_text().splitlines()]
     copy = json.loads((tmp_path / "copy.json").read_text())
-    assert len(rows) == 1 and rows[0]["kimg"] == 0.064 and rows[0]["snapshot"] == "latest.pt"
+    from ganforge.snapshots import load_snapshot
+
+    assert len(rows) == 1 and rows[0]["snapshot"] == "latest.pt"
+    assert rows[0]["kimg"] == load_snapshot(run)["images_seen"] / 1000  # the kimg of the snapshot measured
     assert rows[0]["swd_avg_x1e3"] == copy["swd"]["swd_avg_x1e3"]
     _, metrics = Studio([tmp_path / "runs"]).details(f"runs/{run_dir.name}")
     assert metrics["swd"]["swd_avg_x1e3"] == copy["swd"]["swd_avg_x1e3"]

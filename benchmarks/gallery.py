@@ -34,7 +34,7 @@ DEFAULT_PROMPTS = ["this bird has a red crown and a short black beak",  # the CU
                    "a small yellow bird with black wings sitting on a branch",
                    "a blue bird standing in the snow",                    # unlike any training caption
                    "a bird made of green glass"]
-COMMAND_SKIP = {"outdir", "device", "workers", "channels"}  # where a run goes or runs, not what it learns
+COMMAND_SKIP = {"outdir", "device", "workers", "channels", "processes"}  # where a run goes or runs, not what it learns
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Command line: `ganforge train | generate | evaluate | interpolate | timelapse | project | dataset | studio | plot | export | bench`."""
+"""Command line: `ganforge train | generate | evaluate | interpolate | timelapse | project | dataset | studio | runs |
+info | plot | export | bench` (and `ganforge --version`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from ganforge import __version__
 from ganforge.errors import GanforgeError, GanforgeWarning
 from ganforge.models import model_names
 from ganforge.training.options import SEED_MAX, TrainOptions
@@ -122,6 +124,17 @@ INCEPTION_WEIGHTS = click.option("--inception-weights", type=click.Path(exists=T
 MODEL_OPT_ALIASES = {"gamma": "BEGAN's diversity ratio gamma", "base_channels": "Network width (n, base filters)"}
 
 
+# What Ctrl-C leaves, per command, in the one line it prints (training's own stop, which writes
+# latest.pt first, prints its resume line in the loop; this is for a second Ctrl-C or one before the first step).
+INTERRUPTED = {
+    "train": "training stopped at once; a run that had begun continues from its last snapshot with "
+             "ganforge train --resume RUN, a run that had not leaves nothing",
+    "evaluate": "the blocks of images measured so far are kept in the cache folder (the run's metric-cache/ or "
+                "--cache-dir); the same command continues from them",
+    "dataset": "nothing was written (a conversion is written whole or not at all); run the command again",
+}
+
+
 class _GanforgeErrors(click.Group):
     """Project errors (bad data, snapshot, option) end with one clear line (`--debug`: with the
     traceback); anything else is a fault and keeps its traceback, with a request to report it."""
@@ -136,8 +149,8 @@ class _GanforgeErrors(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:  # one line and the shell's code for Ctrl-C, not click's bare "Aborted!"
-            click.echo("\ninterrupted: the work done so far is kept (metric features in the cache folder, "
-                       "training in latest.pt); run the same command again to continue", err=True)
+            said = INTERRUPTED.get(ctx.invoked_subcommand, f"{ctx.invoked_subcommand} stopped before it finished")
+            click.echo(("\n" if sys.stderr.isatty() else "") + f"interrupted: {said}", err=True)  # past the ^C
             ctx.exit(130)
         except Exception:
             click.echo("ganforge: unexpected error, probably a bug: please report it with the traceback below", err=True)
@@ -145,6 +158,7 @@ class _GanforgeErrors(click.Group):
 
 
 @click.group(cls=_GanforgeErrors)
+@click.version_option(__version__, "--version", prog_name="ganforge", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show the traceback of errors that are normally one line")
 def main(debug):
     """ganforge: train, sample, measure and export GANs on your own images."""
@@ -174,7 +188,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 @click.option("--resume", type=click.Path(exists=True), default=None, help="Run directory or snapshot to continue")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this machine (one per GPU) through torchrun; --batch is the total over all")
-@click.option("--dry-run", is_flag=True, help="Print the resolved options and exit")
+@click.option("--dry-run", is_flag=True, help="Check the data against the model (without decoding it), print the "
+              "resolved options and exit")
 @click.option("--plan", "plan_only", is_flag=True,
               help="Time a few steps of each phase of the run on this device, print how long the run takes, and "
                    "exit (writes nothing)")
@@ -216,15 +231,45 @@ def train(ctx, resume, dry_run, plan_only, quiet, inception_weights, gpus, **kwa
         return
     if dry_run:
         opts, schedule = plan(opts, resume, explicit)
+        from ganforge.training.loop import training_data
+
+        training_data(opts, preload=False)  # refused now as a real start would refuse it (headers only, no decoding)
         click.echo(json.dumps(opts.to_json(), indent=2))
         for line in schedule:
             click.echo(line)
         return
     run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet, inception_weights=inception_weights)
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"run directory: {run_dir}")
-        if _stopped_early(run_dir):  # Ctrl-C or SIGTERM: latest.pt is written, the shell sees the interrupt
+        if _stopped_early(run_dir):  # Ctrl-C or SIGTERM: latest.pt is written and its one line said so
             ctx.exit(130)
+        click.echo(f"run directory: {run_dir}")
+        for line in _next_commands(run_dir, opts):
+            click.echo(line)
+
+
+def _next_commands(run_dir: Path, opts: TrainOptions) -> list[str]:
+    """What to do with a finished run, as a stopped one is told how to resume."""
+    from ganforge.models import model_class
+    from ganforge.models.base import TEXT
+
+    text = model_class(opts.model).conditioning == TEXT  # a class attribute where a model fixes it
+    sample = f' --prompt "{_a_caption(opts)}"' if text else ""
+    metrics = "rprec" if text else "swd"
+    return ["next:",
+            f"  ganforge generate {run_dir}{sample} --n 16 --out {run_dir / 'samples.png'}",
+            f"  ganforge evaluate {run_dir} --metrics {metrics} --n 1000       # fid too with the [metrics] extra",
+            f"  ganforge studio {run_dir.parent}                                # the run in a web page"]
+
+
+def _a_caption(opts: TrainOptions) -> str:
+    from ganforge.data import load_dataset
+
+    try:
+        captions = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split,
+                                preload=False).captions
+        return captions[0][0].replace('"', "'")
+    except (GanforgeError, OSError, IndexError, TypeError):
+        return "a caption"
 
 
 def _stopped_early(run_dir: Path) -> bool:
@@ -327,7 +372,8 @@ def export(run_or_snapshot, fmt, out):
               help="A folder of generated images instead of a run")
 @click.option("--n", type=click.IntRange(min=2), default=10_000, show_default=True, help="Images a side")
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default=None,
-              help="Split of a captioned real dataset [default: the run's]; DF-GAN is evaluated on test")
+              help="Split of a captioned real dataset [default: the run's own, usually train; the DF-GAN "
+                   "paper's figures are on test]")
 @click.option("--resolution", type=int, default=None, callback=_power_of_two,
               help="Resolution for --fake/--real folders [default: the run's, or the first fake image's]")
 @click.option("--floor/--no-floor", default=True, show_default=True, help="Also report SWD of real vs real")
@@ -370,11 +416,14 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
         if real is None:
             raise click.UsageError("--fake needs --real")
         fake_ds = load_dataset(fake, resolution or _first_image_size(fake))
-        real_ds = load_dataset(real, fake_ds.resolution, fake_ds.channels)
+        real_ds = load_dataset(real, fake_ds.resolution, fake_ds.channels, split=split or "train")
         evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir, seed)
         fakes = dataset_source(fake_ds, n, seed + 1)  # read a block at a time, as the reals are
         measure = partial(evaluator.evaluate, fakes, evaluator.partial_path(fake_ds.name, len(fake_ds), n, seed))
         n_fake = fakes.n
+    if real_ds.captions is not None:  # say which captioned rows are the reals (and, for text models, the captions)
+        used = split or (options["split"] if run_or_snapshot else "train")
+        click.echo(f"real images: {len(real_ds)} of the {used} split of {real_ds.name}", err=True)
     if n_fake < n or evaluator.n_real < n:
         click.echo(f"note: using {n_fake} fake and {evaluator.n_real} real images (asked for {n})")
     evaluator.report = partial(click.echo, err=True)  # how long each side takes, from its first block
@@ -515,10 +564,12 @@ def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts
     if labels:
         labels = [_class_of(model, run_or_snapshot, given, "--labels") for given in labels]
     frames = walk_frames(model, seeds, seconds, fps, grid, labels, list(prompts), dev)
-    write_video(frames, out, fps)
+    width, height = write_video(frames, out, fps)
     through = [f"seeds {','.join(map(str, seeds))}"] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
         + ([f"{len(prompts)} prompts"] if len(prompts) > 1 else [])
-    click.echo(f"wrote {out}: {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} at {fps} fps, "
+    enlarged = (f" (the samples' {frames.shape[2]}x{frames.shape[1]} enlarged for the codec)"
+                if (width, height) != (frames.shape[2], frames.shape[1]) else "")
+    click.echo(f"wrote {out}: {len(frames)} frames of {width}x{height}{enlarged} at {fps} fps, "
                f"through {' and '.join(through)} and back")
 
 
@@ -672,6 +723,67 @@ def timelapse(run, out, fps):
     frames, labels = timelapse_frames(run)
     write_video(frames, out, fps)
     click.echo(f"wrote {out}: {len(frames)} grids, {labels[0]} to {labels[-1]}")
+
+
+@main.command()
+@click.argument("folder", default="runs", type=click.Path(file_okay=False))
+def runs(folder):
+    """List the runs in FOLDER [default: runs]: model, data, kimg reached of planned, training or
+    stopped, last metric."""
+    from ganforge.training.rundir import run_summary
+
+    found = sorted({p.parent for depth in ("", "*/", "*/*/") for p in Path(folder).glob(f"{depth}training_options.json")})
+    if not found:
+        raise click.ClickException(f"{folder}: no runs here (a run is a folder with training_options.json)")
+    rows = [("run", "model", "data", "kimg", "state", "last metric")]
+    for run in found:
+        summary = run_summary(run)
+        options = summary["options"]
+        rows.append((str(run), options.get("model", "?"), str(options.get("data", "?")),
+                     f"{summary['kimg']:g} / {summary['planned']:g}" if summary["planned"] else f"{summary['kimg']:g}",
+                     summary["state"], _last_metric(summary["metrics"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+def _last_metric(metrics: dict) -> str:
+    """The newest metric row's headline number, with the kimg it was measured at."""
+    if not metrics:
+        return "-"
+    from ganforge.metrics.evaluate import METRICS
+
+    name, row = max(metrics.items(), key=lambda item: item[1].get("kimg", 0))
+    key = METRICS[name].headline if name in METRICS else None
+    value = row.get(key) if key else None
+    return f"{name} {value:.4g} at {row.get('kimg', 0):g} kimg" if isinstance(value, (int, float)) else name
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+def info(run):
+    """What a run is and where it stands: its model, data, options that differ from the defaults,
+    progress, processes, snapshots and the last result of each metric."""
+    from ganforge.training.rundir import run_summary
+
+    if not (Path(run) / "training_options.json").is_file():
+        raise click.BadParameter(f"{run}: not a ganforge run directory (no training_options.json)", param_hint="RUN")
+    summary = run_summary(run)
+    options = summary["options"]
+    defaults = TrainOptions().to_json()
+    changed = {k: v for k, v in options.items() if k in defaults and v != defaults[k] and k not in ("outdir",)}
+    when = (f", last wrote {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(summary['last_write']))}"
+            if summary["last_write"] else "")
+    click.echo(f"run:        {run}")
+    click.echo(f"model:      {options.get('model')} on {options.get('data')} at {options.get('resolution')}x"
+               f"{options.get('resolution')}")
+    click.echo(f"progress:   {summary['kimg']:g} of {summary['planned']:g} kimg, {summary['state']}{when}")
+    click.echo(f"processes:  {options.get('processes', 'not recorded (a run made before ganforge recorded it)')}")
+    click.echo(f"options:    {json.dumps(changed)}")
+    snapshots = sorted(p.name for p in Path(run).glob("*.pt"))
+    click.echo(f"snapshots:  {', '.join(snapshots) or 'none yet'}")
+    for name, row in summary["metrics"].items():
+        click.echo(f"metric:     {name} at {row.get('kimg', 0):g} kimg: {_last_metric({name: row}).split(' at ')[0]}")
 
 
 @main.command()

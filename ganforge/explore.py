@@ -198,8 +198,9 @@ def check_video_writer(out: str | Path, needed_for: str = "--out .mp4", alternat
         require("imageio,imageio_ffmpeg", "video", needed_for, alternative)
 
 
-def write_video(frames: np.ndarray, out: str | Path, fps: int) -> Path:
-    """MP4 (H.264 through imageio-ffmpeg; small frames are upscaled so the codec keeps detail) or GIF."""
+def write_video(frames: np.ndarray, out: str | Path, fps: int) -> tuple[int, int]:
+    """MP4 (H.264 through imageio-ffmpeg; small frames are upscaled so the codec keeps detail, and
+    padded to its 16 x 16 blocks) or GIF. Returns the (width, height) of the frames as written."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
@@ -209,7 +210,7 @@ def write_video(frames: np.ndarray, out: str | Path, fps: int) -> Path:
 
         images = [Image.fromarray(f) for f in frames]
         images[0].save(out, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-        return out
+        return frames.shape[2], frames.shape[1]
     require("imageio,imageio_ffmpeg", "video", "--out .mp4", "; or write a .gif")
     import imageio.v2 as imageio
 
@@ -219,7 +220,7 @@ def write_video(frames: np.ndarray, out: str | Path, fps: int) -> Path:
     pad_h, pad_w = -frames.shape[1] % 16, -frames.shape[2] % 16  # H.264 works in 16 x 16 blocks
     frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
     imageio.mimwrite(out, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1)
-    return out
+    return frames.shape[2], frames.shape[1]
 
 
 # --- projection: the latent of a real image -------------------------------------------------------

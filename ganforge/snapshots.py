@@ -71,6 +71,26 @@ def check_shapes(saved: dict, expected: dict, path: str | os.PathLike) -> None:
         raise SnapshotError(f"{path}: tensor {extra[0]} is not one of the networks'; the snapshot does not fit them")
 
 
+def keep_snapshot(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """`path` as a second name of the complete snapshot `source`: a hard link, so a run's latest.pt
+    and the kept snapshot of the same step are one file on disk, not two identical copies. Safe
+    because no snapshot is ever rewritten in place (each write makes a new file and renames it): the
+    next latest.pt gets a new file and the kept one stays as it was. Made atomically; where the file
+    system has no hard links, a copy."""
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def find_snapshot(run_or_snapshot: str | os.PathLike) -> Path:
     """A snapshot file as given, or a run directory's latest snapshot."""
     p = Path(run_or_snapshot)

@@ -157,7 +157,10 @@ def test_resume_with_another_model_or_a_tampered_snapshot_is_refused(run_dir, tm
 
 
 def test_dry_run_states_the_pggan_schedule_and_warns_when_kimg_ends_early(tmp_path):
-    args = ["train", "--dry-run", "--model", "pggan", "--outdir", str(tmp_path / "r")]
+    (tmp_path / "photos").mkdir()
+    for i in range(2):  # full-size images: the digits (28 px) would be refused at 64x64
+        Image.new("RGB", (64, 64), (i * 100, 0, 0)).save(tmp_path / "photos" / f"{i}.png")
+    args = ["train", "--dry-run", "--model", "pggan", "--data", str(tmp_path / "photos"), "--outdir", str(tmp_path / "r")]
     short = CliRunner().invoke(main, [*args, "--resolution", "64"])  # v2: 600 kimg at 4x4 alone
     assert short.exit_code == 0, short.output
     assert "warning: the run stays at 4x4: --kimg 100 ends before the target 64x64" in short.output
@@ -190,6 +193,7 @@ def test_ctrl_c_during_training_keeps_a_snapshot_and_exits_130(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and time.monotonic() - sent < 5, (proc.returncode, err[-2000:])
     assert "continue with: ganforge train --resume" in out + err and "Traceback" not in err
+    assert "run directory:" not in out  # one line: the resume line names the run
     assert (tmp_path / "00000-cdcgan-mnist" / "latest.pt").exists()
 
 
@@ -209,7 +213,10 @@ def test_evaluate_keeps_its_results_in_the_run_and_the_studio_shows_them(run_dir
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (run / "metric-swd.jsonl").read_text().splitlines()]
     copy = json.loads((tmp_path / "copy.json").read_text())
-    assert len(rows) == 1 and rows[0]["kimg"] == 0.064 and rows[0]["snapshot"] == "latest.pt"
+    from ganforge.snapshots import load_snapshot
+
+    assert len(rows) == 1 and rows[0]["snapshot"] == "latest.pt"
+    assert rows[0]["kimg"] == load_snapshot(run)["images_seen"] / 1000  # the kimg of the snapshot measured
     assert rows[0]["swd_avg_x1e3"] == copy["swd"]["swd_avg_x1e3"]
     _, metrics = Studio([tmp_path / "runs"]).details(f"runs/{run_dir.name}")
     assert metrics["swd"]["swd_avg_x1e3"] == copy["swd"]["swd_avg_x1e3"]
@@ -228,3 +235,80 @@ def test_evaluating_a_snapshot_outside_any_run_says_where_its_results_are(run_di
     assert result.exit_code == 0, result.output
     assert "not in a run directory: the results are not kept (give --out FILE to keep them)" in result.output
     assert not list(tmp_path.glob("metric-*.jsonl"))
+
+
+@pytest.mark.parametrize("command,interrupt,said,not_said", [
+    (["evaluate", "RUN", "--metrics", "swd", "--n", "64"], "ganforge.metrics.evaluate.Evaluator.evaluate_model",
+     "interrupted: the blocks of images measured so far are kept in the cache folder", "latest.pt"),
+    (["dataset", "RUN", "OUT/small.zip", "--resolution", "8"], "ganforge.archive.png_bytes",
+     "interrupted: nothing was written (a conversion is written whole or not at all)", "metric"),
+])
+def test_ctrl_c_is_one_line_about_what_the_command_was_doing(run_dir, tmp_path, monkeypatch, command, interrupt,
+                                                            said, not_said):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(interrupt, ctrl_c)
+    source = str(run_dir) if command[0] == "evaluate" else str(tmp_path / "photos")
+    if command[0] == "dataset":
+        (tmp_path / "photos").mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i * 100, 0, 0)).save(tmp_path / "photos" / f"{i}.png")
+    args = [source if a == "RUN" else a.replace("OUT", str(tmp_path)) for a in command]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(said) and not_said not in lines[0], result.output
+
+
+def test_a_finished_run_says_what_next_and_runs_and_info_describe_it(tmp_path):
+    from ganforge import __version__
+
+    assert CliRunner().invoke(main, ["--version"]).output.strip() == f"ganforge {__version__}"
+    result = CliRunner().invoke(main, ["train", *TINY, "--outdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "00000-cdcgan-mnist"
+    lines = result.output.strip().splitlines()
+    assert lines[-5:-3] == [f"run directory: {run}", "next:"]
+    assert lines[-3].split() == ["ganforge", "generate", str(run), "--n", "16", "--out", str(run / "samples.png")]
+    assert lines[-2].split()[:3] == ["ganforge", "evaluate", str(run)] and lines[-1].split()[:3] == ["ganforge", "studio", str(tmp_path)]
+    generated = CliRunner().invoke(main, lines[-3].split()[1:])  # the printed command works as printed
+    assert generated.exit_code == 0 and (run / "samples.png").exists(), generated.output
+    assert json.loads((run / "training_options.json").read_text())["processes"] == 1
+    assert (run / "log.txt").read_text().splitlines()[0].endswith("parameters, 1 process")
+
+    listed = CliRunner().invoke(main, ["runs", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    header, row = listed.output.strip().splitlines()
+    assert header.split() == ["run", "model", "data", "kimg", "state", "last", "metric"]
+    assert row.split() == [str(run), "cdcgan", "mnist", "0.064", "/", "0.064", "finished", "-"]
+    evaluated = CliRunner().invoke(main, ["evaluate", str(run), "--metrics", "swd", "--n", "64", "--no-floor"])
+    assert evaluated.exit_code == 0, evaluated.output
+    row = CliRunner().invoke(main, ["runs", str(tmp_path)]).output.strip().splitlines()[1]
+    value = json.loads(evaluated.stdout)["swd"]["swd_avg_x1e3"]
+    assert row.endswith(f"finished  swd {value:.4g} at 0.064 kimg"), row
+    described = CliRunner().invoke(main, ["info", str(run)])
+    assert described.exit_code == 0, described.output
+    assert "progress:   0.064 of 0.064 kimg, finished" in described.output
+    assert "processes:  1" in described.output and "metric:     swd at 0.064 kimg: swd " in described.output
+    assert "latest.pt" in described.output
+    empty = CliRunner().invoke(main, ["runs", str(tmp_path / "none")])
+    assert empty.exit_code != 0 and "no runs here" in empty.output
+
+
+def test_dry_run_refuses_what_a_real_start_would_refuse(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.new("RGB", (12, 12), (i * 80, 0, 0)).save(photos / f"{i}.png")
+    for args, message in [
+        (["--data", str(tmp_path / "missing")], f"--data {tmp_path / 'missing'}: no such file or folder"),
+        (["--data", str(photos)], "--model cdcgan needs labelled data"),
+        (["--model", "pggan", "--data", str(photos), "--resolution", "16"], "is smaller (12x12 px)"),
+    ]:
+        result = CliRunner().invoke(main, ["train", "--dry-run", "--outdir", str(tmp_path / "runs"), *args])
+        assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output, result.output
+    fine = CliRunner().invoke(main, ["train", "--dry-run", "--model", "dcgan", "--data", str(photos), "--resolution", "8",
+                                     "--outdir", str(tmp_path / "runs")])
+    assert fine.exit_code == 0 and json.loads(fine.output)["data"] == str(photos), fine.output
+    assert not (tmp_path / "runs").exists()

@@ -73,3 +73,50 @@ def test_skipped_files_are_one_ganforge_line_in_any_command(photos_with_a_bad_fi
     assert result.returncode == 0, result.stderr[-2000:]
     assert "UserWarning" not in result.stderr and "ds.preload()" not in result.stderr
     assert f"warning: {photos_with_a_bad_file}: skipped 1 unreadable image(s)" in result.stderr
+
+
+def test_the_readme_small_datasets_commands_work_as_written_on_a_plain_folder_of_photos(tmp_path):
+    from click.testing import CliRunner
+
+    from ganforge.cli import main
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Small datasets")[1].split("\n## ")[0]
+    commands = [line.split("#")[0].split() for line in section.splitlines() if line.startswith("    ganforge train")]
+    assert len(commands) == 4
+    photos = tmp_path / "my_500_photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(photos / f"IMG_{i:04d}.jpg")
+    for words in commands:
+        args = [str(photos) if w == "my_500_photos/" else w for w in words[1:]]
+        result = CliRunner().invoke(main, [*args, "--dry-run", "--outdir", str(tmp_path / "runs")])
+        assert result.exit_code == 0, (words, result.output)
+
+
+def test_messages_tell_the_truth_about_labels_and_splits(tmp_path, photos_with_a_bad_file):
+    from click.testing import CliRunner
+
+    from ganforge.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--model", "dcgan", "--data", str(photos_with_a_bad_file), "--resolution",
+                                       "8", "--batch", "8", "--base-channels", "4", "--kimg", "0.008", "--tick", "0.008",
+                                       "--quiet", "--outdir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    first = (tmp_path / "runs" / "00000-dcgan-photos" / "log.txt").read_text().splitlines()[0]
+    assert ", 24 images, unlabelled, " in first and "0 classes" not in first
+    captioned = tmp_path / "birds"
+    (captioned / "images").mkdir(parents=True)
+    (captioned / "text").mkdir()
+    (captioned / "classes.txt").write_text("bird\n")
+    rows = ["image,label,split"]
+    for i in range(6):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(captioned / "images" / f"{i}.png")
+        (captioned / "text" / f"{i}.txt").write_text(f"bird {i}\n")
+        rows.append(f"images/{i}.png,0,{'test' if i >= 4 else 'train'}")
+    (captioned / "split.csv").write_text("\n".join(rows) + "\n")
+    result = CliRunner().invoke(main, ["evaluate", "--fake", str(photos_with_a_bad_file), "--real", str(captioned),
+                                       "--split", "test", "--metrics", "swd", "--n", "2", "--resolution", "16"])
+    assert result.exit_code == 0, result.output
+    assert "real images: 2 of the test split of" in result.output

@@ -203,3 +203,17 @@ def test_text_to_image_walks_between_prompts_and_projects_under_a_caption(tmp_pa
     assert json.loads((tmp_path / "p" / "result.json").read_text())["prompt"] == prompts[0]
     result = CliRunner().invoke(main, ["project", str(run), "--image", str(tmp_path / "three.png")])
     assert result.exit_code != 0 and "give --prompt TEXT" in result.output
+
+
+def test_a_walk_says_the_frame_size_it_wrote(run, tmp_path):
+    pytest.importorskip("imageio_ffmpeg", reason="mp4 needs the [video] extra")
+    import imageio.v2 as imageio
+
+    args = ["interpolate", str(run), "--seeds", "1,2", "--seconds", "0.2", "--fps", "5"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "w.mp4")])
+    assert result.exit_code == 0, result.output
+    height, width = imageio.mimread(tmp_path / "w.mp4")[0].shape[:2]
+    assert (width, height) == (256, 256)
+    assert f"frames of {width}x{height} (the samples' 16x16 enlarged for the codec)" in result.output
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "w.gif")])
+    assert result.exit_code == 0 and "frames of 16x16 at 5 fps" in result.output, result.output

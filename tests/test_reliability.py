@@ -189,7 +189,7 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path):
 
 
 def test_a_run_directory_whose_options_cannot_be_written_is_removed(tmp_path, monkeypatch):
-    def disk_full(run_dir, opts):
+    def disk_full(run_dir, opts, processes=1):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("ganforge.training.loop.write_options", disk_full)

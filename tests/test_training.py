@@ -172,7 +172,7 @@ def test_failed_snapshot_write_is_clear_and_keeps_the_previous(tmp_path, monkeyp
     monkeypatch.setattr(loop, "save_snapshot", disk_full_on_third)
     with pytest.raises(TrainingError, match="No space left on device; the previous snapshot is intact"):
         train(TrainOptions(**TINY, kimg=0.256, outdir=str(tmp_path)), progress=False)
-    assert load_snapshot(next(tmp_path.iterdir()))["step"] == 4
+    assert load_snapshot(next(tmp_path.iterdir()))["step"] == 8  # one write per --snap (the kept one is a link)
 
 
 @pytest.mark.slow
@@ -227,3 +227,22 @@ def test_runs_written_with_base_channels_as_a_shared_option_resume(tmp_path):
     save_snapshot(run / "latest.pt", {k: v for k, v in snap.items() if k not in ("path", "format_version")})
     resumed = train(TrainOptions(kimg=0.128), resume=str(run), explicit={"kimg"}, progress=False)
     assert load_snapshot(resumed)["options"]["model_opts"] == {"base_channels": 8}
+
+
+def test_latest_and_the_last_kept_snapshot_are_one_file_on_disk_and_stay_apart_after_a_resume(tmp_path):
+    from click.testing import CliRunner
+
+    from ganforge.cli import main
+
+    opts = {**TINY, "snap": 0.032, "tick": 0.032}
+    run = train(TrainOptions(**opts, kimg=0.064, outdir=str(tmp_path)), progress=False)
+    last = run / "snapshot-000000k064.pt"
+    assert (run / "latest.pt").samefile(last)  # one copy of the final state, under two names
+    assert not (run / "latest.pt").samefile(run / "snapshot-000000k032.pt")
+    before = last.read_bytes()
+    train(TrainOptions(**opts, kimg=0.128), resume=str(run), explicit={"kimg"}, progress=False)
+    assert last.read_bytes() == before and not (run / "latest.pt").samefile(last)  # a new latest.pt, the kept one kept
+    assert (run / "latest.pt").samefile(run / "snapshot-000000k128.pt")
+    assert load_snapshot(last)["images_seen"] == 64 and load_snapshot(run)["images_seen"] == 128
+    result = CliRunner().invoke(main, ["generate", str(last), "--n", "4", "--out", str(tmp_path / "g.png")])
+    assert result.exit_code == 0, result.output

@@ -29,7 +29,7 @@ from ganforge.errors import GanforgeError, GanforgeWarning, OptionError, Trainin
 from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
-from ganforge.snapshots import LATEST, SnapshotError, check_shapes, load_snapshot, save_snapshot
+from ganforge.snapshots import LATEST, SnapshotError, check_shapes, keep_snapshot, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
                                           init_from_env)
 from ganforge.training.estimate import RunTimer, time_snapshot
@@ -194,8 +194,9 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
     world, total = ddp.world_size, round(opts.kimg * 1000)
     log = RunLog(run_dir, ddp.main, progress, total, state.images_seen)
     log.line(f"{'resuming' if snapshot else 'starting'} {run_dir} at {state.images_seen / 1000:.1f} kimg on {device}: "
-             f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {dataset.num_classes} classes, "
-             f"G {parameter_count(model.G):,} / D {parameter_count(model.D):,} parameters")
+             f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {classes_in_words(opts, dataset)}, "
+             f"G {parameter_count(model.G):,} / D {parameter_count(model.D):,} parameters, "
+             f"{world} process{'es' if world > 1 else ''}")
     for note in notes + describe_schedule(model, opts) + dataset_notes(opts, dataset):
         log.line(note)
     grid = SampleGrid(model, opts.seed, device)
@@ -318,13 +319,16 @@ def made_once(make, ddp):
     return value
 
 
-def training_data(opts: TrainOptions, listed_once=None):
+def training_data(opts: TrainOptions, listed_once=None, preload: bool | None = None):
+    """The run's data, refused here (before any network is built) when the model cannot learn from it;
+    `preload=False`: listed and, where the model refuses small images, its headers read, not decoded."""
     full_size = model_class(opts.model).needs_full_size_images
     try:
         with warnings.catch_warnings():  # skipped files: the run's log (and console) says so, once
             warnings.simplefilter("ignore", GanforgeWarning)
             dataset = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split,
-                                   min_side=opts.resolution if full_size else None, listed_once=listed_once)
+                                   preload=preload, min_side=opts.resolution if full_size else None,
+                                   listed_once=listed_once)
     except ImagesTooSmall as e:
         raise TrainingError(f"{e}; {opts.model} would learn upscaling blur. Use a lower --resolution or larger "
                             "images") from e
@@ -362,6 +366,14 @@ def check_same_data(snapshot: dict, identity: dict, opts: TrainOptions) -> None:
 def smaller_images(opts: TrainOptions, dataset) -> str:
     return (f"--resolution {opts.resolution}: some images in --data {opts.data} are smaller "
             f"(smallest side {dataset.smallest_side} px)")
+
+
+def classes_in_words(opts: TrainOptions, dataset) -> str:
+    """The data's labels as the run uses them: none, its classes, or classes the model does not use."""
+    if not dataset.num_classes:
+        return "unlabelled"
+    used = model_class(opts.model).trains_on_labels(opts.model_opts)
+    return f"{dataset.num_classes} classes" + ("" if used else f" (unused: {opts.model} here is unconditional)")
 
 
 def dataset_notes(opts: TrainOptions, dataset) -> list[str]:
@@ -407,7 +419,7 @@ def open_run_directory(opts: TrainOptions, snapshot: dict | None, dataset, model
         try:
             lock = RunLock(run_dir) if ddp.main else None
             if ddp.main:
-                write_options(run_dir, opts)
+                write_options(run_dir, opts, ddp.world_size)
         except BaseException as e:  # an empty new directory would only take the next run number
             shutil.rmtree(run_dir, ignore_errors=True)
             if isinstance(e, OSError):
@@ -424,7 +436,7 @@ def open_run_directory(opts: TrainOptions, snapshot: dict | None, dataset, model
     state.restore(snapshot, model, opts)
     truncate_logs(run_dir, state.step)  # rows written after this snapshot will be written again
     if ddp.main:  # the options this continuation runs with (a longer --kimg, say)
-        write_options(run_dir, opts)
+        write_options(run_dir, opts, ddp.world_size)
     for stale in run_dir.glob(".*.tmp"):  # a snapshot or options write cut short by a kill (ours only)
         if OWN_TEMPORARY.fullmatch(stale.name):
             stale.unlink(missing_ok=True)
@@ -518,10 +530,14 @@ def write_snapshots(run_dir: Path, state: RunState, model: GanModel, opts: Train
     """latest.pt, and with `keep` snapshot-<kimg>.pt too (`fine`: kimg_label's finer name); every rank
     waits until they are complete (other ranks may read one back to recover)."""
     if ddp.main:
-        snap = state.snapshot(model, opts)
-        paths = [run_dir / LATEST] + ([run_dir / f"snapshot-{kimg_label(state.images_seen, fine)}.pt"] if keep else [])
-        for path in paths:
-            write_snapshot(path, snap, run_dir)
+        write_snapshot(run_dir / LATEST, state.snapshot(model, opts), run_dir)
+        if keep:  # the same state: a second name of latest.pt's file, not a second copy on disk
+            kept = run_dir / f"snapshot-{kimg_label(state.images_seen, fine)}.pt"
+            try:
+                keep_snapshot(run_dir / LATEST, kept)
+            except OSError as e:
+                raise TrainingError(f"could not write snapshot {kept}: {e.strerror or e}; {LATEST} is intact, "
+                                    f"resume with: ganforge train --resume {run_dir}") from e
     barrier(ddp.world_size)
 
 

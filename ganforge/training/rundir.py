@@ -94,9 +94,10 @@ def check_run_directory(run_dir: Path, snapshot: dict) -> None:
                             "from another run: resume that run's own directory, or start a new run")
 
 
-def write_options(run_dir: Path, opts) -> None:
+def write_options(run_dir: Path, opts, processes: int = 1) -> None:
+    """training_options.json: the run's options, and the number of processes that train it now."""
     tmp = run_dir / ".training_options.json.tmp"
-    tmp.write_text(json.dumps(opts.to_json(), indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps({**opts.to_json(), "processes": processes}, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / "training_options.json")
 
 
@@ -189,6 +190,26 @@ def running(pid: int) -> bool:
     except PermissionError:  # someone else's process: it runs
         return True
     return True
+
+
+def run_summary(run_dir: str | Path) -> dict:
+    """What `ganforge runs` and `ganforge info` say of a run: its options, the kimg it reached (its
+    last stats row) of those planned, whether a process trains it now (else finished or stopped),
+    and the last row of each metric-<name>.jsonl."""
+    from ganforge.training.plots import read_jsonl, read_stats
+
+    run_dir = Path(run_dir)
+    try:
+        options = json.loads((run_dir / "training_options.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        options = {}
+    stats = read_stats(run_dir)
+    reached, planned = (stats[-1]["kimg"] if stats else 0.0), options.get("kimg")
+    state = ("training" if run_is_training(Path(run_dir)) else "finished" if planned and reached >= planned else "stopped")
+    metrics = {path.stem[len("metric-"):]: rows[-1] for path in sorted(run_dir.glob("metric-*.jsonl"))
+               if (rows := read_jsonl(path))}
+    return {"run": run_dir, "options": options, "kimg": reached, "planned": planned, "state": state,
+            "last_write": stats[-1].get("time") if stats else None, "metrics": metrics}
 
 
 def growth_picture(run_dir: Path) -> Path | None:

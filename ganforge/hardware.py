@@ -36,7 +36,10 @@ def resolve_device(name: str) -> torch.device:
         raise TrainingError(f"--device {name}: CUDA is not available on this machine")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise TrainingError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-    if device.type not in ("cpu", "cuda", "mps", "meta"):
+    if device.type == "mps":  # refused rather than half-working: no part of ganforge has been run on Apple GPUs
+        raise TrainingError(f"--device {name}: Apple GPUs (MPS) are not supported: ganforge has not been tested on "
+                            "them; use --device cpu")
+    if device.type not in ("cpu", "cuda", "meta"):
         raise TrainingError(f"--device {name}: not supported (use auto, cpu, cuda or cuda:N)")
     return device
 

@@ -23,6 +23,7 @@ import io
 import itertools
 import json
 import os
+import re
 import threading
 import warnings
 import zipfile
@@ -318,7 +319,7 @@ def _captioned(root: Path, split: str, **kw) -> ImageDataset:
 
 
 def read_captions(path: Path, max_chars: int = 2000, max_lines: int = 1000) -> list[str]:
-    """Captions one a line, any script (bad UTF-8 replaced); a missing or empty file gives none.
+    """Captions one a line, any script; a missing or empty file gives none.
 
     At most `max_lines` captions of `max_chars` each are kept, so a runaway file cannot fill memory.
     """
@@ -327,8 +328,31 @@ def read_captions(path: Path, max_chars: int = 2000, max_lines: int = 1000) -> l
             raw = f.read(max_chars * max_lines * 4)
     except FileNotFoundError:
         return []
-    lines = raw.decode("utf-8", errors="replace").splitlines()
-    return [line.strip()[:max_chars] for line in lines if line.strip()][:max_lines]
+    return [line[:max_chars] for line in decode_captions(raw, str(path))][:max_lines]
+
+
+# Byte-order marks, longest first (UTF-32's little-endian mark begins with UTF-16's).
+TEXT_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xef\xbb\xbf", "utf-8"),
+             (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+
+
+def decode_captions(raw: bytes, where: str) -> list[str]:
+    """The non-empty lines of a caption file: UTF-8, or UTF-16/32 with a byte-order mark. Any other
+    encoding (Latin-1, UTF-16 without a mark) is refused naming the file: guessed or replaced
+    characters would train the text encoder on captions nobody wrote."""
+    bom, encoding = next(((bom, name) for bom, name in TEXT_BOMS if raw.startswith(bom)), (b"", "utf-8"))
+    raw = raw[len(bom):]
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        if e.start < len(raw) - 4:
+            raise DatasetError(f"{where}: not {encoding.upper()} text (byte {raw[e.start]:#04x} at offset "
+                               f"{e.start + len(bom)}); save the captions as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        text = raw[:e.start].decode(encoding)  # the read limit cut the last character: that one alone is dropped
+    if "\x00" in text:
+        raise DatasetError(f"{where}: holds NUL characters (UTF-16 without a byte-order mark?); save the captions as "
+                           "UTF-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 BUILTIN_DIGITS = Path(__file__).parent / "assets" / "mnist-5k.npz"  # written by tools/make_builtin_digits.py
@@ -390,6 +414,10 @@ def _shards(tars: list[Path], split: str, listed_once: Callable, **kw) -> ImageD
         raise DatasetError(f"--data {tars[0].parent}: the shards hold no images" + (f" in split {split!r}" if split != "all" else ""))
     summary = _summary(tars[0].parent)
     labels = [s["label"] for s in samples]
+    if max(labels) >= 0 and min(labels) < 0:  # a label missing would be read as the last class
+        unlabelled = next(s["name"] for s in samples if s["label"] < 0)
+        raise DatasetError(f"--data: sample {unlabelled} has no .cls label while others have one; label every "
+                           "sample or none")
     class_names = summary.get("classes") or ([str(i) for i in range(max(labels) + 1)] if max(labels) >= 0 else [])
     captioned = any(s["captions"] is not None for s in samples)
     return ImageDataset(name=str(tars[0].parent if len(tars) > 1 else tars[0]), entries=[s["name"] for s in samples],
@@ -416,18 +444,40 @@ def tar_samples(tar: Path) -> list[dict]:
                 if f".{ext.lower()}" in IMAGE_EXTENSIONS:
                     sample["span"] = (str(tar), member.offset_data, member.size)
                 elif ext in ("cls", "txt", "json"):
-                    text = archive.extractfile(member).read(1 << 20).decode("utf-8", errors="replace")
-                    if ext == "cls":
-                        sample["label"] = int(text.strip() or -1)
-                    elif ext == "txt":
-                        sample["captions"] = [line.strip() for line in text.splitlines() if line.strip()]
+                    raw = archive.extractfile(member).read(1 << 20)
+                    where = f"--data {tar}: member {member.name}"
+                    if ext == "txt":
+                        sample["captions"] = decode_captions(raw, where)
+                    elif ext == "cls":
+                        sample["label"] = shard_label(raw, where)
                     else:
-                        sample["split"] = json.loads(text).get("split")
+                        sample["split"] = shard_split(raw, where)
     except DatasetError:
         raise
     except (tarfile.TarError, OSError, ValueError) as e:
         raise DatasetError(f"--data: {tar} is not a readable tar shard ({e})") from e
     return [s for s in samples.values() if s["span"] is not None]
+
+
+def shard_label(raw: bytes, where: str) -> int:
+    """A .cls member: a class id, a whole number >= 0 (WebDataset's convention)."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    if not text:
+        return -1  # no label
+    if not re.fullmatch(r"[0-9]+", text):
+        raise DatasetError(f"{where}: {text[:40]!r} is not a class number (a whole number >= 0)")
+    return int(text)
+
+
+def shard_split(raw: bytes, where: str) -> str | None:
+    """A .json member's "split" (train, test, ...), if it names one."""
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise DatasetError(f"{where}: not JSON") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("split", ""), str):
+        raise DatasetError(f"{where}: expected a JSON object whose \"split\" is text, e.g. {{\"split\": \"train\"}}")
+    return meta.get("split")
 
 
 def read_span(path: str, offset: int, size: int) -> bytes:
@@ -450,7 +500,17 @@ def load_dataset(data: str, resolution: int, channels: int | None = None, center
     `min_side`: refuse the data, from the image headers alone and before decoding anything, when an
     image is smaller than this (for models that must not learn from upscaled images).
     `listed_once`: make -> make()'s result, computed by one process and shared with the others (a
-    folder of millions of files on a network file system is walked once, not once per rank)."""
+    folder of millions of files on a network file system is walked once, not once per rank).
+    A folder or list that cannot be read (permissions, a failing disk) is refused naming it; an
+    image that cannot be read is skipped and reported, as a corrupt one is."""
+    try:
+        return _open_dataset(data, resolution, channels, center_crop, split, preload, min_side, listed_once)
+    except OSError as e:
+        raise DatasetError(f"--data {data}: cannot read {e.filename or data} ({e.strerror or e})") from e
+
+
+def _open_dataset(data: str, resolution: int, channels: int | None, center_crop: bool, split: str,
+                  preload: bool | None, min_side: int | None, listed_once: Callable | None) -> ImageDataset:
     if resolution < 1:
         raise DatasetError(f"--resolution {resolution}: must be positive")
     if channels is None:
@@ -500,6 +560,13 @@ def detect_channels(data: str, probe: int = 64) -> int:
     have grey pixel modes, read from their headers only), otherwise 3."""
     if data in BUILTIN_DATASETS:
         return 1
+    try:
+        return _probe_channels(data, probe)
+    except OSError:
+        return 3  # load_dataset reports what cannot be read
+
+
+def _probe_channels(data: str, probe: int) -> int:
     tars = shard_files(data)
     if tars is not None:
         first = tars[0] if tars[0].is_file() else None  # load_dataset reports a missing shard

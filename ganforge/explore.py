@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -152,10 +153,16 @@ def timelapse_frames(run_dir: str | Path) -> tuple[np.ndarray, list[str]]:
     (nearest neighbour: early small PGGAN grids show their pixels), with its kimg written below."""
     from PIL import Image, ImageDraw
 
-    paths = sorted(Path(run_dir).glob("fakes*.png"))  # the kimg labels sort in training order
+    paths, grids = [], []
+    for path in sorted(Path(run_dir).glob("fakes*.png")):  # the kimg labels sort in training order
+        try:
+            with Image.open(path) as grid:
+                grids.append(grid.convert("RGB"))
+            paths.append(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # torn by a kill or a full disk
+            warnings.warn(f"skipping the unreadable grid {path}: {e}", stacklevel=2)
     if not paths:
-        raise OptionError(f"{run_dir}: no sample grids (fakes*.png) in this run directory yet")
-    grids = [Image.open(p).convert("RGB") for p in paths]
+        raise OptionError(f"{run_dir}: no readable sample grids (fakes*.png) in this run directory yet")
     size = max(g.size[0] for g in grids)
     labels, frames = [], []
     for path, grid in zip(paths, grids):
@@ -194,7 +201,13 @@ def write_video(frames: np.ndarray, out: str | Path, fps: int) -> Path:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     pad_h, pad_w = -frames.shape[1] % 16, -frames.shape[2] % 16  # H.264 works in 16 x 16 blocks
     frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    imageio.mimwrite(out, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+    try:
+        imageio.mimwrite(out, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+    except (OSError, RuntimeError) as e:  # ffmpeg missing, broken or refused (IMAGEIO_FFMPEG_EXE), or the disk
+        out.unlink(missing_ok=True)        # whatever it wrote is not a video
+        said = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise OptionError(f"--out {out}: ffmpeg could not write the video ({said.strip()[:200]}); "
+                          "write a .gif instead, or check the ffmpeg in use (IMAGEIO_FFMPEG_EXE)") from e
     return out
 
 

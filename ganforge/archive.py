@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ganforge.data import LOD_FOLDER, DatasetError, ImageDataset, inside_root, load_dataset
+from ganforge.data import LOD_FOLDER, DatasetError, ImageDataset, inside_root, load_dataset, read_utf8
 from ganforge.errors import require
 
 
@@ -130,8 +130,8 @@ def splits_of(source: str) -> list[str]:
     split_csv = Path(source).expanduser() / "split.csv"
     if not split_csv.is_file():
         return ["all"]
-    with open(split_csv, newline="", encoding="utf-8") as f:
-        found = list(dict.fromkeys(row.get("split", "") for row in csv.DictReader(f)))
+    rows = csv.DictReader(io.StringIO(read_utf8(split_csv), newline=""))
+    found = list(dict.fromkeys(row.get("split", "") for row in rows))
     return found or ["all"]
 
 

@@ -288,34 +288,42 @@ def _summary(folder: Path) -> dict:
 
 def _captioned(root: Path, split: str, **kw) -> ImageDataset:
     split_csv, classes_txt = root / "split.csv", root / "classes.txt"
-    class_names = classes_txt.read_text(encoding="utf-8").splitlines() if classes_txt.exists() else []
+    class_names = read_utf8(classes_txt).splitlines() if classes_txt.exists() else []
     entries, labels, captions = [], [], []
-    with open(split_csv, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"image", "label", "split"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{split_csv}: missing column(s) {', '.join(sorted(missing))} (expected image,label,split)")
-        for line, row in enumerate(reader, start=2):
-            if split != "all" and row["split"] != split:
-                continue
-            try:
-                label = int(row["label"])
-            except ValueError as e:
-                raise DatasetError(f"{split_csv}:{line}: label {row['label']!r} is not an integer") from e
-            if class_names and not 0 <= label < len(class_names):
-                raise DatasetError(f"{split_csv}:{line}: label {label} out of range: {classes_txt} lists "
-                                   f"{len(class_names)} classes")
-            image = inside_root(row["image"], f"{split_csv}:{line}")
-            sub = image[len("images/"):] if image.startswith("images/") else image
-            entries.append(str(root / image))
-            labels.append(label)
-            captions.append(read_captions(root / "text" / Path(sub).with_suffix(".txt")))
+    reader = csv.DictReader(io.StringIO(read_utf8(split_csv), newline=""))
+    missing = {"image", "label", "split"} - set(reader.fieldnames or [])
+    if missing:
+        raise DatasetError(f"{split_csv}: missing column(s) {', '.join(sorted(missing))} (expected image,label,split)")
+    for line, row in enumerate(reader, start=2):
+        if split != "all" and row["split"] != split:
+            continue
+        try:
+            label = int(row["label"])
+        except ValueError as e:
+            raise DatasetError(f"{split_csv}:{line}: label {row['label']!r} is not an integer") from e
+        if class_names and not 0 <= label < len(class_names):
+            raise DatasetError(f"{split_csv}:{line}: label {label} out of range: {classes_txt} lists "
+                               f"{len(class_names)} classes")
+        image = inside_root(row["image"], f"{split_csv}:{line}")
+        sub = image[len("images/"):] if image.startswith("images/") else image
+        entries.append(str(root / image))
+        labels.append(label)
+        captions.append(read_captions(root / "text" / Path(sub).with_suffix(".txt")))
     if not entries:
         raise DatasetError(f"{split_csv}: no images in split {split!r}")
     if not class_names and labels:
         class_names = [str(i) for i in range(max(labels) + 1)]
     return ImageDataset(name=str(root), entries=entries, labels=labels, class_names=class_names,
                         captions=captions, root=str(root), levels=stored_levels(_summary(root), kw["resolution"]), **kw)
+
+
+def read_utf8(path: Path) -> str:
+    """A text file of the data's own (split.csv, classes.txt), which must be UTF-8: refused naming it otherwise."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as "
+                           "UTF-8") from None
 
 
 def read_captions(path: Path, max_chars: int = 2000, max_lines: int = 1000) -> list[str]:

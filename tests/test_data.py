@@ -274,6 +274,19 @@ def test_captions_in_another_encoding_are_refused_naming_the_file(tmp_path, data
         load_dataset(str(tmp_path / "birds"), 8, split="all")
 
 
+def test_a_split_csv_or_classes_txt_in_another_encoding_is_refused_naming_it(tmp_path):
+    from ganforge.archive import convert
+
+    make_captioned(tmp_path / "birds")
+    (tmp_path / "birds" / "classes.txt").write_bytes("m\xe9sange\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=re.escape(f"{tmp_path / 'birds' / 'classes.txt'}: not UTF-8 text")):
+        load_dataset(str(tmp_path / "birds"), 8, split="all")
+    (tmp_path / "birds" / "classes.txt").write_text("m\xe9sange\n", encoding="utf-8")
+    (tmp_path / "birds" / "split.csv").write_bytes("image,label,split\nimages/0.png,0,entra\xeenement\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=re.escape(f"{tmp_path / 'birds' / 'split.csv'}: not UTF-8 text")):
+        convert(str(tmp_path / "birds"), tmp_path / "out", 8)
+
+
 def make_captioned(root):
     (root / "images").mkdir(parents=True)
     (root / "text").mkdir()

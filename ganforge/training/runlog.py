@@ -21,7 +21,11 @@ COLLAPSED = 0.25  # tick diversity (samples' spread / reals') below which log.tx
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
-    save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)
+    try:
+        save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)
+    except OSError:  # a full disk: a torn PNG would only break the timelapse later
+        path.unlink(missing_ok=True)
+        raise
 
 
 class SampleGrid:

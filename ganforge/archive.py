@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ganforge.data import LOD_FOLDER, DatasetError, ImageDataset, inside_root, load_dataset
+from ganforge.data import LOD_FOLDER, DatasetError, ImageDataset, inside_root, load_dataset, read_utf8
 from ganforge.errors import require
 
 
@@ -37,16 +37,23 @@ def convert(source: str, dest: str | Path, resolution: int, channels: int | None
     dest = Path(dest)
     if dest.exists() and (dest.is_file() or any(dest.iterdir())):
         raise DatasetError(f"{dest}: already exists; give a new .zip or an empty folder")
-    parts = [(split, load_dataset(source, resolution, channels, center_crop, split=split, preload=False))
-             for split in splits_of(source)]
+    refuse_inside_source(source, dest)
+    try:
+        parts = [(split, load_dataset(source, resolution, channels, center_crop, split=split, preload=False))
+                 for split in splits_of(source)]
+    except OSError as e:  # a folder or file of the source that cannot be read (permissions, a failing disk)
+        raise DatasetError(f"{source}: cannot read {e.filename or source} ({e.strerror or e})") from e
     first = parts[0][1]
     if (first.captions is not None or shard_size) and dest.suffix.lower() == ".zip":
         what = "--shards writes tar shards into a folder" if shard_size else "captioned data converts to a folder"
         raise DatasetError(f"{dest}: {what}, not a .zip")
     if shard_size and lods:
         raise DatasetError("--lods: not with --shards (levels of detail are stored in a .zip or folder)")
-    writer = (ShardsWriter(dest, shard_size) if shard_size else ZipWriter(dest) if dest.suffix.lower() == ".zip"
-              else FolderWriter(dest))
+    try:
+        writer = (ShardsWriter(dest, shard_size) if shard_size else ZipWriter(dest) if dest.suffix.lower() == ".zip"
+                  else FolderWriter(dest))
+    except OSError as e:  # a read-only or missing place, a full disk
+        raise DatasetError(f"{dest}: cannot write there ({e.strerror or e})") from e
     levels = lower_levels(resolution) if lods else []
     skipped, rows, count = [], [], 0
     try:
@@ -85,10 +92,22 @@ def convert(source: str, dest: str | Path, resolution: int, channels: int | None
             writer.write("classes.txt", ("\n".join(first.class_names) + "\n").encode("utf-8"))
         writer.write("dataset.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
         writer.close()
-    except BaseException:
+    except BaseException as e:
         writer.abandon()
+        if isinstance(e, OSError):  # reads failing are skipped files above: this is the writing side
+            raise DatasetError(f"{dest}: cannot write there ({e.strerror or e}); the partial conversion "
+                               "was removed") from e
         raise
     return summary
+
+
+def refuse_inside_source(source: str, dest: Path) -> None:
+    """A destination inside the source folder would become part of the source: its images one more
+    class (or more images) the next time the folder is read."""
+    folder = Path(source).expanduser()
+    if folder.is_dir() and dest.resolve().is_relative_to(folder.resolve()):
+        raise DatasetError(f"{dest}: inside the source folder {source}; the converted images would be read as "
+                           "part of it; write it elsewhere")
 
 
 def lower_levels(resolution: int) -> list[int]:
@@ -111,8 +130,8 @@ def splits_of(source: str) -> list[str]:
     split_csv = Path(source).expanduser() / "split.csv"
     if not split_csv.is_file():
         return ["all"]
-    with open(split_csv, newline="", encoding="utf-8") as f:
-        found = list(dict.fromkeys(row.get("split", "") for row in csv.DictReader(f)))
+    rows = csv.DictReader(io.StringIO(read_utf8(split_csv), newline=""))
+    found = list(dict.fromkeys(row.get("split", "") for row in rows))
     return found or ["all"]
 
 
@@ -167,7 +186,9 @@ class ZipWriter:
     def abandon(self) -> None:
         try:
             self.zip.close()
-        finally:  # closing writes the directory, which a full disk refuses
+        except OSError:  # closing writes the directory, which a full disk refuses: the file goes anyway
+            pass
+        finally:
             self.temporary.unlink(missing_ok=True)
 
 
@@ -218,5 +239,9 @@ class ShardsWriter(FolderWriter):
         return sorted(p.name for p in self.temporary.glob("*.tar"))
 
     def abandon(self) -> None:
-        self.shards.close()
-        super().abandon()
+        try:
+            self.shards.close()
+        except OSError:  # closing flushes the last shard, which a full disk refuses: the folder goes anyway
+            pass
+        finally:
+            super().abandon()

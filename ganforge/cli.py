@@ -3,6 +3,7 @@ info | plot | export | bench` (and `ganforge --version`)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -134,10 +135,14 @@ INTERRUPTED = {
     "dataset": "nothing was written (a conversion is written whole or not at all); run the command again",
 }
 
+# What the machine refuses, not ganforge's fault: a full or read-only disk, a file without the right.
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
 
 class _GanforgeErrors(click.Group):
-    """Project errors (bad data, snapshot, option) end with one clear line (`--debug`: with the
-    traceback); anything else is a fault and keeps its traceback, with a request to report it."""
+    """Project errors (bad data, snapshot, option) and what the machine refuses (a full or read-only
+    disk) end with one clear line (`--debug`: with the traceback); anything else is a fault and keeps
+    its traceback, with a request to report it."""
 
     def invoke(self, ctx):
         try:
@@ -146,6 +151,12 @@ class _GanforgeErrors(click.Group):
             if ctx.params.get("debug"):
                 raise
             raise click.ClickException(str(e)) from e
+        except OSError as e:
+            if ctx.params.get("debug") or e.errno not in MACHINE_ERRNOS:
+                click.echo("ganforge: unexpected error, probably a bug: please report it with the traceback below",
+                           err=True)
+                raise
+            raise click.ClickException(f"{e.strerror}" + (f": {e.filename}" if e.filename else "")) from e
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:  # one line and the shell's code for Ctrl-C, not click's bare "Aborted!"

@@ -24,6 +24,7 @@ import io
 import itertools
 import json
 import os
+import re
 import threading
 import warnings
 import zipfile
@@ -351,29 +352,28 @@ def _summary(folder: Path) -> dict:
 
 def _captioned(root: Path, split: str, **kw) -> ImageDataset:
     split_csv, classes_txt = root / "split.csv", root / "classes.txt"
-    class_names = classes_txt.read_text(encoding="utf-8").splitlines() if classes_txt.exists() else []
+    class_names = read_utf8(classes_txt).splitlines() if classes_txt.exists() else []
     entries, labels, captions, places = [], [], [], []
-    with open(split_csv, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"image", "label", "split"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{split_csv}: missing column(s) {', '.join(sorted(missing))} (expected image,label,split)")
-        for line, row in enumerate(reader, start=2):
-            if split != "all" and row["split"] != split:
-                continue
-            try:
-                label = int(row["label"])
-            except ValueError as e:
-                raise DatasetError(f"{split_csv}:{line}: label {row['label']!r} is not an integer") from e
-            if class_names and not 0 <= label < len(class_names):
-                raise DatasetError(f"{split_csv}:{line}: label {label} out of range: {classes_txt} lists "
-                                   f"{len(class_names)} classes")
-            image = inside_root(row["image"], f"{split_csv}:{line}")
-            sub = image[len("images/"):] if image.startswith("images/") else image
-            entries.append(str(root / image))
-            labels.append(label)
-            places.append(f"{split_csv}:{line}")
-            captions.append(read_captions(root / "text" / Path(sub).with_suffix(".txt")))
+    reader = csv.DictReader(io.StringIO(read_utf8(split_csv), newline=""))
+    missing = {"image", "label", "split"} - set(reader.fieldnames or [])
+    if missing:
+        raise DatasetError(f"{split_csv}: missing column(s) {', '.join(sorted(missing))} (expected image,label,split)")
+    for line, row in enumerate(reader, start=2):
+        if split != "all" and row["split"] != split:
+            continue
+        try:
+            label = int(row["label"])
+        except ValueError as e:
+            raise DatasetError(f"{split_csv}:{line}: label {row['label']!r} is not an integer") from e
+        if class_names and not 0 <= label < len(class_names):
+            raise DatasetError(f"{split_csv}:{line}: label {label} out of range: {classes_txt} lists "
+                               f"{len(class_names)} classes")
+        image = inside_root(row["image"], f"{split_csv}:{line}")
+        sub = image[len("images/"):] if image.startswith("images/") else image
+        entries.append(str(root / image))
+        labels.append(label)
+        places.append(f"{split_csv}:{line}")
+        captions.append(read_captions(root / "text" / Path(sub).with_suffix(".txt")))
     if not entries:
         raise DatasetError(f"{split_csv}: no images in split {split!r}")
     if not class_names and labels:
@@ -383,8 +383,17 @@ def _captioned(root: Path, split: str, **kw) -> ImageDataset:
                         captions=captions, root=str(root), levels=stored_levels(_summary(root), kw["resolution"]), **kw)
 
 
+def read_utf8(path: Path) -> str:
+    """A text file of the data's own (split.csv, classes.txt), which must be UTF-8: refused naming it otherwise."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as "
+                           "UTF-8") from None
+
+
 def read_captions(path: Path, max_chars: int = 2000, max_lines: int = 1000) -> list[str]:
-    """Captions one a line, any script (bad UTF-8 replaced); a missing or empty file gives none.
+    """Captions one a line, any script; a missing or empty file gives none.
 
     At most `max_lines` captions of `max_chars` each are kept, so a runaway file cannot fill memory.
     """
@@ -393,8 +402,31 @@ def read_captions(path: Path, max_chars: int = 2000, max_lines: int = 1000) -> l
             raw = f.read(max_chars * max_lines * 4)
     except FileNotFoundError:
         return []
-    lines = raw.decode("utf-8", errors="replace").splitlines()
-    return [line.strip()[:max_chars] for line in lines if line.strip()][:max_lines]
+    return [line[:max_chars] for line in decode_captions(raw, str(path))][:max_lines]
+
+
+# Byte-order marks, longest first (UTF-32's little-endian mark begins with UTF-16's).
+TEXT_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xef\xbb\xbf", "utf-8"),
+             (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+
+
+def decode_captions(raw: bytes, where: str) -> list[str]:
+    """The non-empty lines of a caption file: UTF-8, or UTF-16/32 with a byte-order mark. Any other
+    encoding (Latin-1, UTF-16 without a mark) is refused naming the file: guessed or replaced
+    characters would train the text encoder on captions nobody wrote."""
+    bom, encoding = next(((bom, name) for bom, name in TEXT_BOMS if raw.startswith(bom)), (b"", "utf-8"))
+    raw = raw[len(bom):]
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        if e.start < len(raw) - 4:
+            raise DatasetError(f"{where}: not {encoding.upper()} text (byte {raw[e.start]:#04x} at offset "
+                               f"{e.start + len(bom)}); save the captions as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        text = raw[:e.start].decode(encoding)  # the read limit cut the last character: that one alone is dropped
+    if "\x00" in text:
+        raise DatasetError(f"{where}: holds NUL characters (UTF-16 without a byte-order mark?); save the captions as "
+                           "UTF-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 BUILTIN_DIGITS = Path(__file__).parent / "assets" / "mnist-5k.npz"  # written by tools/make_builtin_digits.py
@@ -456,6 +488,10 @@ def _shards(tars: list[Path], split: str, listed_once: Callable, **kw) -> ImageD
         raise DatasetError(f"--data {tars[0].parent}: the shards hold no images" + (f" in split {split!r}" if split != "all" else ""))
     summary = _summary(tars[0].parent)
     labels = [s["label"] for s in samples]
+    if max(labels) >= 0 and min(labels) < 0:  # a label missing would be read as the last class
+        unlabelled = next(s["name"] for s in samples if s["label"] < 0)
+        raise DatasetError(f"--data: sample {unlabelled} has no .cls label while others have one; label every "
+                           "sample or none")
     check_labels(labels, [f"{s['name']}.cls" for s in samples], summary.get("classes") or [])
     class_names = summary.get("classes") or ([str(i) for i in range(max(labels) + 1)] if max(labels) >= 0 else [])
     captioned = any(s["captions"] is not None for s in samples)
@@ -483,18 +519,40 @@ def tar_samples(tar: Path) -> list[dict]:
                 if f".{ext.lower()}" in IMAGE_EXTENSIONS:
                     sample["span"] = (str(tar), member.offset_data, member.size)
                 elif ext in ("cls", "txt", "json"):
-                    text = archive.extractfile(member).read(1 << 20).decode("utf-8", errors="replace")
-                    if ext == "cls":
-                        sample["label"] = int(text.strip() or -1)
-                    elif ext == "txt":
-                        sample["captions"] = [line.strip() for line in text.splitlines() if line.strip()]
+                    raw = archive.extractfile(member).read(1 << 20)
+                    where = f"--data {tar}: member {member.name}"
+                    if ext == "txt":
+                        sample["captions"] = decode_captions(raw, where)
+                    elif ext == "cls":
+                        sample["label"] = shard_label(raw, where)
                     else:
-                        sample["split"] = json.loads(text).get("split")
+                        sample["split"] = shard_split(raw, where)
     except DatasetError:
         raise
     except (tarfile.TarError, OSError, ValueError) as e:
         raise DatasetError(f"--data: {tar} is not a readable tar shard ({e})") from e
     return [s for s in samples.values() if s["span"] is not None]
+
+
+def shard_label(raw: bytes, where: str) -> int:
+    """A .cls member: a class id, a whole number >= 0 (WebDataset's convention)."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    if not text:
+        return -1  # no label
+    if not re.fullmatch(r"[0-9]+", text):
+        raise DatasetError(f"{where}: {text[:40]!r} is not a class number (a whole number >= 0)")
+    return int(text)
+
+
+def shard_split(raw: bytes, where: str) -> str | None:
+    """A .json member's "split" (train, test, ...), if it names one."""
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise DatasetError(f"{where}: not JSON") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("split", ""), str):
+        raise DatasetError(f"{where}: expected a JSON object whose \"split\" is text, e.g. {{\"split\": \"train\"}}")
+    return meta.get("split")
 
 
 def read_span(path: str, offset: int, size: int) -> bytes:
@@ -517,7 +575,17 @@ def load_dataset(data: str, resolution: int, channels: int | None = None, center
     `min_side`: refuse the data, from the image headers alone and before decoding anything, when an
     image is smaller than this (for models that must not learn from upscaled images).
     `listed_once`: make -> make()'s result, computed by one process and shared with the others (a
-    folder of millions of files on a network file system is walked once, not once per rank)."""
+    folder of millions of files on a network file system is walked once, not once per rank).
+    A folder or list that cannot be read (permissions, a failing disk) is refused naming it; an
+    image that cannot be read is skipped and reported, as a corrupt one is."""
+    try:
+        return _open_dataset(data, resolution, channels, center_crop, split, preload, min_side, listed_once)
+    except OSError as e:
+        raise DatasetError(f"--data {data}: cannot read {e.filename or data} ({e.strerror or e})") from e
+
+
+def _open_dataset(data: str, resolution: int, channels: int | None, center_crop: bool, split: str,
+                  preload: bool | None, min_side: int | None, listed_once: Callable | None) -> ImageDataset:
     if resolution < 1:
         raise DatasetError(f"--resolution {resolution}: must be positive")
     if channels is None:
@@ -567,6 +635,13 @@ def detect_channels(data: str, probe: int = 64) -> int:
     have grey pixel modes, read from their headers only), otherwise 3."""
     if data in BUILTIN_DATASETS:
         return 1
+    try:
+        return _probe_channels(data, probe)
+    except OSError:
+        return 3  # load_dataset reports what cannot be read
+
+
+def _probe_channels(data: str, probe: int) -> int:
     tars = shard_files(data)
     if tars is not None:
         first = tars[0] if tars[0].is_file() else None  # load_dataset reports a missing shard

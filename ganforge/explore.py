@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -160,20 +161,32 @@ def timelapse_frames(run_dir: str | Path) -> tuple[np.ndarray, list[str]]:
 
     from ganforge.data import open_image
 
-    paths = sorted(Path(run_dir).glob("fakes*.png"))  # the kimg labels sort in training order
-    if not paths:
-        raise OptionError(f"{run_dir}: no sample grids (fakes*.png) in this run directory yet")
-    sizes = []
-    for path in paths:  # headers first: what the frames will take is known before any grid is decoded
-        try:
+    paths, sizes = [], []
+    for path in sorted(Path(run_dir).glob("fakes*.png")):  # the kimg labels sort in training order
+        try:  # headers first: what the frames will take is known before any grid is decoded
             with open_image(path) as img:
                 sizes.append(img.size)
+            paths.append(path)
         except Image.DecompressionBombError as e:
             raise OptionError(f"{path}: refused, {e}") from None
+        except (OSError, ValueError) as e:  # torn by a kill or a full disk
+            warnings.warn(f"skipping the unreadable grid {path}: {e}", stacklevel=2)
+    if not paths:
+        raise OptionError(f"{run_dir}: no readable sample grids (fakes*.png) in this run directory yet")
     size = max(w for w, _ in sizes)
     check_memory(len(paths) * (size * size * 3 + size * (size + 16) * 3 * 2 + 2 * 3 * max(size, 256) ** 2),
                  f"the timelapse of {len(paths):,} grids of up to {size}x{size}", "the number of fakes*.png grids")
-    grids = [Image.open(p).convert("RGB") for p in paths]
+    readable, grids = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as grid:
+                grids.append(grid.convert("RGB"))
+            readable.append(path)
+        except (OSError, ValueError) as e:  # a header that reads over pixels that do not
+            warnings.warn(f"skipping the unreadable grid {path}: {e}", stacklevel=2)
+    if not readable:
+        raise OptionError(f"{run_dir}: no readable sample grids (fakes*.png) in this run directory yet")
+    paths = readable
     labels, frames = [], []
     for path, grid in zip(paths, grids):
         kimg = kimg_of(path.stem[len("fakes"):])
@@ -219,7 +232,13 @@ def write_video(frames: np.ndarray, out: str | Path, fps: int) -> tuple[int, int
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     pad_h, pad_w = -frames.shape[1] % 16, -frames.shape[2] % 16  # H.264 works in 16 x 16 blocks
     frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-    imageio.mimwrite(out, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+    try:
+        imageio.mimwrite(out, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+    except (OSError, RuntimeError) as e:  # ffmpeg missing, broken or refused (IMAGEIO_FFMPEG_EXE), or the disk
+        out.unlink(missing_ok=True)        # whatever it wrote is not a video
+        said = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise OptionError(f"--out {out}: ffmpeg could not write the video ({said.strip()[:200]}); "
+                          "write a .gif instead, or check the ffmpeg in use (IMAGEIO_FFMPEG_EXE)") from e
     return frames.shape[2], frames.shape[1]
 
 

@@ -148,7 +148,11 @@ def write_images(images: torch.Tensor, out: str | Path, columns: int, labels: to
     if out.suffix.lower() in GRID_SUFFIXES:
         out.parent.mkdir(parents=True, exist_ok=True)
         grid = class_rows(images, labels, columns) if labels is not None else images
-        save_image(grid, out, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)
+        try:
+            save_image(grid, out, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)
+        except OSError:  # a full disk: no torn image left behind
+            out.unlink(missing_ok=True)
+            raise
         return [out]
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image

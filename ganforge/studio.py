@@ -30,7 +30,7 @@ from ganforge.explore import blend_frame, kimg_of
 from ganforge.inference import class_rows, generate, generate_from_prompts, load_model
 from ganforge.models.base import CLASS, TEXT
 from ganforge.snapshots import find_snapshot
-from ganforge.training.plots import plot_stats, read_jsonl, read_stats
+from ganforge.training.plots import own_file, own_files, plot_stats, read_jsonl, read_stats
 from ganforge.training.rundir import run_is_training
 
 RUN_MARKERS = ("training_options.json", "stats.jsonl", "latest.pt")  # any of these makes a folder a run
@@ -80,6 +80,8 @@ class Studio:
     def run_dir(self, name: str | None) -> Path:
         if not name:
             raise OptionError("choose a run")
+        if not isinstance(name, str):  # the page's API takes any JSON
+            raise OptionError(f"run {name!r}: give a run's name")
         if name not in self.runs:
             self.refresh()  # a run started since the page opened
         if name not in self.runs:
@@ -92,7 +94,9 @@ class Studio:
         try:
             snapshot = find_snapshot(run)
         except GanforgeError:
-            raise OptionError(f"{name}: no snapshot yet (samples appear after the run's first --snap)") from None
+            snapshot = None
+        if snapshot is None or not own_file(run, snapshot):
+            raise OptionError(f"{name}: no snapshot yet (samples appear after the run's first --snap)")
         mtime = os.stat(snapshot).st_mtime
         cached = self._models.get(name)
         if cached is None or cached[:2] != (str(snapshot), mtime):
@@ -157,7 +161,7 @@ class Studio:
         """A run as it trains: its latest sample grid, its curves and a line of kimg, img/s, ETA."""
         run = self.run_dir(name)
         rows = read_stats(run)
-        grids = sorted(run.glob("fakes*.png"))
+        grids = own_files(run, "fakes*.png")
         grid = Image.open(grids[-1]).convert("RGB") if grids else None
         chart = self.chart(name, run, len(rows))
         if not rows:
@@ -191,7 +195,7 @@ class Studio:
         """The run's options (training_options.json) and the last result of each of its metrics."""
         run = self.run_dir(name)
         metrics = {}
-        for path in sorted(run.glob("metric-*.jsonl")):
+        for path in own_files(run, "metric-*.jsonl"):
             rows = read_jsonl(path)
             if rows:
                 metrics[path.stem[len("metric-"):]] = rows[-1]
@@ -199,13 +203,27 @@ class Studio:
 
 
 def _options(run: Path) -> dict:
+    path = run / "training_options.json"
     try:
-        return json.loads((run / "training_options.json").read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8")) if own_file(run, path) else {}
     except (OSError, ValueError):
         return {}
 
 
-def _whole(value: float | None, what: str, default: int) -> int:
+def _number(value, what: str) -> float | None:
+    """A number from the page or its API, where any JSON may arrive: a number, text or nothing."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise OptionError(f"{what} {value!r}: give a number")
+    try:
+        return float(value)
+    except ValueError:
+        raise OptionError(f"{what} {value!r}: give a number") from None
+
+
+def _whole(value, what: str, default: int) -> int:
+    value = _number(value, what)
     if value is None:
         return default
     if not math.isfinite(value) or value != int(value) or not 0 <= value < 2**32:
@@ -213,7 +231,8 @@ def _whole(value: float | None, what: str, default: int) -> int:
     return int(value)
 
 
-def _between(value: float | None, what: str, low: float, high: float) -> float:
+def _between(value, what: str, low: float, high: float) -> float:
+    value = _number(value, what)
     if value is None or not math.isfinite(value) or not low <= value <= high:
         raise OptionError(f"{what} {value}: give a number from {low:g} to {high:g}")
     return float(value)
@@ -239,6 +258,8 @@ def _class(model, value: str | int | None, what: str = "class") -> int | None:
 
 
 def _caption(text: str | None, what: str = "caption") -> str:
+    if text is not None and not isinstance(text, str):
+        raise OptionError(f"{what} {text!r}: give text")
     if not text or not text.strip():
         raise OptionError(f"{what} is empty: this is a text-to-image run, describe the image to draw")
     return text.strip()
@@ -346,24 +367,27 @@ def build_page(studio: Studio, refresh_seconds: float = 5.0):
         # Opening the page (optionally at ?run=NAME) and picking a run show everything about it.
         for event in (page.load(opened, [run], [run]).then, run.input):
             (event(guard(show_inputs, 6), [run], [*conditioned, message])
-             .then(draw, sample_inputs, [samples, message])
-             .then(step, walk_inputs, [walk, message])
+             .then(draw, sample_inputs, [samples, message], preprocess=False)
+             .then(step, walk_inputs, [walk, message], preprocess=False)
              .then(watch, [run], [latest, chart, status, message])
              .then(read, [run], [options, metrics, message]))
         rescan.click(lambda name: gr.update(choices=studio.refresh(), value=name), [run], [run])
+        # The inputs reach the handlers as sent (preprocess=False): the page's API takes any JSON, and
+        # Gradio's own conversion of a number field fails with a traceback on text; the handlers check.
+        raw = dict(preprocess=False)
         for field in (seed, label, caption):
-            field.submit(draw, sample_inputs, [samples, message])
+            field.submit(draw, sample_inputs, [samples, message], **raw)
         for field in (seed, label):
-            field.blur(draw, sample_inputs, [samples, message])
+            field.blur(draw, sample_inputs, [samples, message], **raw)
         for field in (psi, grid):
-            field.change(draw, sample_inputs, [samples, message], trigger_mode="always_last")
+            field.change(draw, sample_inputs, [samples, message], trigger_mode="always_last", **raw)
         for field in (seed_a, seed_b, label_a, label_b, caption_a, caption_b):
-            field.submit(step, walk_inputs, [walk, message])
+            field.submit(step, walk_inputs, [walk, message], **raw)
         for field in (seed_a, seed_b, label_a, label_b):
-            field.blur(step, walk_inputs, [walk, message])
-        t.input(step, walk_inputs, [walk, message], trigger_mode="always_last", show_progress="hidden")
-        t.release(step, walk_inputs, [walk, message])
-        walk_grid.change(step, walk_inputs, [walk, message], trigger_mode="always_last")
+            field.blur(step, walk_inputs, [walk, message], **raw)
+        t.input(step, walk_inputs, [walk, message], trigger_mode="always_last", show_progress="hidden", **raw)
+        t.release(step, walk_inputs, [walk, message], **raw)
+        walk_grid.change(step, walk_inputs, [walk, message], trigger_mode="always_last", **raw)
         timer.tick(guard(studio.progress, 2, own_line=True), [run], [latest, chart, status], show_progress="hidden")
     return page
 

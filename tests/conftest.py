@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,37 @@ def finished_runs(tmp_path_factory):
     train(TrainOptions(model="dfgan", data="mnist-captions", resolution=16, batch=8, model_opts={"nf": 4},
                        kimg=0.016, tick=0.008, outdir=str(root / "done")), progress=False)
     return root
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(name, size="1m", read_only=False) -> a real small file system (tmpfs) at tmp_path/name, for
+    full and read-only disks; skips the test where mounting is not permitted (not root, a container)."""
+    mounted = []
+
+    def mount(name: str, size: str = "1m", read_only: bool = False) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True).returncode:
+            pytest.skip("mounting a tmpfs is not permitted here")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def ganforge(*args, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """`ganforge ARGS` as a user runs it: its own process, this checkout's code, output as text."""
+    return subprocess.run([sys.executable, "-m", "ganforge", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "GANFORGE_PROGRESS": "0", **(env or {})}, **kwargs)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The message of a command that failed as a user's mistake should: exit 1, one line, no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: "), result.stderr
+    return lines[0]

@@ -1,6 +1,9 @@
 """`ganforge dataset`: any readable data to a resolution-fixed zip or folder that trains as it is."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,8 @@ from PIL import Image
 from ganforge.archive import convert
 from ganforge.cli import main
 from ganforge.data import DatasetError, load_dataset
+
+from conftest import ganforge, one_line_error
 
 
 def photo(path, size, colour):
@@ -301,3 +306,87 @@ def test_an_abandoned_conversion_removes_only_its_own_temporary(tmp_path):
     result = CliRunner().invoke(main, ["dataset", str(source), str(tmp_path / "out"), "--resolution", "8"])
     assert result.exit_code != 0 and "no readable image" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.tmp", "src"]
+
+
+# --- faults a user's machine causes: each one line, nothing half-made left behind ---------------------
+def test_an_unreadable_source_is_one_line_naming_it(tmp_path):
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv, to run ganforge without the right to read every file")
+    source = tmp_path / "src"
+    photo(source / "a.png", (20, 20), (1, 2, 3))
+    source.chmod(0)
+    try:  # root reads anything: drop that right for the command alone
+        result = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m",
+                                 "ganforge", "dataset", str(source), str(tmp_path / "out.zip"), "--resolution", "8"],
+                                capture_output=True, text=True)
+    finally:
+        source.chmod(0o755)
+    assert "cannot read" in one_line_error(result) and "Permission denied" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_a_read_only_destination_is_one_line(tmp_path, tmpfs):
+    photo(tmp_path / "src" / "a.png", (20, 20), (1, 2, 3))
+    read_only = tmpfs("ro", read_only=True)
+    for dest in ("out.zip", "out", "shards"):
+        extra = ["--shards", "2"] if dest == "shards" else []
+        message = one_line_error(ganforge("dataset", tmp_path / "src", read_only / dest, "--resolution", "8", *extra))
+        assert f"{read_only / dest}: cannot write there (Read-only file system)" in message
+
+
+@pytest.mark.parametrize("dest,extra", [("out.zip", []), ("out", []), ("shards", ["--shards", "40"])])
+def test_a_full_disk_is_one_line_and_the_partial_conversion_is_removed(tmp_path, tmpfs, dest, extra):
+    source = tmp_path / "src"
+    source.mkdir()
+    noise = torch.Generator().manual_seed(0)
+    for i in range(100):  # 100 x 12 kB of incompressible PNG: more than the 1 MiB disk holds
+        pixels = torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8, generator=noise).numpy()
+        Image.fromarray(pixels).save(source / f"{i}.png")
+    disk = tmpfs("disk", size="1m")
+    message = one_line_error(ganforge("dataset", source, disk / dest, "--resolution", "64", *extra))
+    assert f"{disk / dest}: cannot write there (No space left on device); the partial conversion was removed" in message
+    assert list(disk.iterdir()) == []  # no temporary left filling the disk
+
+
+def test_a_destination_inside_the_source_folder_is_refused(tmp_path):
+    source = tmp_path / "src"
+    photo(source / "cat" / "a.png", (20, 20), (1, 2, 3))
+    photo(source / "dog" / "b.png", (20, 20), (3, 2, 1))
+    for dest in (source / "conv", source / "cat" / "deeper"):
+        result = CliRunner().invoke(main, ["dataset", str(source), str(dest), "--resolution", "8"])
+        assert result.exit_code == 1 and f"{dest}: inside the source folder" in result.output
+    assert sorted(p.name for p in source.iterdir()) == ["cat", "dog"] and load_dataset(str(source), 8).class_names == ["cat", "dog"]
+
+
+def shard(path, members: dict[str, bytes]):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("members,message", [
+    ({"a.json": b"[1, 2]"}, "member a.json: expected a JSON object"),
+    ({"a.json": b'{"split": 5}'}, "member a.json: expected a JSON object"),
+    ({"a.json": b"{nope"}, "member a.json: not JSON"),
+    ({"a.cls": b"-5", "b.cls": b"1"}, "member a.cls: '-5' is not a class number"),
+    ({"a.cls": b"seven", "b.cls": b"1"}, "member a.cls: 'seven' is not a class number"),
+    ({"b.cls": b"1"}, "a has no .cls label while others have one"),  # a's label would read as the last class
+])
+def test_malformed_shard_members_are_one_line_naming_the_member(tmp_path, members, message):
+    import io
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(png, format="PNG")
+    tar = shard(tmp_path / "000000.tar", {"a.png": png.getvalue(), "b.png": png.getvalue(), **members})
+    result = CliRunner().invoke(main, ["dataset", str(tar), str(tmp_path / "out"), "--resolution", "8"])
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

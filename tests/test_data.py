@@ -1,4 +1,5 @@
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -243,13 +244,56 @@ def test_captions_empty_enormous_and_any_script(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "huge.txt").write_text(("x" * 5000 + "\n") * 3000)
     (tmp_path / "scripts.txt").write_text("鳥が飛ぶ\nптица летит\nطائر يطير\n🐦 bird\n", encoding="utf-8")
-    (tmp_path / "latin1.txt").write_bytes("oiseau d\xe9j\xe0 vu\n".encode("latin-1"))
     assert read_captions(tmp_path / "empty.txt") == []
     huge = read_captions(tmp_path / "huge.txt")
     assert len(huge) <= 1000 and all(len(c) == 2000 for c in huge)  # capped, never the whole file
     assert read_captions(tmp_path / "scripts.txt") == ["鳥が飛ぶ", "птица летит", "طائر يطير", "🐦 bird"]
-    assert read_captions(tmp_path / "latin1.txt")[0].startswith("oiseau d")  # undecodable bytes replaced
     assert read_captions(tmp_path / "missing.txt") == []
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-8-sig", "utf-32"])
+def test_captions_with_a_byte_order_mark_are_read_as_written(tmp_path, encoding):
+    from ganforge.data import read_captions
+
+    text = "oiseau d\xe9j\xe0 vu\n\u9ce5\u304c\u98db\u3076\n"
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data
+    (tmp_path / "c.txt").write_bytes(data)
+    assert read_captions(tmp_path / "c.txt") == ["oiseau d\xe9j\xe0 vu", "\u9ce5\u304c\u98db\u3076"]
+
+
+@pytest.mark.parametrize("data,message", [
+    ("oiseau d\xe9j\xe0 vu\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 8)"),
+    ("a bird\n".encode("utf-16-le"), "holds NUL characters (UTF-16 without a byte-order mark?)"),
+])
+def test_captions_in_another_encoding_are_refused_naming_the_file(tmp_path, data, message):
+    make_captioned(tmp_path / "birds")
+    (tmp_path / "birds" / "text" / "1.txt").write_bytes(data)
+    with pytest.raises(DatasetError, match=re.escape(f"{tmp_path / 'birds' / 'text' / '1.txt'}: {message}")):
+        load_dataset(str(tmp_path / "birds"), 8, split="all")
+
+
+def test_a_split_csv_or_classes_txt_in_another_encoding_is_refused_naming_it(tmp_path):
+    from ganforge.archive import convert
+
+    make_captioned(tmp_path / "birds")
+    (tmp_path / "birds" / "classes.txt").write_bytes("m\xe9sange\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=re.escape(f"{tmp_path / 'birds' / 'classes.txt'}: not UTF-8 text")):
+        load_dataset(str(tmp_path / "birds"), 8, split="all")
+    (tmp_path / "birds" / "classes.txt").write_text("m\xe9sange\n", encoding="utf-8")
+    (tmp_path / "birds" / "split.csv").write_bytes("image,label,split\nimages/0.png,0,entra\xeenement\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=re.escape(f"{tmp_path / 'birds' / 'split.csv'}: not UTF-8 text")):
+        convert(str(tmp_path / "birds"), tmp_path / "out", 8)
+
+
+def make_captioned(root):
+    (root / "images").mkdir(parents=True)
+    (root / "text").mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / "images" / f"{i}.png")
+        (root / "text" / f"{i}.txt").write_text(f"bird {i}\n", encoding="utf-8")
+    (root / "split.csv").write_text("image,label,split\nimages/0.png,0,train\nimages/1.png,0,train\n")
 
 
 def test_shared_captioned_datasets_read_as_user_data(shared_data):

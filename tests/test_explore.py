@@ -17,6 +17,8 @@ from ganforge.inference import generate, load_model
 from ganforge.models.base import Condition
 from ganforge.training import TrainOptions, train
 
+from conftest import ganforge, one_line_error
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -70,6 +72,32 @@ def test_timelapse_shows_every_grid_in_training_order(run, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "t.gif") as gif:
         assert gif.n_frames == 5
+
+
+def test_a_damaged_grid_is_skipped_with_a_warning_naming_it(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    torn = copy / "fakes000000k064.png"
+    torn.write_bytes(torn.read_bytes()[:100])  # cut by a kill or a full disk
+    result = ganforge("timelapse", copy, "--out", tmp_path / "t.gif", "--fps", "4")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert f"skipping the unreadable grid {torn}" in result.stderr and "wrote" in result.stdout
+    with Image.open(tmp_path / "t.gif") as gif:
+        assert gif.n_frames == 4
+
+
+def test_a_broken_ffmpeg_is_one_line_and_leaves_no_video(run, tmp_path):
+    pytest.importorskip("imageio_ffmpeg", reason="mp4 needs the [video] extra")
+    broken = tmp_path / "ffmpeg"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    for command in (["timelapse", run], ["interpolate", run, "--seconds", "0.4", "--fps", "5"]):
+        result = ganforge(*command, "--out", tmp_path / "v.mp4", env={"IMAGEIO_FFMPEG_EXE": str(broken)})
+        message = one_line_error(result)
+        assert f"--out {tmp_path / 'v.mp4'}: ffmpeg could not write the video" in message and "write a .gif" in message
+        assert not (tmp_path / "v.mp4").exists()
 
 
 @pytest.mark.parametrize("args,message", [

@@ -13,6 +13,8 @@ import torch
 from ganforge.training import TrainingError, TrainOptions, train
 from ganforge.snapshots import load_snapshot
 
+from conftest import ganforge, one_line_error
+
 TINY = dict(data="mnist", resolution=16, batch=16, model_opts={"base_channels": 8}, tick=0.032, sample_every=0.064, snap=0.064)
 
 
@@ -502,3 +504,58 @@ def test_a_split_csv_label_far_beyond_the_data_is_refused_naming_the_line(tmp_pa
     (tmp_path / "split.csv").write_text("image,label,split\nimages/a.png,0,train\nimages/b.png,999999,train\n")
     with pytest.raises(DatasetError, match=r"split.csv:3: label 999999 out of range \(2 images take ids below 1,000\)"):
         load_dataset(str(tmp_path), 8)
+
+
+def digit_pngs(folder, n: int):
+    from PIL import Image
+
+    from ganforge.data import load_dataset
+
+    folder.mkdir()
+    for i, digit in enumerate(load_dataset("mnist", 16).images[:n]):
+        Image.fromarray(digit[0].numpy()).save(folder / f"{i}.png")
+    return folder
+
+
+def test_evaluate_refuses_one_real_image_saying_how_many_the_metric_needs(finished_run, tmp_path):
+    one = digit_pngs(tmp_path / "one", 1)
+    message = one_line_error(ganforge("evaluate", finished_run, "--real", one, "--metrics", "swd", "--n", "8"))
+    assert message == f"Error: --metrics swd: needs at least 2 real images (in {one}), found 1"
+    many = digit_pngs(tmp_path / "many", 8)
+    result = cli("evaluate", "--fake", many, "--real", one, "--metrics", "swd,msssim", "--n", "8")
+    assert result.exit_code == 1 and "--metrics swd: needs at least 2 real images" in result.output, result.output
+
+
+def test_evaluate_refuses_a_fake_folder_of_one_image(tmp_path):
+    one, many = digit_pngs(tmp_path / "one", 1), digit_pngs(tmp_path / "many", 8)
+    for metrics in ("swd", "msssim"):
+        result = cli("evaluate", "--fake", one, "--real", many, "--metrics", metrics)
+        assert result.exit_code == 1 and f"--metrics {metrics}: needs at least 2 generated images, found 1" in result.output, \
+            result.output
+
+
+def test_a_disk_filling_during_a_grid_write_stops_in_one_line_with_latest_pt_intact(finished_run, tmpfs):
+    disk = tmpfs("disk", size="3m")
+    run = disk / "run"
+    run.mkdir()
+    for path in finished_run.iterdir():
+        if path.is_file() and not path.name.startswith(("snapshot-", "events.", "stats.png")):
+            shutil.copy(path, run / path.name)
+    free = shutil.disk_usage(disk).free
+    (disk / "filler").write_bytes(bytes(free - 12 * 1024))  # room for log lines and stats rows, not a grid
+    before = (run / "latest.pt").read_bytes()
+    message = one_line_error(ganforge("train", "--resume", run, "--kimg", "0.128", "--quiet"))
+    assert message == (f"Error: could not write in {run}: No space left on device; the last snapshot {run / 'latest.pt'} "
+                       f"is intact; make room, then resume with: ganforge train --resume {run}")
+    assert (run / "latest.pt").read_bytes() == before
+    assert sorted(p.name for p in run.glob("fakes*.png")) == sorted(p.name for p in finished_run.glob("fakes*.png"))
+
+
+def test_a_full_or_read_only_disk_under_any_output_is_one_line(finished_run, tmpfs):
+    disk = tmpfs("full", size="1m")
+    (disk / "filler").write_bytes(bytes(shutil.disk_usage(disk).free - 4096))
+    message = one_line_error(ganforge("generate", finished_run, "--n", "64", "--out", disk / "grid.png"))
+    assert message == "Error: No space left on device" and not (disk / "grid.png").exists()
+    read_only = tmpfs("ro", read_only=True)
+    result = cli("plot", finished_run, "--out", read_only / "s.png")
+    assert result.exit_code != 0 and "Read-only file system" in result.output, result.output

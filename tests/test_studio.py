@@ -103,6 +103,85 @@ def test_bad_input_is_a_message_naming_it(roots, call, message):
         call(Studio([roots]), names(roots))
 
 
+def call_api(url: str, endpoint: str, data: list) -> tuple[str, list | None]:
+    """POST to the page's API as any client may, without the page: (the event, its data)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}gradio_api/call/{endpoint}", data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    event_id = json.load(urllib.request.urlopen(request, timeout=60))["event_id"]
+    stream = urllib.request.urlopen(f"{url}gradio_api/call/{endpoint}/{event_id}", timeout=120).read().decode()
+    event = re.findall(r"^event: (\w+)", stream, re.M)[-1]
+    payload = re.findall(r"^data: (.*)$", stream, re.M)[-1]
+    return event, json.loads(payload) if payload.startswith("[") else None
+
+
+def test_the_api_answers_any_input_with_a_message_not_a_traceback(roots, capfd):
+    import json
+    import urllib.request
+
+    from ganforge.studio import serve
+
+    page, url = serve([roots], port=free_port())
+    try:
+        info = json.load(urllib.request.urlopen(f"{url}gradio_api/info", timeout=60))["named_endpoints"]
+        kinds = {name: [p["component"] for p in e["parameters"]] for name, e in info.items()}
+        draw = next(n for n, k in kinds.items() if k == ["Dropdown", "Number", "Slider", "Slider", "Textbox", "Textbox"])
+        walk = next(n for n, k in kinds.items() if k[:3] == ["Dropdown", "Number", "Number"])
+        run = names(roots)["cdcgan"]
+        for endpoint, data, message in [
+            (draw, [run, "abc", 1.0, 2, "", ""], "seed 'abc': give a number"),
+            (draw, [run, [1], 1.0, 2, "", ""], "seed [1]: give a number"),
+            (draw, [run, 0, "x", 2, "", ""], "truncation psi 'x': give a number"),
+            (draw, [run, 0, 1.0, {"a": 1}, "", ""], "grid {'a': 1}: give a number"),
+            (draw, [["a"], 0, 1.0, 2, "", ""], "run ['a']: give a run's name"),
+            (walk, [run, 0, "one", 0.5, 1, "0", "1", "", ""], "seed B 'one': give a number"),
+        ]:
+            event, output = call_api(url, endpoint.lstrip("/"), data)
+            assert event == "complete" and message in output[-1], (data, event, output)
+        event, output = call_api(url, draw.lstrip("/"), [run, "3", 1.0, 2, "7", ""])  # numbers as text are numbers
+        assert event == "complete" and output[-1] == "" and output[0] is not None
+    finally:
+        page.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_links_inside_a_run_to_files_elsewhere_are_not_read(roots, tmp_path):
+    import json
+    import os
+
+    run = tmp_path / "runs" / "linked"
+    shutil.copytree(roots / "done" / "00000-cdcgan-mnist", run)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    Image.new("L", (40, 40), 255).save(secret / "private.png")
+    (secret / "private.jsonl").write_text(json.dumps({"kimg": 9, "password": 1234}) + "\n")
+    (secret / "options.json").write_text(json.dumps({"model": "cdcgan", "password": 1234}))
+    own_grids = sorted(p.name for p in run.glob("fakes*.png"))
+    os.symlink(secret / "private.png", run / "fakes999999.png")
+    os.symlink(secret / "private.jsonl", run / "metric-stolen.jsonl")
+    (run / "training_options.json").unlink()
+    os.symlink(secret / "options.json", run / "training_options.json")
+    studio = Studio([tmp_path / "runs"])
+    grid, _, line = studio.progress("runs/linked")
+    assert grid.size != (40, 40) and f"grid at {kimg_of_name(own_grids[-1])} kimg" in line
+    options, metrics = studio.details("runs/linked")
+    assert "stolen" not in metrics and "swd" in metrics and options == {}
+    (run / "latest.pt").rename(run / "elsewhere.pt")
+    for snapshot in run.glob("snapshot-*.pt"):
+        snapshot.unlink()
+    os.symlink(run / "elsewhere.pt", run / "latest.pt")
+    with pytest.raises(OptionError, match="no snapshot yet"):
+        studio.samples("runs/linked", 0, 1.0, 2, None, None)
+
+
+def kimg_of_name(name: str) -> str:
+    from ganforge.explore import kimg_of
+
+    return f"{kimg_of(Path(name).stem[len('fakes'):]):g}"
+
+
 def test_generate_psi_zero_draws_one_image_per_class(roots, tmp_path):
     out = tmp_path / "flat.png"
     result = CliRunner().invoke(main, ["generate", str(roots / "done" / "00000-cdcgan-mnist"), "--n", "4",

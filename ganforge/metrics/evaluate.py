@@ -49,15 +49,17 @@ class Metric:
     compute: Callable        # (evaluator, generated Tally, real Tally or None) -> {key: number}
     inception: bool = False  # uses Inception features (extracted once for all such metrics)
     needs: str | None = None # CLASS: class ids of the samples and labelled reals; TEXT: captions
+    min_images: int = 2      # a side with fewer has no defined value (a spread, a pair, a neighbour)
 
 
 METRICS: dict[str, Metric] = {}
 
 
-def metric(name: str, headline: str, lower_is_better: bool, inception: bool = False, needs: str | None = None):
+def metric(name: str, headline: str, lower_is_better: bool, inception: bool = False, needs: str | None = None,
+           min_images: int = 2):
     """Register a metric function under `name` (the name --metrics takes)."""
     def register(compute: Callable) -> Callable:
-        METRICS[name] = Metric(name, headline, lower_is_better, compute, inception, needs)
+        METRICS[name] = Metric(name, headline, lower_is_better, compute, inception, needs, min_images)
         return compute
 
     return register
@@ -219,6 +221,7 @@ class Evaluator:
             if METRICS[name].needs == CLASS and real.num_classes < 2:
                 raise OptionError(f"--metrics {name}: needs labelled real data, {real.name} has none")
         self.reals = dataset_source(real, n, seed)
+        check_enough(self.names, self.reals.n, f"real images (in {real.name})")
         self.inception = InceptionFeatures(inception_weights, self.device) if self._inception_metrics() else None
         self.keep_features = any(m in self.names for m in ("kid", "pr", "is"))
         self._real_tally: Tally | None = None
@@ -399,6 +402,7 @@ class Evaluator:
                 raise OptionError(f"--metrics {name}: needs a class-conditional generator (text-to-image: use rprec)")
             if METRICS[name].needs == TEXT and (condition.captions is None or self.captions is None):
                 raise OptionError(f"--metrics {name}: needs a text-to-image run")
+        check_enough(self.names, source.n, "generated images")
         if "swd" in self.names:
             check_swd_size(self.real.resolution)
         start = time.time()
@@ -434,6 +438,13 @@ def pass_estimate(side: str, todo: int, first: int, seconds: float) -> str:
             f"about {left} more for this side")
 
 
+def check_enough(names: list[str], n: int, images: str) -> None:
+    """Refuse a side too small for a metric before measuring it (one image has no spread, no pair)."""
+    for name in names:
+        if n < METRICS[name].min_images:
+            raise OptionError(f"--metrics {name}: needs at least {METRICS[name].min_images} {images}, found {n}")
+
+
 # --- the metrics: figures from the tallies of both sides ------------------------------------------
 @metric("swd", "swd_avg_x1e3", lower_is_better=True)
 def sliced_wasserstein(ev: Evaluator, fakes: Tally, real: Tally | None) -> dict:
@@ -466,7 +477,7 @@ def inception_score(ev: Evaluator, fakes: Tally, real: Tally) -> dict:
     return fm.inception_score(fakes.per_image("logits"))
 
 
-@metric("pr", "precision", lower_is_better=False, inception=True)
+@metric("pr", "precision", lower_is_better=False, inception=True, min_images=6)  # a 5th neighbour (density)
 def precision_recall(ev: Evaluator, fakes: Tally, real: Tally) -> dict:
     return fm.precision_recall(real.per_image("features"), fakes.per_image("features"))
 

@@ -179,6 +179,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             if isinstance(e, StopRequested):
                 raise TrainingError("stopped before the first step: nothing was trained, and the new run "
                                     "directory is removed") from None
+            if isinstance(e, OSError):  # the disk filled (or went read-only) while a grid, a log or a metric was written
+                raise TrainingError(f"could not write in {run_dir}: {e.strerror or e}"
+                                    + (f" ({e.filename})" if e.filename else "") + f"; {kept_snapshot(run_dir)}") from e
             raise
         finally:
             if lock is not None:
@@ -586,6 +589,14 @@ def evaluate_and_keep_best(evaluate, model: GanModel, state: RunState, opts: Tra
             if ddp.main:
                 write_snapshot(run_dir / "best.pt", state.snapshot(model, opts), run_dir)
             log.line(f"best.pt: {best_name} {value:.4g} at {state.images_seen / 1000:.1f} kimg")
+
+
+def kept_snapshot(run_dir: Path) -> str:
+    """What a run stopped by a failure keeps, and how to go on."""
+    latest = run_dir / LATEST
+    if latest.exists():
+        return f"the last snapshot {latest} is intact; make room, then resume with: ganforge train --resume {run_dir}"
+    return "the new run was removed" if not run_dir.exists() else "no snapshot was written yet"
 
 
 def out_of_memory(opts: TrainOptions, sched: Schedule, run_dir: Path, where: str) -> str:

@@ -9,9 +9,20 @@ SKIP = {"kimg", "step", "time", "batch", "resolution", "alpha", "img_per_sec", "
 METRIC_SKIP = {"kimg", "step", "n_fake", "n_real", "seconds", "subset_size", "k", "pairs", "n"}
 
 
+def own_file(run_dir: str | Path, path: Path) -> bool:
+    """Whether `path` is a regular file of the run itself. A symbolic link is not: it may lead to any
+    file on the machine, which the studio would then serve; runs never write links."""
+    return path.parent == Path(run_dir) and path.is_file() and not path.is_symlink()
+
+
+def own_files(run_dir: str | Path, pattern: str) -> list[Path]:
+    """The run's own regular files matching `pattern`, sorted."""
+    return sorted(p for p in Path(run_dir).glob(pattern) if own_file(run_dir, p))
+
+
 def read_stats(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "stats.jsonl"
-    if not path.exists():
+    if not own_file(run_dir, path):
         return []
     return read_jsonl(path)
 
@@ -30,7 +41,8 @@ def read_jsonl(path: Path) -> list[dict]:
 def own_panel_groups(run_dir: str | Path) -> tuple[str, ...]:
     """The stat groups the run's model charts one series per panel (its `stat_panels`)."""
     try:
-        model = json.loads((Path(run_dir) / "training_options.json").read_text(encoding="utf-8"))["model"]
+        path = Path(run_dir) / "training_options.json"
+        model = json.loads(path.read_text(encoding="utf-8"))["model"] if own_file(run_dir, path) else ""
         from ganforge.models import model_class
 
         return model_class(model).stat_panels
@@ -55,7 +67,7 @@ def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
     own = [k for group in own_panel_groups(run_dir) for k in groups.pop(group, [])]
     panels = [[k] for k in own] + list(groups.values())  # a model's own measures each on a panel
     metric_rows = {}
-    for path in sorted(Path(run_dir).glob("metric-*.jsonl")):  # one panel per metric file, every number in it
+    for path in own_files(run_dir, "metric-*.jsonl"):  # one panel per metric file, every number in it
         name = path.stem[len("metric-"):]
         rows_m = read_jsonl(path)
         series = sorted({k for r in rows_m for k, v in r.items() if isinstance(v, (int, float)) and k not in METRIC_SKIP})

@@ -29,8 +29,13 @@ COLLAPSED = 0.25  # tick diversity (samples' spread / reals') below which log.tx
 
 def save_grid(images: torch.Tensor, path: Path | io.BytesIO, columns: int) -> None:
     """A PNG grid of images in [-1, 1], to a file or into memory (a BytesIO: timing it writes nothing)."""
-    save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1), padding=1,
-               format="png" if isinstance(path, io.BytesIO) else None)
+    try:
+        save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1), padding=1,
+                   format="png" if isinstance(path, io.BytesIO) else None)
+    except OSError:  # a full disk: a torn PNG would only break the timelapse later
+        if not isinstance(path, io.BytesIO):
+            Path(path).unlink(missing_ok=True)
+        raise
 
 
 class SampleGrid:

@@ -95,3 +95,15 @@ def test_evaluate_states_its_estimate_before_the_feature_passes(finished_runs):
         assert re.search(rf"^{side} side: 384 images; the first 128 took [\d.]+ s \([\d,.]+ img/s\): about "
                          r"\d+:\d\d:\d\d more for this side$", result.stderr, re.M)
     assert result.output.index("generated side: 384") < result.output.index('"swd"')  # before the results
+
+
+def test_pggan_period_starts_give_the_periods_of_asking_every_step():
+    for preset, kimg, batch in (("cpu", 70, None), ("cpu", 33.3, 24), ("v2", 4000, None)):
+        model = build_model("pggan", dict(resolution=32, channels=3, num_classes=0, preset=preset))
+        opts = TrainOptions(model="pggan", resolution=32, kimg=kimg, batch=batch)
+        stated = run_periods(model, opts)
+        model.period_starts = lambda batch, resolution: None
+        assert [(p.name, p.start, p.steps) for p in run_periods(model, opts)] == \
+            [(p.name, p.start, p.steps) for p in stated]
+    assert [p.name for p in stated] == ["4x4 stable", "8x8 fade", "8x8 stable", "16x16 fade", "16x16 stable",
+                                        "32x32 fade", "32x32 stable"]

@@ -403,6 +403,8 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
     from ganforge.hardware import resolve_device
 
     names = parse_metrics(metrics)
+    if not names:
+        raise click.BadParameter("give one metric or more, e.g. swd,msssim", param_hint="--metrics")
     if out:
         _check_writable(out, "--out", reading=find_snapshot(run_or_snapshot) if run_or_snapshot else None)
     dev = resolve_device(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from pathlib import Path
@@ -150,9 +151,9 @@ def write_images(images: torch.Tensor, out: str | Path, columns: int, labels: to
         grid = class_rows(images, labels, columns) if labels is not None else images
         try:
             save_image(grid, out, nrow=columns, normalize=True, value_range=(-1, 1), padding=1)
-        except OSError:  # a full disk: no torn image left behind
+        except OSError as e:  # a full disk: no torn image left behind; the message names the file
             out.unlink(missing_ok=True)
-            raise
+            raise OSError(e.errno, e.strerror, str(out)) from e
         return [out]
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
@@ -182,7 +183,13 @@ def export(model: GanModel, fmt: str, out: str | Path) -> list[Path]:
     if fmt == "torchscript":
         with warnings.catch_warnings():  # TorchScript is deprecated upstream but still the portable C++/Python format
             warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.trace(runtime, args, check_trace=False).save(str(out))
+            scripted = io.BytesIO()  # torch's own file writer aborts the process on a full disk
+            torch.jit.save(torch.jit.trace(runtime, args, check_trace=False), scripted)
+        try:
+            out.write_bytes(scripted.getvalue())
+        except OSError as e:  # no torn file left behind; the message names the file
+            out.unlink(missing_ok=True)
+            raise OSError(e.errno, e.strerror, str(out)) from e
     elif fmt == "onnx":
         require("onnx,onnxscript", "export", "--format onnx")
         batch = torch.export.Dim("batch")

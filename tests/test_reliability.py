@@ -555,7 +555,19 @@ def test_a_full_or_read_only_disk_under_any_output_is_one_line(finished_run, tmp
     disk = tmpfs("full", size="1m")
     (disk / "filler").write_bytes(bytes(shutil.disk_usage(disk).free - 4096))
     message = one_line_error(ganforge("generate", finished_run, "--n", "64", "--out", disk / "grid.png"))
-    assert message == "Error: No space left on device" and not (disk / "grid.png").exists()
+    assert message == f"Error: No space left on device: {disk / 'grid.png'}" and not (disk / "grid.png").exists()
     read_only = tmpfs("ro", read_only=True)
     result = cli("plot", finished_run, "--out", read_only / "s.png")
     assert result.exit_code != 0 and "Read-only file system" in result.output, result.output
+
+
+def test_an_export_onto_a_full_disk_is_one_line_not_an_abort(finished_run, tmpfs):
+    disk = tmpfs("full", size="1m")
+    (disk / "filler").write_bytes(bytes(shutil.disk_usage(disk).free - 8192))
+    result = ganforge("export", finished_run, "--format", "torchscript", "--out", disk / "g.pt")
+    assert one_line_error(result) == f"Error: No space left on device: {disk / 'g.pt'}" and not (disk / "g.pt").exists()
+
+
+def test_evaluate_without_a_metric_is_one_line(finished_run):
+    result = cli("evaluate", finished_run, "--metrics", "", "--n", "8")
+    assert result.exit_code == 2 and "--metrics: give one metric or more" in result.output, result.output

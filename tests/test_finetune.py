@@ -157,7 +157,7 @@ def test_init_from_refuses_bad_input_in_one_line_and_leaves_no_run_directory(tmp
 
 @pytest.mark.parametrize("model, blocks", [("cdcgan", 2), ("pggan", 1), ("began", 1)])
 def test_freeze_d_keeps_d_first_blocks_bit_identical_and_trains_the_rest(tmp_path, sources, model, blocks):
-    check_freeze_d(tmp_path, sources[model], dict(**MODELS[model], **TINY, kimg=0.032), blocks)
+    check_freeze_d(tmp_path, sources[model], dict(**MODELS[model], **TINY, kimg=0.016), blocks)
 
 
 def check_freeze_d(tmp_path, source_run, opts: dict, blocks: int, **extra):
@@ -184,7 +184,7 @@ def check_freeze_d(tmp_path, source_run, opts: dict, blocks: int, **extra):
 
 def test_freeze_d_holds_in_the_cuda_graph_ready_step(tmp_path, sources):
     """--cuda-graphs' step (run eagerly on the CPU as it would be captured) leaves frozen blocks alone too."""
-    check_freeze_d(tmp_path, sources["cdcgan"], dict(**MODELS["cdcgan"], **TINY, kimg=0.032), 1, cuda_graphs=True)
+    check_freeze_d(tmp_path, sources["cdcgan"], dict(**MODELS["cdcgan"], **TINY, kimg=0.016), 1, cuda_graphs=True)
 
 
 def test_freeze_d_refuses_more_blocks_than_d_has(tmp_path):

@@ -44,7 +44,7 @@ def built_from(source_run, **config) -> tuple:
     """A model built for `config` and loaded from the source run as a new run would be; (model, notes)."""
     source = read_source(TrainOptions(init_from=str(source_run)), None, set())
     model = build_model(config.pop("model"), {"channels": 1, "num_classes": 0, "resolution": 16, **config})
-    return model, start_from_source(model, source)
+    return model, start_from_source(model, source)[0]
 
 
 def test_init_from_starts_a_new_run_from_the_source_networks(tmp_path, sources):
@@ -193,6 +193,22 @@ def test_freeze_d_refuses_more_blocks_than_d_has(tmp_path):
                                        "--freeze-d", "4", "--outdir", str(outdir)])
     assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
     assert "--freeze-d 4: cdcgan's D has 3 blocks" in result.output
+    assert not outdir.exists() or not any(outdir.iterdir())
+
+
+def test_freeze_d_refuses_blocks_that_no_source_trained(tmp_path, sources):
+    """Frozen blocks keep what a source run learned: without --init-from, or where the source did not
+    have a frozen tensor (dcgan's D takes no label; cdcgan's first convolution does), they would stay
+    random for the whole run."""
+    outdir = tmp_path / "runs"
+    base = ["train", "--data", "mnist", "--resolution", "16", "--model-opt", "base_channels=8", "--outdir", str(outdir)]
+    alone = CliRunner().invoke(main, [*base, "--freeze-d", "1"])
+    assert alone.exit_code == 1 and "--freeze-d 1: keeps D's first blocks as a source run trained them; give " \
+        "the source with --init-from RUN" in alone.output, alone.output
+    widened = CliRunner().invoke(main, [*base, "--freeze-d", "1", "--init-from", str(sources["dcgan"])])
+    assert widened.exit_code == 1 and "--freeze-d 1: D.net.0.weight is in a frozen block but was made new" \
+        in widened.output, widened.output
+    assert len(widened.output.strip().splitlines()) == 1
     assert not outdir.exists() or not any(outdir.iterdir())
 
 

@@ -68,15 +68,16 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def start_from_source(model: GanModel, source: dict | None) -> list[str]:
-    """Copy the source's networks into a new run's model; returns the lines for log.txt.
+def start_from_source(model: GanModel, source: dict | None) -> tuple[list[str], set[str]]:
+    """Copy the source's networks into a new run's model; returns the lines for log.txt and the
+    names of the tensors made new.
 
     The options that shape the networks must match, and every tensor the two share must have the
     same shape, except where the number of classes differs: there the tensors that take or give
     the label (G's label embedding, D's label input or head) cannot be carried over and are made
     new. Tensors the source does not have (a progressive model's larger blocks) are made new too."""
     if source is None:
-        return []
+        return [], set()
     path, config, state = source["path"], source["model_config"], source["state"]
     for key in model.architecture:
         if config.get(key) != model.config.get(key):
@@ -106,11 +107,13 @@ def start_from_source(model: GanModel, source: dict | None) -> list[str]:
                     f"copied; optimizers, counters, augmentation and random streams start fresh")
     if made_new:
         notes.append(f"init-from: {len(made_new)} tensors made new, not copied{classes}: {', '.join(made_new)}")
-    return notes
+    return notes, set(made_new)
 
 
-def freeze_d(model: GanModel, blocks: int) -> list[str]:
+def freeze_d(model: GanModel, blocks: int, init_from: str | None, made_new: set[str]) -> list[str]:
     """--freeze-d N: D's first N blocks from the image side get no updates; returns the line for log.txt.
+    Only weights a source run trained are worth keeping: without --init-from, or where a frozen
+    tensor was made new (a label input the source did not have), the blocks would stay random.
 
     They are kept out of the gradient (requires_grad False, set again after each phase's switch of
     networks in training.step) rather than left out of the optimizers: a parameter without a
@@ -123,7 +126,15 @@ def freeze_d(model: GanModel, blocks: int) -> list[str]:
     available = model.d_blocks()
     if blocks > len(available):
         raise TrainingError(f"--freeze-d {blocks}: {model.name}'s D has {len(available)} blocks")
+    if init_from is None:
+        raise TrainingError(f"--freeze-d {blocks}: keeps D's first blocks as a source run trained them; give the "
+                            "source with --init-from RUN (without it they would stay as initialised)")
     model.frozen_parameters = tuple(p for block in available[:blocks] for p in block.parameters())
+    names = {id(p): name for name, p in model.named_parameters()}
+    random = [names[id(p)] for p in model.frozen_parameters if names[id(p)] in made_new]
+    if random:
+        raise TrainingError(f"--freeze-d {blocks}: {random[0]} is in a frozen block but was made new, not copied from "
+                            f"--init-from {init_from}; freeze fewer blocks so that it can learn")
     frozen, total = sum(p.numel() for p in model.frozen_parameters), sum(p.numel() for p in model.D.parameters())
     return [f"--freeze-d {blocks}: D's first {blocks} of {len(available)} blocks get no updates "
             f"({frozen:,} of D's {total:,} parameters)"]

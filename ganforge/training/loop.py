@@ -144,7 +144,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         check_same_data(snapshot, identity, opts)
     opts = resolve_augment(opts, len(dataset))
     model, notes = training_model(opts, dataset, snapshot, device, world)
-    notes = [*notes, *start_from_source(model, source), *freeze_d(model, opts.freeze_d)]
+    copied, made_new = start_from_source(model, source)
+    notes = [*notes, *copied, *freeze_d(model, opts.freeze_d, opts.init_from, made_new)]
     check_batches(model, opts, world)
     try:  # torch's optimizers check their settings: a negative lr from --model-opt, say
         optimizers = model.optimizers(model.schedule(0, opts.batch, opts.resolution))

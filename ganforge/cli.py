@@ -268,8 +268,8 @@ def _next_commands(run_dir: Path, opts: TrainOptions) -> list[str]:
     metrics = "rprec" if text else "swd"
     return ["next:",
             f"  ganforge generate {run_dir}{sample} --n 16 --out {run_dir / 'samples.png'}",
-            f"  ganforge evaluate {run_dir} --metrics {metrics} --n 1000       # fid too with the [metrics] extra",
-            f"  ganforge studio {run_dir.parent}                                # the run in a web page"]
+            f"  ganforge evaluate {run_dir} --metrics {metrics} --n 1000   # fid too, with the [metrics] extra",
+            f"  ganforge studio {run_dir.parent}   # the run in a web page, with the [studio] extra"]
 
 
 def _a_caption(opts: TrainOptions) -> str:

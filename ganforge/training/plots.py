@@ -28,13 +28,16 @@ def read_stats(run_dir: str | Path) -> list[dict]:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a .jsonl log; a line torn by a kill (the last one, mid-write) is skipped."""
+    """Rows of a .jsonl log; a line torn by a kill (the last one, mid-write) is skipped, and so is any
+    line that is not a row at a number of kimg (a file edited by hand or by another program)."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict) and isinstance(row.get("kimg"), (int, float)) and not isinstance(row["kimg"], bool):
+            rows.append(row)
     return rows
 
 

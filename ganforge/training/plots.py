@@ -77,6 +77,8 @@ def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
         if rows_m and series:
             metric_rows[name] = rows_m
             panels.append([f"{name}:{k}" for k in series])
+    if not panels:  # rows without a single number to chart
+        return None
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
     for ax, panel in zip(axes[:, 0], panels):
         for k in panel:

@@ -725,7 +725,7 @@ def main_(argv: list[str] | None = None) -> int:
     print("| case | outcome | work lost | empty run dir left | message |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['outcome']} | {r['work lost']} | {r['empty run dir left']} | {r['message'].replace('|', '/')} |")
+        print(f"| {r['case']} | {r['outcome']} | {r['work lost']} | {r['empty run dir left']} | {r['message'].replace('|', '/').replace(chr(10), ' ')} |")
     bad = [r for r in rows if r["outcome"] in ("traceback", "silent") or r["work lost"] == "yes"
            or r["empty run dir left"] == "yes"]
     counts = {k: sum(r["outcome"] == k for r in rows) for k in ("clear error", "handled", "traceback", "silent", "skipped")}

@@ -397,12 +397,13 @@ def read_captions(path: Path, max_chars: int = 2000, max_lines: int = 1000) -> l
 
     At most `max_lines` captions of `max_chars` each are kept, so a runaway file cannot fill memory.
     """
+    limit = max_chars * max_lines * 4
     try:
         with open(path, "rb") as f:
-            raw = f.read(max_chars * max_lines * 4)
+            raw = f.read(limit)
     except FileNotFoundError:
         return []
-    return [line[:max_chars] for line in decode_captions(raw, str(path))][:max_lines]
+    return [line[:max_chars] for line in decode_captions(raw, str(path), cut=len(raw) == limit)][:max_lines]
 
 
 # Byte-order marks, longest first (UTF-32's little-endian mark begins with UTF-16's).
@@ -410,7 +411,7 @@ TEXT_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-b
              (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 
 
-def decode_captions(raw: bytes, where: str) -> list[str]:
+def decode_captions(raw: bytes, where: str, cut: bool = False) -> list[str]:
     """The non-empty lines of a caption file: UTF-8, or UTF-16/32 with a byte-order mark. Any other
     encoding (Latin-1, UTF-16 without a mark) is refused naming the file: guessed or replaced
     characters would train the text encoder on captions nobody wrote."""
@@ -419,10 +420,10 @@ def decode_captions(raw: bytes, where: str) -> list[str]:
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as e:
-        if e.start < len(raw) - 4:
+        if not (cut and e.start >= len(raw) - 4):  # `cut`: read up to a limit, which may split the last character
             raise DatasetError(f"{where}: not {encoding.upper()} text (byte {raw[e.start]:#04x} at offset "
                                f"{e.start + len(bom)}); save the captions as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-        text = raw[:e.start].decode(encoding)  # the read limit cut the last character: that one alone is dropped
+        text = raw[:e.start].decode(encoding)  # that character alone is dropped
     if "\x00" in text:
         raise DatasetError(f"{where}: holds NUL characters (UTF-16 without a byte-order mark?); save the captions as "
                            "UTF-8")

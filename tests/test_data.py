@@ -265,6 +265,7 @@ def test_captions_with_a_byte_order_mark_are_read_as_written(tmp_path, encoding)
 
 @pytest.mark.parametrize("data,message", [
     ("oiseau d\xe9j\xe0 vu\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 8)"),
+    ("d\xe9j\xe0".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 1)"),  # short: no end to forgive
     ("a bird\n".encode("utf-16-le"), "holds NUL characters (UTF-16 without a byte-order mark?)"),
 ])
 def test_captions_in_another_encoding_are_refused_naming_the_file(tmp_path, data, message):

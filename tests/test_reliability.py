@@ -571,3 +571,20 @@ def test_an_export_onto_a_full_disk_is_one_line_not_an_abort(finished_run, tmpfs
 def test_evaluate_without_a_metric_is_one_line(finished_run):
     result = cli("evaluate", finished_run, "--metrics", "", "--n", "8")
     assert result.exit_code == 2 and "--metrics: give one metric or more" in result.output, result.output
+
+
+def test_plot_skips_rows_that_are_not_rows_at_a_kimg(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with open(run / "stats.jsonl", "a") as f:
+        f.write('[1, 2]\n{"kimg": "x", "loss/G": 1}\n"text"\n{"loss/G": 3}\n')
+    result = cli("plot", run)
+    assert result.exit_code == 0 and (run / "stats.png").is_file(), result.output
+
+
+def test_plot_of_rows_without_a_number_to_chart_is_one_line(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "stats.jsonl").write_text('{"kimg": 1, "loss/G": "a"}\n{"kimg": 2}\n')
+    result = cli("plot", run)
+    assert result.exit_code == 1 and "not enough rows in stats.jsonl to plot yet" in result.output, result.output

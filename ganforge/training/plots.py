@@ -28,13 +28,16 @@ def read_stats(run_dir: str | Path) -> list[dict]:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a .jsonl log; a line torn by a kill (the last one, mid-write) is skipped."""
+    """Rows of a .jsonl log; a line torn by a kill (the last one, mid-write) is skipped, and so is any
+    line that is not a row at a number of kimg (a file edited by hand or by another program)."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict) and isinstance(row.get("kimg"), (int, float)) and not isinstance(row["kimg"], bool):
+            rows.append(row)
     return rows
 
 
@@ -74,6 +77,8 @@ def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
         if rows_m and series:
             metric_rows[name] = rows_m
             panels.append([f"{name}:{k}" for k in series])
+    if not panels:  # rows without a single number to chart
+        return None
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
     for ax, panel in zip(axes[:, 0], panels):
         for k in panel:

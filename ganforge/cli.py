@@ -301,6 +301,10 @@ def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
 
     if resume is None and options["data"] not in BUILTIN_DATASETS and not Path(options["data"]).expanduser().exists():
         raise click.BadParameter(f"{options['data']}: no such file or folder", param_hint="--data")
+    if options["batch"] is not None:  # else each process reports it, and torchrun adds its own traceback
+        from ganforge.training.options import accumulation_rounds
+
+        accumulation_rounds(options["batch"], gpus, options["batch_gpu"])
 
 
 @main.command()

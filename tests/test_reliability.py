@@ -115,6 +115,10 @@ def cli(*args):
     (["--kimg", "0.0001"], "--kimg 0.0001 is less than one image"),
     (["--device", "gpu0"], "--device gpu0: not a device"),
     (["--model-opt", "lr=-1"], "--model-opt: the optimizer refuses its settings (Invalid learning rate: -1)"),
+    (["--model-opt", "z_dim=-4"], "--model-opt z_dim=-4: it sizes cdcgan's networks, so it is a whole number of at "
+                                  "least 1 (default: 100)"),
+    (["--model-opt", "max_channels=2.5"], "--model-opt max_channels=2.5: it sizes cdcgan's networks"),
+    (["--gpus", "2", "--device", "cpu", "--batch", "15"], "batch 15 does not divide among 2 processes"),
     (["--seed", str(2**64 - 1)], f"Invalid value for '--seed': {2**64 - 1} is not in the range"),
 ])
 def test_ordinary_mistakes_are_one_line_and_leave_no_run_directory(args, message, tmp_path):

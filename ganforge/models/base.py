@@ -135,6 +135,10 @@ class GanModel(nn.Module):
                 usual = "chosen by the model" if default is None else default
                 raise OptionError(f"--model-opt {key}={value!r}: {self.name} expects "
                                   f"{'true or false' if isinstance(default, bool) else 'a number'} (default: {usual})")
+            sized = key in self.architecture and isinstance(value, (int, float)) and not isinstance(value, bool)
+            if sized and not (value >= 1 and value == int(value)):  # a width or a latent size: -4 is no shape
+                raise OptionError(f"--model-opt {key}={value!r}: it sizes {self.name}'s networks, so it is a whole "
+                                  f"number of at least 1 (default: {default if default is not None else 'chosen by the model'})")
         self.config = dict(config)  # everything needed to rebuild the networks from a snapshot
 
     # --- set-up -----------------------------------------------------------------------------

@@ -324,7 +324,7 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
     """
     from ganforge.inference import generate as sample, generate_from_prompts, load_model, write_images
 
-    from ganforge.inference import GRID_SUFFIXES
+    from ganforge.inference import GRID_SUFFIXES, captions_beside
     from ganforge.hardware import resolve_device
 
     _check_writable(out, "--out", folder=Path(out).suffix.lower() not in GRID_SUFFIXES)
@@ -339,10 +339,15 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
             raise click.BadParameter("a text-to-image run is conditioned on --prompt, not on a class", param_hint="--label")
         if not prompts:
             raise click.UsageError("this is a text-to-image run: give --prompt TEXT (or --prompts FILE)")
+        rows = [p.strip() for p in prompts if p.strip()]  # the prompts generate_from_prompts keeps, in order
+        grid = Path(out).suffix.lower() in GRID_SUFFIXES
+        if grid:  # the row captions go beside the grid: never over a run's own file
+            _check_writable(captions_beside(out), "--out")
         images = generate_from_prompts(model, list(prompts), n, seed=seed, device=device, truncate=not no_truncation,
                                        psi=psi)
-        paths = write_images(images, out, n)
-        click.echo(f"wrote {len(images)} images ({n} per prompt) to {out if len(paths) == 1 else Path(out)}")
+        write_images(images, out, n, captions=rows)
+        beside = f" and its row captions to {captions_beside(out)}" if grid else ""
+        click.echo(f"wrote {len(images)} images ({n} per prompt) to {out if grid else Path(out)}{beside}")
         return
     if label is not None and model.num_classes:
         label = _class_of(model, run_or_snapshot, label, "--label")

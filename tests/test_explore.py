@@ -245,3 +245,43 @@ def test_a_walk_says_the_frame_size_it_wrote(run, tmp_path):
     assert f"frames of {width}x{height} (the samples' 16x16 enlarged for the codec)" in result.output
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "w.gif")])
     assert result.exit_code == 0 and "frames of 16x16 at 5 fps" in result.output, result.output
+
+
+# --- the captions of a text-to-image grid's rows ------------------------------------------------
+def test_training_grids_of_a_text_run_have_their_row_captions_beside_them(finished_runs):
+    done = finished_runs / "done"
+    text_run, class_run = next(done.glob("*-dfgan-*")), next(done.glob("*-cdcgan-*"))
+    grids = sorted(text_run.glob("fakes*.png"))
+    assert grids
+    for grid in grids:
+        rows = grid.with_suffix(".txt").read_text(encoding="utf-8").splitlines()
+        assert len(rows) == Image.open(grid).height // 17  # 16x16 cells and 1 px of padding: one line per row
+        assert all(row.startswith("a handwritten digit ") for row in rows)
+    assert not list(class_run.glob("fakes*.txt"))  # a class run's rows are its classes: nothing to write
+    frames, labels = timelapse_frames(text_run)  # the timelapse still reads only the grids
+    assert len(frames) == len(grids)
+
+
+def test_generate_writes_the_prompts_of_its_rows_beside_the_grid(finished_runs, tmp_path):
+    run = next((finished_runs / "done").glob("*-dfgan-*"))
+    out = tmp_path / "birds.png"
+    result = ganforge("generate", run, "--prompt", "a handwritten digit two", "--prompt", " a handwritten digit five ",
+                      "--n", "3", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "birds.txt").read_text(encoding="utf-8") == "a handwritten digit two\na handwritten digit five\n"
+    assert "birds.txt" in result.stdout
+    log = (run / "log.txt").read_bytes()
+    refused = ganforge("generate", run, "--prompt", "a handwritten digit two", "--out", run / "log.png")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr  # a bad --out, as for any of its files
+    assert "log.txt is a file ganforge keeps in the run" in refused.stderr
+    assert (run / "log.txt").read_bytes() == log and not (run / "log.png").exists()
+
+
+def test_a_text_run_stopped_before_its_first_tick_takes_its_grid_captions_with_it(tmp_path):
+    from ganforge.training.rundir import remove_unless_kept
+
+    run_dir = tmp_path / "00000-dfgan-mnist-captions"
+    run_dir.mkdir()
+    for name in ("log.txt", "fakes000000.png", "fakes000000.txt", "fakes000000k008.txt"):
+        (run_dir / name).write_text("x")
+    assert remove_unless_kept(run_dir) and not run_dir.exists()

@@ -68,20 +68,25 @@ def latents_along(model: GanModel, seeds: list[int], steps: list[tuple[int, int,
 
 def walk_frames(model: GanModel, seeds: list[int], seconds: float, fps: int, grid: int = 1,
                 labels: list[int] | None = None, prompts: list[str] | None = None,
-                device: str | torch.device = "cpu") -> np.ndarray:
+                device: str | torch.device = "cpu", scale: int = 1) -> np.ndarray:
     """uint8 frames [F, H, W, C] of grid x grid walks side by side (walk k uses the seeds + 1000 k).
     Keyframe k is seed k and label (or prompt) k, each list repeated to the longer; between two
-    labels or prompts the class embedding or sentence vector moves linearly along with the latent."""
+    labels or prompts the class embedding or sentence vector moves linearly along with the latent.
+    `scale`: each frame enlarged that many times, nearest neighbour."""
     conditions = walk_conditions(model, labels, prompts)
     keys = max(len(seeds), len(conditions))
     frames = max(2, round(seconds * fps))
     r, cells = model.sample_resolution, grid * grid
-    side = grid * r + (2 * (grid + 1) if grid > 1 else 0)
-    # Before any frame is made: the samples as floats, the frames, and their copy upscaled for the video.
-    check_memory(frames * (cells * model.config["channels"] * r * r * 4 + side * side * 3 + 2 * 3 * max(side, 256) ** 2),
-                 f"--seconds {seconds:g} at --fps {fps} ({frames:,} frames of {side}x{side})", "--seconds or --fps")
+    side = (grid * r + (2 * (grid + 1) if grid > 1 else 0)) * scale
+    # Before any frame is made: the samples as floats, the frames (and their enlarged copy), and
+    # their copy upscaled for the video.
+    check_memory(frames * (cells * model.config["channels"] * r * r * 4 + 2 * side * side * 3
+                           + 2 * 3 * max(side, 256) ** 2),
+                 f"--seconds {seconds:g} at --fps {fps} ({frames:,} frames of {side}x{side})",
+                 "--seconds, --fps or --scale")
     steps = walk_steps(keys, frames)
-    return walk_images(model, seeds, steps, keys, conditions, grid, labels, prompts, device)
+    walk = walk_images(model, seeds, steps, keys, conditions, grid, labels, prompts, device)
+    return walk.repeat(scale, axis=1).repeat(scale, axis=2) if scale > 1 else walk
 
 
 def blend_frame(model: GanModel, seeds: tuple[int, int], t: float, grid: int = 1,

@@ -142,6 +142,19 @@ def class_rows(images: torch.Tensor, labels: torch.Tensor, columns: int) -> torc
     return torch.cat(rows)
 
 
+def check_scale(images: int, channels: int, resolution: int, scale: int) -> None:
+    """Refuse a --scale whose enlarged images cannot fit in memory, before any is made."""
+    side = resolution * scale
+    check_memory(images * channels * side * side * 4 * 3, f"--scale {scale} ({images:,} images of {side}x{side})",
+                 "--scale")
+
+
+def enlarge(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """Images [N, C, H, W] enlarged `scale` times, each pixel a scale x scale block (nearest neighbour:
+    small samples stay sharp instead of blurred)."""
+    return images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3) if scale > 1 else images
+
+
 def captions_beside(grid: str | Path) -> Path:
     """The text file of a text-to-image grid's row captions: x.png -> x.txt."""
     return Path(grid).with_suffix(".txt")

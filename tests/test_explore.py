@@ -285,3 +285,38 @@ def test_a_text_run_stopped_before_its_first_tick_takes_its_grid_captions_with_i
     for name in ("log.txt", "fakes000000.png", "fakes000000.txt", "fakes000000k008.txt"):
         (run_dir / name).write_text("x")
     assert remove_unless_kept(run_dir) and not run_dir.exists()
+
+
+# --- --scale: small samples enlarged, nearest neighbour -----------------------------------------
+def test_scale_enlarges_generated_images_walks_and_projections_pixel_for_pixel(run, tmp_path):
+    plain, big = tmp_path / "plain", tmp_path / "big"
+    for out, scale in ((plain, 1), (big, 3)):
+        result = ganforge("generate", run, "--n", "2", "--label", "4", "--out", out, "--scale", scale)
+        assert result.returncode == 0, result.stderr
+    small, large = np.array(Image.open(plain / "000000.png")), np.array(Image.open(big / "000000.png"))
+    assert small.shape[:2] == (16, 16) and large.shape[:2] == (48, 48)
+    assert (large == small.repeat(3, axis=0).repeat(3, axis=1)).all()
+    grid = ganforge("generate", run, "--n", "4", "--out", tmp_path / "grid.png", "--scale", "2")
+    assert grid.returncode == 0, grid.stderr
+    assert Image.open(tmp_path / "grid.png").size == (34, 4 * 33 + 1)  # a row per class (four of one image), 32x32 cells
+
+    walk = ganforge("interpolate", run, "--out", tmp_path / "walk.gif", "--seeds", "1,2", "--seconds", "0.2",
+                    "--fps", "10", "--scale", "4")
+    assert walk.returncode == 0, walk.stderr
+    assert Image.open(tmp_path / "walk.gif").size == (64, 64) and "frames of 64x64" in walk.stdout
+
+    Image.fromarray(small).save(tmp_path / "target.png")
+    projected = ganforge("project", run, "--image", tmp_path / "target.png", "--label", "4", "--steps", "2",
+                         "--video", "gif", "--scale", "5", "--out", tmp_path / "projection")
+    assert projected.returncode == 0, projected.stderr
+    for name, size in (("target.png", (80, 80)), ("projected.png", (80, 80)), ("compare.png", (2 * 80 + 6, 84))):
+        assert Image.open(tmp_path / "projection" / name).size == size
+
+
+@pytest.mark.parametrize("command", [["generate", "--out", "g.png"], ["interpolate", "--out", "w.gif", "--seeds", "1,2"],
+                                     ["project", "--image", "target.png", "--label", "0", "--steps", "1"]])
+def test_a_scale_too_large_for_memory_is_refused_in_one_line_before_any_work(run, tmp_path, command):
+    Image.new("L", (16, 16)).save(tmp_path / "target.png")
+    result = ganforge(command[0], run, *command[1:], "--scale", "100000", cwd=tmp_path)
+    assert "GiB of memory" in one_line_error(result) and "--scale" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target.png"] or command[0] == "project"

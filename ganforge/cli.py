@@ -566,20 +566,32 @@ def _number_list(ctx, param, value: str | None) -> list[int] | None:
                    "embedding moves between them) [default: 0]")
 @click.option("--prompt", "prompts", multiple=True,
               help="Text-to-image: the caption of a keyframe; repeat to move between captions")
+@click.option("--latent", "latent_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A latent.npy written by ganforge project, as a keyframe instead of a seed; repeat for more")
 @SCALE
 @DEVICE
-def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts, scale, device):
-    """Write a looping latent walk through the samples of the given seeds (and classes or captions) as a video."""
-    from ganforge.explore import VIDEO_SUFFIXES, check_video_writer, walk_frames, write_video
+@click.pass_context
+def interpolate(ctx, run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts, latent_files, scale, device):
+    """Write a looping latent walk through the samples of the given seeds (or projected latents, and
+    classes or captions) as a video."""
+    from click.core import ParameterSource
+
+    from ganforge.errors import OptionError
+    from ganforge.explore import VIDEO_SUFFIXES, check_video_writer, read_latent, walk_frames, write_video
     from ganforge.hardware import resolve_device
     from ganforge.inference import load_model
 
     if Path(out).suffix.lower() not in VIDEO_SUFFIXES:
         raise click.BadParameter(f"{out}: give a .mp4 or .gif file", param_hint="--out")
+    if latent_files and ctx.get_parameter_source("seeds") != ParameterSource.DEFAULT:
+        raise OptionError("--latent and --seeds: give the keyframes as seeds or as latent files, not both")
+    if latent_files and grid > 1:
+        raise OptionError("--grid: a walk between --latent files is one walk; drop --grid")
     check_video_writer(out)
-    if max(len(seeds), len(labels or []), len(prompts)) < 2:
+    if max(len(latent_files) or len(seeds), len(labels or []), len(prompts)) < 2:
         raise click.UsageError("a walk needs two keyframes or more: give two or more seeds (--seeds 1,7,42), "
-                               "classes (--labels 3,8) or prompts (--prompt A --prompt B)")
+                               "latents (--latent a.npy --latent b.npy), classes (--labels 3,8) or prompts "
+                               "(--prompt A --prompt B)")
     _check_writable(out, "--out")
     dev = resolve_device(device)
     model = load_model(run_or_snapshot, dev)
@@ -587,9 +599,11 @@ def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts
         raise click.BadParameter("this model is not class-conditional (trained without labels)", param_hint="--labels")
     if labels:
         labels = [_class_of(model, run_or_snapshot, given, "--labels") for given in labels]
-    frames = walk_frames(model, seeds, seconds, fps, grid, labels, list(prompts), dev, scale)
+    latents = [read_latent(path, model) for path in latent_files] or None
+    frames = walk_frames(model, seeds, seconds, fps, grid, labels, list(prompts), dev, scale, latents)
     width, height = write_video(frames, out, fps)
-    through = [f"seeds {','.join(map(str, seeds))}"] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
+    keyframes = f"latents {', '.join(latent_files)}" if latents else f"seeds {','.join(map(str, seeds))}"
+    through = [keyframes] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
         + ([f"{len(prompts)} prompts"] if len(prompts) > 1 else [])
     enlarged = (f" (the samples' {frames.shape[2]}x{frames.shape[1]} enlarged for the codec)"
                 if (width, height) != (frames.shape[2], frames.shape[1]) else "")

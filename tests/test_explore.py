@@ -320,3 +320,40 @@ def test_a_scale_too_large_for_memory_is_refused_in_one_line_before_any_work(run
     result = ganforge(command[0], run, *command[1:], "--scale", "100000", cwd=tmp_path)
     assert "GiB of memory" in one_line_error(result) and "--scale" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target.png"] or command[0] == "project"
+
+
+# --- walks between projected latents ------------------------------------------------------------
+def test_interpolate_walks_between_latents_saved_by_project(run, tmp_path):
+    from ganforge.explore import read_latent
+
+    model = load_model(run)
+    image, _, _ = generate(model, 1, seed=3, label=2)
+    save_image(image * 0.5 + 0.5, tmp_path / "two.png")
+    projected = ganforge("project", run, "--image", tmp_path / "two.png", "--label", "2", "--steps", "2",
+                         "--video", "none", "--out", tmp_path / "p")
+    assert projected.returncode == 0, projected.stderr
+    np.save(tmp_path / "b.npy", model.sampling_latents(1, generator=torch.Generator().manual_seed(5)).numpy())
+    walk = ganforge("interpolate", run, "--latent", tmp_path / "p" / "latent.npy", "--latent", tmp_path / "b.npy",
+                    "--labels", "2", "--out", tmp_path / "w.gif", "--seconds", "1", "--fps", "4")
+    assert walk.returncode == 0, walk.stderr
+    assert "through latents" in walk.stdout and Image.open(tmp_path / "w.gif").n_frames == 4
+
+    keys = [read_latent(tmp_path / "p" / "latent.npy", model), read_latent(tmp_path / "b.npy", model)]
+    frames = walk_frames(model, [0], seconds=1, fps=4, labels=[2], latents=keys)
+    for frame, key in ((0, keys[0]), (2, keys[1])):  # the walk passes through each latent's own sample
+        sample = model.generate(key[None], Condition(classes=torch.tensor([2])))
+        assert (frames[frame][..., 0] == to_uint8(sample)[0, 0].numpy()).all()
+
+
+def test_a_latent_of_the_wrong_shape_or_with_seeds_is_refused_in_one_line(run, tmp_path):
+    z_dim = load_model(run).z_dim
+    np.save(tmp_path / "a.npy", np.zeros((1, z_dim), np.float32))
+    np.save(tmp_path / "bad.npy", np.zeros((1, 7), np.float32))
+    wrong = ganforge("interpolate", run, "--latent", tmp_path / "a.npy", "--latent", tmp_path / "bad.npy",
+                     "--out", tmp_path / "w.gif")
+    message = one_line_error(wrong)
+    assert "bad.npy" in message and "(1, 7)" in message and f"(1, {z_dim})" in message
+    both = ganforge("interpolate", run, "--latent", tmp_path / "a.npy", "--latent", tmp_path / "a.npy",
+                    "--seeds", "1,2", "--out", tmp_path / "w.gif")
+    assert "--latent and --seeds" in one_line_error(both)
+    assert not (tmp_path / "w.gif").exists()

@@ -117,6 +117,8 @@ def train_options(function):
 
 # Options several commands share, declared once (on TrainOptions) so their defaults and help agree.
 DEVICE, SEED, PRECISION = option_from("device"), option_from("seed"), option_from("precision")
+SCALE = click.option("--scale", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Enlarge the images this many times, each pixel a block (for small samples: 16x16, 32x32)")
 MODEL_OPT = click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
                          help="Set one of the model's hyperparameters, e.g. lr=5e-5 or skip=true (repeatable)")
 INCEPTION_WEIGHTS = click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -320,15 +322,16 @@ def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
 @click.option("--no-truncation", is_flag=True, help="Text-to-image: plain N(0, 1) noise instead of truncated")
 @click.option("--psi", type=click.FloatRange(0, 2), default=1.0, show_default=True,
               help="Truncation: the noise scaled toward its mean (lower: more typical, less varied samples)")
+@SCALE
 @DEVICE
-def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_truncation, psi, device):
+def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_truncation, psi, scale, device):
     """Sample images from a run's EMA generator (the RuntimeGenerator).
 
     For text-to-image runs, --n images are drawn for each prompt, one grid row per prompt.
     """
-    from ganforge.inference import generate as sample, generate_from_prompts, load_model, write_images
+    from ganforge.inference import check_scale, enlarge, generate as sample, generate_from_prompts, load_model, write_images
 
-    from ganforge.inference import GRID_SUFFIXES
+    from ganforge.inference import GRID_SUFFIXES, captions_beside
     from ganforge.hardware import resolve_device
 
     _check_writable(out, "--out", folder=Path(out).suffix.lower() not in GRID_SUFFIXES)
@@ -343,17 +346,24 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
             raise click.BadParameter("a text-to-image run is conditioned on --prompt, not on a class", param_hint="--label")
         if not prompts:
             raise click.UsageError("this is a text-to-image run: give --prompt TEXT (or --prompts FILE)")
+        rows = [p.strip() for p in prompts if p.strip()]  # the prompts generate_from_prompts keeps, in order
+        grid = Path(out).suffix.lower() in GRID_SUFFIXES
+        if grid:  # the row captions go beside the grid: never over a run's own file
+            _check_writable(captions_beside(out), "--out")
+        check_scale(n * len(rows), model.config["channels"], model.sample_resolution, scale)
         images = generate_from_prompts(model, list(prompts), n, seed=seed, device=device, truncate=not no_truncation,
                                        psi=psi)
-        paths = write_images(images, out, n)
-        click.echo(f"wrote {len(images)} images ({n} per prompt) to {out if len(paths) == 1 else Path(out)}")
+        write_images(enlarge(images, scale), out, n, captions=rows)
+        beside = f" and its row captions to {captions_beside(out)}" if grid else ""
+        click.echo(f"wrote {len(images)} images ({n} per prompt) to {out if grid else Path(out)}{beside}")
         return
     if label is not None and model.num_classes:
         label = _class_of(model, run_or_snapshot, label, "--label")
     elif label is not None:
         raise click.BadParameter("this model is not class-conditional (trained without labels)", param_hint="--label")
+    check_scale(n, model.config["channels"], model.sample_resolution, scale)
     images, labels, columns = sample(model, n, seed=seed, label=label, device=device, psi=psi)
-    paths = write_images(images, out, columns, labels if label is None else None)
+    paths = write_images(enlarge(images, scale), out, columns, labels if label is None else None)
     click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
 
 
@@ -560,19 +570,32 @@ def _number_list(ctx, param, value: str | None) -> list[int] | None:
                    "embedding moves between them) [default: 0]")
 @click.option("--prompt", "prompts", multiple=True,
               help="Text-to-image: the caption of a keyframe; repeat to move between captions")
+@click.option("--latent", "latent_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A latent.npy written by ganforge project, as a keyframe instead of a seed; repeat for more")
+@SCALE
 @DEVICE
-def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts, device):
-    """Write a looping latent walk through the samples of the given seeds (and classes or captions) as a video."""
-    from ganforge.explore import VIDEO_SUFFIXES, check_video_writer, walk_frames, write_video
+@click.pass_context
+def interpolate(ctx, run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts, latent_files, scale, device):
+    """Write a looping latent walk through the samples of the given seeds (or projected latents, and
+    classes or captions) as a video."""
+    from click.core import ParameterSource
+
+    from ganforge.errors import OptionError
+    from ganforge.explore import VIDEO_SUFFIXES, check_video_writer, read_latent, walk_frames, write_video
     from ganforge.hardware import resolve_device
     from ganforge.inference import load_model
 
     if Path(out).suffix.lower() not in VIDEO_SUFFIXES:
         raise click.BadParameter(f"{out}: give a .mp4 or .gif file", param_hint="--out")
+    if latent_files and ctx.get_parameter_source("seeds") != ParameterSource.DEFAULT:
+        raise OptionError("--latent and --seeds: give the keyframes as seeds or as latent files, not both")
+    if latent_files and grid > 1:
+        raise OptionError("--grid: a walk between --latent files is one walk; drop --grid")
     check_video_writer(out)
-    if max(len(seeds), len(labels or []), len(prompts)) < 2:
+    if max(len(latent_files) or len(seeds), len(labels or []), len(prompts)) < 2:
         raise click.UsageError("a walk needs two keyframes or more: give two or more seeds (--seeds 1,7,42), "
-                               "classes (--labels 3,8) or prompts (--prompt A --prompt B)")
+                               "latents (--latent a.npy --latent b.npy), classes (--labels 3,8) or prompts "
+                               "(--prompt A --prompt B)")
     _check_writable(out, "--out")
     dev = resolve_device(device)
     model = load_model(run_or_snapshot, dev)
@@ -580,9 +603,11 @@ def interpolate(run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts
         raise click.BadParameter("this model is not class-conditional (trained without labels)", param_hint="--labels")
     if labels:
         labels = [_class_of(model, run_or_snapshot, given, "--labels") for given in labels]
-    frames = walk_frames(model, seeds, seconds, fps, grid, labels, list(prompts), dev)
+    latents = [read_latent(path, model) for path in latent_files] or None
+    frames = walk_frames(model, seeds, seconds, fps, grid, labels, list(prompts), dev, scale, latents)
     width, height = write_video(frames, out, fps)
-    through = [f"seeds {','.join(map(str, seeds))}"] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
+    keyframes = f"latents {', '.join(latent_files)}" if latents else f"seeds {','.join(map(str, seeds))}"
+    through = [keyframes] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
         + ([f"{len(prompts)} prompts"] if len(prompts) > 1 else [])
     enlarged = (f" (the samples' {frames.shape[2]}x{frames.shape[1]} enlarged for the codec)"
                 if (width, height) != (frames.shape[2], frames.shape[1]) else "")
@@ -635,9 +660,10 @@ def studio(roots, host, port, refresh, device):
 @click.option("--prompt", default=None, help="Text-to-image run: a caption of the image")
 @click.option("--video", type=click.Choice(["mp4", "gif", "none"]), default="mp4", show_default=True,
               help="The optimisation as a video (mp4 needs the [video] extra)")
+@SCALE
 @SEED
 @DEVICE
-def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, device):
+def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scale, device):
     """Find the latent whose sample best matches a real image; write both, the latent and a video."""
     import json
 
@@ -647,7 +673,7 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, devi
 
     from ganforge.explore import as_frame, check_video_writer, project as find_latent, psnr, read_image, write_video
     from ganforge.hardware import resolve_device
-    from ganforge.inference import load_model
+    from ganforge.inference import check_scale, enlarge, load_model
     from ganforge.metrics.msssim import ms_ssim
     from ganforge.models.base import TEXT, Condition
 
@@ -657,6 +683,7 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, devi
     dev = resolve_device(device)
     model = load_model(run_or_snapshot, dev)
     target = read_image(image, model.config["channels"], model.sample_resolution).to(dev)
+    check_scale(2 * 64, model.config["channels"], model.sample_resolution, scale)  # the video's pairs, at most 61
     if model.conditioning == TEXT:
         if not prompt or not prompt.strip():
             raise click.UsageError("this is a text-to-image run: give --prompt TEXT, a caption of the image")
@@ -678,9 +705,9 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, devi
         condition = lambda z: model.generate(z, Condition())  # noqa: E731
     result = find_latent(model, target, condition, steps=steps, seed=seed)
     folder, found, real = Path(out), result["image"], target.cpu()
-    save_image(real * 0.5 + 0.5, folder / "target.png")
-    save_image(found * 0.5 + 0.5, folder / "projected.png")
-    save_image(torch.cat([real, found]) * 0.5 + 0.5, folder / "compare.png", nrow=2, padding=2)
+    save_image(enlarge(real, scale) * 0.5 + 0.5, folder / "target.png")  # the figures below stay at the samples' size
+    save_image(enlarge(found, scale) * 0.5 + 0.5, folder / "projected.png")
+    save_image(enlarge(torch.cat([real, found]), scale) * 0.5 + 0.5, folder / "compare.png", nrow=2, padding=2)
     np.save(folder / "latent.npy", result["latent"].numpy())
     figures = {"psnr_db": round(psnr(found, real).item(), 2),
                "ms_ssim": round(ms_ssim((found + 1) * 127.5, (real + 1) * 127.5).item(), 4),
@@ -689,7 +716,7 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, devi
     (folder / "result.json").write_text(json.dumps(figures, indent=2) + "\n")
     written = ["target.png", "projected.png", "compare.png", "latent.npy", "result.json"]
     if video != "none":
-        frames = np.stack([as_frame(make_grid(torch.stack([real[0], f]) * 0.5 + 0.5, nrow=2, padding=2).mul(255)
+        frames = np.stack([as_frame(make_grid(enlarge(torch.stack([real[0], f]), scale) * 0.5 + 0.5, nrow=2, padding=2).mul(255)
                                     .round().to(torch.uint8)) for f in result["frames"]])
         write_video(frames, folder / f"projection.{video}", fps=15)
         written.append(f"projection.{video}")

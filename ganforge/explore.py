@@ -57,31 +57,42 @@ def walk_latents(model: GanModel, seeds: list[int], frames: int, keys: int | Non
     return latents_along(model, seeds, walk_steps(keys, frames), keys)
 
 
-def latents_along(model: GanModel, seeds: list[int], steps: list[tuple[int, int, float]], keys: int) -> torch.Tensor:
+def latents_along(model: GanModel, seeds: list[int], steps: list[tuple[int, int, float]], keys: int,
+                  given: list[torch.Tensor] | None = None) -> torch.Tensor:
     """[len(steps), z_dim]: the latent at each (keyframe, next keyframe, t) of a walk whose keyframe k
-    is the sample latent of seed k (the seeds repeated to `keys` keyframes)."""
-    latents = [model.sampling_latents(1, generator=torch.Generator().manual_seed(seeds[k % len(seeds)]))[0]
-               for k in range(keys)]
+    is the sample latent of seed k, or the k-th of the `given` latents (repeated to `keys` keyframes)."""
+    if given:
+        latents = [given[k % len(given)] for k in range(keys)]
+    else:
+        latents = [model.sampling_latents(1, generator=torch.Generator().manual_seed(seeds[k % len(seeds)]))[0]
+                   for k in range(keys)]
     blend = slerp if model.latent_interpolation == "slerp" else torch.lerp
     return torch.stack([blend(latents[i], latents[j], t) for i, j, t in steps])
 
 
 def walk_frames(model: GanModel, seeds: list[int], seconds: float, fps: int, grid: int = 1,
                 labels: list[int] | None = None, prompts: list[str] | None = None,
-                device: str | torch.device = "cpu") -> np.ndarray:
+                device: str | torch.device = "cpu", scale: int = 1,
+                latents: list[torch.Tensor] | None = None) -> np.ndarray:
     """uint8 frames [F, H, W, C] of grid x grid walks side by side (walk k uses the seeds + 1000 k).
     Keyframe k is seed k and label (or prompt) k, each list repeated to the longer; between two
-    labels or prompts the class embedding or sentence vector moves linearly along with the latent."""
+    labels or prompts the class embedding or sentence vector moves linearly along with the latent.
+    `scale`: each frame enlarged that many times, nearest neighbour. `latents` (read_latent's, one
+    walk: grid 1) are the keyframes' latents instead of the seeds'."""
     conditions = walk_conditions(model, labels, prompts)
-    keys = max(len(seeds), len(conditions))
+    keys = max(len(latents or seeds), len(conditions))
     frames = max(2, round(seconds * fps))
     r, cells = model.sample_resolution, grid * grid
-    side = grid * r + (2 * (grid + 1) if grid > 1 else 0)
-    # Before any frame is made: the samples as floats, the frames, and their copy upscaled for the video.
-    check_memory(frames * (cells * model.config["channels"] * r * r * 4 + side * side * 3 + 2 * 3 * max(side, 256) ** 2),
-                 f"--seconds {seconds:g} at --fps {fps} ({frames:,} frames of {side}x{side})", "--seconds or --fps")
+    side = (grid * r + (2 * (grid + 1) if grid > 1 else 0)) * scale
+    # Before any frame is made: the samples as floats, the frames (and their enlarged copy), and
+    # their copy upscaled for the video.
+    check_memory(frames * (cells * model.config["channels"] * r * r * 4 + 2 * side * side * 3
+                           + 2 * 3 * max(side, 256) ** 2),
+                 f"--seconds {seconds:g} at --fps {fps} ({frames:,} frames of {side}x{side})",
+                 "--seconds, --fps or --scale")
     steps = walk_steps(keys, frames)
-    return walk_images(model, seeds, steps, keys, conditions, grid, labels, prompts, device)
+    walk = walk_images(model, seeds, steps, keys, conditions, grid, labels, prompts, device, latents)
+    return walk.repeat(scale, axis=1).repeat(scale, axis=2) if scale > 1 else walk
 
 
 def blend_frame(model: GanModel, seeds: tuple[int, int], t: float, grid: int = 1,
@@ -96,10 +107,10 @@ def blend_frame(model: GanModel, seeds: tuple[int, int], t: float, grid: int = 1
 
 def walk_images(model: GanModel, seeds: list[int], steps: list[tuple[int, int, float]], keys: int,
                 conditions: list[torch.Tensor], grid: int, labels: list[int] | None, prompts: list[str] | None,
-                device: str | torch.device) -> np.ndarray:
+                device: str | torch.device, latents: list[torch.Tensor] | None = None) -> np.ndarray:
     """uint8 frames [len(steps), H, W, C]: at each step of the walk, grid x grid cells (cell k walks
-    the seeds + 1000 k) under the condition of that step."""
-    walks = [latents_along(model, [s + 1000 * k for s in seeds], steps, keys) for k in range(grid * grid)]
+    the seeds + 1000 k, or the given latents) under the condition of that step."""
+    walks = [latents_along(model, [s + 1000 * k for s in seeds], steps, keys, latents) for k in range(grid * grid)]
     z = torch.stack(walks, dim=1).flatten(0, 1)  # frame-major: the cells of frame 0, then of frame 1, ...
     per_frame = torch.stack([torch.lerp(conditions[i % len(conditions)], conditions[j % len(conditions)], t)
                              for i, j, t in steps]) if len(conditions) > 1 else None
@@ -109,6 +120,18 @@ def walk_images(model: GanModel, seeds: list[int], steps: list[tuple[int, int, f
     images = in_chunks(len(z), lambda i, j: generate(z[i:j].to(device), i, j), desc="walk frames" if len(steps) > 1 else None)
     images = to_uint8(images).view(len(steps), grid * grid, *images.shape[1:])
     return np.stack([as_frame(make_grid(cells, nrow=grid, padding=0 if grid == 1 else 2)) for cells in images])
+
+
+def read_latent(path: str | Path, model: GanModel) -> torch.Tensor:
+    """A latent saved by `ganforge project` (latent.npy, [1, z_dim]; a bare [z_dim] is taken too) as [z_dim]."""
+    try:
+        latent = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise OptionError(f"--latent {path}: not a latent saved by ganforge project (a .npy file): {e}") from None
+    if latent.shape not in ((1, model.z_dim), (model.z_dim,)) or latent.dtype.kind != "f":
+        raise OptionError(f"--latent {path}: its latent has shape {tuple(latent.shape)} ({latent.dtype}); this run's "
+                          f"generator takes (1, {model.z_dim}) floats, as ganforge project writes them")
+    return torch.from_numpy(latent.astype(np.float32)).reshape(model.z_dim)
 
 
 def walk_conditions(model: GanModel, labels: list[int] | None, prompts: list[str] | None) -> list[torch.Tensor]:

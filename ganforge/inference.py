@@ -142,9 +142,34 @@ def class_rows(images: torch.Tensor, labels: torch.Tensor, columns: int) -> torc
     return torch.cat(rows)
 
 
-def write_images(images: torch.Tensor, out: str | Path, columns: int, labels: torch.Tensor | None = None) -> list[Path]:
-    """A grid when `out` names a .png/.jpg file (one row per class when `labels` are given), otherwise
-    one PNG per image in the folder `out`."""
+def check_scale(images: int, channels: int, resolution: int, scale: int) -> None:
+    """Refuse a --scale whose enlarged images cannot fit in memory, before any is made."""
+    side = resolution * scale
+    check_memory(images * channels * side * side * 4 * 3, f"--scale {scale} ({images:,} images of {side}x{side})",
+                 "--scale")
+
+
+def enlarge(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """Images [N, C, H, W] enlarged `scale` times, each pixel a scale x scale block (nearest neighbour:
+    small samples stay sharp instead of blurred)."""
+    return images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3) if scale > 1 else images
+
+
+def captions_beside(grid: str | Path) -> Path:
+    """The text file of a text-to-image grid's row captions: x.png -> x.txt."""
+    return Path(grid).with_suffix(".txt")
+
+
+def write_captions(grid: str | Path, captions: list[str]) -> None:
+    """The captions of a grid's rows beside it, one line per row in order (a caption's own line
+    breaks become spaces, so line k stays row k)."""
+    captions_beside(grid).write_text("".join(" ".join(c.splitlines()) + "\n" for c in captions), encoding="utf-8")
+
+
+def write_images(images: torch.Tensor, out: str | Path, columns: int, labels: torch.Tensor | None = None,
+                 captions: list[str] | None = None) -> list[Path]:
+    """A grid when `out` names a .png/.jpg file (one row per class when `labels` are given; with
+    `captions`, those of its rows written beside it), otherwise one PNG per image in the folder `out`."""
     out = Path(out)
     if out.suffix.lower() in GRID_SUFFIXES:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +179,8 @@ def write_images(images: torch.Tensor, out: str | Path, columns: int, labels: to
         except OSError as e:  # a full disk: no torn image left behind; the message names the file
             out.unlink(missing_ok=True)
             raise OSError(e.errno, e.strerror, str(out)) from e
+        if captions:
+            write_captions(out, captions)
         return [out]
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image

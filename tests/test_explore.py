@@ -245,3 +245,115 @@ def test_a_walk_says_the_frame_size_it_wrote(run, tmp_path):
     assert f"frames of {width}x{height} (the samples' 16x16 enlarged for the codec)" in result.output
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "w.gif")])
     assert result.exit_code == 0 and "frames of 16x16 at 5 fps" in result.output, result.output
+
+
+# --- the captions of a text-to-image grid's rows ------------------------------------------------
+def test_training_grids_of_a_text_run_have_their_row_captions_beside_them(finished_runs):
+    done = finished_runs / "done"
+    text_run, class_run = next(done.glob("*-dfgan-*")), next(done.glob("*-cdcgan-*"))
+    grids = sorted(text_run.glob("fakes*.png"))
+    assert grids
+    for grid in grids:
+        rows = grid.with_suffix(".txt").read_text(encoding="utf-8").splitlines()
+        assert len(rows) == Image.open(grid).height // 17  # 16x16 cells and 1 px of padding: one line per row
+        assert all(row.startswith("a handwritten digit ") for row in rows)
+    assert not list(class_run.glob("fakes*.txt"))  # a class run's rows are its classes: nothing to write
+    frames, labels = timelapse_frames(text_run)  # the timelapse still reads only the grids
+    assert len(frames) == len(grids)
+
+
+def test_generate_writes_the_prompts_of_its_rows_beside_the_grid(finished_runs, tmp_path):
+    run = next((finished_runs / "done").glob("*-dfgan-*"))
+    out = tmp_path / "birds.png"
+    result = ganforge("generate", run, "--prompt", "a handwritten digit two", "--prompt", " a handwritten digit five ",
+                      "--n", "3", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "birds.txt").read_text(encoding="utf-8") == "a handwritten digit two\na handwritten digit five\n"
+    assert "birds.txt" in result.stdout
+    log = (run / "log.txt").read_bytes()
+    refused = ganforge("generate", run, "--prompt", "a handwritten digit two", "--out", run / "log.png")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr  # a bad --out, as for any of its files
+    assert "log.txt is a file ganforge keeps in the run" in refused.stderr
+    assert (run / "log.txt").read_bytes() == log and not (run / "log.png").exists()
+
+
+def test_a_text_run_stopped_before_its_first_tick_takes_its_grid_captions_with_it(tmp_path):
+    from ganforge.training.rundir import remove_unless_kept
+
+    run_dir = tmp_path / "00000-dfgan-mnist-captions"
+    run_dir.mkdir()
+    for name in ("log.txt", "fakes000000.png", "fakes000000.txt", "fakes000000k008.txt"):
+        (run_dir / name).write_text("x")
+    assert remove_unless_kept(run_dir) and not run_dir.exists()
+
+
+# --- --scale: small samples enlarged, nearest neighbour -----------------------------------------
+def test_scale_enlarges_generated_images_walks_and_projections_pixel_for_pixel(run, tmp_path):
+    plain, big = tmp_path / "plain", tmp_path / "big"
+    for out, scale in ((plain, 1), (big, 3)):
+        result = ganforge("generate", run, "--n", "2", "--label", "4", "--out", out, "--scale", scale)
+        assert result.returncode == 0, result.stderr
+    small, large = np.array(Image.open(plain / "000000.png")), np.array(Image.open(big / "000000.png"))
+    assert small.shape[:2] == (16, 16) and large.shape[:2] == (48, 48)
+    assert (large == small.repeat(3, axis=0).repeat(3, axis=1)).all()
+    grid = ganforge("generate", run, "--n", "4", "--out", tmp_path / "grid.png", "--scale", "2")
+    assert grid.returncode == 0, grid.stderr
+    assert Image.open(tmp_path / "grid.png").size == (34, 4 * 33 + 1)  # a row per class (four of one image), 32x32 cells
+
+    walk = ganforge("interpolate", run, "--out", tmp_path / "walk.gif", "--seeds", "1,2", "--seconds", "0.2",
+                    "--fps", "10", "--scale", "4")
+    assert walk.returncode == 0, walk.stderr
+    assert Image.open(tmp_path / "walk.gif").size == (64, 64) and "frames of 64x64" in walk.stdout
+
+    Image.fromarray(small).save(tmp_path / "target.png")
+    projected = ganforge("project", run, "--image", tmp_path / "target.png", "--label", "4", "--steps", "2",
+                         "--video", "gif", "--scale", "5", "--out", tmp_path / "projection")
+    assert projected.returncode == 0, projected.stderr
+    for name, size in (("target.png", (80, 80)), ("projected.png", (80, 80)), ("compare.png", (2 * 80 + 6, 84))):
+        assert Image.open(tmp_path / "projection" / name).size == size
+
+
+@pytest.mark.parametrize("command", [["generate", "--out", "g.png"], ["interpolate", "--out", "w.gif", "--seeds", "1,2"],
+                                     ["project", "--image", "target.png", "--label", "0", "--steps", "1"]])
+def test_a_scale_too_large_for_memory_is_refused_in_one_line_before_any_work(run, tmp_path, command):
+    Image.new("L", (16, 16)).save(tmp_path / "target.png")
+    result = ganforge(command[0], run, *command[1:], "--scale", "100000", cwd=tmp_path)
+    assert "GiB of memory" in one_line_error(result) and "--scale" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target.png"] or command[0] == "project"
+
+
+# --- walks between projected latents ------------------------------------------------------------
+def test_interpolate_walks_between_latents_saved_by_project(run, tmp_path):
+    from ganforge.explore import read_latent
+
+    model = load_model(run)
+    image, _, _ = generate(model, 1, seed=3, label=2)
+    save_image(image * 0.5 + 0.5, tmp_path / "two.png")
+    projected = ganforge("project", run, "--image", tmp_path / "two.png", "--label", "2", "--steps", "2",
+                         "--video", "none", "--out", tmp_path / "p")
+    assert projected.returncode == 0, projected.stderr
+    np.save(tmp_path / "b.npy", model.sampling_latents(1, generator=torch.Generator().manual_seed(5)).numpy())
+    walk = ganforge("interpolate", run, "--latent", tmp_path / "p" / "latent.npy", "--latent", tmp_path / "b.npy",
+                    "--labels", "2", "--out", tmp_path / "w.gif", "--seconds", "1", "--fps", "4")
+    assert walk.returncode == 0, walk.stderr
+    assert "through latents" in walk.stdout and Image.open(tmp_path / "w.gif").n_frames == 4
+
+    keys = [read_latent(tmp_path / "p" / "latent.npy", model), read_latent(tmp_path / "b.npy", model)]
+    frames = walk_frames(model, [0], seconds=1, fps=4, labels=[2], latents=keys)
+    for frame, key in ((0, keys[0]), (2, keys[1])):  # the walk passes through each latent's own sample
+        sample = model.generate(key[None], Condition(classes=torch.tensor([2])))
+        assert (frames[frame][..., 0] == to_uint8(sample)[0, 0].numpy()).all()
+
+
+def test_a_latent_of_the_wrong_shape_or_with_seeds_is_refused_in_one_line(run, tmp_path):
+    z_dim = load_model(run).z_dim
+    np.save(tmp_path / "a.npy", np.zeros((1, z_dim), np.float32))
+    np.save(tmp_path / "bad.npy", np.zeros((1, 7), np.float32))
+    wrong = ganforge("interpolate", run, "--latent", tmp_path / "a.npy", "--latent", tmp_path / "bad.npy",
+                     "--out", tmp_path / "w.gif")
+    message = one_line_error(wrong)
+    assert "bad.npy" in message and "(1, 7)" in message and f"(1, {z_dim})" in message
+    both = ganforge("interpolate", run, "--latent", tmp_path / "a.npy", "--latent", tmp_path / "a.npy",
+                    "--seeds", "1,2", "--out", tmp_path / "w.gif")
+    assert "--latent and --seeds" in one_line_error(both)
+    assert not (tmp_path / "w.gif").exists()

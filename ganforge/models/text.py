@@ -46,6 +46,7 @@ class CaptionTable:
     count: torch.Tensor          # [images]
     text_id: torch.Tensor        # [captions]
     own_text_ids: torch.Tensor   # [images, most captions of one image]
+    texts: tuple[str, ...] = ()  # the distinct texts, by text_id (none for random stand-ins)
 
     @classmethod
     def build(cls, captions: list[list[str]], encode, device=None) -> "CaptionTable":
@@ -60,7 +61,7 @@ class CaptionTable:
         own = torch.full((len(count), int(count.max())), -1, dtype=torch.long)
         for i, (s, n) in enumerate(zip(start.tolist(), count.tolist())):
             own[i, :n] = ids[s:s + n]
-        return cls(vectors[ids], start, count, ids, own).to(device)
+        return cls(vectors[ids], start, count, ids, own, tuple(distinct)).to(device)
 
     @classmethod
     def random(cls, images: int, dim: int, device=None, generator: torch.Generator | None = None) -> "CaptionTable":
@@ -70,7 +71,13 @@ class CaptionTable:
                    torch.ones(images, dtype=torch.long, device=device), ids, ids[:, None])
 
     def to(self, device) -> "CaptionTable":
-        return CaptionTable(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return CaptionTable(*(getattr(self, f.name).to(device) for f in fields(self) if f.name != "texts"), self.texts)
+
+    def text_of(self, rows: torch.Tensor) -> list[str]:
+        """The caption text of each row (empty where the table has no texts: a random stand-in)."""
+        if not self.texts:
+            return []
+        return [self.texts[i] for i in self.text_id[rows.to(self.text_id.device)].tolist()]
 
     def __len__(self) -> int:
         return len(self.embeddings)

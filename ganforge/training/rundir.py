@@ -43,7 +43,7 @@ RUN_FILES = re.compile(r"(latest|best|snapshot-\d+(k\d+)?)\.pt|training_options\
 # What a run writes besides its snapshots: a new run that stops before its first snapshot takes
 # these with its directory (anything else there is someone else's and keeps the directory).
 WRITTEN_BY_RUN = re.compile(r"training_options\.json|log\.txt|stats\.(jsonl|png)|metric-.+\.jsonl|"
-                            r"[a-z_-]+\d{6}(k\d{3})?\.png|reals\.png|growth\.png|period-.+\.png|"
+                            r"[a-z_-]+\d{6}(k\d{3})?\.png|fakes\d{6}(k\d{3})?\.txt|reals\.png|growth\.png|period-.+\.(png|txt)|"
                             r"events\.out\.tfevents\..+|\.lock")
 
 

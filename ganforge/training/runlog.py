@@ -17,7 +17,8 @@ import torch
 from torchvision.utils import save_image
 
 from ganforge.metrics.diversity import relative_diversity
-from ganforge.models.base import GanModel, Schedule
+from ganforge.inference import write_captions
+from ganforge.models.base import TEXT, GanModel, Schedule
 from ganforge.progress import enabled as bars_enabled
 from ganforge.sampling import in_chunks
 from ganforge.training.plots import plot_stats
@@ -46,12 +47,18 @@ class SampleGrid:
         self.condition = model.grid_conditions(max(1, max_images // columns), columns).to(device)
         self.columns, self.device = columns, device
         self.z = model.sample_latents(len(self.condition) or max_images, generator=g).to(device)
+        # A text-to-image grid's rows are captions: their texts are written beside each grid.
+        self.captions = (model.captions.text_of(self.condition.captions[::columns])
+                         if model.conditioning == TEXT else [])
 
     def images(self, model: GanModel) -> torch.Tensor:
         return in_chunks(len(self.z), lambda i, j: model.generate(self.z[i:j], self.condition[i:j])).to(self.device)
 
     def write(self, model: GanModel, path: Path) -> None:
+        """The grid at `path` and, for a text-to-image model, its row captions beside it (fakes<kimg>.txt)."""
         save_grid(self.images(model), path, self.columns)
+        if self.captions:
+            write_captions(path, self.captions)
 
 
 class _NoWriter:

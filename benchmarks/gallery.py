@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -143,9 +144,10 @@ def wall_time(stats: list[dict]) -> str:
 def train_command(options: dict) -> str:
     """The `ganforge train` line that sets every option of the run that differs from the default."""
     defaults = TrainOptions().to_json()
+    not_options = {f.name for f in fields(TrainOptions) if not f.metadata["cli"]}  # the run's identity, model_opts
     words = ["ganforge", "train"]
     for key, value in options.items():
-        if key in COMMAND_SKIP or key == "model_opts" or value == defaults.get(key):
+        if key in COMMAND_SKIP or key in not_options or value == defaults.get(key):
             continue
         flag = "--" + key.replace("_", "-")
         if value is True:

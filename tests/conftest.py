@@ -61,8 +61,9 @@ def tmpfs(tmp_path):
 
 def ganforge(*args, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """`ganforge ARGS` as a user runs it: its own process, this checkout's code, output as text."""
+    checkout = str(Path(__file__).resolve().parents[1])  # found from any working directory, installed or not
     return subprocess.run([sys.executable, "-m", "ganforge", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "GANFORGE_PROGRESS": "0", **(env or {})}, **kwargs)
+                          env={**os.environ, "PYTHONPATH": checkout, "GANFORGE_PROGRESS": "0", **(env or {})}, **kwargs)
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:

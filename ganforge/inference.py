@@ -144,6 +144,8 @@ def class_rows(images: torch.Tensor, labels: torch.Tensor, columns: int) -> torc
 
 def check_scale(images: int, channels: int, resolution: int, scale: int) -> None:
     """Refuse a --scale whose enlarged images cannot fit in memory, before any is made."""
+    if scale == 1:  # nothing enlarged: the images' own check speaks of what the user asked
+        return
     side = resolution * scale
     check_memory(images * channels * side * side * 4 * 3, f"--scale {scale} ({images:,} images of {side}x{side})",
                  "--scale")

@@ -303,7 +303,7 @@ def test_a_first_snapshot_that_cannot_be_written_claims_no_previous_one(tmp_path
     message = str(failed.value)
     assert "No space left on device" in message and "the run has no snapshot yet" in message, message
     assert "intact" not in message and "--resume" not in message
-    assert list(tmp_path.iterdir()) == []  # nothing in it to resume: no run directory left
+    assert not list(tmp_path.rglob("*.pt"))  # nothing to resume; the log of its ticks stays (the test below)
 
 
 def test_a_nan_at_the_first_step_leaves_no_run_directory(tmp_path, monkeypatch):
@@ -466,7 +466,7 @@ def test_a_walk_too_long_to_hold_is_refused_naming_the_options_before_allocating
     result = cli("interpolate", finished_run, "--seconds", "10000000", "--fps", "120", "--out", tmp_path / "walk.gif")
     assert result.exit_code == 1, result.output
     assert "--seconds 1e+07 at --fps 120 (1,200,000,000 frames of 16x16) needs" in result.output, result.output
-    assert "lower --seconds or --fps" in result.output and len(result.output.strip().splitlines()) == 1
+    assert "lower --seconds, --fps" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "walk.gif").exists()
 
 

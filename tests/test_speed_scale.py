@@ -67,6 +67,7 @@ def test_batch_must_divide_among_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr("ganforge.training.loop.broadcast_object", lambda obj, world_size: obj)  # no group to ask
     with pytest.raises(TrainingError, match="batch 16 at 32x32 does not divide among 3 processes"):
         train(TrainOptions(batch=16, kimg=0.016, outdir=str(tmp_path)), progress=False)
     assert not list(tmp_path.iterdir())
@@ -78,6 +79,7 @@ def test_sync_bn_is_refused_off_cuda_with_several_processes(tmp_path, monkeypatc
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr("ganforge.training.loop.broadcast_object", lambda obj, world_size: obj)  # no group to ask
     with pytest.raises(TrainingError, match="--sync-bn: needs CUDA GPUs"):
         train(TrainOptions(batch=16, kimg=0.016, sync_bn=True, device="cpu", outdir=str(tmp_path)), progress=False)
     assert not list(tmp_path.iterdir())
@@ -95,6 +97,7 @@ def test_every_stage_batch_is_checked_before_the_first_step(tmp_path, monkeypatc
     monkeypatch.setenv("WORLD_SIZE", "32")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr("ganforge.training.loop.broadcast_object", lambda obj, world_size: obj)  # no group to ask
     monkeypatch.setattr("ganforge.training.loop.broadcast_object", lambda obj, world: obj)  # rank 0's file list
     opts = TrainOptions(model="pggan", data=str(tmp_path), resolution=64, kimg=80, outdir=str(tmp_path / "runs"),
                         model_opts={"preset": "cpu", "fmap_max": 8})

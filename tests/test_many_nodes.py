@@ -71,10 +71,11 @@ def rendezvous_store(two_hosts):
     serve = (f"import time, datetime, torch.distributed as d; s = d.TCPStore({address!r}, 29531, is_master=True, "
              f"wait_for_workers=False, timeout=datetime.timedelta(seconds=600)); time.sleep(900)")
     server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", serve], start_new_session=True)
-    time.sleep(3)
-    yield f"{address}:29531"
-    os.killpg(server.pid, signal.SIGKILL)
-    server.wait()
+    try:
+        time.sleep(3)
+        yield f"{address}:29531"
+    finally:
+        stopped([server])
 
 
 def node(host, endpoint, outdir, kimg, extra=()):
@@ -89,9 +90,30 @@ def node(host, endpoint, outdir, kimg, extra=()):
                             start_new_session=True)
 
 
+def stopped(processes):
+    """Each process's group killed (torchrun's agent and its workers), whatever a test left running."""
+    for proc in processes:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def written(run):
+    """The names of a run directory's files, TensorBoard's (named by time, host and process) as one."""
+    return sorted("events.out.tfevents" if p.name.startswith("events.out.tfevents.") else p.name for p in run.iterdir())
+
+
 def test_two_nodes_over_a_real_network_train_as_one_process(tmp_path, two_hosts, rendezvous_store):
     nodes = [node(host, rendezvous_store, tmp_path / "two", "0.32") for host in two_hosts]
-    outputs = [n.communicate(timeout=400)[0] for n in nodes]
+    try:
+        outputs = [n.communicate(timeout=400)[0] for n in nodes]
+    finally:
+        stopped(nodes)
     assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    (run,) = [p for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")]  # rank 0 alone wrote
-    assert_close_states(load_snapshot(one_process(tmp_path / "one", "0.32")), load_snapshot(run))
+    (run,) = [p for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")]
+    alone = one_process(tmp_path / "one", "0.32")
+    assert_close_states(load_snapshot(alone), load_snapshot(run))
+    # rank 0 alone wrote: the same files as one process, no second run, nothing of another rank's
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [run.name]
+    assert written(run) == written(alone)
+

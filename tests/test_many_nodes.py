@@ -117,3 +117,34 @@ def test_two_nodes_over_a_real_network_train_as_one_process(tmp_path, two_hosts,
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [run.name]
     assert written(run) == written(alone)
 
+
+def workers(agent_pid):
+    """The training processes under a torchrun agent (its children)."""
+    return [int(p) for p in sh("ps", "-o", "pid=", "--ppid", str(agent_pid)).stdout.split()]
+
+
+def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_continues_by_itself(tmp_path):
+    """torchrun --max-restarts 1 on one host: SIGKILL a rank after the first snapshot; the restarted
+    workers continue their own run from latest.pt without --resume, and end with the weights of a
+    run never killed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--max-restarts", "1", "-m", "ganforge", "train", *ARGS, "--kimg", "0.64", "--outdir", str(tmp_path / "two")]
+    agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not list((tmp_path / "two").glob("*/latest.pt")):
+            assert agent.poll() is None and time.time() < deadline, "the run ended or stalled before its first snapshot"
+            time.sleep(0.05)
+        reached = load_snapshot(next((tmp_path / "two").glob("*/latest.pt")))["images_seen"]
+        os.kill(workers(agent.pid)[-1], signal.SIGKILL)
+        output = agent.communicate(timeout=300)[0]
+    finally:
+        stopped([agent])
+    assert agent.returncode == 0, output[-3000:]
+    (run,) = [p for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")]  # no second run was started
+    log = (run / "log.txt").read_text()
+    assert log.count("torchrun restarted the workers (restart 1 of job") == 1 and log.count("resuming") == 1, log
+    went_back = float(log.split("torchrun restarted the workers")[1].split(" at ")[1].split(" kimg")[0])
+    assert went_back * 1000 >= reached  # at most --snap kimg trained twice
+    assert not list((tmp_path / "two").glob(".torchrun-*"))  # the job's note went with the finished run
+    assert_close_states(load_snapshot(one_process(tmp_path / "one", "0.64")), load_snapshot(run))

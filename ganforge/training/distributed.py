@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from ganforge.errors import TrainingError
+
 
 @dataclass
 class Dist:
@@ -47,11 +49,41 @@ def init_from_env(device_name: str) -> tuple[Dist, str]:
     if not dist.is_initialized():
         # Longer than the default 10 minutes: a rank that has drawn fewer blocks of an evaluation
         # (--metrics), or rank 0 writing a snapshot to a slow disk, waits in the next collective.
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
+        joined = {"store": attempt_store(COLLECTIVE_TIMEOUT), "rank": rank, "world_size": world} if job_id() else {}
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT, **joined)
     if use_cuda:
         torch.cuda.set_device(local)
         return Dist(rank, world, local), f"cuda:{local}"
     return Dist(rank, world, local), "cpu"
+
+
+def attempt_store(timeout: timedelta) -> dist.Store:
+    """torchrun's store, with a prefix of this attempt's own. torchrun keeps one store for every
+    attempt of a job (since PyTorch 2.5), so workers it restarts (--max-restarts) would read the
+    addresses their predecessors published there and fail to connect, now and then (PyTorch issue
+    135712). The restart count tells attempts apart on one node; across nodes it does not (each
+    node's agent counts its own restarts), so there torchrun must give each attempt a new store."""
+    if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and max_restarts() > 0
+            and os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]) != os.environ["WORLD_SIZE"]):
+        raise TrainingError("torchrun --max-restarts on several nodes: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in "
+                            "torchrun's environment on every node, so that restarted workers get a store of their own "
+                            "(in the store torchrun shares they find their predecessors' addresses)")
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    return dist.PrefixStore(f"ganforge-attempt-{restart_count()}/", store)
+
+
+def restart_count() -> int:
+    """How many times torchrun's agent on this node restarted the workers (0: the first attempt, or no torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+
+
+def max_restarts() -> int:
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS") or 0)
+
+
+def job_id() -> str | None:
+    """torchrun's id of the job (its --rdzv-id; a new one for each launch with --standalone)."""
+    return os.environ.get("TORCHELASTIC_RUN_ID") or None
 
 
 def average_gradients(module: torch.nn.Module, world_size: int) -> None:

@@ -14,8 +14,6 @@ import torch
 
 from ganforge.snapshots import load_snapshot
 
-pytestmark = pytest.mark.slow
-
 ARGS = ["--model", "began", "--data", "mnist", "--resolution", "16", "--batch", "16", "--base-channels", "4",
         "--tick", "0.16", "--snap", "0.16", "--sample-every", "1", "--augment", "none", "--device", "cpu", "--quiet"]
 
@@ -103,6 +101,7 @@ def written(run):
     return sorted("events.out.tfevents" if p.name.startswith("events.out.tfevents.") else p.name for p in run.iterdir())
 
 
+@pytest.mark.slow
 def test_two_nodes_over_a_real_network_train_as_one_process(tmp_path, two_hosts, rendezvous_store):
     nodes = [node(host, rendezvous_store, tmp_path / "two", "0.32") for host in two_hosts]
     try:
@@ -123,12 +122,13 @@ def workers(agent_pid):
     return [int(p) for p in sh("ps", "-o", "pid=", "--ppid", str(agent_pid)).stdout.split()]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_continues_by_itself(tmp_path):
     """torchrun --max-restarts 1 on one host: SIGKILL a rank after the first snapshot; the restarted
     workers continue their own run from latest.pt without --resume, and end with the weights of a
     run never killed."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--max-restarts", "1", "-m", "ganforge", "train", *ARGS, "--kimg", "0.64", "--outdir", str(tmp_path / "two")]
+           "--max-restarts", "1", "-m", "ganforge", "train", *ARGS, "--kimg", "0.48", "--outdir", str(tmp_path / "two")]
     agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 240
@@ -147,4 +147,48 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_continues_by_itsel
     went_back = float(log.split("torchrun restarted the workers")[1].split(" at ")[1].split(" kimg")[0])
     assert went_back * 1000 >= reached  # at most --snap kimg trained twice
     assert not list((tmp_path / "two").glob(".torchrun-*"))  # the job's note went with the finished run
-    assert_close_states(load_snapshot(one_process(tmp_path / "one", "0.64")), load_snapshot(run))
+    assert_close_states(load_snapshot(one_process(tmp_path / "one", "0.48")), load_snapshot(run))
+
+
+@pytest.mark.slow
+def test_a_rank_that_hangs_is_noticed_within_the_collective_timeout(tmp_path):
+    """GANFORGE_COLLECTIVE_TIMEOUT=0.1 (6 s): a rank stopped with SIGSTOP (alive, its connections
+    open, silent) stops the other within seconds, with one line naming the rank that waited."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ganforge",
+           "train", *ARGS, "--kimg", "5", "--outdir", str(tmp_path / "run")]
+    output = tmp_path / "output.txt"
+    with output.open("w") as out:
+        agent = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                 env={**os.environ, "GANFORGE_COLLECTIVE_TIMEOUT": "0.1"})
+    try:
+        deadline = time.time() + 240
+        while not list((tmp_path / "run").glob("*/latest.pt")):
+            assert agent.poll() is None and time.time() < deadline, output.read_text()[-3000:]
+            time.sleep(0.05)
+        silent = workers(agent.pid)[-1]
+        rank = next(v for v in open(f"/proc/{silent}/environ").read().split("\0") if v.startswith("RANK="))[5:]
+        os.kill(silent, signal.SIGSTOP)
+        stopped_at = time.time()
+        while "stopped answering" not in output.read_text():
+            assert time.time() < stopped_at + 90, output.read_text()[-3000:]
+            time.sleep(0.2)
+        waited = time.time() - stopped_at
+    finally:
+        stopped([agent])
+    line = next(line for line in output.read_text().splitlines() if "stopped answering" in line)
+    assert waited < 60 and f"rank {1 - int(rank)} (node 0, host " in line, line
+    assert "GANFORGE_COLLECTIVE_TIMEOUT" in line and "Timed out" in line
+
+
+def test_the_collective_timeout_is_a_number_of_minutes(monkeypatch):
+    from ganforge.errors import TrainingError
+    from ganforge.training.distributed import collective_timeout
+
+    monkeypatch.setenv("GANFORGE_COLLECTIVE_TIMEOUT", "2.5")
+    assert collective_timeout().total_seconds() == 150
+    monkeypatch.delenv("GANFORGE_COLLECTIVE_TIMEOUT")
+    assert collective_timeout().total_seconds() == 600
+    for bad in ("ten", "0", "-1", "nan"):
+        monkeypatch.setenv("GANFORGE_COLLECTIVE_TIMEOUT", bad)
+        with pytest.raises(TrainingError, match="GANFORGE_COLLECTIVE_TIMEOUT=.*a number > 0"):
+            collective_timeout()

@@ -32,7 +32,7 @@ from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
 from ganforge.snapshots import LATEST, SnapshotError, check_shapes, keep_snapshot, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
-                                          init_from_env, job_id, restart_count)
+                                          init_from_env, job_id, naming_the_rank, restart_count)
 from ganforge.training.estimate import RunTimer, time_snapshot
 from ganforge.training.finetune import freeze_d, read_source, source_options, start_from_source
 from ganforge.training.options import (TrainOptions, absolute_data, check_batches, check_resume, describe_schedule,
@@ -113,6 +113,7 @@ def recover(state: RunState, model: GanModel, opts: TrainOptions, run_dir: Path,
             f"with fresh noise (retry {state.retries} of {opts.nonfinite_retries})")
 
 
+@naming_the_rank
 def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | None = None,
           progress: bool = True, evaluator_factory: Callable | None = None, inception_weights: str | None = None,
           watch_step: Callable[[], contextlib.AbstractContextManager] | None = None) -> Path:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 import torch
@@ -192,3 +193,15 @@ def test_the_collective_timeout_is_a_number_of_minutes(monkeypatch):
         monkeypatch.setenv("GANFORGE_COLLECTIVE_TIMEOUT", bad)
         with pytest.raises(TrainingError, match="GANFORGE_COLLECTIVE_TIMEOUT=.*a number > 0"):
             collective_timeout()
+
+
+def test_restarts_on_several_nodes_need_a_store_for_each_attempt(monkeypatch):
+    """Each node's torchrun counts its own restarts, so the shared store cannot be keyed by them."""
+    from ganforge.errors import TrainingError
+    from ganforge.training.distributed import attempt_store
+
+    for name, value in {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "1", "WORLD_SIZE": "4",
+                        "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(TrainingError, match="set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment"):
+        attempt_store(timedelta(seconds=5))

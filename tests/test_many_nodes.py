@@ -4,6 +4,7 @@ c10d rendezvous between them."""
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -205,3 +206,55 @@ def test_restarts_on_several_nodes_need_a_store_for_each_attempt(monkeypatch):
         monkeypatch.setenv(name, value)
     with pytest.raises(TrainingError, match="set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment"):
         attempt_store(timedelta(seconds=5))
+
+
+def test_nodes_started_with_other_options_are_refused():
+    import dataclasses
+
+    from ganforge.errors import TrainingError
+    from ganforge.training import TrainOptions
+    from ganforge.training.distributed import Dist
+    from ganforge.training.loop import check_same_options
+
+    opts = TrainOptions(batch=16)
+    other = dataclasses.replace(opts, batch=32, seed=1).to_json()
+    with pytest.raises(TrainingError, match=r"^rank 1 was started with --batch 32, rank 0 with 16 \(2 option\(s\) "
+                                            r"differ: batch, seed\); start every node with the same ganforge options$"):
+        check_same_options(opts, Dist(0, 2), lambda mine: [mine, other])
+    check_same_options(opts, Dist(1, 2), lambda mine: [mine, mine])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_run_directory_that_another_node_cannot_see_is_refused(tmp_path):
+    """Two torchrun nodes on this host; the second sees its own empty file system at --outdir (a
+    tmpfs in a mount namespace of its own): both stop with one line, and no run directory is left."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("a mount namespace needs unshare and root")
+    outdir, endpoint = tmp_path / "runs", f"127.0.0.1:{free_port()}"
+    outdir.mkdir()
+
+    def torchrun(is_host):
+        return ("python -m torch.distributed.run --nnodes 2 --nproc_per_node 1 --rdzv_backend c10d --rdzv_endpoint "
+                f"{endpoint} --rdzv_id blind --rdzv_conf is_host={is_host} -m ganforge train {' '.join(ARGS)} "
+                f"--kimg 0.16 --outdir {outdir}")
+
+    def start(cmd):
+        return subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
+
+    nodes = [start(f"exec {torchrun(1)}"),
+             start(f"exec unshare -m sh -c 'mount -t tmpfs tmpfs {outdir} && exec {torchrun(0)}'")]
+    try:
+        outputs = [n.communicate(timeout=240)[0] for n in nodes]
+    finally:
+        stopped(nodes)
+    assert all(n.returncode != 0 for n in nodes), outputs[0][-2000:]
+    said = "\n".join(outputs)
+    assert "do not see the run directory" in said and "on a file system every node shares" in said, said[-3000:]
+    assert not list(outdir.iterdir())  # rank 0 took its new run directory away

@@ -137,6 +137,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
 
         evaluator_factory = training_evaluator(opts.metrics, opts.metrics_n, inception_weights)
     ddp, device_name = init_from_env(opts.device)
+    check_same_options(opts, ddp, lambda obj: gather_object(obj, ddp.world_size))
     device, world = resolve_device(device_name), ddp.world_size
     if snapshot is None:  # the run's identity, in its options and every snapshot: a snapshot resumes only in its run
         opts = dataclasses.replace(opts, run_id=broadcast_object(uuid.uuid4().hex[:16] if ddp.main else None, world))
@@ -169,6 +170,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         stop.raise_now = snapshot is None
         try:
             run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
+            check_shared_directory(run_dir, ddp)
             run_dir = run_steps(opts, snapshot, dataset, model, state, run_dir, ddp, device, progress,
                                 evaluator_factory, watch_step, stop, started,
                                 [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
@@ -183,7 +185,8 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             if snapshot is None and run_dir is not None and ddp.main:  # a new run with no snapshot: nothing to resume
                 if lock is not None:
                     lock.release()
-                remove_unless_kept(run_dir)
+                if remove_unless_kept(run_dir):
+                    forget_job_run(opts)
             if isinstance(e, StopRequested):
                 raise TrainingError("stopped before the first step: nothing was trained, and the new run "
                                     "directory is removed") from None
@@ -336,6 +339,38 @@ def elastic_resume(opts: TrainOptions, resume: str | None) -> tuple[str | None, 
         found = str(run_dir) if run_dir is not None and (run_dir / LATEST).is_file() else None
     found = broadcast_object(found, ddp.world_size)
     return (found or resume), restarts
+
+
+def check_same_options(opts: TrainOptions, ddp, gather: Callable) -> None:
+    """Every node was started with rank 0's options (torchrun runs each node's own command line): a
+    node with another --batch or --seed would train something else in lockstep, silently."""
+    if not ddp.active:
+        return
+    every = gather(opts.to_json())
+    for rank, theirs in enumerate(every):
+        differ = sorted(k for k in every[0] if theirs.get(k) != every[0][k])
+        if differ:
+            key = differ[0]
+            raise TrainingError(f"rank {rank} was started with --{key.replace('_', '-')} {theirs.get(key)!r}, rank 0 "
+                                f"with {every[0][key]!r} ({len(differ)} option(s) differ: {', '.join(differ)}); start "
+                                "every node with the same ganforge options")
+
+
+def check_shared_directory(run_dir: Path, ddp) -> None:
+    """Every rank sees the run directory rank 0 opened: --outdir must be one file system shared by the
+    nodes (the restarted workers of a node read the run back from it)."""
+    if not ddp.active:
+        return
+    seen = (run_dir / "training_options.json").is_file()
+    for _ in range(20):  # a network file system may show another node's new file a moment late
+        if seen:
+            break
+        time.sleep(0.25)
+        seen = (run_dir / "training_options.json").is_file()
+    blind = [rank for rank, ok in enumerate(gather_object(seen, ddp.world_size)) if not ok]
+    if blind:
+        raise TrainingError(f"rank(s) {', '.join(map(str, blind))} do not see the run directory {run_dir} that rank 0 "
+                            "made: --outdir must be on a file system every node shares, at the same path")
 
 
 def record_job_run(opts: TrainOptions, run_dir: Path) -> None:

@@ -1,6 +1,7 @@
 """Many machines for real: two hosts made of network namespaces joined by a veth pair, and torchrun's
 c10d rendezvous between them."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -78,9 +79,9 @@ def rendezvous_store(two_hosts):
         stopped([server])
 
 
-def node(host, endpoint, outdir, kimg, extra=()):
+def node(host, endpoint, outdir, kimg, extra=(), env=()):
     ns, veth, address = host
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": veth, "GANFORGE_PROGRESS": "0"}
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": veth, "GANFORGE_PROGRESS": "0", **dict(env)}
     cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
            "--nproc_per_node", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
            "--rdzv_id", "gftest", "--local_addr", address, "--rdzv_conf", "is_host=0",
@@ -91,11 +92,21 @@ def node(host, endpoint, outdir, kimg, extra=()):
 
 
 def stopped(processes):
-    """Each process's group killed (torchrun's agent and its workers), whatever a test left running."""
+    """Each process's group killed, and every process under it (torchrun's workers run in process
+    groups of their own), whatever a test left running."""
     for proc in processes:
         if proc.poll() is None:
+            below = descendants(proc.pid)
             os.killpg(proc.pid, signal.SIGKILL)
+            for pid in below:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         proc.wait()
+
+
+def descendants(pid):
+    children = [int(p) for p in sh("ps", "-o", "pid=", "--ppid", str(pid)).stdout.split()]
+    return children + [d for child in children for d in descendants(child)]
 
 
 def written(run):
@@ -122,6 +133,34 @@ def test_two_nodes_over_a_real_network_train_as_one_process(tmp_path, two_hosts,
 def workers(agent_pid):
     """The training processes under a torchrun agent (its children)."""
     return [int(p) for p in sh("ps", "-o", "pid=", "--ppid", str(agent_pid)).stdout.split()]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_on_the_second_node_is_restarted_and_both_nodes_continue(tmp_path, two_hosts, rendezvous_store):
+    """torchrun --max-restarts 3 on two nodes, each attempt with a store of its own
+    (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): SIGKILL a rank of the second node after the first
+    snapshot; the workers of both nodes continue the run, which ends as a run never killed. One
+    death can cost a node more than one restart (its other workers fail too as the agents tear the
+    attempt down): with --max-restarts 1 one try in two failed with RendezvousClosedError."""
+    nodes = [node(host, rendezvous_store, tmp_path / "two", "0.48", extra=["--max-restarts", "3"],
+                  env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}) for host in two_hosts]
+    try:
+        deadline = time.time() + 300
+        while not list((tmp_path / "two").glob("*/latest.pt")):
+            assert all(n.poll() is None for n in nodes) and time.time() < deadline, "ended or stalled before a snapshot"
+            time.sleep(0.05)
+        reached = load_snapshot(next((tmp_path / "two").glob("*/latest.pt")))["images_seen"]
+        os.kill(workers(nodes[1].pid)[-1], signal.SIGKILL)
+        outputs = [n.communicate(timeout=300)[0] for n in nodes]
+    finally:
+        stopped(nodes)
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-2500:] for o in outputs)
+    (run,) = [p for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")]
+    log = (run / "log.txt").read_text()
+    assert "torchrun restarted the workers (restart " in log, log
+    went_back = float(log.split("torchrun restarted the workers")[1].split(" at ")[1].split(" kimg")[0])
+    assert went_back * 1000 >= reached
+    assert_close_states(load_snapshot(one_process(tmp_path / "one", "0.48")), load_snapshot(run))
 
 
 @pytest.mark.slow

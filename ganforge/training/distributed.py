@@ -113,14 +113,16 @@ def attempt_store(timeout: timedelta) -> dist.Store:
     attempt of a job (since PyTorch 2.5), so workers it restarts (--max-restarts) would read the
     addresses their predecessors published there and fail to connect, now and then (PyTorch issue
     135712). The restart count tells attempts apart on one node; across nodes it does not (each
-    node's agent counts its own restarts), so there torchrun must give each attempt a new store."""
-    if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and max_restarts() > 0
-            and os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]) != os.environ["WORLD_SIZE"]):
+    node's agent counts its own restarts), so there torchrun must give each attempt a new store
+    (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: rank 0's worker serves it), which needs no prefix."""
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    several_nodes = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]) != os.environ["WORLD_SIZE"]
+    if shared and max_restarts() > 0 and several_nodes:
         raise TrainingError("torchrun --max-restarts on several nodes: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in "
                             "torchrun's environment on every node, so that restarted workers get a store of their own "
                             "(in the store torchrun shares they find their predecessors' addresses)")
     store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
-    return dist.PrefixStore(f"ganforge-attempt-{restart_count()}/", store)
+    return dist.PrefixStore(f"ganforge-attempt-{restart_count() if shared else 'own-store'}/", store)
 
 
 def restart_count() -> int:

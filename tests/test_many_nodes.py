@@ -1,20 +1,21 @@
 """Many machines for real: two hosts made of network namespaces joined by a veth pair, and torchrun's
 c10d rendezvous between them."""
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 import torch
 
 from ganforge.snapshots import load_snapshot
-
-pytestmark = pytest.mark.slow
 
 ARGS = ["--model", "began", "--data", "mnist", "--resolution", "16", "--batch", "16", "--base-channels", "4",
         "--tick", "0.16", "--snap", "0.16", "--sample-every", "1", "--augment", "none", "--device", "cpu", "--quiet"]
@@ -71,15 +72,16 @@ def rendezvous_store(two_hosts):
     serve = (f"import time, datetime, torch.distributed as d; s = d.TCPStore({address!r}, 29531, is_master=True, "
              f"wait_for_workers=False, timeout=datetime.timedelta(seconds=600)); time.sleep(900)")
     server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", serve], start_new_session=True)
-    time.sleep(3)
-    yield f"{address}:29531"
-    os.killpg(server.pid, signal.SIGKILL)
-    server.wait()
+    try:
+        time.sleep(3)
+        yield f"{address}:29531"
+    finally:
+        stopped([server])
 
 
-def node(host, endpoint, outdir, kimg, extra=()):
+def node(host, endpoint, outdir, kimg, extra=(), env=()):
     ns, veth, address = host
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": veth, "GANFORGE_PROGRESS": "0"}
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": veth, "GANFORGE_PROGRESS": "0", **dict(env)}
     cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
            "--nproc_per_node", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
            "--rdzv_id", "gftest", "--local_addr", address, "--rdzv_conf", "is_host=0",
@@ -89,9 +91,209 @@ def node(host, endpoint, outdir, kimg, extra=()):
                             start_new_session=True)
 
 
+def stopped(processes):
+    """Each process's group killed, and every process under it (torchrun's workers run in process
+    groups of their own), whatever a test left running."""
+    for proc in processes:
+        if proc.poll() is None:
+            below = descendants(proc.pid)
+            os.killpg(proc.pid, signal.SIGKILL)
+            for pid in below:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+def descendants(pid):
+    children = [int(p) for p in sh("ps", "-o", "pid=", "--ppid", str(pid)).stdout.split()]
+    return children + [d for child in children for d in descendants(child)]
+
+
+def written(run):
+    """The names of a run directory's files, TensorBoard's (named by time, host and process) as one."""
+    return sorted("events.out.tfevents" if p.name.startswith("events.out.tfevents.") else p.name for p in run.iterdir())
+
+
+@pytest.mark.slow
 def test_two_nodes_over_a_real_network_train_as_one_process(tmp_path, two_hosts, rendezvous_store):
     nodes = [node(host, rendezvous_store, tmp_path / "two", "0.32") for host in two_hosts]
-    outputs = [n.communicate(timeout=400)[0] for n in nodes]
+    try:
+        outputs = [n.communicate(timeout=400)[0] for n in nodes]
+    finally:
+        stopped(nodes)
     assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    (run,) = [p for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")]  # rank 0 alone wrote
-    assert_close_states(load_snapshot(one_process(tmp_path / "one", "0.32")), load_snapshot(run))
+    (run,) = [p for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")]
+    alone = one_process(tmp_path / "one", "0.32")
+    assert_close_states(load_snapshot(alone), load_snapshot(run))
+    # rank 0 alone wrote: the same files as one process, no second run, nothing of another rank's
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [run.name]
+    assert written(run) == written(alone)
+
+
+def workers(agent_pid):
+    """The training processes under a torchrun agent (its children)."""
+    return [int(p) for p in sh("ps", "-o", "pid=", "--ppid", str(agent_pid)).stdout.split()]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_on_the_second_node_is_restarted_and_both_nodes_continue(tmp_path, two_hosts, rendezvous_store):
+    """torchrun --max-restarts 3 on two nodes, each attempt with a store of its own
+    (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): SIGKILL a rank of the second node after the first
+    snapshot; the workers of both nodes continue the run, which ends as a run never killed. One
+    death can cost a node more than one restart (its other workers fail too as the agents tear the
+    attempt down): with --max-restarts 1 one try in two failed with RendezvousClosedError."""
+    nodes = [node(host, rendezvous_store, tmp_path / "two", "0.48", extra=["--max-restarts", "3"],
+                  env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}) for host in two_hosts]
+    try:
+        deadline = time.time() + 300
+        while not list((tmp_path / "two").glob("*/latest.pt")):
+            assert all(n.poll() is None for n in nodes) and time.time() < deadline, "ended or stalled before a snapshot"
+            time.sleep(0.05)
+        reached = load_snapshot(next((tmp_path / "two").glob("*/latest.pt")))["images_seen"]
+        os.kill(workers(nodes[1].pid)[-1], signal.SIGKILL)
+        outputs = [n.communicate(timeout=300)[0] for n in nodes]
+    finally:
+        stopped(nodes)
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-2500:] for o in outputs)
+    (run,) = [p for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")]
+    log = (run / "log.txt").read_text()
+    assert "torchrun restarted the workers (restart " in log, log
+    went_back = float(log.split("torchrun restarted the workers")[1].split(" at ")[1].split(" kimg")[0])
+    assert went_back * 1000 >= reached
+    assert_close_states(load_snapshot(one_process(tmp_path / "one", "0.48")), load_snapshot(run))
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_continues_by_itself(tmp_path):
+    """torchrun --max-restarts 1 on one host: SIGKILL a rank after the first snapshot; the restarted
+    workers continue their own run from latest.pt without --resume, and end with the weights of a
+    run never killed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--max-restarts", "1", "-m", "ganforge", "train", *ARGS, "--kimg", "0.48", "--outdir", str(tmp_path / "two")]
+    agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not list((tmp_path / "two").glob("*/latest.pt")):
+            assert agent.poll() is None and time.time() < deadline, "the run ended or stalled before its first snapshot"
+            time.sleep(0.05)
+        reached = load_snapshot(next((tmp_path / "two").glob("*/latest.pt")))["images_seen"]
+        os.kill(workers(agent.pid)[-1], signal.SIGKILL)
+        output = agent.communicate(timeout=300)[0]
+    finally:
+        stopped([agent])
+    assert agent.returncode == 0, output[-3000:]
+    (run,) = [p for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")]  # no second run was started
+    log = (run / "log.txt").read_text()
+    assert log.count("torchrun restarted the workers (restart 1 of job") == 1 and log.count("resuming") == 1, log
+    went_back = float(log.split("torchrun restarted the workers")[1].split(" at ")[1].split(" kimg")[0])
+    assert went_back * 1000 >= reached  # at most --snap kimg trained twice
+    assert not list((tmp_path / "two").glob(".torchrun-*"))  # the job's note went with the finished run
+    assert_close_states(load_snapshot(one_process(tmp_path / "one", "0.48")), load_snapshot(run))
+
+
+@pytest.mark.slow
+def test_a_rank_that_hangs_is_noticed_within_the_collective_timeout(tmp_path):
+    """GANFORGE_COLLECTIVE_TIMEOUT=0.1 (6 s): a rank stopped with SIGSTOP (alive, its connections
+    open, silent) stops the other within seconds, with one line naming the rank that waited."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ganforge",
+           "train", *ARGS, "--kimg", "5", "--outdir", str(tmp_path / "run")]
+    output = tmp_path / "output.txt"
+    with output.open("w") as out:
+        agent = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                 env={**os.environ, "GANFORGE_COLLECTIVE_TIMEOUT": "0.1"})
+    try:
+        deadline = time.time() + 240
+        while not list((tmp_path / "run").glob("*/latest.pt")):
+            assert agent.poll() is None and time.time() < deadline, output.read_text()[-3000:]
+            time.sleep(0.05)
+        silent = workers(agent.pid)[-1]
+        rank = next(v for v in open(f"/proc/{silent}/environ").read().split("\0") if v.startswith("RANK="))[5:]
+        os.kill(silent, signal.SIGSTOP)
+        stopped_at = time.time()
+        while "stopped answering" not in output.read_text():
+            assert time.time() < stopped_at + 90, output.read_text()[-3000:]
+            time.sleep(0.2)
+        waited = time.time() - stopped_at
+    finally:
+        stopped([agent])
+    line = next(line for line in output.read_text().splitlines() if "stopped answering" in line)
+    assert waited < 60 and f"rank {1 - int(rank)} (node 0, host " in line, line
+    assert "GANFORGE_COLLECTIVE_TIMEOUT" in line and "Timed out" in line
+
+
+def test_the_collective_timeout_is_a_number_of_minutes(monkeypatch):
+    from ganforge.errors import TrainingError
+    from ganforge.training.distributed import collective_timeout
+
+    monkeypatch.setenv("GANFORGE_COLLECTIVE_TIMEOUT", "2.5")
+    assert collective_timeout().total_seconds() == 150
+    monkeypatch.delenv("GANFORGE_COLLECTIVE_TIMEOUT")
+    assert collective_timeout().total_seconds() == 600
+    for bad in ("ten", "0", "-1", "nan"):
+        monkeypatch.setenv("GANFORGE_COLLECTIVE_TIMEOUT", bad)
+        with pytest.raises(TrainingError, match="GANFORGE_COLLECTIVE_TIMEOUT=.*a number > 0"):
+            collective_timeout()
+
+
+def test_restarts_on_several_nodes_need_a_store_for_each_attempt(monkeypatch):
+    """Each node's torchrun counts its own restarts, so the shared store cannot be keyed by them."""
+    from ganforge.errors import TrainingError
+    from ganforge.training.distributed import attempt_store
+
+    for name, value in {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_MAX_RESTARTS": "1", "WORLD_SIZE": "4",
+                        "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(TrainingError, match="set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment"):
+        attempt_store(timedelta(seconds=5))
+
+
+def test_nodes_started_with_other_options_are_refused():
+    import dataclasses
+
+    from ganforge.errors import TrainingError
+    from ganforge.training import TrainOptions
+    from ganforge.training.distributed import Dist
+    from ganforge.training.loop import check_same_options
+
+    opts = TrainOptions(batch=16)
+    other = dataclasses.replace(opts, batch=32, seed=1).to_json()
+    with pytest.raises(TrainingError, match=r"^rank 1 was started with --batch 32, rank 0 with 16 \(2 option\(s\) "
+                                            r"differ: batch, seed\); start every node with the same ganforge options$"):
+        check_same_options(opts, Dist(0, 2), lambda mine: [mine, other])
+    check_same_options(opts, Dist(1, 2), lambda mine: [mine, mine])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_run_directory_that_another_node_cannot_see_is_refused(tmp_path):
+    """Two torchrun nodes on this host; the second sees its own empty file system at --outdir (a
+    tmpfs in a mount namespace of its own): both stop with one line, and no run directory is left."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("a mount namespace needs unshare and root")
+    outdir, endpoint = tmp_path / "runs", f"127.0.0.1:{free_port()}"
+    outdir.mkdir()
+
+    def torchrun(is_host):
+        return ("python -m torch.distributed.run --nnodes 2 --nproc_per_node 1 --rdzv_backend c10d --rdzv_endpoint "
+                f"{endpoint} --rdzv_id blind --rdzv_conf is_host={is_host} -m ganforge train {' '.join(ARGS)} "
+                f"--kimg 0.16 --outdir {outdir}")
+
+    def start(cmd):
+        return subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True, env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
+
+    nodes = [start(f"exec {torchrun(1)}"),
+             start(f"exec unshare -m sh -c 'mount -t tmpfs tmpfs {outdir} && exec {torchrun(0)}'")]
+    try:
+        outputs = [n.communicate(timeout=240)[0] for n in nodes]
+    finally:
+        stopped(nodes)
+    assert all(n.returncode != 0 for n in nodes), outputs[0][-2000:]
+    said = "\n".join(outputs)
+    assert "do not see the run directory" in said and "on a file system every node shares" in said, said[-3000:]
+    assert not list(outdir.iterdir())  # rank 0 took its new run directory away

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import shutil
 import signal
 import time
@@ -31,13 +32,14 @@ from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
 from ganforge.snapshots import LATEST, SnapshotError, check_shapes, keep_snapshot, load_snapshot, save_snapshot
 from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
-                                          init_from_env)
+                                          init_from_env, job_id, naming_the_rank, restart_count)
 from ganforge.training.estimate import RunTimer, time_snapshot
 from ganforge.training.finetune import freeze_d, read_source, source_options, start_from_source
 from ganforge.training.options import (TrainOptions, absolute_data, check_batches, check_resume, describe_schedule,
                                        model_config, period_name, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
-                                      kimg_label, make_run_dir, remove_unless_kept, truncate_logs, write_options)
+                                      job_note, kimg_label, make_run_dir, remove_unless_kept, truncate_logs,
+                                      write_options)
 from ganforge.training.graphs import GraphedSteps
 from ganforge.training.runlog import RunLog, SampleGrid
 from ganforge.training.step import device_step, ema_beta, step_flops
@@ -111,6 +113,7 @@ def recover(state: RunState, model: GanModel, opts: TrainOptions, run_dir: Path,
             f"with fresh noise (retry {state.retries} of {opts.nonfinite_retries})")
 
 
+@naming_the_rank
 def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | None = None,
           progress: bool = True, evaluator_factory: Callable | None = None, inception_weights: str | None = None,
           watch_step: Callable[[], contextlib.AbstractContextManager] | None = None) -> Path:
@@ -124,6 +127,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     syncs in log.txt, or a refusal of any).
     """
     started = time.perf_counter()  # the estimate logged at the first tick counts the start-up too
+    resume, restarted = elastic_resume(opts, resume)
     snapshot = read_snapshot(resume)
     source = read_source(opts, resume, explicit or set())  # --init-from: another run's networks
     opts, channels_source = run_options(opts, snapshot, explicit or set(), resume)
@@ -133,6 +137,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
 
         evaluator_factory = training_evaluator(opts.metrics, opts.metrics_n, inception_weights)
     ddp, device_name = init_from_env(opts.device)
+    check_same_options(opts, ddp, lambda obj: gather_object(obj, ddp.world_size))
     device, world = resolve_device(device_name), ddp.world_size
     if snapshot is None:  # the run's identity, in its options and every snapshot: a snapshot resumes only in its run
         opts = dataclasses.replace(opts, run_id=broadcast_object(uuid.uuid4().hex[:16] if ddp.main else None, world))
@@ -165,18 +170,23 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         stop.raise_now = snapshot is None
         try:
             run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
+            check_shared_directory(run_dir, ddp)
             run_dir = run_steps(opts, snapshot, dataset, model, state, run_dir, ddp, device, progress,
                                 evaluator_factory, watch_step, stop, started,
                                 [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
                                  f"({channels_source})", *notes, state.augmenter.describe(),
-                                 *([lock.took_over] if lock and lock.took_over else []), *state.notes])
+                                 *([lock.took_over] if lock and lock.took_over else []), *state.notes,
+                                 *restart_notes(restarted, snapshot)])
+            if ddp.main and state.images_seen >= round(opts.kimg * 1000):
+                forget_job_run(opts)  # finished: a later restart of this job has nothing to continue
             if snapshot is None and state.step == 0:  # stopped between the start and the first step
                 raise StopRequested
         except BaseException as e:
             if snapshot is None and run_dir is not None and ddp.main:  # a new run with no snapshot: nothing to resume
                 if lock is not None:
                     lock.release()
-                remove_unless_kept(run_dir)
+                if remove_unless_kept(run_dir):
+                    forget_job_run(opts)
             if isinstance(e, StopRequested):
                 raise TrainingError("stopped before the first step: nothing was trained, and the new run "
                                     "directory is removed") from None
@@ -309,6 +319,85 @@ def run_options(opts: TrainOptions, snapshot: dict | None, explicit: set[str], r
     return opts, channels_source
 
 
+def elastic_resume(opts: TrainOptions, resume: str | None) -> tuple[str | None, int]:
+    """Under torchrun, workers its agent restarted (--max-restarts: a worker died) continue the run
+    their job opened, from its latest.pt, as if given --resume: rank 0 noted that run in --outdir
+    (job_note), and tells the others. A node's agent counts only its own restarts, so any rank's
+    count > 0 means a restart. Returns (what to resume, the restart count); with no restart, or
+    no snapshot yet in the job's run (nothing of it to keep), the `resume` given."""
+    job = job_id()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or job is None:
+        return resume, 0
+    ddp, _ = init_from_env(opts.device)
+    restarts = max(gather_object(restart_count(), ddp.world_size))
+    if restarts == 0:
+        return resume, 0
+    found = None
+    if ddp.main:
+        note = job_note(opts.outdir, job)
+        run_dir = Path(note.read_text(encoding="utf-8").strip()) if note.is_file() else None
+        found = str(run_dir) if run_dir is not None and (run_dir / LATEST).is_file() else None
+    found = broadcast_object(found, ddp.world_size)
+    return (found or resume), restarts
+
+
+def check_same_options(opts: TrainOptions, ddp, gather: Callable) -> None:
+    """Every node was started with rank 0's options (torchrun runs each node's own command line): a
+    node with another --batch or --seed would train something else in lockstep, silently."""
+    if not ddp.active:
+        return
+    every = gather(opts.to_json())
+    for rank, theirs in enumerate(every):
+        differ = sorted(k for k in every[0] if theirs.get(k) != every[0][k])
+        if differ:
+            key = differ[0]
+            raise TrainingError(f"rank {rank} was started with --{key.replace('_', '-')} {theirs.get(key)!r}, rank 0 "
+                                f"with {every[0][key]!r} ({len(differ)} option(s) differ: {', '.join(differ)}); start "
+                                "every node with the same ganforge options")
+
+
+def check_shared_directory(run_dir: Path, ddp) -> None:
+    """Every rank sees the run directory rank 0 opened: --outdir must be one file system shared by the
+    nodes (the restarted workers of a node read the run back from it)."""
+    if not ddp.active:
+        return
+    seen = (run_dir / "training_options.json").is_file()
+    for _ in range(20):  # a network file system may show another node's new file a moment late
+        if seen:
+            break
+        time.sleep(0.25)
+        seen = (run_dir / "training_options.json").is_file()
+    blind = [rank for rank, ok in enumerate(gather_object(seen, ddp.world_size)) if not ok]
+    if blind:
+        raise TrainingError(f"rank(s) {', '.join(map(str, blind))} do not see the run directory {run_dir} that rank 0 "
+                            "made: --outdir must be on a file system every node shares, at the same path")
+
+
+def record_job_run(opts: TrainOptions, run_dir: Path) -> None:
+    job = job_id()
+    if job is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        tmp = job_note(opts.outdir, job).with_suffix(".tmp")
+        tmp.write_text(f"{run_dir.resolve()}\n", encoding="utf-8")
+        os.replace(tmp, job_note(opts.outdir, job))
+
+
+def forget_job_run(opts: TrainOptions) -> None:
+    job = job_id()
+    if job is not None:
+        job_note(opts.outdir, job).unlink(missing_ok=True)
+
+
+def restart_notes(restarts: int, snapshot: dict | None) -> list[str]:
+    """log.txt's line for workers torchrun restarted: the restart, and where the run went back to."""
+    if restarts == 0:
+        return []
+    if snapshot is None:
+        return [f"torchrun restarted the workers (restart {restarts} of job {job_id()}): the job's run had no "
+                "snapshot yet, so a new run starts"]
+    return [f"torchrun restarted the workers (restart {restarts} of job {job_id()}): continuing from "
+            f"{snapshot['path']} at {snapshot['images_seen'] / 1000:g} kimg"]
+
+
 def made_once(make, ddp):
     """make() on rank 0, its result shared with every rank; an error there stops every rank with it."""
     if ddp.world_size <= 1:
@@ -424,6 +513,7 @@ def open_run_directory(opts: TrainOptions, snapshot: dict | None, dataset, model
             lock = RunLock(run_dir) if ddp.main else None
             if ddp.main:
                 write_options(run_dir, opts, ddp.world_size)
+                record_job_run(opts, run_dir)
         except BaseException as e:  # an empty new directory would only take the next run number
             shutil.rmtree(run_dir, ignore_errors=True)
             if isinstance(e, OSError):
@@ -441,6 +531,7 @@ def open_run_directory(opts: TrainOptions, snapshot: dict | None, dataset, model
     truncate_logs(run_dir, state.step)  # rows written after this snapshot will be written again
     if ddp.main:  # the options this continuation runs with (a longer --kimg, say)
         write_options(run_dir, opts, ddp.world_size)
+        record_job_run(opts, run_dir)
     for stale in run_dir.glob(".*.tmp"):  # a snapshot or options write cut short by a kill (ours only)
         if OWN_TEMPORARY.fullmatch(stale.name):
             stale.unlink(missing_ok=True)

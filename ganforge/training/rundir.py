@@ -24,6 +24,11 @@ def make_run_dir(outdir: str | Path, desc: str) -> Path:
     return run_dir
 
 
+def job_note(outdir: str | Path, job: str) -> Path:
+    """`.torchrun-<job>` in --outdir: the run directory a torchrun job opened, for its restarted workers."""
+    return Path(outdir) / f".torchrun-{''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in job)}"
+
+
 def dataset_desc(data: str) -> str:
     """The data's part of a run's name: the folder or file name; for tar shards ('lsun/{000000..000099}.tar',
     'lsun/000003.tar') the folder that holds them, or 'shards'."""

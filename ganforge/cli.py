@@ -329,42 +329,25 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
 
     For text-to-image runs, --n images are drawn for each prompt, one grid row per prompt.
     """
-    from ganforge.inference import check_scale, enlarge, generate as sample, generate_from_prompts, load_model, write_images
-
-    from ganforge.inference import GRID_SUFFIXES, captions_beside
     from ganforge.hardware import resolve_device
+    from ganforge.inference import GRID_SUFFIXES, Generator, captions_beside, check_scale, enlarge, write_images
 
-    _check_writable(out, "--out", folder=Path(out).suffix.lower() not in GRID_SUFFIXES)
-    device = resolve_device(device)
-    model = load_model(run_or_snapshot, device)
+    grid = Path(out).suffix.lower() in GRID_SUFFIXES
+    _check_writable(out, "--out", folder=not grid)
     if prompt_file:
         prompts = (*prompts, *Path(prompt_file).read_text(encoding="utf-8", errors="replace").splitlines())
-    from ganforge.models.base import TEXT
-
-    if prompts or model.conditioning == TEXT:
-        if label is not None:
-            raise click.BadParameter("a text-to-image run is conditioned on --prompt, not on a class", param_hint="--label")
-        if not prompts:
-            raise click.UsageError("this is a text-to-image run: give --prompt TEXT (or --prompts FILE)")
-        rows = [p.strip() for p in prompts if p.strip()]  # the prompts generate_from_prompts keeps, in order
-        grid = Path(out).suffix.lower() in GRID_SUFFIXES
-        if grid:  # the row captions go beside the grid: never over a run's own file
-            _check_writable(captions_beside(out), "--out")
-        check_scale(n * len(rows), model.config["channels"], model.sample_resolution, scale)
-        images = generate_from_prompts(model, list(prompts), n, seed=seed, device=device, truncate=not no_truncation,
-                                       psi=psi)
-        write_images(enlarge(images, scale), out, n, captions=rows)
+    rows = [p for p in prompts if p.strip()]
+    if rows and grid:  # the row captions go beside the grid: never over a run's own file
+        _check_writable(captions_beside(out), "--out")
+    generator = Generator.load(run_or_snapshot, resolve_device(device))
+    check_scale(n * max(len(rows), 1), generator.channels, generator.resolution, scale)
+    samples = generator.draw(n, seed, label, prompts, psi, truncate=not no_truncation)
+    paths = write_images(enlarge(samples.images, scale), out, samples.columns, samples.labels, samples.captions)
+    if samples.captions is not None:
         beside = f" and its row captions to {captions_beside(out)}" if grid else ""
-        click.echo(f"wrote {len(images)} images ({n} per prompt) to {out if grid else Path(out)}{beside}")
-        return
-    if label is not None and model.num_classes:
-        label = _class_of(model, run_or_snapshot, label, "--label")
-    elif label is not None:
-        raise click.BadParameter("this model is not class-conditional (trained without labels)", param_hint="--label")
-    check_scale(n, model.config["channels"], model.sample_resolution, scale)
-    images, labels, columns = sample(model, n, seed=seed, label=label, device=device, psi=psi)
-    paths = write_images(enlarge(images, scale), out, columns, labels if label is None else None)
-    click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
+        click.echo(f"wrote {len(samples.images)} images ({n} per prompt) to {out if grid else Path(out)}{beside}")
+    else:
+        click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
 
 
 @main.command()
@@ -529,11 +512,9 @@ def _first_image_size(folder: str) -> int:
 
 
 def _class_of(model, run_or_snapshot: str, given: str, option: str) -> int:
-    """A class given by number or by name (a class folder's), as generate, interpolate and project take it."""
-    from ganforge.inference import class_index, run_class_names
+    from ganforge.inference import class_of
 
-    names = [] if given.isdigit() and int(given) < model.num_classes else run_class_names(run_or_snapshot)
-    return class_index(model, given, names, option)
+    return class_of(model, run_or_snapshot, given, option)
 
 
 def _class_name(run_or_snapshot: str, index: int) -> str:

@@ -1,0 +1,122 @@
+"""The Python API (`import ganforge`): the same images, results and messages as the commands."""
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import ganforge
+from ganforge.cli import main
+from ganforge.training import TrainOptions, train
+
+TINY = dict(resolution=16, model_opts={"base_channels": 8}, tick=0.008, sample_every=0.032, snap=0.032)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three tiny runs: class-conditional (mnist), unconditional (a folder of images) and text-to-image."""
+    root = tmp_path_factory.mktemp("api-runs")
+    plain = root / "plain"
+    plain.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(plain / f"{i}.png")
+    return {"class": train(TrainOptions(data="mnist", batch=16, kimg=0.032, outdir=str(root), **TINY), progress=False),
+            "plain": train(TrainOptions(model="dcgan", data=str(plain), batch=8, kimg=0.016, outdir=str(root), **TINY),
+                           progress=False),
+            "text": train(TrainOptions(model="dfgan", data="mnist-captions", resolution=16, batch=8, kimg=0.008,
+                                       tick=0.008, model_opts={"nf": 4, "encoder_epochs": 1}, outdir=str(root)),
+                          progress=False)}
+
+
+def generate_command(*args) -> list[np.ndarray]:
+    """The images `ganforge generate ARGS --out FOLDER` writes, in order."""
+    out = args[-1]
+    result = CliRunner().invoke(main, ["generate", *map(str, args[:-1]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return [np.asarray(Image.open(p)) for p in sorted(out.iterdir())]
+
+
+def test_import_ganforge_does_not_import_torch():
+    code = ("import sys, ganforge; ganforge.__version__, dir(ganforge); print('torch' in sys.modules); "
+            "ganforge.load; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]  # torch comes with the first function used, not with the import
+
+
+def test_sample_images_are_the_generate_command_s(runs, tmp_path):
+    g = ganforge.load(runs["class"])
+    for name, kwargs, args in (("one", dict(label=3, psi=0.7), ["--label", "3", "--psi", "0.7"]),
+                               ("all", dict(), []), ("named", dict(label="3"), ["--label", "3"])):
+        ours = [np.asarray(image) for image in g.sample_images(12, seed=7, **kwargs)]
+        theirs = generate_command(runs["class"], "--n", 12, "--seed", 7, *args, tmp_path / name)
+        assert len(ours) == 12 and all(np.array_equal(a, b) for a, b in zip(ours, theirs)), name
+    images = g.sample(12, seed=7, label=3, psi=0.7)
+    assert images.shape == (12, 1, 16, 16) and images.dtype == torch.float32 and images.abs().max() <= 1
+    assert [np.asarray(i) for i in g.sample_images(12, seed=7, label=3, psi=0.7)][5].tolist() == \
+        ((images[5, 0].clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8)).numpy().tolist()
+
+
+def test_prompted_samples_are_the_generate_command_s(runs, tmp_path):
+    g = ganforge.load(runs["text"])
+    ours = [np.asarray(image) for image in g.sample_images(4, seed=7, prompt="a handwritten digit three")]
+    theirs = generate_command(runs["text"], "--n", 4, "--seed", 7, "--prompt", "a handwritten digit three", tmp_path / "t")
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    z = g.noise(4, seed=7)
+    assert torch.equal(g(z, ["a handwritten digit three"] * 4), g.sample(4, seed=7, prompt="a handwritten digit three"))
+
+
+def test_the_generator_is_a_module_of_the_ema_weights_called_on_noise_and_labels(runs):
+    g = ganforge.load(runs["class"])
+    assert isinstance(g, torch.nn.Module) and isinstance(g, ganforge.Generator)
+    snapshot = torch.load(runs["class"] / "latest.pt", weights_only=True)["state"]
+    weights = g.state_dict()
+    assert weights and all(torch.equal(t, snapshot["G_ema." + k[len("G."):]]) for k, t in weights.items())
+    assert len(weights) == sum(k.startswith("G_ema.") for k in snapshot)  # no D, no training G
+    z, labels = g.noise(8, seed=3), torch.full((8,), 5)
+    assert z.shape == (8, g.z_dim)
+    with torch.no_grad():
+        assert torch.equal(g(z, labels), g.sample(8, seed=3, label=5))
+    exported = torch.export.export(g, (z, labels)).module()
+    assert torch.allclose(exported(z, labels), g(z, labels), atol=1e-6)
+
+
+def test_threads_sampling_one_generator_get_what_calls_in_turn_get(runs):
+    g = ganforge.load(runs["class"])
+    expected = {seed: g.sample(64, seed=seed) for seed in (1, 2)}
+    got = {}
+
+    def draw(seed):
+        for _ in range(3):
+            got.setdefault(seed, []).append(g.sample(64, seed=seed))
+
+    threads = [threading.Thread(target=draw, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(image, expected[seed]) for seed in (1, 2) for image in got[seed])
+
+
+@pytest.mark.parametrize("run,request_,args", [
+    ("class", dict(label=10), ["--label", "10"]),
+    ("class", dict(label="seven"), ["--label", "seven"]),
+    ("class", dict(prompt="a bird"), ["--prompt", "a bird"]),
+    ("plain", dict(label=3), ["--label", "3"]),
+    ("text", dict(), []),
+    ("text", dict(label=3, prompt="a bird"), ["--label", "3", "--prompt", "a bird"]),
+    ("nowhere", dict(), []),
+])
+def test_a_request_the_run_cannot_answer_is_the_command_s_one_line(runs, tmp_path, run, request_, args):
+    path = runs.get(run, tmp_path)  # tmp_path: a folder that is not a run
+    with pytest.raises(ganforge.GanforgeError) as caught:
+        ganforge.load(path).sample(4, **request_)
+    message = str(caught.value)
+    assert "\n" not in message
+    result = CliRunner().invoke(main, ["generate", str(path), "--n", "4", *args, "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == f"Error: {message}", result.output

@@ -5,6 +5,7 @@ From Python (each name is imported on first use, so `import ganforge` stays ligh
     import ganforge
     g = ganforge.load("runs/00000-cdcgan-mnist")   # a run directory or a snapshot file
     images = g.sample(16, seed=7, label=3)          # float [16, C, H, W] in [-1, 1]
+    run = ganforge.train(model="cdcgan", data="mnist", kimg=1, outdir="runs")   # `ganforge train`'s options
 
 Mistakes the user can fix (a wrong label, a path that is not a run) raise `ganforge.GanforgeError`
 with the one-line message the command line prints.
@@ -20,13 +21,15 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it, imported when the name is first used.
 _EXPORTS = {
     "load": "ganforge.api",
+    "train": "ganforge.api",
+    "Run": "ganforge.api",
     "Generator": "ganforge.inference",
     "GanforgeError": "ganforge.errors",
     "OptionError": "ganforge.errors",
 }
 
 if TYPE_CHECKING:  # for type checkers and editors only: at run time the names come from __getattr__
-    from ganforge.api import load
+    from ganforge.api import Run, load, train
     from ganforge.errors import GanforgeError, OptionError
     from ganforge.inference import Generator
 

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
@@ -19,24 +19,11 @@ from click.core import ParameterSource
 
 from ganforge import __version__
 from ganforge.errors import GanforgeError, GanforgeWarning
-from ganforge.models import model_names
-from ganforge.training.options import SEED_MAX, TrainOptions
+from ganforge.training.options import (RESERVED_MODEL_OPTS, SEED_MAX, TrainOptions, command_line_form,
+                                       finite_positive, power_of_two)
 
 
-def _power_of_two(ctx, param, value):
-    if value is not None and (value < 4 or value & (value - 1)):
-        raise click.BadParameter(f"{value} is not a power of two >= 4", ctx, param)
-    return value
-
-
-def _finite_positive(ctx, param, value):
-    if value is not None and (not math.isfinite(value) or value <= 0):
-        raise click.BadParameter(f"{value} must be a finite number > 0", ctx, param)
-    return value
-
-
-RESERVED_MODEL_OPTS = {"resolution": "--resolution", "channels": "--channels or the data",
-                       "num_classes": "the data's classes"}
+_power_of_two, _finite_positive = power_of_two, finite_positive  # the checks of other commands' options too
 
 
 def _parse_model_opts(pairs: tuple[str, ...], aliases: dict | None = None) -> dict:
@@ -61,51 +48,11 @@ def _parse_model_opts(pairs: tuple[str, ...], aliases: dict | None = None) -> di
     return opts
 
 
-class _ModelChoice(click.Choice):
-    """The registered models, read when the option is parsed: a model registered after this module
-    was imported (a plug-in, a test) is a choice too."""
-
-    def __init__(self):
-        super().__init__([])
-
-    @property
-    def choices(self):
-        return model_names()
-
-    @choices.setter
-    def choices(self, value):
-        pass
-
-
 def option_from(name: str, **override):
     """The click option of a TrainOptions field, from its one declaration (default, help, form);
     `override` changes what another command needs differently (its default, say)."""
-    spec = next(f for f in fields(TrainOptions) if f.name == name)
-    form, flag = spec.metadata, "--" + name.replace("_", "-")
-    kwargs = dict(default=spec.default if spec.default is not MISSING else None, help=form["help"])
-    if form.get("flag"):
-        flag = f"{flag}/--no-{name.replace('_', '-')}"
-    elif form.get("comma"):  # given as a,b,c and kept as a list
-        kwargs.update(default=",".join(spec.default_factory()),
-                      callback=lambda ctx, param, value: [v.strip() for v in value.split(",") if v.strip()])
-    elif form.get("models"):
-        kwargs["type"] = _ModelChoice()
-    elif form.get("choices"):
-        kwargs["type"] = click.Choice([str(c) for c in form["choices"]])
-        if isinstance(form["choices"][0], int):  # given as text, kept as the number
-            kwargs["callback"] = lambda ctx, param, value: None if value is None else int(value)
-            kwargs["default"] = None if kwargs["default"] is None else str(kwargs["default"])
-    elif "minimum" in form:
-        kwargs["type"] = click.IntRange(min=form["minimum"], max=form.get("maximum"))
-    elif form.get("positive"):
-        kwargs.update(type=float, callback=_finite_positive)
-    elif form.get("fraction"):
-        kwargs["type"] = click.FloatRange(0.0, 1.0)
-    elif form.get("power_of_two"):
-        kwargs.update(type=int, callback=_power_of_two)
-    kwargs["show_default"] = kwargs["default"] not in (None, "")
-    kwargs.update(override)
-    return click.option(flag, name, **kwargs)
+    decls, kwargs = command_line_form(name)
+    return click.option(*decls, **{**kwargs, **override})
 
 
 def train_options(function):
@@ -217,33 +164,30 @@ def train(ctx, resume, dry_run, plan_only, quiet, inception_weights, gpus, **kwa
         del args[i:i + (1 if "=" in args[i] else 2)]
         os.execvp(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                    f"--nproc_per_node={gpus}", "-m", "ganforge", *args])
-    from ganforge.metrics.evaluate import parse_metrics
-    from ganforge.training.loop import train as run_training
-    from ganforge.training.options import plan
+    from ganforge.api import train as run_training
+    from ganforge.training.options import checked_options, plan
 
     if quiet:  # every bar of the run (decoding, caption encoding, metrics), in its worker processes too
         os.environ["GANFORGE_PROGRESS"] = "0"
     explicit = {k for k in kwargs if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     aliases = {k: kwargs.pop(k) for k in MODEL_OPT_ALIASES}
     kwargs["model_opts"] = _parse_model_opts(kwargs.pop("model_opt"), aliases)
-    kwargs["metrics"] = parse_metrics(kwargs["metrics"])
-    if kwargs["best_metric"] is not None and kwargs["best_metric"] not in kwargs["metrics"]:
-        raise click.BadParameter(f"{kwargs['best_metric']} is not among --metrics", param_hint="--best-metric")
     if explicit & {"model_opt", *MODEL_OPT_ALIASES}:
         explicit.add("model_opts")
-    explicit -= {"model_opt", *MODEL_OPT_ALIASES}
-    opts = TrainOptions(**kwargs)
+    given = {k: kwargs[k] for k in explicit - {"model_opt", *MODEL_OPT_ALIASES}}  # the rest: TrainOptions' defaults
+    if plan_only or dry_run:
+        opts = checked_options(given)
     if plan_only:
         if resume or gpus > 1 or "WORLD_SIZE" in os.environ:
             raise click.UsageError("--plan times a new run in one process: leave out --resume and --gpus (a resumed "
                                    "run logs its estimate at its first tick)")
         from ganforge.training.bench import plan_run
 
-        lines, _ = plan_run(opts, explicit)
+        lines, _ = plan_run(opts, set(given))
         click.echo("\n".join(lines))
         return
     if dry_run:
-        opts, schedule = plan(opts, resume, explicit)
+        opts, schedule = plan(opts, resume, set(given))
         from ganforge.training.loop import training_data
 
         training_data(opts, preload=False)  # refused now as a real start would refuse it (headers only, no decoding)
@@ -251,22 +195,22 @@ def train(ctx, resume, dry_run, plan_only, quiet, inception_weights, gpus, **kwa
         for line in schedule:
             click.echo(line)
         return
-    run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet, inception_weights=inception_weights)
+    run = run_training(resume=resume, progress=not quiet, inception_weights=inception_weights, **given)
     if int(os.environ.get("RANK", "0")) == 0:
-        if _stopped_early(run_dir):  # Ctrl-C or SIGTERM: latest.pt is written and its one line said so
+        if not run.finished:  # Ctrl-C or SIGTERM: latest.pt is written and its one line said so
             ctx.exit(130)
-        click.echo(f"run directory: {run_dir}")
-        for line in _next_commands(run_dir, opts):
+        click.echo(f"run directory: {run}")
+        for line in _next_commands(run.path, run.options):
             click.echo(line)
 
 
-def _next_commands(run_dir: Path, opts: TrainOptions) -> list[str]:
-    """What to do with a finished run, as a stopped one is told how to resume."""
+def _next_commands(run_dir: Path, options: dict) -> list[str]:
+    """What to do with a finished run (its saved options), as a stopped one is told how to resume."""
     from ganforge.models import model_class
     from ganforge.models.base import TEXT
 
-    text = model_class(opts.model).conditioning == TEXT  # a class attribute where a model fixes it
-    sample = f' --prompt "{_a_caption(opts)}"' if text else ""
+    text = model_class(options["model"]).conditioning == TEXT  # a class attribute where a model fixes it
+    sample = f' --prompt "{_a_caption(options)}"' if text else ""
     metrics = "rprec" if text else "swd"
     return ["next:",
             f"  ganforge generate {run_dir}{sample} --n 16 --out {run_dir / 'samples.png'}",
@@ -274,22 +218,15 @@ def _next_commands(run_dir: Path, opts: TrainOptions) -> list[str]:
             f"  ganforge studio {run_dir.parent}   # the run in a web page, with the [studio] extra"]
 
 
-def _a_caption(opts: TrainOptions) -> str:
+def _a_caption(options: dict) -> str:
     from ganforge.data import load_dataset
 
     try:
-        captions = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split,
-                                preload=False).captions
+        captions = load_dataset(options["data"], options["resolution"], options["channels"], options["center_crop"],
+                                options["split"], preload=False).captions
         return captions[0][0].replace('"', "'")
     except (GanforgeError, OSError, IndexError, TypeError):
         return "a caption"
-
-
-def _stopped_early(run_dir: Path) -> bool:
-    """Whether the run's last stats row is short of its --kimg (it was asked to stop)."""
-    rows = (run_dir / "stats.jsonl").read_text(encoding="utf-8").splitlines()
-    target = json.loads((run_dir / "training_options.json").read_text(encoding="utf-8"))["kimg"]
-    return bool(rows) and json.loads(rows[-1])["kimg"] < target
 
 
 def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:

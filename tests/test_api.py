@@ -120,3 +120,67 @@ def test_a_request_the_run_cannot_answer_is_the_command_s_one_line(runs, tmp_pat
     assert "\n" not in message
     result = CliRunner().invoke(main, ["generate", str(path), "--n", "4", *args, "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == f"Error: {message}", result.output
+
+
+def test_train_from_python_gives_the_command_s_weights(tmp_path):
+    options = ["--resolution", "16", "--batch", "8", "--base-channels", "8", "--kimg", "0.016", "--tick", "0.008",
+               "--seed", "3", "--quiet"]
+    result = CliRunner().invoke(main, ["train", *options, "--outdir", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    run = ganforge.train(resolution=16, batch=8, model_opts={"base_channels": 8}, kimg=0.016, tick=0.008, seed=3,
+                         outdir=str(tmp_path / "api"), progress=False)
+    assert isinstance(run, ganforge.Run) and run.finished and run.path == tmp_path / "api" / "00000-cdcgan-mnist"
+    assert f"run directory: {tmp_path / 'cli' / '00000-cdcgan-mnist'}" in result.output
+    ours, theirs = (torch.load(path / "latest.pt", weights_only=True) for path in (run.path, tmp_path / "cli" / "00000-cdcgan-mnist"))
+    assert ours["state"].keys() == theirs["state"].keys()
+    assert all(torch.equal(ours["state"][k], theirs["state"][k]) for k in ours["state"])
+    assert ours["images_seen"] == theirs["images_seen"] == 16
+
+
+@pytest.mark.parametrize("options,args", [
+    (dict(resolution=30), ["--resolution", "30"]),
+    (dict(kimg=float("nan")), ["--kimg", "nan"]),
+    (dict(batch=0), ["--batch", "0"]),
+    (dict(batch="many"), ["--batch", "many"]),
+    (dict(model="stylegan9"), ["--model", "stylegan9"]),
+    (dict(channels=2), ["--channels", "2"]),
+    (dict(augment_p=1.5), ["--augment-p", "1.5"]),
+    (dict(metrics=["swd", "nope"]), ["--metrics", "swd,nope"]),
+    (dict(metrics="swd", best_metric="fid"), ["--metrics", "swd", "--best-metric", "fid"]),
+    (dict(model_opts={"resolution": 64}), ["--model-opt", "resolution=64"]),
+    (dict(data="/no/such/place"), ["--data", "/no/such/place"]),
+])
+def test_a_training_option_is_refused_with_the_command_s_words(tmp_path, options, args):
+    with pytest.raises(ganforge.OptionError if "data" not in options else ganforge.GanforgeError) as caught:
+        ganforge.train(outdir=str(tmp_path), progress=False, **options)
+    result = CliRunner().invoke(main, ["train", *args, "--outdir", str(tmp_path), "--quiet"])
+    assert result.exit_code != 0 and result.output.strip().splitlines()[-1] == f"Error: {caught.value}", result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unknown_training_keyword_is_named_with_the_closest_options():
+    with pytest.raises(ganforge.OptionError, match=r"^'kimgs' is not a training option; did you mean 'kimg'"):
+        ganforge.train(kimgs=1)
+    with pytest.raises(ganforge.OptionError, match=r"^'bogus' is not a training option; the options are model, data"):
+        ganforge.train(bogus=1)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_training_from_python_after_writing_latest_pt(tmp_path):
+    import os
+    import signal
+    import time
+
+    code = ("import ganforge; run = ganforge.train(resolution=16, batch=16, model_opts={'base_channels': 8}, kimg=50, "
+            f"tick=0.032, outdir={str(tmp_path)!r}, progress=False); print('finished', run.finished)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GANFORGE_PROGRESS": "0"})
+    stats = tmp_path / "00000-cdcgan-mnist" / "stats.jsonl"
+    deadline = time.monotonic() + 120
+    while not (stats.exists() and stats.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "finished False" in out, err[-2000:]
+    assert "continue with: ganforge train --resume" in out + err
+    assert torch.load(tmp_path / "00000-cdcgan-mnist" / "latest.pt", weights_only=True)["images_seen"] > 32

@@ -23,18 +23,23 @@ _EXPORTS = {
     "load": "ganforge.api",
     "train": "ganforge.api",
     "Run": "ganforge.api",
+    "evaluate": "ganforge.api",
+    "project": "ganforge.api",
+    "Projection": "ganforge.explore",
     "Generator": "ganforge.inference",
     "GanforgeError": "ganforge.errors",
     "OptionError": "ganforge.errors",
 }
 
 if TYPE_CHECKING:  # for type checkers and editors only: at run time the names come from __getattr__
-    from ganforge.api import Run, load, train
+    from ganforge.api import Run, evaluate, load, project, train
     from ganforge.errors import GanforgeError, OptionError
+    from ganforge.explore import Projection
     from ganforge.inference import Generator
 
 
 def __getattr__(name: str):
+    """The public names, each imported from its module when first used."""
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value  # found once, then a plain attribute
@@ -46,4 +51,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "load", "train", "Run", "evaluate", "project", "Projection", "Generator", "GanforgeError",
+           "OptionError"]

@@ -6,8 +6,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
+from ganforge.errors import OptionError
 from ganforge.inference import Generator
+
+if TYPE_CHECKING:
+    from ganforge.explore import Projection
 
 
 def load(run_or_snapshot: str | Path, device: str = "cpu") -> Generator:
@@ -87,3 +92,144 @@ def train(*, resume: str | os.PathLike | None = None, progress: bool = True, inc
                            progress=progress, inception_weights=inception_weights)
     return Run(run_dir)
 
+
+def _refused(option: str, message: str) -> OptionError:
+    """An OptionError worded as the command line words a bad option value."""
+    import click
+
+    return OptionError(click.BadParameter(message, param_hint=option).format_message())
+
+
+def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Sequence[str] = "swd,msssim,fid,kid,pr",
+             n: int = 10_000, *, real: str | None = None, fake: str | None = None, split: str | None = None,
+             resolution: int | None = None, floor: bool = True, inception_weights: str | None = None,
+             cache_dir: str | None = None, device: str = "auto", seed: int = 0, out: str | os.PathLike | None = None,
+             report: Callable[[str], None] | None = None) -> dict:
+    """Measure a run's generator (or a folder of generated images, `fake`, against `real`) as
+    `ganforge evaluate` does; returns what its --out writes: {metric: {value name: number}}, an
+    undefined number as None. The results of a run's snapshot are also kept in its run (metric-*.jsonl).
+
+    `n` images a side; `real`: any --data form [default: the run's training data]; `out`: a file to
+    write the results to as JSON too; `report` gets the lines the command prints on stderr (what is
+    measured, how long it takes).
+
+        results = ganforge.evaluate(run, metrics=["swd"], n=500)
+    """
+    import math
+    import time
+
+    from ganforge.data import load_dataset
+    from ganforge.hardware import resolve_device
+    from ganforge.inference import load_model
+    from ganforge.metrics.evaluate import Evaluator, dataset_source, parse_metrics
+    from ganforge.snapshots import find_snapshot, load_snapshot
+
+    say = report or (lambda line: None)
+    names = parse_metrics(metrics)
+    if not names:
+        raise _refused("--metrics", "give one metric or more, e.g. swd,msssim")
+    if n < 2:
+        raise _refused("'--n'", f"{n} is not in the range x>=2.")
+    if (run_or_snapshot is None) == (fake is None):
+        raise OptionError("give either RUN_OR_SNAPSHOT or --fake DIR")
+    dev = resolve_device(device)
+    started = time.time()
+    if run_or_snapshot is not None:
+        saved = load_snapshot(run_or_snapshot)
+        options = saved["options"]
+        model = load_model(run_or_snapshot, dev)
+        real_ds = load_dataset(real or options["data"], model.sample_resolution, model.config["channels"],
+                               options["center_crop"], split or options["split"])
+        snapshot = find_snapshot(run_or_snapshot)
+        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir or snapshot.parent / "metric-cache", seed)
+        model.prepare(real_ds, dev, resumed=True)  # a text model samples this split's captions (DF-GAN: test)
+        evaluator.use_captions_of(model)
+        measure = lambda: evaluator.evaluate_model(model, n, seed + 1, (str(snapshot), snapshot.stat().st_mtime_ns))  # noqa: E731
+        n_fake = n
+    else:
+        if real is None:
+            raise OptionError("--fake needs --real")
+        fake_ds = load_dataset(fake, resolution or _first_image_size(fake))
+        real_ds = load_dataset(real, fake_ds.resolution, fake_ds.channels, split=split or "train")
+        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir, seed)
+        fakes = dataset_source(fake_ds, n, seed + 1)  # read a block at a time, as the reals are
+        measure = lambda: evaluator.evaluate(fakes, evaluator.partial_path(fake_ds.name, len(fake_ds), n, seed))  # noqa: E731
+        n_fake = fakes.n
+    if real_ds.captions is not None:  # say which captioned rows are the reals (and, for text models, the captions)
+        used = split or (options["split"] if run_or_snapshot is not None else "train")
+        say(f"real images: {len(real_ds)} of the {used} split of {real_ds.name}")
+    if n_fake < n or evaluator.n_real < n:
+        say(f"note: using {n_fake} fake and {evaluator.n_real} real images (asked for {n})")
+    evaluator.report = report  # how long each side takes, from its first block
+    results = measure()
+    if floor and "swd" in names:
+        results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()
+    say(f"evaluated in {time.time() - started:.1f} s in all (reals, samples and every metric; per metric: its seconds)")
+
+    def finite_or_null(value):  # JSON has no NaN: an undefined value is null
+        if isinstance(value, dict):
+            return {k: finite_or_null(v) for k, v in value.items()}
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    kept = finite_or_null(results)
+    if out is not None:
+        Path(out).write_text(json.dumps(kept, indent=2) + "\n")
+    if run_or_snapshot is not None:
+        _keep_in_run(snapshot, saved, results, n, out, say)
+    return kept
+
+
+def _keep_in_run(snapshot: Path, saved: dict, results: dict, n: int, out: str | os.PathLike | None,
+                 say: Callable[[str], None]) -> None:
+    """The results of evaluating a run's snapshot go into its run, beside those of --metrics during
+    training, where `plot` and the studio find them; a snapshot outside any run keeps them in `out` only."""
+    from ganforge.metrics.evaluate import keep_in_run
+
+    run_dir = snapshot.parent
+    if not (run_dir / "training_options.json").is_file():
+        where = f"written to {out}" if out else "not kept (give --out FILE to keep them)"
+        say(f"{snapshot} is not in a run directory: the results are {where}")
+        return
+    paths = keep_in_run(run_dir, results, saved["images_seen"], saved["step"], snapshot=snapshot.name, n=n,
+                        by="ganforge evaluate")
+    say(f"kept in the run: {', '.join(str(p) for p in paths)}")
+
+
+def _first_image_size(folder: str) -> int:
+    from PIL import Image
+
+    from ganforge.data import IMAGE_EXTENSIONS
+
+    for p in sorted(Path(folder).rglob("*")):
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            try:
+                with Image.open(p) as img:
+                    return min(img.size)
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue  # an unreadable file is reported when the folder is loaded
+    raise _refused("--fake", f"{folder}: no readable images")
+
+
+def project(run_or_snapshot: str | os.PathLike, image: str | os.PathLike, steps: int = 1000, *,
+            label: int | str | None = None, prompt: str | None = None, seed: int = 0, device: str = "auto",
+            report: Callable[[str], None] | None = None) -> Projection:
+    """Find the latent whose sample best matches a real image, as `ganforge project` does; returns a
+    Projection (.latent [1, z_dim], .image and .target [1, C, H, W] in [-1, 1], .loss, .psnr_db,
+    .ms_ssim, ...) and writes nothing.
+
+    `label`: a class-conditional run's class, by number or name (None: every class is tried and the
+    closest kept, said to `report`); `prompt`: a text-to-image run's caption of the image.
+
+        found = ganforge.project(run, "photo.png", steps=50)
+        images = ganforge.load(run)(found.latent, torch.tensor([found.label]))
+    """
+    from ganforge.explore import project_image, read_image
+    from ganforge.hardware import resolve_device
+    from ganforge.inference import load_model
+
+    if steps < 1:
+        raise _refused("'--steps'", f"{steps} is not in the range x>=1.")
+    dev = resolve_device(device)
+    model = load_model(run_or_snapshot, dev)
+    target = read_image(image, model.config["channels"], model.sample_resolution).to(dev)
+    return project_image(model, run_or_snapshot, target, label, prompt, steps, seed, report)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import sys
 import time
@@ -331,83 +330,15 @@ def export(run_or_snapshot, fmt, out):
 def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, inception_weights, cache_dir, device, seed,
              out):
     """Measure a run's generator (or a folder of images) against real images."""
-    from ganforge.data import load_dataset
-    from ganforge.metrics.evaluate import Evaluator, dataset_source, parse_metrics
-    from ganforge.snapshots import find_snapshot, load_snapshot
-    from ganforge.hardware import resolve_device
+    from ganforge.api import evaluate as measure
+    from ganforge.snapshots import find_snapshot
 
-    names = parse_metrics(metrics)
-    if not names:
-        raise click.BadParameter("give one metric or more, e.g. swd,msssim", param_hint="--metrics")
     if out:
         _check_writable(out, "--out", reading=find_snapshot(run_or_snapshot) if run_or_snapshot else None)
-    dev = resolve_device(device)
-    started = time.time()
-    if (run_or_snapshot is None) == (fake is None):
-        raise click.UsageError("give either RUN_OR_SNAPSHOT or --fake DIR")
-    if run_or_snapshot is not None:
-        from ganforge.inference import load_model
-
-        saved = load_snapshot(run_or_snapshot)
-        options = saved["options"]
-        model = load_model(run_or_snapshot, dev)
-        real_ds = load_dataset(real or options["data"], model.sample_resolution, model.config["channels"],
-                               options["center_crop"], split or options["split"])
-        snapshot = find_snapshot(run_or_snapshot)
-        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir or snapshot.parent / "metric-cache", seed)
-        model.prepare(real_ds, dev, resumed=True)  # a text model samples this split's captions (DF-GAN: test)
-        evaluator.use_captions_of(model)
-        measure = partial(evaluator.evaluate_model, model, n, seed + 1, (str(snapshot), snapshot.stat().st_mtime_ns))
-        n_fake = n
-    else:
-        if real is None:
-            raise click.UsageError("--fake needs --real")
-        fake_ds = load_dataset(fake, resolution or _first_image_size(fake))
-        real_ds = load_dataset(real, fake_ds.resolution, fake_ds.channels, split=split or "train")
-        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir, seed)
-        fakes = dataset_source(fake_ds, n, seed + 1)  # read a block at a time, as the reals are
-        measure = partial(evaluator.evaluate, fakes, evaluator.partial_path(fake_ds.name, len(fake_ds), n, seed))
-        n_fake = fakes.n
-    if real_ds.captions is not None:  # say which captioned rows are the reals (and, for text models, the captions)
-        used = split or (options["split"] if run_or_snapshot else "train")
-        click.echo(f"real images: {len(real_ds)} of the {used} split of {real_ds.name}", err=True)
-    if n_fake < n or evaluator.n_real < n:
-        click.echo(f"note: using {n_fake} fake and {evaluator.n_real} real images (asked for {n})")
-    evaluator.report = partial(click.echo, err=True)  # how long each side takes, from its first block
-    results = measure()
-    if floor and "swd" in names:
-        results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()
-    text = json.dumps(_finite_or_null(results), indent=2)  # JSON has no NaN: an undefined value is null
-    click.echo(text)
-    click.echo(f"evaluated in {time.time() - started:.1f} s in all (reals, samples and every metric; "
-               "per metric: its seconds)", err=True)
-    if out:
-        Path(out).write_text(text + "\n")
-    if run_or_snapshot is not None:
-        _keep_in_run(snapshot, saved, results, n, out)
-
-
-def _keep_in_run(snapshot: Path, saved: dict, results: dict, n: int, out: str | None) -> None:
-    """The results of evaluating a run's snapshot go into its run, beside those of --metrics during
-    training, where `plot` and the studio find them; a snapshot outside any run keeps them in --out only."""
-    from ganforge.metrics.evaluate import keep_in_run
-
-    run_dir = snapshot.parent
-    if not (run_dir / "training_options.json").is_file():
-        where = f"written to {out}" if out else "not kept (give --out FILE to keep them)"
-        click.echo(f"{snapshot} is not in a run directory: the results are {where}", err=True)
-        return
-    paths = keep_in_run(run_dir, results, saved["images_seen"], saved["step"], snapshot=snapshot.name, n=n,
-                        by="ganforge evaluate")
-    click.echo(f"kept in the run: {', '.join(str(p) for p in paths)}", err=True)
-
-
-def _finite_or_null(value):
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    results = measure(run_or_snapshot, metrics, n, real=real, fake=fake, split=split, resolution=resolution,
+                      floor=floor, inception_weights=inception_weights, cache_dir=cache_dir, device=device, seed=seed,
+                      out=out, report=partial(click.echo, err=True))
+    click.echo(json.dumps(results, indent=2))
 
 
 def _check_writable(path: str | Path, option: str, folder: bool = False, reading: str | Path | None = None) -> None:
@@ -433,32 +364,10 @@ def _check_writable(path: str | Path, option: str, folder: bool = False, reading
         raise click.BadParameter(f"cannot write in {parent} ({e.strerror or e})", param_hint=option) from e
 
 
-def _first_image_size(folder: str) -> int:
-    from PIL import Image
-
-    from ganforge.data import IMAGE_EXTENSIONS
-
-    for p in sorted(Path(folder).rglob("*")):
-        if p.suffix.lower() in IMAGE_EXTENSIONS:
-            try:
-                with Image.open(p) as img:
-                    return min(img.size)
-            except (OSError, ValueError, Image.DecompressionBombError):
-                continue  # an unreadable file is reported when the folder is loaded
-    raise click.BadParameter(f"{folder}: no readable images", param_hint="--fake")
-
-
 def _class_of(model, run_or_snapshot: str, given: str, option: str) -> int:
     from ganforge.inference import class_of
 
     return class_of(model, run_or_snapshot, given, option)
-
-
-def _class_name(run_or_snapshot: str, index: int) -> str:
-    from ganforge.inference import run_class_names
-
-    names = run_class_names(run_or_snapshot)
-    return f"{index} ({names[index]})" if index < len(names) and names[index] != str(index) else str(index)
 
 
 def _number_list(ctx, param, value: str | None) -> list[int] | None:
@@ -583,17 +492,13 @@ def studio(roots, host, port, refresh, device):
 @DEVICE
 def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scale, device):
     """Find the latent whose sample best matches a real image; write both, the latent and a video."""
-    import json
-
     import numpy as np
     import torch
     from torchvision.utils import make_grid, save_image
 
-    from ganforge.explore import as_frame, check_video_writer, project as find_latent, psnr, read_image, write_video
+    from ganforge.explore import as_frame, check_video_writer, project_image, read_image, write_video
     from ganforge.hardware import resolve_device
     from ganforge.inference import check_scale, enlarge, load_model
-    from ganforge.metrics.msssim import ms_ssim
-    from ganforge.models.base import TEXT, Condition
 
     if video != "none":  # before the optimisation, not after it
         check_video_writer(f"projection.{video}", "--video mp4", "; or --video gif")
@@ -602,43 +507,23 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
     model = load_model(run_or_snapshot, dev)
     target = read_image(image, model.config["channels"], model.sample_resolution).to(dev)
     check_scale(2 * 64, model.config["channels"], model.sample_resolution, scale)  # the video's pairs, at most 61
-    if model.conditioning == TEXT:
-        if not prompt or not prompt.strip():
-            raise click.UsageError("this is a text-to-image run: give --prompt TEXT, a caption of the image")
-        vector = model.encode_text([prompt.strip()]).to(dev)
-        condition = lambda z: model.generate_from_vectors(vector.expand(len(z), -1), z)  # noqa: E731
-    elif model.num_classes:
-        if label is None:  # every class tried from the same starts; the closest is kept, and said
-            from ganforge.explore import closest_class
-
-            label = closest_class(model, target, seed)
-            click.echo(f"no --label: tried each of the {model.num_classes} classes, kept class "
-                       f"{_class_name(run_or_snapshot, label)} (its samples came closest)", err=True)
-        else:
-            label = _class_of(model, run_or_snapshot, label, "--label")
-        condition = lambda z: model.generate(z, Condition(classes=torch.full((len(z),), label, device=dev)))  # noqa: E731
-    else:
-        if label is not None or prompt:
-            raise click.UsageError(f"{model.name} here is unconditional: drop --label and --prompt")
-        condition = lambda z: model.generate(z, Condition())  # noqa: E731
-    result = find_latent(model, target, condition, steps=steps, seed=seed)
-    folder, found, real = Path(out), result["image"], target.cpu()
+    result = project_image(model, run_or_snapshot, target, label, prompt, steps, seed, partial(click.echo, err=True))
+    folder, found, real = Path(out), result.image, result.target
     save_image(enlarge(real, scale) * 0.5 + 0.5, folder / "target.png")  # the figures below stay at the samples' size
     save_image(enlarge(found, scale) * 0.5 + 0.5, folder / "projected.png")
     save_image(enlarge(torch.cat([real, found]), scale) * 0.5 + 0.5, folder / "compare.png", nrow=2, padding=2)
-    np.save(folder / "latent.npy", result["latent"].numpy())
-    figures = {"psnr_db": round(psnr(found, real).item(), 2),
-               "ms_ssim": round(ms_ssim((found + 1) * 127.5, (real + 1) * 127.5).item(), 4),
-               "steps": steps, "start": result["start"], "final_loss": round(result["losses"][-1], 5),
-               "image": str(image), "label": label, "prompt": prompt}
+    np.save(folder / "latent.npy", result.latent.numpy())
+    figures = {"psnr_db": round(result.psnr_db, 2), "ms_ssim": round(result.ms_ssim, 4), "steps": steps,
+               "start": result.start, "final_loss": round(result.loss, 5), "image": str(image), "label": result.label,
+               "prompt": prompt}
     (folder / "result.json").write_text(json.dumps(figures, indent=2) + "\n")
     written = ["target.png", "projected.png", "compare.png", "latent.npy", "result.json"]
     if video != "none":
         frames = np.stack([as_frame(make_grid(enlarge(torch.stack([real[0], f]), scale) * 0.5 + 0.5, nrow=2, padding=2).mul(255)
-                                    .round().to(torch.uint8)) for f in result["frames"]])
+                                    .round().to(torch.uint8)) for f in result.frames])
         write_video(frames, folder / f"projection.{video}", fps=15)
         written.append(f"projection.{video}")
-    click.echo(f"projected {image} in {steps} steps from {result['start']}: PSNR {figures['psnr_db']} dB, "
+    click.echo(f"projected {image} in {steps} steps from {result.start}: PSNR {figures['psnr_db']} dB, "
                f"MS-SSIM {figures['ms_ssim']}; wrote {', '.join(written)} to {folder}")
 
 

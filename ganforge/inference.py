@@ -99,6 +99,12 @@ def class_of(model: GanModel, run_or_snapshot: str | Path, given: str, option: s
     return class_index(model, given, names, option)
 
 
+def class_name(run_or_snapshot: str | Path, index: int) -> str:
+    """A class's number, with its name where the run's data gives one: "3 (cat)"."""
+    names = run_class_names(run_or_snapshot)
+    return f"{index} ({names[index]})" if index < len(names) and names[index] != str(index) else str(index)
+
+
 def class_condition(model: GanModel, n: int, label: int | None) -> tuple[Condition | None, int]:
     """The condition of n samples and the grid width: a fixed class, or one row per class (None:
     the model's own choice)."""
@@ -172,6 +178,7 @@ class Generator(RuntimeGenerator):
 
     @property
     def device(self) -> torch.device:
+        """Where the weights are (where `noise` puts the noise)."""
         return next(self.G.parameters()).device
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | Sequence[str] | None = None) -> torch.Tensor:
@@ -195,6 +202,8 @@ class Generator(RuntimeGenerator):
         turn, one grid row each), or n for each prompt of a text-to-image run; `psi` < 1 truncates the
         noise, `truncate` is the text models' own truncated noise. A request the run cannot answer is
         refused with an OptionError naming the option."""
+        if n < 1:  # worded as the command's --n is refused
+            raise OptionError(f"Invalid value for '--n': {n} is not in the range x>=1.")
         model, device = self.model, self.device
         if prompts or model.conditioning == TEXT:
             if model.conditioning == TEXT and label is not None:

@@ -1,5 +1,6 @@
 """The Python API (`import ganforge`): the same images, results and messages as the commands."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -184,3 +185,47 @@ def test_ctrl_c_stops_training_from_python_after_writing_latest_pt(tmp_path):
     assert proc.returncode == 0 and "finished False" in out, err[-2000:]
     assert "continue with: ganforge train --resume" in out + err
     assert torch.load(tmp_path / "00000-cdcgan-mnist" / "latest.pt", weights_only=True)["images_seen"] > 32
+
+
+def without_seconds(results: dict) -> dict:
+    """Results without their timings (the one part two evaluations need not share)."""
+    if isinstance(results, dict):
+        return {k: without_seconds(v) for k, v in results.items() if "seconds" not in k}
+    return results
+
+
+def test_evaluate_returns_what_the_command_writes_with_out(runs, tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", str(runs["class"]), "--metrics", "swd,msssim", "--n", "64",
+                                       "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "r.json").read_text())
+    lines = []
+    results = ganforge.evaluate(runs["class"], metrics=["swd", "msssim"], n=64, report=lines.append)
+    assert without_seconds(results) == without_seconds(written) and results["swd"]["n"] == 64
+    assert any(line.startswith("kept in the run: ") for line in lines)
+    with pytest.raises(ganforge.OptionError) as caught:
+        ganforge.evaluate(runs["class"], metrics="nope")
+    refused = CliRunner().invoke(main, ["evaluate", str(runs["class"]), "--metrics", "nope"])
+    assert refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"
+
+
+def test_project_finds_what_the_command_finds(runs, tmp_path):
+    from torchvision.utils import save_image
+
+    g = ganforge.load(runs["class"])
+    save_image(g.sample(1, seed=5, label=4) * 0.5 + 0.5, tmp_path / "target.png")
+    result = CliRunner().invoke(main, ["project", str(runs["class"]), "--image", str(tmp_path / "target.png"),
+                                       "--label", "4", "--steps", "5", "--video", "none", "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    found = ganforge.project(runs["class"], tmp_path / "target.png", steps=5, label=4)
+    assert isinstance(found, ganforge.Projection) and found.latent.shape == (1, g.z_dim) and found.label == 4
+    assert np.array_equal(found.latent.numpy(), np.load(tmp_path / "p" / "latent.npy"))
+    figures = json.loads((tmp_path / "p" / "result.json").read_text())
+    assert figures["final_loss"] == round(found.loss, 5) and figures["psnr_db"] == round(found.psnr_db, 2)
+    assert len(found.losses) == 5 and found.image.shape == found.target.shape == (1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(g(found.latent, torch.tensor([4])), found.image, atol=1e-6)
+    with pytest.raises(ganforge.GanforgeError) as caught:
+        ganforge.project(runs["plain"], tmp_path / "target.png", steps=1, label=2)
+    assert str(caught.value) == "dcgan here is unconditional: drop --label and --prompt"
+

@@ -229,3 +229,24 @@ def test_project_finds_what_the_command_finds(runs, tmp_path):
         ganforge.project(runs["plain"], tmp_path / "target.png", steps=1, label=2)
     assert str(caught.value) == "dcgan here is unconditional: drop --label and --prompt"
 
+
+def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    from torchvision.utils import save_image
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## From Python\n", 1)[1].split("\n## ", 1)[0]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
+    save_image(ganforge.load(runs["class"]).sample(1, seed=1, label=3) * 0.5 + 0.5, tmp_path / "photo.png")
+    tiny = 'kimg=0.016, resolution=16, batch=8, model_opts={"base_channels": 8}, tick=0.008, outdir="runs"'
+    for example, here in (("runs/00000-cdcgan-mnist", str(runs["class"])), ("runs/00001-dfgan-birds", str(runs["text"])),
+                          ('kimg=1, outdir="runs"', tiny), ("n=500", "n=64")):
+        assert example in code, example  # the README still shows what this test stands in for
+        code = code.replace(example, here)
+    monkeypatch.chdir(tmp_path)
+    names = {}
+    exec(compile(code, "README.md (From Python)", "exec"), names)
+    assert names["images"].shape == (16, 1, 16, 16) and len(names["pictures"]) == 16
+    assert names["run"].finished and "swd" in names["results"] and names["found"].latent.shape == (1, 100)

@@ -115,7 +115,6 @@ def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Se
 
         results = ganforge.evaluate(run, metrics=["swd"], n=500)
     """
-    import math
     import time
 
     from ganforge.data import load_dataset
@@ -165,18 +164,21 @@ def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Se
     if floor and "swd" in names:
         results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()
     say(f"evaluated in {time.time() - started:.1f} s in all (reals, samples and every metric; per metric: its seconds)")
-
-    def finite_or_null(value):  # JSON has no NaN: an undefined value is null
-        if isinstance(value, dict):
-            return {k: finite_or_null(v) for k, v in value.items()}
-        return None if isinstance(value, float) and not math.isfinite(value) else value
-
-    kept = finite_or_null(results)
+    kept = finite_or_null(results)  # JSON has no NaN: an undefined value is null
     if out is not None:
         Path(out).write_text(json.dumps(kept, indent=2) + "\n")
     if run_or_snapshot is not None:
         _keep_in_run(snapshot, saved, results, n, out, say)
     return kept
+
+
+def finite_or_null(value):
+    """Results with each non-finite number (NaN, inf) as None, which JSON can hold."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _keep_in_run(snapshot: Path, saved: dict, results: dict, n: int, out: str | os.PathLike | None,

@@ -252,6 +252,8 @@ def class_rows(images: torch.Tensor, labels: torch.Tensor, columns: int) -> torc
 
 def check_scale(images: int, channels: int, resolution: int, scale: int) -> None:
     """Refuse a --scale whose enlarged images cannot fit in memory, before any is made."""
+    if scale == 1:  # nothing is enlarged: the images' own memory is checked where they are made, naming --n
+        return
     side = resolution * scale
     check_memory(images * channels * side * side * 4 * 3, f"--scale {scale} ({images:,} images of {side}x{side})",
                  "--scale")

@@ -183,11 +183,13 @@ class Generator(RuntimeGenerator):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | Sequence[str] | None = None) -> torch.Tensor:
         """Images in [-1, 1] from noise z [N, z_dim] and, by the run's conditioning, class ids [N] (int64)
-        or, for a text-to-image run, N prompts (or their sentence vectors [N, text_dim])."""
+        or, for a text-to-image run, N prompts, one prompt for all, or their sentence vectors [N, text_dim]."""
         if self.conditioning == TEXT:
             if labels is None:
                 raise OptionError("this is a text-to-image run: give --prompt TEXT (or --prompts FILE)")
-            vectors = self.model.encode_text(list(labels)) if not isinstance(labels, torch.Tensor) else labels
+            if isinstance(labels, str):  # one prompt for every noise row
+                labels = [labels] * len(z)
+            vectors = labels if isinstance(labels, torch.Tensor) else self.model.encode_text(list(labels))
             return self.G(z, vectors.to(z.device))
         return super().forward(z, labels)
 

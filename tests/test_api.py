@@ -70,6 +70,7 @@ def test_prompted_samples_are_the_generate_command_s(runs, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
     z = g.noise(4, seed=7)
     assert torch.equal(g(z, ["a handwritten digit three"] * 4), g.sample(4, seed=7, prompt="a handwritten digit three"))
+    assert torch.equal(g(z, "a handwritten digit three"), g(z, ["a handwritten digit three"] * 4))
 
 
 def test_the_generator_is_a_module_of_the_ema_weights_called_on_noise_and_labels(runs):

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import sys
 import time
 import warnings
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
@@ -19,24 +18,11 @@ from click.core import ParameterSource
 
 from ganforge import __version__
 from ganforge.errors import GanforgeError, GanforgeWarning
-from ganforge.models import model_names
-from ganforge.training.options import SEED_MAX, TrainOptions
+from ganforge.training.options import (RESERVED_MODEL_OPTS, SEED_MAX, TrainOptions, command_line_form,
+                                       finite_positive, power_of_two)
 
 
-def _power_of_two(ctx, param, value):
-    if value is not None and (value < 4 or value & (value - 1)):
-        raise click.BadParameter(f"{value} is not a power of two >= 4", ctx, param)
-    return value
-
-
-def _finite_positive(ctx, param, value):
-    if value is not None and (not math.isfinite(value) or value <= 0):
-        raise click.BadParameter(f"{value} must be a finite number > 0", ctx, param)
-    return value
-
-
-RESERVED_MODEL_OPTS = {"resolution": "--resolution", "channels": "--channels or the data",
-                       "num_classes": "the data's classes"}
+_power_of_two, _finite_positive = power_of_two, finite_positive  # the checks of other commands' options too
 
 
 def _parse_model_opts(pairs: tuple[str, ...], aliases: dict | None = None) -> dict:
@@ -61,51 +47,11 @@ def _parse_model_opts(pairs: tuple[str, ...], aliases: dict | None = None) -> di
     return opts
 
 
-class _ModelChoice(click.Choice):
-    """The registered models, read when the option is parsed: a model registered after this module
-    was imported (a plug-in, a test) is a choice too."""
-
-    def __init__(self):
-        super().__init__([])
-
-    @property
-    def choices(self):
-        return model_names()
-
-    @choices.setter
-    def choices(self, value):
-        pass
-
-
 def option_from(name: str, **override):
     """The click option of a TrainOptions field, from its one declaration (default, help, form);
     `override` changes what another command needs differently (its default, say)."""
-    spec = next(f for f in fields(TrainOptions) if f.name == name)
-    form, flag = spec.metadata, "--" + name.replace("_", "-")
-    kwargs = dict(default=spec.default if spec.default is not MISSING else None, help=form["help"])
-    if form.get("flag"):
-        flag = f"{flag}/--no-{name.replace('_', '-')}"
-    elif form.get("comma"):  # given as a,b,c and kept as a list
-        kwargs.update(default=",".join(spec.default_factory()),
-                      callback=lambda ctx, param, value: [v.strip() for v in value.split(",") if v.strip()])
-    elif form.get("models"):
-        kwargs["type"] = _ModelChoice()
-    elif form.get("choices"):
-        kwargs["type"] = click.Choice([str(c) for c in form["choices"]])
-        if isinstance(form["choices"][0], int):  # given as text, kept as the number
-            kwargs["callback"] = lambda ctx, param, value: None if value is None else int(value)
-            kwargs["default"] = None if kwargs["default"] is None else str(kwargs["default"])
-    elif "minimum" in form:
-        kwargs["type"] = click.IntRange(min=form["minimum"], max=form.get("maximum"))
-    elif form.get("positive"):
-        kwargs.update(type=float, callback=_finite_positive)
-    elif form.get("fraction"):
-        kwargs["type"] = click.FloatRange(0.0, 1.0)
-    elif form.get("power_of_two"):
-        kwargs.update(type=int, callback=_power_of_two)
-    kwargs["show_default"] = kwargs["default"] not in (None, "")
-    kwargs.update(override)
-    return click.option(flag, name, **kwargs)
+    decls, kwargs = command_line_form(name)
+    return click.option(*decls, **{**kwargs, **override})
 
 
 def train_options(function):
@@ -217,33 +163,30 @@ def train(ctx, resume, dry_run, plan_only, quiet, inception_weights, gpus, **kwa
         del args[i:i + (1 if "=" in args[i] else 2)]
         os.execvp(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                    f"--nproc_per_node={gpus}", "-m", "ganforge", *args])
-    from ganforge.metrics.evaluate import parse_metrics
-    from ganforge.training.loop import train as run_training
-    from ganforge.training.options import plan
+    from ganforge.api import train as run_training
+    from ganforge.training.options import checked_options, plan
 
     if quiet:  # every bar of the run (decoding, caption encoding, metrics), in its worker processes too
         os.environ["GANFORGE_PROGRESS"] = "0"
     explicit = {k for k in kwargs if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     aliases = {k: kwargs.pop(k) for k in MODEL_OPT_ALIASES}
     kwargs["model_opts"] = _parse_model_opts(kwargs.pop("model_opt"), aliases)
-    kwargs["metrics"] = parse_metrics(kwargs["metrics"])
-    if kwargs["best_metric"] is not None and kwargs["best_metric"] not in kwargs["metrics"]:
-        raise click.BadParameter(f"{kwargs['best_metric']} is not among --metrics", param_hint="--best-metric")
     if explicit & {"model_opt", *MODEL_OPT_ALIASES}:
         explicit.add("model_opts")
-    explicit -= {"model_opt", *MODEL_OPT_ALIASES}
-    opts = TrainOptions(**kwargs)
+    given = {k: kwargs[k] for k in explicit - {"model_opt", *MODEL_OPT_ALIASES}}  # the rest: TrainOptions' defaults
+    if plan_only or dry_run:
+        opts = checked_options(given)
     if plan_only:
         if resume or gpus > 1 or "WORLD_SIZE" in os.environ:
             raise click.UsageError("--plan times a new run in one process: leave out --resume and --gpus (a resumed "
                                    "run logs its estimate at its first tick)")
         from ganforge.training.bench import plan_run
 
-        lines, _ = plan_run(opts, explicit)
+        lines, _ = plan_run(opts, set(given))
         click.echo("\n".join(lines))
         return
     if dry_run:
-        opts, schedule = plan(opts, resume, explicit)
+        opts, schedule = plan(opts, resume, set(given))
         from ganforge.training.loop import training_data
 
         training_data(opts, preload=False)  # refused now as a real start would refuse it (headers only, no decoding)
@@ -251,22 +194,22 @@ def train(ctx, resume, dry_run, plan_only, quiet, inception_weights, gpus, **kwa
         for line in schedule:
             click.echo(line)
         return
-    run_dir = run_training(opts, resume=resume, explicit=explicit, progress=not quiet, inception_weights=inception_weights)
+    run = run_training(resume=resume, progress=not quiet, inception_weights=inception_weights, **given)
     if int(os.environ.get("RANK", "0")) == 0:
-        if _stopped_early(run_dir):  # Ctrl-C or SIGTERM: latest.pt is written and its one line said so
+        if not run.finished:  # Ctrl-C or SIGTERM: latest.pt is written and its one line said so
             ctx.exit(130)
-        click.echo(f"run directory: {run_dir}")
-        for line in _next_commands(run_dir, opts):
+        click.echo(f"run directory: {run}")
+        for line in _next_commands(run.path, run.options):
             click.echo(line)
 
 
-def _next_commands(run_dir: Path, opts: TrainOptions) -> list[str]:
-    """What to do with a finished run, as a stopped one is told how to resume."""
+def _next_commands(run_dir: Path, options: dict) -> list[str]:
+    """What to do with a finished run (its saved options), as a stopped one is told how to resume."""
     from ganforge.models import model_class
     from ganforge.models.base import TEXT
 
-    text = model_class(opts.model).conditioning == TEXT  # a class attribute where a model fixes it
-    sample = f' --prompt "{_a_caption(opts)}"' if text else ""
+    text = model_class(options["model"]).conditioning == TEXT  # a class attribute where a model fixes it
+    sample = f' --prompt "{_a_caption(options)}"' if text else ""
     metrics = "rprec" if text else "swd"
     return ["next:",
             f"  ganforge generate {run_dir}{sample} --n 16 --out {run_dir / 'samples.png'}",
@@ -274,22 +217,15 @@ def _next_commands(run_dir: Path, opts: TrainOptions) -> list[str]:
             f"  ganforge studio {run_dir.parent}   # the run in a web page, with the [studio] extra"]
 
 
-def _a_caption(opts: TrainOptions) -> str:
+def _a_caption(options: dict) -> str:
     from ganforge.data import load_dataset
 
     try:
-        captions = load_dataset(opts.data, opts.resolution, opts.channels, opts.center_crop, opts.split,
-                                preload=False).captions
+        captions = load_dataset(options["data"], options["resolution"], options["channels"], options["center_crop"],
+                                options["split"], preload=False).captions
         return captions[0][0].replace('"', "'")
     except (GanforgeError, OSError, IndexError, TypeError):
         return "a caption"
-
-
-def _stopped_early(run_dir: Path) -> bool:
-    """Whether the run's last stats row is short of its --kimg (it was asked to stop)."""
-    rows = (run_dir / "stats.jsonl").read_text(encoding="utf-8").splitlines()
-    target = json.loads((run_dir / "training_options.json").read_text(encoding="utf-8"))["kimg"]
-    return bool(rows) and json.loads(rows[-1])["kimg"] < target
 
 
 def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
@@ -329,42 +265,25 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
 
     For text-to-image runs, --n images are drawn for each prompt, one grid row per prompt.
     """
-    from ganforge.inference import check_scale, enlarge, generate as sample, generate_from_prompts, load_model, write_images
-
-    from ganforge.inference import GRID_SUFFIXES, captions_beside
     from ganforge.hardware import resolve_device
+    from ganforge.inference import GRID_SUFFIXES, Generator, captions_beside, check_scale, enlarge, write_images
 
-    _check_writable(out, "--out", folder=Path(out).suffix.lower() not in GRID_SUFFIXES)
-    device = resolve_device(device)
-    model = load_model(run_or_snapshot, device)
+    grid = Path(out).suffix.lower() in GRID_SUFFIXES
+    _check_writable(out, "--out", folder=not grid)
     if prompt_file:
         prompts = (*prompts, *Path(prompt_file).read_text(encoding="utf-8", errors="replace").splitlines())
-    from ganforge.models.base import TEXT
-
-    if prompts or model.conditioning == TEXT:
-        if label is not None:
-            raise click.BadParameter("a text-to-image run is conditioned on --prompt, not on a class", param_hint="--label")
-        if not prompts:
-            raise click.UsageError("this is a text-to-image run: give --prompt TEXT (or --prompts FILE)")
-        rows = [p.strip() for p in prompts if p.strip()]  # the prompts generate_from_prompts keeps, in order
-        grid = Path(out).suffix.lower() in GRID_SUFFIXES
-        if grid:  # the row captions go beside the grid: never over a run's own file
-            _check_writable(captions_beside(out), "--out")
-        check_scale(n * len(rows), model.config["channels"], model.sample_resolution, scale)
-        images = generate_from_prompts(model, list(prompts), n, seed=seed, device=device, truncate=not no_truncation,
-                                       psi=psi)
-        write_images(enlarge(images, scale), out, n, captions=rows)
+    rows = [p for p in prompts if p.strip()]
+    if rows and grid:  # the row captions go beside the grid: never over a run's own file
+        _check_writable(captions_beside(out), "--out")
+    generator = Generator.load(run_or_snapshot, resolve_device(device))
+    check_scale(n * max(len(rows), 1), generator.channels, generator.resolution, scale)
+    samples = generator.draw(n, seed, label, prompts, psi, truncate=not no_truncation)
+    paths = write_images(enlarge(samples.images, scale), out, samples.columns, samples.labels, samples.captions)
+    if samples.captions is not None:
         beside = f" and its row captions to {captions_beside(out)}" if grid else ""
-        click.echo(f"wrote {len(images)} images ({n} per prompt) to {out if grid else Path(out)}{beside}")
-        return
-    if label is not None and model.num_classes:
-        label = _class_of(model, run_or_snapshot, label, "--label")
-    elif label is not None:
-        raise click.BadParameter("this model is not class-conditional (trained without labels)", param_hint="--label")
-    check_scale(n, model.config["channels"], model.sample_resolution, scale)
-    images, labels, columns = sample(model, n, seed=seed, label=label, device=device, psi=psi)
-    paths = write_images(enlarge(images, scale), out, columns, labels if label is None else None)
-    click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
+        click.echo(f"wrote {len(samples.images)} images ({n} per prompt) to {out if grid else Path(out)}{beside}")
+    else:
+        click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
 
 
 @main.command()
@@ -411,83 +330,15 @@ def export(run_or_snapshot, fmt, out):
 def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, inception_weights, cache_dir, device, seed,
              out):
     """Measure a run's generator (or a folder of images) against real images."""
-    from ganforge.data import load_dataset
-    from ganforge.metrics.evaluate import Evaluator, dataset_source, parse_metrics
-    from ganforge.snapshots import find_snapshot, load_snapshot
-    from ganforge.hardware import resolve_device
+    from ganforge.api import evaluate as measure
+    from ganforge.snapshots import find_snapshot
 
-    names = parse_metrics(metrics)
-    if not names:
-        raise click.BadParameter("give one metric or more, e.g. swd,msssim", param_hint="--metrics")
     if out:
         _check_writable(out, "--out", reading=find_snapshot(run_or_snapshot) if run_or_snapshot else None)
-    dev = resolve_device(device)
-    started = time.time()
-    if (run_or_snapshot is None) == (fake is None):
-        raise click.UsageError("give either RUN_OR_SNAPSHOT or --fake DIR")
-    if run_or_snapshot is not None:
-        from ganforge.inference import load_model
-
-        saved = load_snapshot(run_or_snapshot)
-        options = saved["options"]
-        model = load_model(run_or_snapshot, dev)
-        real_ds = load_dataset(real or options["data"], model.sample_resolution, model.config["channels"],
-                               options["center_crop"], split or options["split"])
-        snapshot = find_snapshot(run_or_snapshot)
-        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir or snapshot.parent / "metric-cache", seed)
-        model.prepare(real_ds, dev, resumed=True)  # a text model samples this split's captions (DF-GAN: test)
-        evaluator.use_captions_of(model)
-        measure = partial(evaluator.evaluate_model, model, n, seed + 1, (str(snapshot), snapshot.stat().st_mtime_ns))
-        n_fake = n
-    else:
-        if real is None:
-            raise click.UsageError("--fake needs --real")
-        fake_ds = load_dataset(fake, resolution or _first_image_size(fake))
-        real_ds = load_dataset(real, fake_ds.resolution, fake_ds.channels, split=split or "train")
-        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir, seed)
-        fakes = dataset_source(fake_ds, n, seed + 1)  # read a block at a time, as the reals are
-        measure = partial(evaluator.evaluate, fakes, evaluator.partial_path(fake_ds.name, len(fake_ds), n, seed))
-        n_fake = fakes.n
-    if real_ds.captions is not None:  # say which captioned rows are the reals (and, for text models, the captions)
-        used = split or (options["split"] if run_or_snapshot else "train")
-        click.echo(f"real images: {len(real_ds)} of the {used} split of {real_ds.name}", err=True)
-    if n_fake < n or evaluator.n_real < n:
-        click.echo(f"note: using {n_fake} fake and {evaluator.n_real} real images (asked for {n})")
-    evaluator.report = partial(click.echo, err=True)  # how long each side takes, from its first block
-    results = measure()
-    if floor and "swd" in names:
-        results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()
-    text = json.dumps(_finite_or_null(results), indent=2)  # JSON has no NaN: an undefined value is null
-    click.echo(text)
-    click.echo(f"evaluated in {time.time() - started:.1f} s in all (reals, samples and every metric; "
-               "per metric: its seconds)", err=True)
-    if out:
-        Path(out).write_text(text + "\n")
-    if run_or_snapshot is not None:
-        _keep_in_run(snapshot, saved, results, n, out)
-
-
-def _keep_in_run(snapshot: Path, saved: dict, results: dict, n: int, out: str | None) -> None:
-    """The results of evaluating a run's snapshot go into its run, beside those of --metrics during
-    training, where `plot` and the studio find them; a snapshot outside any run keeps them in --out only."""
-    from ganforge.metrics.evaluate import keep_in_run
-
-    run_dir = snapshot.parent
-    if not (run_dir / "training_options.json").is_file():
-        where = f"written to {out}" if out else "not kept (give --out FILE to keep them)"
-        click.echo(f"{snapshot} is not in a run directory: the results are {where}", err=True)
-        return
-    paths = keep_in_run(run_dir, results, saved["images_seen"], saved["step"], snapshot=snapshot.name, n=n,
-                        by="ganforge evaluate")
-    click.echo(f"kept in the run: {', '.join(str(p) for p in paths)}", err=True)
-
-
-def _finite_or_null(value):
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    results = measure(run_or_snapshot, metrics, n, real=real, fake=fake, split=split, resolution=resolution,
+                      floor=floor, inception_weights=inception_weights, cache_dir=cache_dir, device=device, seed=seed,
+                      out=out, report=partial(click.echo, err=True))
+    click.echo(json.dumps(results, indent=2))
 
 
 def _check_writable(path: str | Path, option: str, folder: bool = False, reading: str | Path | None = None) -> None:
@@ -513,34 +364,10 @@ def _check_writable(path: str | Path, option: str, folder: bool = False, reading
         raise click.BadParameter(f"cannot write in {parent} ({e.strerror or e})", param_hint=option) from e
 
 
-def _first_image_size(folder: str) -> int:
-    from PIL import Image
-
-    from ganforge.data import IMAGE_EXTENSIONS
-
-    for p in sorted(Path(folder).rglob("*")):
-        if p.suffix.lower() in IMAGE_EXTENSIONS:
-            try:
-                with Image.open(p) as img:
-                    return min(img.size)
-            except (OSError, ValueError, Image.DecompressionBombError):
-                continue  # an unreadable file is reported when the folder is loaded
-    raise click.BadParameter(f"{folder}: no readable images", param_hint="--fake")
-
-
 def _class_of(model, run_or_snapshot: str, given: str, option: str) -> int:
-    """A class given by number or by name (a class folder's), as generate, interpolate and project take it."""
-    from ganforge.inference import class_index, run_class_names
+    from ganforge.inference import class_of
 
-    names = [] if given.isdigit() and int(given) < model.num_classes else run_class_names(run_or_snapshot)
-    return class_index(model, given, names, option)
-
-
-def _class_name(run_or_snapshot: str, index: int) -> str:
-    from ganforge.inference import run_class_names
-
-    names = run_class_names(run_or_snapshot)
-    return f"{index} ({names[index]})" if index < len(names) and names[index] != str(index) else str(index)
+    return class_of(model, run_or_snapshot, given, option)
 
 
 def _number_list(ctx, param, value: str | None) -> list[int] | None:
@@ -665,17 +492,13 @@ def studio(roots, host, port, refresh, device):
 @DEVICE
 def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scale, device):
     """Find the latent whose sample best matches a real image; write both, the latent and a video."""
-    import json
-
     import numpy as np
     import torch
     from torchvision.utils import make_grid, save_image
 
-    from ganforge.explore import as_frame, check_video_writer, project as find_latent, psnr, read_image, write_video
+    from ganforge.explore import as_frame, check_video_writer, project_image, read_image, write_video
     from ganforge.hardware import resolve_device
     from ganforge.inference import check_scale, enlarge, load_model
-    from ganforge.metrics.msssim import ms_ssim
-    from ganforge.models.base import TEXT, Condition
 
     if video != "none":  # before the optimisation, not after it
         check_video_writer(f"projection.{video}", "--video mp4", "; or --video gif")
@@ -684,43 +507,23 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
     model = load_model(run_or_snapshot, dev)
     target = read_image(image, model.config["channels"], model.sample_resolution).to(dev)
     check_scale(2 * 64, model.config["channels"], model.sample_resolution, scale)  # the video's pairs, at most 61
-    if model.conditioning == TEXT:
-        if not prompt or not prompt.strip():
-            raise click.UsageError("this is a text-to-image run: give --prompt TEXT, a caption of the image")
-        vector = model.encode_text([prompt.strip()]).to(dev)
-        condition = lambda z: model.generate_from_vectors(vector.expand(len(z), -1), z)  # noqa: E731
-    elif model.num_classes:
-        if label is None:  # every class tried from the same starts; the closest is kept, and said
-            from ganforge.explore import closest_class
-
-            label = closest_class(model, target, seed)
-            click.echo(f"no --label: tried each of the {model.num_classes} classes, kept class "
-                       f"{_class_name(run_or_snapshot, label)} (its samples came closest)", err=True)
-        else:
-            label = _class_of(model, run_or_snapshot, label, "--label")
-        condition = lambda z: model.generate(z, Condition(classes=torch.full((len(z),), label, device=dev)))  # noqa: E731
-    else:
-        if label is not None or prompt:
-            raise click.UsageError(f"{model.name} here is unconditional: drop --label and --prompt")
-        condition = lambda z: model.generate(z, Condition())  # noqa: E731
-    result = find_latent(model, target, condition, steps=steps, seed=seed)
-    folder, found, real = Path(out), result["image"], target.cpu()
+    result = project_image(model, run_or_snapshot, target, label, prompt, steps, seed, partial(click.echo, err=True))
+    folder, found, real = Path(out), result.image, result.target
     save_image(enlarge(real, scale) * 0.5 + 0.5, folder / "target.png")  # the figures below stay at the samples' size
     save_image(enlarge(found, scale) * 0.5 + 0.5, folder / "projected.png")
     save_image(enlarge(torch.cat([real, found]), scale) * 0.5 + 0.5, folder / "compare.png", nrow=2, padding=2)
-    np.save(folder / "latent.npy", result["latent"].numpy())
-    figures = {"psnr_db": round(psnr(found, real).item(), 2),
-               "ms_ssim": round(ms_ssim((found + 1) * 127.5, (real + 1) * 127.5).item(), 4),
-               "steps": steps, "start": result["start"], "final_loss": round(result["losses"][-1], 5),
-               "image": str(image), "label": label, "prompt": prompt}
+    np.save(folder / "latent.npy", result.latent.numpy())
+    figures = {"psnr_db": round(result.psnr_db, 2), "ms_ssim": round(result.ms_ssim, 4), "steps": steps,
+               "start": result.start, "final_loss": round(result.loss, 5), "image": str(image), "label": result.label,
+               "prompt": prompt}
     (folder / "result.json").write_text(json.dumps(figures, indent=2) + "\n")
     written = ["target.png", "projected.png", "compare.png", "latent.npy", "result.json"]
     if video != "none":
         frames = np.stack([as_frame(make_grid(enlarge(torch.stack([real[0], f]), scale) * 0.5 + 0.5, nrow=2, padding=2).mul(255)
-                                    .round().to(torch.uint8)) for f in result["frames"]])
+                                    .round().to(torch.uint8)) for f in result.frames])
         write_video(frames, folder / f"projection.{video}", fps=15)
         written.append(f"projection.{video}")
-    click.echo(f"projected {image} in {steps} steps from {result['start']}: PSNR {figures['psnr_db']} dB, "
+    click.echo(f"projected {image} in {steps} steps from {result.start}: PSNR {figures['psnr_db']} dB, "
                f"MS-SSIM {figures['ms_ssim']}; wrote {', '.join(written)} to {folder}")
 
 

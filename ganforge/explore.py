@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -373,3 +374,56 @@ def project(model: GanModel, target: torch.Tensor, condition: Callable[[torch.Te
     snapshots.append(image.cpu()[0])
     return {"latent": z.detach().cpu(), "image": image.cpu(), "losses": history, "start": start,
             "frames": torch.stack(snapshots)}
+
+
+@dataclass
+class Projection:
+    """What projecting a real image found: the latent, its image, how close it came and how it got there."""
+
+    latent: torch.Tensor     # [1, z_dim]: the latent found (np.save'd as latent.npy by ganforge project)
+    image: torch.Tensor      # [1, C, H, W] in [-1, 1]: the generator's image of the latent
+    target: torch.Tensor     # [1, C, H, W] in [-1, 1]: the real image at the generator's size and channels
+    loss: float              # the last step's loss
+    losses: list[float]      # the loss of each step
+    start: str               # where the search began (the model's encoder, or the best of the seed's samples)
+    label: int | None        # the class it was projected under (class-conditional runs)
+    prompt: str | None       # the caption it was projected under (text-to-image runs)
+    psnr_db: float           # image against target
+    ms_ssim: float
+    frames: torch.Tensor     # [F, C, H, W]: the image along the way, for the video
+
+
+def project_image(model: GanModel, run_or_snapshot: str | Path, target: torch.Tensor, label: int | str | None = None,
+                  prompt: str | None = None, steps: int = 1000, seed: int = 0,
+                  report: Callable[[str], None] | None = None) -> Projection:
+    """What `ganforge project` finds: the latent whose image under the run's condition (`label`, by
+    number or name: None tries every class and keeps the closest, said to `report`; `prompt` for a
+    text-to-image run) best matches `target` [1, C, H, W] (see `project`)."""
+    from ganforge.inference import class_name, class_of
+    from ganforge.metrics.msssim import ms_ssim
+
+    device = target.device
+    if model.conditioning == TEXT:
+        if not prompt or not prompt.strip():
+            raise OptionError("this is a text-to-image run: give --prompt TEXT, a caption of the image")
+        vector = model.encode_text([prompt.strip()]).to(device)
+        condition = lambda z: model.generate_from_vectors(vector.expand(len(z), -1), z)  # noqa: E731
+    elif model.num_classes:
+        if label is None:  # every class tried from the same starts; the closest is kept, and said
+            label = closest_class(model, target, seed)
+            if report is not None:
+                report(f"no --label: tried each of the {model.num_classes} classes, kept class "
+                       f"{class_name(run_or_snapshot, label)} (its samples came closest)")
+        else:
+            label = class_of(model, run_or_snapshot, str(label), "--label")
+        condition = lambda z: model.generate(z, Condition(classes=torch.full((len(z),), label, device=device)))  # noqa: E731
+    else:
+        if label is not None or prompt:
+            raise OptionError(f"{model.name} here is unconditional: drop --label and --prompt")
+        condition = lambda z: model.generate(z, Condition())  # noqa: E731
+    found = project(model, target, condition, steps=steps, seed=seed)
+    image, real = found["image"], target.cpu()
+    return Projection(latent=found["latent"], image=image, target=real, loss=found["losses"][-1],
+                      losses=found["losses"], start=found["start"], label=label, prompt=prompt,
+                      psnr_db=psnr(image, real).item(), ms_ssim=ms_ssim((image + 1) * 127.5, (real + 1) * 127.5).item(),
+                      frames=found["frames"])

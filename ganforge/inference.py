@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -16,7 +18,7 @@ from ganforge.errors import GanforgeError, OptionError, check_memory, require
 from ganforge.models import build_model
 from ganforge.models.base import CLASS, TEXT, Condition, GanModel
 from ganforge.sampling import sample, sample_from_text
-from ganforge.snapshots import SnapshotError, check_shapes, load_snapshot
+from ganforge.snapshots import SnapshotError, check_shapes, find_snapshot, load_snapshot
 
 
 def load_model(run_or_snapshot: str | Path, device: str | torch.device = "cpu") -> GanModel:
@@ -91,6 +93,18 @@ def class_index(model: GanModel, given: str, names: list[str], option: str = "--
     raise OptionError(f"{option} {given}: {wrong}; the run's classes: {listed}{more}")
 
 
+def class_of(model: GanModel, run_or_snapshot: str | Path, given: str, option: str = "--label") -> int:
+    """A class given by number or by name (a class folder's), as generate, interpolate and project take it."""
+    names = [] if given.isdigit() and int(given) < model.num_classes else run_class_names(run_or_snapshot)
+    return class_index(model, given, names, option)
+
+
+def class_name(run_or_snapshot: str | Path, index: int) -> str:
+    """A class's number, with its name where the run's data gives one: "3 (cat)"."""
+    names = run_class_names(run_or_snapshot)
+    return f"{index} ({names[index]})" if index < len(names) and names[index] != str(index) else str(index)
+
+
 def class_condition(model: GanModel, n: int, label: int | None) -> tuple[Condition | None, int]:
     """The condition of n samples and the grid width: a fixed class, or one row per class (None:
     the model's own choice)."""
@@ -130,6 +144,102 @@ def generate_from_prompts(model: GanModel, prompts: list[str], per_prompt: int, 
     return sample_from_text(model, prompts, per_prompt, seed, device, truncate, psi)
 
 
+@dataclass
+class Samples:
+    """The images of one request (`ganforge generate`, `Generator.sample`) and how a grid lays them out."""
+
+    images: torch.Tensor                 # [N, C, H, W] float in [-1, 1], on the CPU
+    columns: int                         # the grid's width
+    labels: torch.Tensor | None = None   # the class of each image, when the grid has one row per class
+    captions: list[str] | None = None    # text-to-image: the prompt of each grid row
+
+
+class Generator(RuntimeGenerator):
+    """A run's EMA generator for use from Python: (noise, label) -> images in [-1, 1], and seeded samples.
+
+    As a module it holds G's EMA weights alone (the discriminator, the training generator and the
+    optimizers are dropped when it is loaded), so it can be moved with .to(), compiled or exported.
+    Sampling keeps no state between calls (each call seeds its own torch.Generator): threads may
+    share one Generator.
+    """
+
+    def __init__(self, model: GanModel, source: Path):
+        super().__init__(model)
+        model.G, model.D = None, None  # what sampling never reads: freed, and out of this module's weights
+        self.__dict__["model"] = model  # outside the module tree: its G_ema is self.G, the rest is settings
+        self.source = source  # the snapshot file the weights came from
+        self.conditioning, self.num_classes = model.conditioning, model.num_classes
+        self.z_dim, self.channels, self.resolution = model.z_dim, model.config["channels"], model.sample_resolution
+
+    @classmethod
+    def load(cls, run_or_snapshot: str | Path, device: str | torch.device = "cpu") -> "Generator":
+        """The EMA generator of a run directory (its latest snapshot) or of a snapshot file, on `device`."""
+        return cls(load_model(run_or_snapshot, device), find_snapshot(run_or_snapshot))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (where `noise` puts the noise)."""
+        return next(self.G.parameters()).device
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | Sequence[str] | None = None) -> torch.Tensor:
+        """Images in [-1, 1] from noise z [N, z_dim] and, by the run's conditioning, class ids [N] (int64)
+        or, for a text-to-image run, N prompts, one prompt for all, or their sentence vectors [N, text_dim]."""
+        if self.conditioning == TEXT:
+            if labels is None:
+                raise OptionError("this is a text-to-image run: give --prompt TEXT (or --prompts FILE)")
+            if isinstance(labels, str):  # one prompt for every noise row
+                labels = [labels] * len(z)
+            vectors = labels if isinstance(labels, torch.Tensor) else self.model.encode_text(list(labels))
+            return self.G(z, vectors.to(z.device))
+        return super().forward(z, labels)
+
+    def noise(self, n: int, seed: int = 0, psi: float = 1.0, truncate: bool = True) -> torch.Tensor:
+        """The noise [n, z_dim] that `sample(n, seed=seed, psi=psi)` draws, on the generator's device."""
+        g = torch.Generator().manual_seed(seed)
+        return (self.model.sampling_latents(n, generator=g, truncate=truncate) * psi).to(self.device)
+
+    def draw(self, n: int, seed: int = 0, label: int | str | None = None, prompts: Sequence[str] = (),
+             psi: float = 1.0, truncate: bool = True) -> Samples:
+        """What `ganforge generate` draws: n images of a class (by number or name; None: the classes in
+        turn, one grid row each), or n for each prompt of a text-to-image run; `psi` < 1 truncates the
+        noise, `truncate` is the text models' own truncated noise. A request the run cannot answer is
+        refused with an OptionError naming the option."""
+        if n < 1:  # worded as the command's --n is refused
+            raise OptionError(f"Invalid value for '--n': {n} is not in the range x>=1.")
+        model, device = self.model, self.device
+        if prompts or model.conditioning == TEXT:
+            if model.conditioning == TEXT and label is not None:
+                raise OptionError("--label: a text-to-image run is conditioned on --prompt, not on a class")
+            if not prompts:
+                raise OptionError("this is a text-to-image run: give --prompt TEXT (or --prompts FILE)")
+            images = generate_from_prompts(model, list(prompts), n, seed=seed, device=device, truncate=truncate, psi=psi)
+            return Samples(images, n, captions=[p.strip() for p in prompts if p.strip()])
+        if label is not None and model.num_classes:
+            label = class_of(model, self.source, str(label), "--label")
+        images, labels, columns = generate(model, n, seed=seed, label=label, device=device, psi=psi)
+        return Samples(images, columns, labels if label is None else None)
+
+    def sample(self, n: int, seed: int = 0, label: int | str | None = None, prompt: str | Sequence[str] | None = None,
+               psi: float = 1.0, truncate: bool = True) -> torch.Tensor:
+        """n images [n, C, H, W] in [-1, 1] (float, on the CPU), the same as `ganforge generate` gives for
+        the same seed: of class `label` (a number or a class folder's name; None: the classes in turn),
+        or, for a text-to-image run, of `prompt` (a list of prompts: n for each, in order)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or ())
+        return self.draw(n, seed, label, prompts, psi, truncate).images
+
+    def sample_images(self, n: int, seed: int = 0, label: int | str | None = None,
+                      prompt: str | Sequence[str] | None = None, psi: float = 1.0, truncate: bool = True) -> list:
+        """`sample` as PIL images, the pixels `ganforge generate --out FOLDER` writes."""
+        from PIL import Image
+
+        arrays = to_uint8(self.sample(n, seed, label, prompt, psi, truncate)).permute(0, 2, 3, 1).numpy()
+        return [Image.fromarray(a[..., 0] if a.shape[2] == 1 else a) for a in arrays]
+
+    def extra_repr(self) -> str:
+        return (f"source={self.source}, resolution={self.resolution}, channels={self.channels}, "
+                f"conditioning={self.conditioning!r}" + (f", num_classes={self.num_classes}" if self.num_classes else ""))
+
+
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")  # else --out is a folder
 
 
@@ -144,7 +254,7 @@ def class_rows(images: torch.Tensor, labels: torch.Tensor, columns: int) -> torc
 
 def check_scale(images: int, channels: int, resolution: int, scale: int) -> None:
     """Refuse a --scale whose enlarged images cannot fit in memory, before any is made."""
-    if scale == 1:  # nothing enlarged: the images' own check speaks of what the user asked
+    if scale == 1:  # nothing is enlarged: the images' own memory is checked where they are made, naming --n
         return
     side = resolution * scale
     check_memory(images * channels * side * side * 4 * 3, f"--scale {scale} ({images:,} images of {side}x{side})",

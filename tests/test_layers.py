@@ -16,7 +16,8 @@ LAYERS = {
     "ganforge.sampling": 4,
     "ganforge.metrics": 5, "ganforge.inference": 5, "ganforge.explore": 5,
     "ganforge.training": 6,
-    "ganforge.cli": 7, "ganforge.studio": 7, "ganforge.__main__": 7, "ganforge": 0,
+    "ganforge.cli": 7, "ganforge.studio": 7, "ganforge.__main__": 7, "ganforge.api": 7,
+    "ganforge": 7,  # the package itself: its public names come from ganforge.api (imported lazily)
 }
 
 

@@ -158,9 +158,9 @@ def test_plot_skips_a_line_torn_by_a_kill(finished_run, tmp_path):
 
 
 def test_undefined_metric_values_are_json_null():
-    from ganforge.cli import _finite_or_null
+    from ganforge.api import finite_or_null
 
-    assert json.loads(json.dumps(_finite_or_null({"fid": {"fid": float("nan"), "n": 1}}))) == {"fid": {"fid": None, "n": 1}}
+    assert json.loads(json.dumps(finite_or_null({"fid": {"fid": float("nan"), "n": 1}}))) == {"fid": {"fid": None, "n": 1}}
 
 
 def test_project_errors_are_one_line_faults_keep_their_traceback(monkeypatch, tmp_path):

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import difflib
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 
-from ganforge.errors import TrainingError
+import click
+
+from ganforge.errors import OptionError, TrainingError
+from ganforge.models import model_names
 
 
 ADA_BELOW = 30_000  # --augment auto: adaptive augmentation for datasets smaller than this
@@ -94,6 +99,108 @@ class TrainOptions:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def power_of_two(ctx, param, value):
+    if value is not None and (value < 4 or value & (value - 1)):
+        raise click.BadParameter(f"{value} is not a power of two >= 4", ctx, param)
+    return value
+
+
+def finite_positive(ctx, param, value):
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise click.BadParameter(f"{value} must be a finite number > 0", ctx, param)
+    return value
+
+
+class ModelChoice(click.Choice):
+    """The registered models, read when the option is parsed: a model registered after this module
+    was imported (a plug-in, a test) is a choice too."""
+
+    def __init__(self):
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return model_names()
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+def command_line_form(name: str) -> tuple[list[str], dict]:
+    """The click declaration and keyword arguments of a TrainOptions field's command-line option, from
+    its one declaration (default, help, form): `ganforge train` is made of these, and `train()` from
+    Python checks its keywords with them, so both refuse a value with the same words."""
+    spec = next(f for f in dataclasses.fields(TrainOptions) if f.name == name)
+    form, flag = spec.metadata, "--" + name.replace("_", "-")
+    kwargs = dict(default=spec.default if spec.default is not MISSING else None, help=form["help"])
+    if form.get("flag"):
+        flag = f"{flag}/--no-{name.replace('_', '-')}"
+    elif form.get("comma"):  # given as a,b,c and kept as a list
+        kwargs.update(default=",".join(spec.default_factory()),
+                      callback=lambda ctx, param, value: [v.strip() for v in value.split(",") if v.strip()])
+    elif form.get("models"):
+        kwargs["type"] = ModelChoice()
+    elif form.get("choices"):
+        kwargs["type"] = click.Choice([str(c) for c in form["choices"]])
+        if isinstance(form["choices"][0], int):  # given as text, kept as the number
+            kwargs["callback"] = lambda ctx, param, value: None if value is None else int(value)
+            kwargs["default"] = None if kwargs["default"] is None else str(kwargs["default"])
+    elif "minimum" in form:
+        kwargs["type"] = click.IntRange(min=form["minimum"], max=form.get("maximum"))
+    elif form.get("positive"):
+        kwargs.update(type=float, callback=finite_positive)
+    elif form.get("fraction"):
+        kwargs["type"] = click.FloatRange(0.0, 1.0)
+    elif form.get("power_of_two"):
+        kwargs.update(type=int, callback=power_of_two)
+    kwargs["show_default"] = kwargs["default"] not in (None, "")
+    return [flag, name], kwargs
+
+
+# Model options that are not the model's to set, and where they come from instead.
+RESERVED_MODEL_OPTS = {"resolution": "--resolution", "channels": "--channels or the data",
+                       "num_classes": "the data's classes"}
+
+
+def checked_options(given: dict) -> TrainOptions:
+    """TrainOptions from keyword values, each checked as `ganforge train` checks its option (the same
+    message, as an OptionError); an unknown keyword is refused with the closest names."""
+    from ganforge.metrics.evaluate import parse_metrics
+
+    known = [f.name for f in dataclasses.fields(TrainOptions)]
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            raise OptionError(f"{name!r} is not a training option; "
+                              + (f"did you mean {' or '.join(map(repr, close))}?" if close else
+                                 f"the options are {', '.join(known)}"))
+    values = dict(given)
+    ctx = click.Context(click.Command("train"))
+    for spec in dataclasses.fields(TrainOptions):
+        if spec.name not in given or not spec.metadata["cli"]:
+            continue
+        value = given[spec.name]
+        if spec.metadata.get("comma") and isinstance(value, (list, tuple)):
+            value = ",".join(value)
+        elif spec.metadata.get("choices") and value is not None:
+            value = str(value)
+        decls, kwargs = command_line_form(spec.name)
+        try:
+            values[spec.name] = click.Option(decls, **kwargs).process_value(ctx, value)
+        except click.BadParameter as e:
+            raise OptionError(e.format_message()) from None
+    for key in values.get("model_opts") or {}:
+        if key in RESERVED_MODEL_OPTS:
+            raise OptionError(click.BadParameter(f"{key} is set by {RESERVED_MODEL_OPTS[key]}, not --model-opt",
+                                                 param_hint="--model-opt").format_message())
+    values["metrics"] = parse_metrics(values.get("metrics", []))
+    if values.get("best_metric") is not None and values["best_metric"] not in values["metrics"]:
+        raise OptionError(click.BadParameter(f"{values['best_metric']} is not among --metrics",
+                                             param_hint="--best-metric").format_message())
+    return TrainOptions(**values)
 
 
 # Options that may differ when a run is resumed: they change how long or where it runs, not what it computes.

@@ -1,0 +1,237 @@
+"""ganforge from Python: load a run's generator and sample it; train, evaluate and project as the
+commands do, each the same function the command line calls (`import ganforge` reaches these lazily)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from ganforge.errors import OptionError
+from ganforge.inference import Generator
+
+if TYPE_CHECKING:
+    from ganforge.explore import Projection
+
+
+def load(run_or_snapshot: str | Path, device: str = "cpu") -> Generator:
+    """The EMA generator of a run directory (its latest snapshot) or of a snapshot file, on `device`
+    ("cpu", "cuda", "cuda:N" or "auto"), ready to sample:
+
+        g = ganforge.load("runs/00000-cdcgan-mnist")
+        images = g.sample(16, seed=7, label=3)   # [16, C, H, W] in [-1, 1]
+
+    A path that holds no snapshot, or a snapshot that cannot be used, raises a GanforgeError whose
+    message says why (the line `ganforge generate` prints)."""
+    from ganforge.hardware import resolve_device
+
+    return Generator.load(run_or_snapshot, resolve_device(device))
+
+
+class Run(os.PathLike):
+    """A run directory, as `train` returns it; a path (os.PathLike) that `load`, `evaluate` and
+    `project` take, with the run's options and whether it reached its --kimg."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (Run, str, os.PathLike)) and Path(other) == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def options(self) -> dict:
+        """The run's options as it trains with them (its training_options.json)."""
+        return json.loads((self.path / "training_options.json").read_text(encoding="utf-8"))
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run reached its --kimg; False when it was asked to stop (Ctrl-C, SIGTERM) and
+        wrote latest.pt: `train(resume=run)` continues it."""
+        rows = (self.path / "stats.jsonl").read_text(encoding="utf-8").splitlines()
+        return not rows or json.loads(rows[-1])["kimg"] >= self.options["kimg"]
+
+    def load(self, device: str = "cpu") -> Generator:
+        """The run's EMA generator (`ganforge.load(run)`)."""
+        return load(self, device)
+
+
+def train(*, resume: str | os.PathLike | None = None, progress: bool = True, inception_weights: str | None = None,
+          **options) -> Run:
+    """Train a GAN, or continue one (`resume`: its run directory or a snapshot), as `ganforge train`
+    does; returns the run directory.
+
+    The keywords are the fields of TrainOptions (ganforge.training.options), with the same names,
+    defaults and checks as the command's options (`data="mnist"` is `--data mnist`; lists such as
+    `metrics=["swd"]` may also be given as "swd,fid"; the model's own hyperparameters go in
+    `model_opts={"lr": 2e-4}`). An unknown keyword or a value the command would refuse raises an
+    OptionError with the command's message. `progress=False` hides the progress bar and tick lines.
+
+    Ctrl-C (or SIGTERM) stops the run after the current step and writes latest.pt, as the command
+    does; `train` then returns the run, with `run.finished` False.
+
+        run = ganforge.train(model="cdcgan", data="mnist", kimg=1, outdir="runs")
+    """
+    from ganforge.training.loop import train as run_training
+    from ganforge.training.options import checked_options
+
+    opts = checked_options(options)
+    run_dir = run_training(opts, resume=None if resume is None else os.fspath(resume), explicit=set(options),
+                           progress=progress, inception_weights=inception_weights)
+    return Run(run_dir)
+
+
+def _refused(option: str, message: str) -> OptionError:
+    """An OptionError worded as the command line words a bad option value."""
+    import click
+
+    return OptionError(click.BadParameter(message, param_hint=option).format_message())
+
+
+def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Sequence[str] = "swd,msssim,fid,kid,pr",
+             n: int = 10_000, *, real: str | None = None, fake: str | None = None, split: str | None = None,
+             resolution: int | None = None, floor: bool = True, inception_weights: str | None = None,
+             cache_dir: str | None = None, device: str = "auto", seed: int = 0, out: str | os.PathLike | None = None,
+             report: Callable[[str], None] | None = None) -> dict:
+    """Measure a run's generator (or a folder of generated images, `fake`, against `real`) as
+    `ganforge evaluate` does; returns what its --out writes: {metric: {value name: number}}, an
+    undefined number as None. The results of a run's snapshot are also kept in its run (metric-*.jsonl).
+
+    `n` images a side; `real`: any --data form [default: the run's training data]; `out`: a file to
+    write the results to as JSON too; `report` gets the lines the command prints on stderr (what is
+    measured, how long it takes).
+
+        results = ganforge.evaluate(run, metrics=["swd"], n=500)
+    """
+    import time
+
+    from ganforge.data import load_dataset
+    from ganforge.hardware import resolve_device
+    from ganforge.inference import load_model
+    from ganforge.metrics.evaluate import Evaluator, dataset_source, parse_metrics
+    from ganforge.snapshots import find_snapshot, load_snapshot
+
+    say = report or (lambda line: None)
+    names = parse_metrics(metrics)
+    if not names:
+        raise _refused("--metrics", "give one metric or more, e.g. swd,msssim")
+    if n < 2:
+        raise _refused("'--n'", f"{n} is not in the range x>=2.")
+    if (run_or_snapshot is None) == (fake is None):
+        raise OptionError("give either RUN_OR_SNAPSHOT or --fake DIR")
+    dev = resolve_device(device)
+    started = time.time()
+    if run_or_snapshot is not None:
+        saved = load_snapshot(run_or_snapshot)
+        options = saved["options"]
+        model = load_model(run_or_snapshot, dev)
+        real_ds = load_dataset(real or options["data"], model.sample_resolution, model.config["channels"],
+                               options["center_crop"], split or options["split"])
+        snapshot = find_snapshot(run_or_snapshot)
+        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir or snapshot.parent / "metric-cache", seed)
+        model.prepare(real_ds, dev, resumed=True)  # a text model samples this split's captions (DF-GAN: test)
+        evaluator.use_captions_of(model)
+        measure = lambda: evaluator.evaluate_model(model, n, seed + 1, (str(snapshot), snapshot.stat().st_mtime_ns))  # noqa: E731
+        n_fake = n
+    else:
+        if real is None:
+            raise OptionError("--fake needs --real")
+        fake_ds = load_dataset(fake, resolution or _first_image_size(fake))
+        real_ds = load_dataset(real, fake_ds.resolution, fake_ds.channels, split=split or "train")
+        evaluator = Evaluator(names, real_ds, n, dev, inception_weights, cache_dir, seed)
+        fakes = dataset_source(fake_ds, n, seed + 1)  # read a block at a time, as the reals are
+        measure = lambda: evaluator.evaluate(fakes, evaluator.partial_path(fake_ds.name, len(fake_ds), n, seed))  # noqa: E731
+        n_fake = fakes.n
+    if real_ds.captions is not None:  # say which captioned rows are the reals (and, for text models, the captions)
+        used = split or (options["split"] if run_or_snapshot is not None else "train")
+        say(f"real images: {len(real_ds)} of the {used} split of {real_ds.name}")
+    if n_fake < n or evaluator.n_real < n:
+        say(f"note: using {n_fake} fake and {evaluator.n_real} real images (asked for {n})")
+    evaluator.report = report  # how long each side takes, from its first block
+    results = measure()
+    if floor and "swd" in names:
+        results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()
+    say(f"evaluated in {time.time() - started:.1f} s in all (reals, samples and every metric; per metric: its seconds)")
+    kept = finite_or_null(results)  # JSON has no NaN: an undefined value is null
+    if out is not None:
+        Path(out).write_text(json.dumps(kept, indent=2) + "\n")
+    if run_or_snapshot is not None:
+        _keep_in_run(snapshot, saved, results, n, out, say)
+    return kept
+
+
+def finite_or_null(value):
+    """Results with each non-finite number (NaN, inf) as None, which JSON can hold."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _keep_in_run(snapshot: Path, saved: dict, results: dict, n: int, out: str | os.PathLike | None,
+                 say: Callable[[str], None]) -> None:
+    """The results of evaluating a run's snapshot go into its run, beside those of --metrics during
+    training, where `plot` and the studio find them; a snapshot outside any run keeps them in `out` only."""
+    from ganforge.metrics.evaluate import keep_in_run
+
+    run_dir = snapshot.parent
+    if not (run_dir / "training_options.json").is_file():
+        where = f"written to {out}" if out else "not kept (give --out FILE to keep them)"
+        say(f"{snapshot} is not in a run directory: the results are {where}")
+        return
+    paths = keep_in_run(run_dir, results, saved["images_seen"], saved["step"], snapshot=snapshot.name, n=n,
+                        by="ganforge evaluate")
+    say(f"kept in the run: {', '.join(str(p) for p in paths)}")
+
+
+def _first_image_size(folder: str) -> int:
+    from PIL import Image
+
+    from ganforge.data import IMAGE_EXTENSIONS
+
+    for p in sorted(Path(folder).rglob("*")):
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            try:
+                with Image.open(p) as img:
+                    return min(img.size)
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue  # an unreadable file is reported when the folder is loaded
+    raise _refused("--fake", f"{folder}: no readable images")
+
+
+def project(run_or_snapshot: str | os.PathLike, image: str | os.PathLike, steps: int = 1000, *,
+            label: int | str | None = None, prompt: str | None = None, seed: int = 0, device: str = "auto",
+            report: Callable[[str], None] | None = None) -> Projection:
+    """Find the latent whose sample best matches a real image, as `ganforge project` does; returns a
+    Projection (.latent [1, z_dim], .image and .target [1, C, H, W] in [-1, 1], .loss, .psnr_db,
+    .ms_ssim, ...) and writes nothing.
+
+    `label`: a class-conditional run's class, by number or name (None: every class is tried and the
+    closest kept, said to `report`); `prompt`: a text-to-image run's caption of the image.
+
+        found = ganforge.project(run, "photo.png", steps=50)
+        images = ganforge.load(run)(found.latent, torch.tensor([found.label]))
+    """
+    from ganforge.explore import project_image, read_image
+    from ganforge.hardware import resolve_device
+    from ganforge.inference import load_model
+
+    if steps < 1:
+        raise _refused("'--steps'", f"{steps} is not in the range x>=1.")
+    dev = resolve_device(device)
+    model = load_model(run_or_snapshot, dev)
+    target = read_image(image, model.config["channels"], model.sample_resolution).to(dev)
+    return project_image(model, run_or_snapshot, target, label, prompt, steps, seed, report)

@@ -1,0 +1,253 @@
+"""The Python API (`import ganforge`): the same images, results and messages as the commands."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import ganforge
+from ganforge.cli import main
+from ganforge.training import TrainOptions, train
+
+TINY = dict(resolution=16, model_opts={"base_channels": 8}, tick=0.008, sample_every=0.032, snap=0.032)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three tiny runs: class-conditional (mnist), unconditional (a folder of images) and text-to-image."""
+    root = tmp_path_factory.mktemp("api-runs")
+    plain = root / "plain"
+    plain.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(plain / f"{i}.png")
+    return {"class": train(TrainOptions(data="mnist", batch=16, kimg=0.032, outdir=str(root), **TINY), progress=False),
+            "plain": train(TrainOptions(model="dcgan", data=str(plain), batch=8, kimg=0.016, outdir=str(root), **TINY),
+                           progress=False),
+            "text": train(TrainOptions(model="dfgan", data="mnist-captions", resolution=16, batch=8, kimg=0.008,
+                                       tick=0.008, model_opts={"nf": 4, "encoder_epochs": 1}, outdir=str(root)),
+                          progress=False)}
+
+
+def generate_command(*args) -> list[np.ndarray]:
+    """The images `ganforge generate ARGS --out FOLDER` writes, in order."""
+    out = args[-1]
+    result = CliRunner().invoke(main, ["generate", *map(str, args[:-1]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return [np.asarray(Image.open(p)) for p in sorted(out.iterdir())]
+
+
+def test_import_ganforge_does_not_import_torch():
+    code = ("import sys, ganforge; ganforge.__version__, dir(ganforge); print('torch' in sys.modules); "
+            "ganforge.load; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]  # torch comes with the first function used, not with the import
+
+
+def test_sample_images_are_the_generate_command_s(runs, tmp_path):
+    g = ganforge.load(runs["class"])
+    for name, kwargs, args in (("one", dict(label=3, psi=0.7), ["--label", "3", "--psi", "0.7"]),
+                               ("all", dict(), []), ("named", dict(label="3"), ["--label", "3"])):
+        ours = [np.asarray(image) for image in g.sample_images(12, seed=7, **kwargs)]
+        theirs = generate_command(runs["class"], "--n", 12, "--seed", 7, *args, tmp_path / name)
+        assert len(ours) == 12 and all(np.array_equal(a, b) for a, b in zip(ours, theirs)), name
+    images = g.sample(12, seed=7, label=3, psi=0.7)
+    assert images.shape == (12, 1, 16, 16) and images.dtype == torch.float32 and images.abs().max() <= 1
+    assert [np.asarray(i) for i in g.sample_images(12, seed=7, label=3, psi=0.7)][5].tolist() == \
+        ((images[5, 0].clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8)).numpy().tolist()
+
+
+def test_prompted_samples_are_the_generate_command_s(runs, tmp_path):
+    g = ganforge.load(runs["text"])
+    ours = [np.asarray(image) for image in g.sample_images(4, seed=7, prompt="a handwritten digit three")]
+    theirs = generate_command(runs["text"], "--n", 4, "--seed", 7, "--prompt", "a handwritten digit three", tmp_path / "t")
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    z = g.noise(4, seed=7)
+    assert torch.equal(g(z, ["a handwritten digit three"] * 4), g.sample(4, seed=7, prompt="a handwritten digit three"))
+    assert torch.equal(g(z, "a handwritten digit three"), g(z, ["a handwritten digit three"] * 4))
+
+
+def test_the_generator_is_a_module_of_the_ema_weights_called_on_noise_and_labels(runs):
+    g = ganforge.load(runs["class"])
+    assert isinstance(g, torch.nn.Module) and isinstance(g, ganforge.Generator)
+    snapshot = torch.load(runs["class"] / "latest.pt", weights_only=True)["state"]
+    weights = g.state_dict()
+    assert weights and all(torch.equal(t, snapshot["G_ema." + k[len("G."):]]) for k, t in weights.items())
+    assert len(weights) == sum(k.startswith("G_ema.") for k in snapshot)  # no D, no training G
+    z, labels = g.noise(8, seed=3), torch.full((8,), 5)
+    assert z.shape == (8, g.z_dim)
+    with torch.no_grad():
+        assert torch.equal(g(z, labels), g.sample(8, seed=3, label=5))
+    exported = torch.export.export(g, (z, labels)).module()
+    assert torch.allclose(exported(z, labels), g(z, labels), atol=1e-6)
+
+
+def test_threads_sampling_one_generator_get_what_calls_in_turn_get(runs):
+    g = ganforge.load(runs["class"])
+    expected = {seed: g.sample(64, seed=seed) for seed in (1, 2)}
+    got = {}
+
+    def draw(seed):
+        for _ in range(3):
+            got.setdefault(seed, []).append(g.sample(64, seed=seed))
+
+    threads = [threading.Thread(target=draw, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(image, expected[seed]) for seed in (1, 2) for image in got[seed])
+
+
+@pytest.mark.parametrize("run,request_,args", [
+    ("class", dict(label=10), ["--label", "10"]),
+    ("class", dict(label="seven"), ["--label", "seven"]),
+    ("class", dict(prompt="a bird"), ["--prompt", "a bird"]),
+    ("plain", dict(label=3), ["--label", "3"]),
+    ("text", dict(), []),
+    ("text", dict(label=3, prompt="a bird"), ["--label", "3", "--prompt", "a bird"]),
+    ("nowhere", dict(), []),
+])
+def test_a_request_the_run_cannot_answer_is_the_command_s_one_line(runs, tmp_path, run, request_, args):
+    path = runs.get(run, tmp_path)  # tmp_path: a folder that is not a run
+    with pytest.raises(ganforge.GanforgeError) as caught:
+        ganforge.load(path).sample(4, **request_)
+    message = str(caught.value)
+    assert "\n" not in message
+    result = CliRunner().invoke(main, ["generate", str(path), "--n", "4", *args, "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == f"Error: {message}", result.output
+
+
+def test_train_from_python_gives_the_command_s_weights(tmp_path):
+    options = ["--resolution", "16", "--batch", "8", "--base-channels", "8", "--kimg", "0.016", "--tick", "0.008",
+               "--seed", "3", "--quiet"]
+    result = CliRunner().invoke(main, ["train", *options, "--outdir", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    run = ganforge.train(resolution=16, batch=8, model_opts={"base_channels": 8}, kimg=0.016, tick=0.008, seed=3,
+                         outdir=str(tmp_path / "api"), progress=False)
+    assert isinstance(run, ganforge.Run) and run.finished and run.path == tmp_path / "api" / "00000-cdcgan-mnist"
+    assert f"run directory: {tmp_path / 'cli' / '00000-cdcgan-mnist'}" in result.output
+    ours, theirs = (torch.load(path / "latest.pt", weights_only=True) for path in (run.path, tmp_path / "cli" / "00000-cdcgan-mnist"))
+    assert ours["state"].keys() == theirs["state"].keys()
+    assert all(torch.equal(ours["state"][k], theirs["state"][k]) for k in ours["state"])
+    assert ours["images_seen"] == theirs["images_seen"] == 16
+
+
+@pytest.mark.parametrize("options,args", [
+    (dict(resolution=30), ["--resolution", "30"]),
+    (dict(kimg=float("nan")), ["--kimg", "nan"]),
+    (dict(batch=0), ["--batch", "0"]),
+    (dict(batch="many"), ["--batch", "many"]),
+    (dict(model="stylegan9"), ["--model", "stylegan9"]),
+    (dict(channels=2), ["--channels", "2"]),
+    (dict(augment_p=1.5), ["--augment-p", "1.5"]),
+    (dict(metrics=["swd", "nope"]), ["--metrics", "swd,nope"]),
+    (dict(metrics="swd", best_metric="fid"), ["--metrics", "swd", "--best-metric", "fid"]),
+    (dict(model_opts={"resolution": 64}), ["--model-opt", "resolution=64"]),
+    (dict(data="/no/such/place"), ["--data", "/no/such/place"]),
+])
+def test_a_training_option_is_refused_with_the_command_s_words(tmp_path, options, args):
+    with pytest.raises(ganforge.OptionError if "data" not in options else ganforge.GanforgeError) as caught:
+        ganforge.train(outdir=str(tmp_path), progress=False, **options)
+    result = CliRunner().invoke(main, ["train", *args, "--outdir", str(tmp_path), "--quiet"])
+    assert result.exit_code != 0 and result.output.strip().splitlines()[-1] == f"Error: {caught.value}", result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unknown_training_keyword_is_named_with_the_closest_options():
+    with pytest.raises(ganforge.OptionError, match=r"^'kimgs' is not a training option; did you mean 'kimg'"):
+        ganforge.train(kimgs=1)
+    with pytest.raises(ganforge.OptionError, match=r"^'bogus' is not a training option; the options are model, data"):
+        ganforge.train(bogus=1)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_training_from_python_after_writing_latest_pt(tmp_path):
+    import os
+    import signal
+    import time
+
+    code = ("import ganforge; run = ganforge.train(resolution=16, batch=16, model_opts={'base_channels': 8}, kimg=50, "
+            f"tick=0.032, outdir={str(tmp_path)!r}, progress=False); print('finished', run.finished)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GANFORGE_PROGRESS": "0"})
+    stats = tmp_path / "00000-cdcgan-mnist" / "stats.jsonl"
+    deadline = time.monotonic() + 120
+    while not (stats.exists() and stats.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "finished False" in out, err[-2000:]
+    assert "continue with: ganforge train --resume" in out + err
+    assert torch.load(tmp_path / "00000-cdcgan-mnist" / "latest.pt", weights_only=True)["images_seen"] > 32
+
+
+def without_seconds(results: dict) -> dict:
+    """Results without their timings (the one part two evaluations need not share)."""
+    if isinstance(results, dict):
+        return {k: without_seconds(v) for k, v in results.items() if "seconds" not in k}
+    return results
+
+
+def test_evaluate_returns_what_the_command_writes_with_out(runs, tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", str(runs["class"]), "--metrics", "swd,msssim", "--n", "64",
+                                       "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "r.json").read_text())
+    lines = []
+    results = ganforge.evaluate(runs["class"], metrics=["swd", "msssim"], n=64, report=lines.append)
+    assert without_seconds(results) == without_seconds(written) and results["swd"]["n"] == 64
+    assert any(line.startswith("kept in the run: ") for line in lines)
+    with pytest.raises(ganforge.OptionError) as caught:
+        ganforge.evaluate(runs["class"], metrics="nope")
+    refused = CliRunner().invoke(main, ["evaluate", str(runs["class"]), "--metrics", "nope"])
+    assert refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"
+
+
+def test_project_finds_what_the_command_finds(runs, tmp_path):
+    from torchvision.utils import save_image
+
+    g = ganforge.load(runs["class"])
+    save_image(g.sample(1, seed=5, label=4) * 0.5 + 0.5, tmp_path / "target.png")
+    result = CliRunner().invoke(main, ["project", str(runs["class"]), "--image", str(tmp_path / "target.png"),
+                                       "--label", "4", "--steps", "5", "--video", "none", "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    found = ganforge.project(runs["class"], tmp_path / "target.png", steps=5, label=4)
+    assert isinstance(found, ganforge.Projection) and found.latent.shape == (1, g.z_dim) and found.label == 4
+    assert np.array_equal(found.latent.numpy(), np.load(tmp_path / "p" / "latent.npy"))
+    figures = json.loads((tmp_path / "p" / "result.json").read_text())
+    assert figures["final_loss"] == round(found.loss, 5) and figures["psnr_db"] == round(found.psnr_db, 2)
+    assert len(found.losses) == 5 and found.image.shape == found.target.shape == (1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(g(found.latent, torch.tensor([4])), found.image, atol=1e-6)
+    with pytest.raises(ganforge.GanforgeError) as caught:
+        ganforge.project(runs["plain"], tmp_path / "target.png", steps=1, label=2)
+    assert str(caught.value) == "dcgan here is unconditional: drop --label and --prompt"
+
+
+def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    from torchvision.utils import save_image
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## From Python\n", 1)[1].split("\n## ", 1)[0]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
+    save_image(ganforge.load(runs["class"]).sample(1, seed=1, label=3) * 0.5 + 0.5, tmp_path / "photo.png")
+    tiny = 'kimg=0.016, resolution=16, batch=8, model_opts={"base_channels": 8}, tick=0.008, outdir="runs"'
+    for example, here in (("runs/00000-cdcgan-mnist", str(runs["class"])), ("runs/00001-dfgan-birds", str(runs["text"])),
+                          ('kimg=1, outdir="runs"', tiny), ("n=500", "n=64")):
+        assert example in code, example  # the README still shows what this test stands in for
+        code = code.replace(example, here)
+    monkeypatch.chdir(tmp_path)
+    names = {}
+    exec(compile(code, "README.md (From Python)", "exec"), names)
+    assert names["images"].shape == (16, 1, 16, 16) and len(names["pictures"]) == 16
+    assert names["run"].finished and "swd" in names["results"] and names["found"].latent.shape == (1, 100)

@@ -574,7 +574,7 @@ def test_an_export_onto_a_full_disk_is_one_line_not_an_abort(finished_run, tmpfs
 
 def test_evaluate_without_a_metric_is_one_line(finished_run):
     result = cli("evaluate", finished_run, "--metrics", "", "--n", "8")
-    assert result.exit_code == 2 and "--metrics: give one metric or more" in result.output, result.output
+    assert result.exit_code == 1 and "--metrics: give one metric or more" in result.output, result.output
 
 
 def test_plot_skips_rows_that_are_not_rows_at_a_kimg(finished_run, tmp_path):

@@ -61,13 +61,20 @@ def test_gpus_option_launches_torchrun(tmp_path):
     assert load_snapshot(next(tmp_path.iterdir()))["step"] == 4
 
 
+def rank_0_of(monkeypatch, world_size: int) -> None:
+    """This process as rank 0 of `world_size`, with no others: the checks before the first step run,
+    and what the others would answer is rank 0's own."""
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr("ganforge.training.loop.broadcast_object", lambda obj, world_size: obj)
+    monkeypatch.setattr("ganforge.training.loop.gather_object", lambda obj, world_size: [obj] * world_size)
+
+
 def test_batch_must_divide_among_processes(tmp_path, monkeypatch):
     from ganforge.training import TrainingError, TrainOptions, train
 
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
-    monkeypatch.setattr("ganforge.training.loop.broadcast_object", lambda obj, world_size: obj)  # no group to ask
+    rank_0_of(monkeypatch, 3)
     with pytest.raises(TrainingError, match="batch 16 at 32x32 does not divide among 3 processes"):
         train(TrainOptions(batch=16, kimg=0.016, outdir=str(tmp_path)), progress=False)
     assert not list(tmp_path.iterdir())
@@ -76,10 +83,7 @@ def test_batch_must_divide_among_processes(tmp_path, monkeypatch):
 def test_sync_bn_is_refused_off_cuda_with_several_processes(tmp_path, monkeypatch):
     from ganforge.training import TrainingError, TrainOptions, train
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
-    monkeypatch.setattr("ganforge.training.loop.broadcast_object", lambda obj, world_size: obj)  # no group to ask
+    rank_0_of(monkeypatch, 2)
     with pytest.raises(TrainingError, match="--sync-bn: needs CUDA GPUs"):
         train(TrainOptions(batch=16, kimg=0.016, sync_bn=True, device="cpu", outdir=str(tmp_path)), progress=False)
     assert not list(tmp_path.iterdir())
@@ -94,10 +98,7 @@ def test_every_stage_batch_is_checked_before_the_first_step(tmp_path, monkeypatc
 
     for i in range(4):
         Image.new("RGB", (64, 64), (60 * i, 0, 0)).save(tmp_path / f"{i}.png")
-    monkeypatch.setenv("WORLD_SIZE", "32")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setattr("ganforge.training.distributed.dist.init_process_group", lambda *a, **k: None)
-    monkeypatch.setattr("ganforge.training.loop.broadcast_object", lambda obj, world_size: obj)  # no group to ask
+    rank_0_of(monkeypatch, 32)
     monkeypatch.setattr("ganforge.training.loop.broadcast_object", lambda obj, world: obj)  # rank 0's file list
     opts = TrainOptions(model="pggan", data=str(tmp_path), resolution=64, kimg=80, outdir=str(tmp_path / "runs"),
                         model_opts={"preset": "cpu", "fmap_max": 8})

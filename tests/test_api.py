@@ -251,3 +251,27 @@ def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch
     exec(compile(code, "README.md (From Python)", "exec"), names)
     assert names["images"].shape == (16, 1, 16, 16) and len(names["pictures"]) == 16
     assert names["run"].finished and "swd" in names["results"] and names["found"].latent.shape == (1, 100)
+
+
+def test_interpolate_writes_the_command_s_walk(runs, tmp_path):
+    args = ["--seeds", "1,7", "--labels", "3,8", "--seconds", "0.5", "--fps", "8"]
+    result = CliRunner().invoke(main, ["interpolate", str(runs["class"]), *args, "--out", str(tmp_path / "cli.gif")])
+    assert result.exit_code == 0, result.output
+    lines = []
+    path = ganforge.interpolate(runs["class"], tmp_path / "api.gif", seeds=[1, 7], labels=[3, "8"], seconds=0.5, fps=8,
+                                report=lines.append)
+    assert path == tmp_path / "api.gif" and path.read_bytes() == (tmp_path / "cli.gif").read_bytes()
+    assert lines == [result.output.strip().replace("cli.gif", "api.gif")]
+    frames = ganforge.interpolate(runs["class"], None, seeds="1,7", labels="3,8", seconds=0.5, fps=8)
+    assert frames.shape == (4, 16, 16, 3) and frames.dtype == np.uint8 and not (tmp_path / "walk.mp4").exists()
+    with Image.open(path) as gif:
+        for i, frame in enumerate(frames):
+            gif.seek(i)
+            assert np.array_equal(np.asarray(gif.convert("RGB")), frame)
+    for bad, args in ((dict(seeds=[4]), ["--seeds", "4"]), (dict(fps=0), ["--fps", "0"]),
+                      (dict(labels=[12]), ["--labels", "12"])):
+        with pytest.raises(ganforge.OptionError) as caught:
+            ganforge.interpolate(runs["class"], tmp_path / "x.gif", **{"seconds": 0.5, **bad})
+        refused = CliRunner().invoke(main, ["interpolate", str(runs["class"]), "--seconds", "0.5", *args,
+                                            "--out", str(tmp_path / "x.gif")])
+        assert refused.exit_code != 0 and refused.output.strip().splitlines()[-1] == f"Error: {caught.value}", args

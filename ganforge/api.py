@@ -340,3 +340,36 @@ def _latent_of(latent, model) -> torch.Tensor:
         raise OptionError(f"latents: a latent of shape {tuple(latent.shape)} ({latent.dtype}); this run's generator "
                           f"takes (1, {model.z_dim}) floats, as ganforge project gives them")
     return latent.float().reshape(model.z_dim)
+
+
+def export(run_or_snapshot: str | os.PathLike, format: str = "onnx", out: str | os.PathLike | None = None, *,
+           report: Callable[[str], None] | None = None) -> list[Path]:
+    """Write a run's generator standalone (noise [+ label] -> image in [-1, 1]), as `ganforge export`
+    does: `format` "onnx" (onnxruntime, any language; the [export] extra) or "torchscript" (PyTorch
+    without ganforge); `out` [default: generator.onnx / generator.pt beside the snapshot].
+
+    Returns the files written: the model file, and only for an ONNX generator beyond 2 GB its
+    weights beside it (file.onnx.data), which must stay together. `report` gets the line the command
+    prints (the files, the inputs and output).
+
+        path, = ganforge.export(run, format="torchscript", out="g.pt")
+        images = torch.jit.load(path)(torch.randn(4, 100), torch.tensor([0, 1, 2, 3]))
+    """
+    from ganforge.inference import RuntimeGenerator, export as write_export, load_model
+    from ganforge.snapshots import find_snapshot
+    from ganforge.training.rundir import kept_in_run
+
+    if format not in ("onnx", "torchscript"):
+        raise _refused("'--format'", f"{format!r} is not one of 'onnx', 'torchscript'.")
+    snapshot = find_snapshot(run_or_snapshot)
+    out = Path(out) if out is not None else snapshot.parent / ("generator.onnx" if format == "onnx" else "generator.pt")
+    if kept_in_run(out) or (out.exists() and out.samefile(snapshot)):  # never the run's work, nor the file read
+        raise _refused("--out", f"{out} is a file ganforge keeps in the run (a snapshot, its options or its logs) "
+                                "and would be replaced; give another file")
+    model = load_model(run_or_snapshot)
+    paths = write_export(model, format, out)
+    if report is not None:
+        inputs = f"z [N, {model.z_dim}] float32" + (", labels [N] int64" if RuntimeGenerator(model).conditional else "")
+        together = " (keep these files together)" if len(paths) > 1 else ""
+        report(f"wrote {', '.join(map(str, paths))}{together}: inputs {inputs}; output images [N, C, H, W] in [-1, 1]")
+    return paths

@@ -293,18 +293,12 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
 @click.option("--out", default=None, help="Output file [default: generator.onnx / generator.pt beside the snapshot]")
 def export(run_or_snapshot, fmt, out):
     """Write a standalone generator (noise [+ label] -> image in [-1, 1]) that runs without ganforge."""
-    from ganforge.inference import RuntimeGenerator, export as write_export, load_model
+    from ganforge.api import export as write_export
     from ganforge.snapshots import find_snapshot
 
-    snapshot = find_snapshot(run_or_snapshot)
-    if out is None:
-        out = snapshot.parent / ("generator.onnx" if fmt == "onnx" else "generator.pt")
-    _check_writable(out, "--out", reading=snapshot)
-    model = load_model(run_or_snapshot)
-    paths = write_export(model, fmt, out)
-    inputs = f"z [N, {model.z_dim}] float32" + (", labels [N] int64" if RuntimeGenerator(model).conditional else "")
-    together = " (keep these files together)" if len(paths) > 1 else ""
-    click.echo(f"wrote {', '.join(map(str, paths))}{together}: inputs {inputs}; output images [N, C, H, W] in [-1, 1]")
+    if out is not None:  # the default, beside the snapshot, is never one of the run's own files
+        _check_writable(out, "--out", reading=find_snapshot(run_or_snapshot))
+    write_export(run_or_snapshot, fmt, out, report=click.echo)
 
 
 @main.command()

@@ -275,3 +275,30 @@ def test_interpolate_writes_the_command_s_walk(runs, tmp_path):
         refused = CliRunner().invoke(main, ["interpolate", str(runs["class"]), "--seconds", "0.5", *args,
                                             "--out", str(tmp_path / "x.gif")])
         assert refused.exit_code != 0 and refused.output.strip().splitlines()[-1] == f"Error: {caught.value}", args
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_export_writes_the_command_s_generator(runs, tmp_path, format):
+    suffix = {"torchscript": ".pt", "onnx": ".onnx"}[format]
+    if format == "onnx":
+        onnxruntime = pytest.importorskip("onnxruntime")
+    result = CliRunner().invoke(main, ["export", str(runs["class"]), "--format", format, "--out", str(tmp_path / f"cli{suffix}")])
+    assert result.exit_code == 0, result.output
+    lines = []
+    paths = ganforge.export(runs["class"], format=format, out=tmp_path / f"api{suffix}", report=lines.append)
+    assert paths == [tmp_path / f"api{suffix}"] and lines == [result.output.strip().replace(f"cli{suffix}", f"api{suffix}")]
+    z, labels = torch.randn(5, 100, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 3, 5, 8, 9])
+    if format == "torchscript":
+        ours, theirs = (torch.jit.load(str(tmp_path / f"{name}.pt"))(z, labels) for name in ("api", "cli"))
+    else:
+        ours, theirs = (torch.from_numpy(onnxruntime.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=[
+            "CPUExecutionProvider"]).run(None, {"z": z.numpy(), "labels": labels.numpy()})[0]) for name in ("api", "cli"))
+    assert ours.shape == (5, 1, 16, 16) and torch.equal(ours, theirs)
+    with torch.no_grad():
+        assert torch.allclose(ours, ganforge.load(runs["class"])(z, labels), atol=1e-5)
+    with pytest.raises(ganforge.OptionError) as caught:
+        ganforge.export(runs["class"], format=format, out=runs["class"] / "latest.pt")
+    refused = CliRunner().invoke(main, ["export", str(runs["class"]), "--format", format, "--out",
+                                        str(runs["class"] / "latest.pt")])
+    assert refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"

@@ -27,6 +27,7 @@ _EXPORTS = {
     "project": "ganforge.api",
     "interpolate": "ganforge.api",
     "export": "ganforge.api",
+    "dataset": "ganforge.api",
     "Projection": "ganforge.explore",
     "Generator": "ganforge.inference",
     "GanforgeError": "ganforge.errors",
@@ -34,7 +35,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # for type checkers and editors only: at run time the names come from __getattr__
-    from ganforge.api import Run, evaluate, export, interpolate, load, project, train
+    from ganforge.api import Run, dataset, evaluate, export, interpolate, load, project, train
     from ganforge.errors import GanforgeError, OptionError
     from ganforge.explore import Projection
     from ganforge.inference import Generator
@@ -53,5 +54,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = ["__version__", "load", "train", "Run", "evaluate", "project", "interpolate", "export", "Projection",
-           "Generator", "GanforgeError", "OptionError"]
+__all__ = ["__version__", "load", "train", "Run", "evaluate", "project", "interpolate", "export", "dataset",
+           "Projection", "Generator", "GanforgeError", "OptionError"]

@@ -373,3 +373,36 @@ def export(run_or_snapshot: str | os.PathLike, format: str = "onnx", out: str | 
         together = " (keep these files together)" if len(paths) > 1 else ""
         report(f"wrote {', '.join(map(str, paths))}{together}: inputs {inputs}; output images [N, C, H, W] in [-1, 1]")
     return paths
+
+
+def dataset(source: str | os.PathLike, dest: str | os.PathLike, resolution: int, *, channels: int | None = None,
+            center_crop: bool = True, lods: bool = False, shards: int | None = None,
+            report: Callable[[str], None] | None = None) -> dict:
+    """Convert any --data form (folder, class folders, zip, captioned layout) to a resolution-fixed
+    .zip or folder `dest`, as `ganforge dataset` does; returns what its dataset.json says (counts,
+    classes, the files skipped as unreadable).
+
+    `channels`: 1 grey or 3 RGB [default: 1 for grey data, else 3]; `center_crop=False` squashes
+    instead of cropping; `lods`: also every lower level of detail (for PGGAN); `shards`: WebDataset
+    tar shards of that many images each, into the folder `dest`. `report` gets the line the command prints.
+
+        summary = ganforge.dataset("photos/", "photos-64.zip", 64)   # summary["images"], summary["skipped"]
+    """
+    from ganforge.archive import convert
+
+    if not isinstance(resolution, int) or resolution < 4 or resolution & (resolution - 1):
+        raise _refused("'--resolution'", f"{resolution} is not a power of two >= 4")
+    if channels not in (None, 1, 3):
+        raise _refused("'--channels'", f"'{channels}' is not one of '1', '3'.")
+    if shards is not None and (not isinstance(shards, int) or shards < 1):
+        raise _refused("'--shards'", f"{shards} is not in the range x>=1.")
+    summary = convert(os.fspath(source), dest, resolution, channels, center_crop, lods=lods, shard_size=shards)
+    if report is not None:
+        kind = ("captioned" if summary["captioned"] else f"{len(summary['classes'])} classes" if summary["classes"]
+                else "unlabelled")
+        skipped = summary["skipped"]
+        levels = f" (and {', '.join(f'{r}x{r}' for r in summary['lods'])})" if summary["lods"] else ""
+        levels += f" in {len(summary['shards'])} shards" if summary.get("shards") else ""
+        report(f"wrote {dest}: {summary['images']} images at {resolution}x{resolution}{levels}, {kind}"
+               + (f"; skipped {len(skipped)} unreadable, e.g. {skipped[0]}" if skipped else ""))
+    return summary

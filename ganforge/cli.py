@@ -500,17 +500,10 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
 def dataset(source, dest, resolution, channels, center_crop, lods, shard_size):
     """Convert any --data form (folder, class folders, zip, captioned layout) to a resolution-fixed
     .zip or folder, once: bad files are reported here, and training reads it without resizing."""
-    from ganforge.archive import convert
+    from ganforge.api import dataset as convert
 
-    summary = convert(source, dest, resolution, None if channels is None else int(channels), center_crop, lods=lods,
-                      shard_size=shard_size)
-    kind = ("captioned" if summary["captioned"] else f"{len(summary['classes'])} classes" if summary["classes"]
-            else "unlabelled")
-    skipped = summary["skipped"]
-    levels = f" (and {', '.join(f'{r}x{r}' for r in summary['lods'])})" if summary["lods"] else ""
-    levels += f" in {len(summary['shards'])} shards" if summary.get("shards") else ""
-    click.echo(f"wrote {dest}: {summary['images']} images at {resolution}x{resolution}{levels}, {kind}"
-               + (f"; skipped {len(skipped)} unreadable, e.g. {skipped[0]}" if skipped else ""))
+    convert(source, dest, resolution, channels=None if channels is None else int(channels), center_crop=center_crop,
+            lods=lods, shards=shard_size, report=click.echo)
 
 
 @main.command()

@@ -302,3 +302,34 @@ def test_export_writes_the_command_s_generator(runs, tmp_path, format):
     refused = CliRunner().invoke(main, ["export", str(runs["class"]), "--format", format, "--out",
                                         str(runs["class"] / "latest.pt")])
     assert refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"
+
+
+def test_dataset_writes_the_command_s_conversion(tmp_path):
+    import zipfile
+
+    rng = np.random.default_rng(1)
+    for i, cls in enumerate(["cat", "dog", "dog", "cat"]):
+        (tmp_path / "src" / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20 + 4 * i, 24, 3), dtype=np.uint8)).save(tmp_path / "src" / cls / f"{i}.png")
+    (tmp_path / "src" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    source = str(tmp_path / "src")
+    for dest, args, kwargs in (("folder", ["--lods"], dict(lods=True)), ("small.zip", ["--channels", "1"], dict(channels=1))):
+        result = CliRunner().invoke(main, ["dataset", source, str(tmp_path / "cli" / dest), "--resolution", "8", *args])
+        assert result.exit_code == 0, result.output
+        lines = []
+        summary = ganforge.dataset(source, tmp_path / "api" / dest, 8, report=lines.append, **kwargs)
+        assert lines == [result.output.strip().replace(str(tmp_path / "cli"), str(tmp_path / "api"))]
+        assert summary["images"] == 4 and summary["classes"] == ["cat", "dog"] and len(summary["skipped"]) == 1
+        if dest.endswith(".zip"):
+            ours, theirs = ({name: z.read(name) for name in z.namelist()}
+                            for z in (zipfile.ZipFile(tmp_path / side / dest) for side in ("api", "cli")))
+        else:
+            ours, theirs = ({p.relative_to(tmp_path / side / dest): p.read_bytes()
+                             for p in sorted((tmp_path / side / dest).rglob("*")) if p.is_file()} for side in ("api", "cli"))
+        assert len(ours) > 4 and ours == theirs, dest
+        assert json.loads(ours[next(k for k in ours if str(k) == "dataset.json")]) == summary
+    with pytest.raises(ganforge.OptionError) as caught:
+        ganforge.dataset(source, tmp_path / "x.zip", 30)
+    refused = CliRunner().invoke(main, ["dataset", source, str(tmp_path / "x.zip"), "--resolution", "30"])
+    assert refused.exit_code != 0 and refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"
+    assert not (tmp_path / "x.zip").exists()

@@ -6,6 +6,7 @@ From Python (each name is imported on first use, so `import ganforge` stays ligh
     g = ganforge.load("runs/00000-cdcgan-mnist")   # a run directory or a snapshot file
     images = g.sample(16, seed=7, label=3)          # float [16, C, H, W] in [-1, 1]
     run = ganforge.train(model="cdcgan", data="mnist", kimg=1, outdir="runs")   # `ganforge train`'s options
+    ganforge.interpolate(run, "walk.gif", seeds=[1, 7, 42])   # likewise evaluate, project, export, dataset
 
 Mistakes the user can fix (a wrong label, a path that is not a run) raise `ganforge.GanforgeError`
 with the one-line message the command line prints.

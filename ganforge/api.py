@@ -1,5 +1,6 @@
-"""ganforge from Python: load a run's generator and sample it; train, evaluate and project as the
-commands do, each the same function the command line calls (`import ganforge` reaches these lazily)."""
+"""ganforge from Python: load a run's generator and sample it; train, evaluate, project, interpolate,
+export and convert a dataset as the commands do, each the same function the command line calls
+(`import ganforge` reaches these lazily)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ def load(run_or_snapshot: str | Path, device: str = "cpu") -> Generator:
 
 
 class Run(os.PathLike):
-    """A run directory, as `train` returns it; a path (os.PathLike) that `load`, `evaluate` and
-    `project` take, with the run's options and whether it reached its --kimg."""
+    """A run directory, as `train` returns it; a path (os.PathLike) that `load`, `evaluate`, `project`,
+    `interpolate` and `export` take, with the run's options and whether it reached its --kimg."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

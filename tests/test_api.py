@@ -241,6 +241,9 @@ def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch
     section = readme.split("\n## From Python\n", 1)[1].split("\n## ", 1)[0]
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
     save_image(ganforge.load(runs["class"]).sample(1, seed=1, label=3) * 0.5 + 0.5, tmp_path / "photo.png")
+    (tmp_path / "photos").mkdir()
+    for i in range(3):
+        Image.new("RGB", (20, 24), (80 * i, 40, 200)).save(tmp_path / "photos" / f"{i}.png")
     tiny = 'kimg=0.016, resolution=16, batch=8, model_opts={"base_channels": 8}, tick=0.008, outdir="runs"'
     for example, here in (("runs/00000-cdcgan-mnist", str(runs["class"])), ("runs/00001-dfgan-birds", str(runs["text"])),
                           ('kimg=1, outdir="runs"', tiny), ("n=500", "n=64")):
@@ -251,6 +254,8 @@ def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch
     exec(compile(code, "README.md (From Python)", "exec"), names)
     assert names["images"].shape == (16, 1, 16, 16) and len(names["pictures"]) == 16
     assert names["run"].finished and "swd" in names["results"] and names["found"].latent.shape == (1, 100)
+    assert Image.open(tmp_path / "walk.gif").n_frames > 1 and (tmp_path / names["path"]) == tmp_path / "generator.pt"
+    assert names["summary"]["images"] == 3 and (tmp_path / "photos-64.zip").is_file()
 
 
 def test_interpolate_writes_the_command_s_walk(runs, tmp_path):

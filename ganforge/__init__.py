@@ -6,6 +6,7 @@ From Python (each name is imported on first use, so `import ganforge` stays ligh
     g = ganforge.load("runs/00000-cdcgan-mnist")   # a run directory or a snapshot file
     images = g.sample(16, seed=7, label=3)          # float [16, C, H, W] in [-1, 1]
     run = ganforge.train(model="cdcgan", data="mnist", kimg=1, outdir="runs")   # `ganforge train`'s options
+    ganforge.interpolate(run, "walk.gif", seeds=[1, 7, 42])   # likewise evaluate, project, export, dataset
 
 Mistakes the user can fix (a wrong label, a path that is not a run) raise `ganforge.GanforgeError`
 with the one-line message the command line prints.
@@ -25,6 +26,9 @@ _EXPORTS = {
     "Run": "ganforge.api",
     "evaluate": "ganforge.api",
     "project": "ganforge.api",
+    "interpolate": "ganforge.api",
+    "export": "ganforge.api",
+    "dataset": "ganforge.api",
     "Projection": "ganforge.explore",
     "Generator": "ganforge.inference",
     "GanforgeError": "ganforge.errors",
@@ -32,7 +36,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # for type checkers and editors only: at run time the names come from __getattr__
-    from ganforge.api import Run, evaluate, load, project, train
+    from ganforge.api import Run, dataset, evaluate, export, interpolate, load, project, train
     from ganforge.errors import GanforgeError, OptionError
     from ganforge.explore import Projection
     from ganforge.inference import Generator
@@ -51,5 +55,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = ["__version__", "load", "train", "Run", "evaluate", "project", "Projection", "Generator", "GanforgeError",
-           "OptionError"]
+__all__ = ["__version__", "load", "train", "Run", "evaluate", "project", "interpolate", "export", "dataset",
+           "Projection", "Generator", "GanforgeError", "OptionError"]

@@ -1,5 +1,6 @@
-"""ganforge from Python: load a run's generator and sample it; train, evaluate and project as the
-commands do, each the same function the command line calls (`import ganforge` reaches these lazily)."""
+"""ganforge from Python: load a run's generator and sample it; train, evaluate, project, interpolate,
+export and convert a dataset as the commands do, each the same function the command line calls
+(`import ganforge` reaches these lazily)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+import torch
 
 from ganforge.errors import OptionError
 from ganforge.inference import Generator
@@ -30,8 +34,8 @@ def load(run_or_snapshot: str | Path, device: str = "cpu") -> Generator:
 
 
 class Run(os.PathLike):
-    """A run directory, as `train` returns it; a path (os.PathLike) that `load`, `evaluate` and
-    `project` take, with the run's options and whether it reached its --kimg."""
+    """A run directory, as `train` returns it; a path (os.PathLike) that `load`, `evaluate`, `project`,
+    `interpolate` and `export` take, with the run's options and whether it reached its --kimg."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -235,3 +239,171 @@ def project(run_or_snapshot: str | os.PathLike, image: str | os.PathLike, steps:
     model = load_model(run_or_snapshot, dev)
     target = read_image(image, model.config["channels"], model.sample_resolution).to(dev)
     return project_image(model, run_or_snapshot, target, label, prompt, steps, seed, report)
+
+
+def interpolate(run_or_snapshot: str | os.PathLike, out: str | os.PathLike | None = "walk.mp4", *,
+                seeds: Sequence[int] | str | None = None, seconds: float = 10.0, fps: int = 30, grid: int = 1,
+                labels: Sequence[int | str] | str | None = None, prompts: Sequence[str] | str = (),
+                latents: Sequence[str | os.PathLike | torch.Tensor] = (), scale: int = 1, device: str = "auto",
+                report: Callable[[str], None] | None = None) -> Path | np.ndarray:
+    """A looping latent walk through the samples of `seeds` (or of `latents`, and between `labels`
+    or `prompts`), as `ganforge interpolate` makes it; the keywords are its options.
+
+    With `out` (a .mp4, which needs the [video] extra, or a .gif) the video is written there and its
+    path returned; with `out=None` nothing is written and the frames are returned instead, uint8
+    [F, H, W, 3] (the pixels the video is made of, before the codec). `seeds`: [default 0,1,2,3];
+    `labels`: a class-conditional run's class of each keyframe, by number or name; `prompts`: a
+    text-to-image run's caption of each keyframe; `latents`: latent.npy files written by `ganforge
+    project`, or latents ([1, z_dim] or [z_dim], e.g. `ganforge.project(...).latent`), as keyframes
+    instead of seeds. `report` gets the line the command prints ("wrote walk.gif: 40 frames ...").
+
+        ganforge.interpolate(run, "walk.gif", seeds=[1, 7, 42], seconds=4, fps=10)
+        frames = ganforge.interpolate(run, None, seeds=[1, 7], seconds=1, fps=8)   # [8, H, W, 3]
+    """
+    from ganforge.explore import VIDEO_SUFFIXES, check_video_writer, read_latent, walk_frames, write_video
+    from ganforge.hardware import resolve_device
+    from ganforge.inference import class_of, load_model
+
+    if out is not None and Path(out).suffix.lower() not in VIDEO_SUFFIXES:
+        raise _refused("--out", f"{out}: give a .mp4 or .gif file")
+    if latents and seeds is not None:
+        raise OptionError("--latent and --seeds: give the keyframes as seeds or as latent files, not both")
+    if latents and grid > 1:
+        raise OptionError("--grid: a walk between --latent files is one walk; drop --grid")
+    seeds = _whole_numbers("--seeds", [0, 1, 2, 3] if seeds is None else seeds)
+    labels = [str(label).strip() for label in (labels.split(",") if isinstance(labels, str) else labels or [])]
+    labels = [label for label in labels if label]
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    _check_walk(seconds, fps, grid, scale)
+    if out is not None:
+        check_video_writer(out)
+    if max(len(latents) or len(seeds), len(labels), len(prompts)) < 2:
+        raise OptionError("a walk needs two keyframes or more: give two or more seeds (--seeds 1,7,42), "
+                          "latents (--latent a.npy --latent b.npy), classes (--labels 3,8) or prompts "
+                          "(--prompt A --prompt B)")
+    dev = resolve_device(device)
+    model = load_model(run_or_snapshot, dev)
+    if labels and not model.num_classes:
+        raise _refused("--labels", "this model is not class-conditional (trained without labels)")
+    labels = [class_of(model, run_or_snapshot, given, "--labels") for given in labels]
+    keys = [_latent_of(given, model) if isinstance(given, (torch.Tensor, np.ndarray)) else read_latent(given, model)
+            for given in latents] or None
+    frames = walk_frames(model, seeds, seconds, fps, grid, labels or None, prompts, dev, scale, keys)
+    if out is None:
+        return frames
+    width, height = write_video(frames, out, fps)
+    if report is not None:
+        files = [str(given) for given in latents if not isinstance(given, (torch.Tensor, np.ndarray))]
+        keyframes = (f"latents {', '.join(files)}" if len(files) == len(latents) else f"{len(latents)} latents") \
+            if keys else f"seeds {','.join(map(str, seeds))}"
+        through = [keyframes] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
+            + ([f"{len(prompts)} prompts"] if len(prompts) > 1 else [])
+        enlarged = (f" (the samples' {frames.shape[2]}x{frames.shape[1]} enlarged for the codec)"
+                    if (width, height) != (frames.shape[2], frames.shape[1]) else "")
+        report(f"wrote {out}: {len(frames)} frames of {width}x{height}{enlarged} at {fps} fps, "
+               f"through {' and '.join(through)} and back")
+    return Path(out)
+
+
+def _whole_numbers(option: str, given: Sequence[int] | str) -> list[int]:
+    """Seeds as a list of whole numbers 0..SEED_MAX: a list, or "1,7,42" as the command takes them."""
+    from ganforge.training.options import SEED_MAX
+
+    if isinstance(given, str):
+        try:
+            numbers = [int(s) for s in given.split(",") if s.strip()]
+        except ValueError:
+            raise _refused(option, f"{given!r} is not a comma-separated list of whole numbers, e.g. 1,7,42") from None
+    else:
+        numbers = list(given)
+    if not numbers or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and 0 <= s <= SEED_MAX
+                               for s in numbers):
+        raise _refused(option, f"{given!r}: give whole numbers 0..{SEED_MAX}, e.g. 1,7,42")
+    return [int(s) for s in numbers]
+
+
+def _check_walk(seconds: float, fps: int, grid: int, scale: int) -> None:
+    """The walk's numbers, refused as the command's options refuse them."""
+    import math
+
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        raise _refused("'--seconds'", f"{seconds} must be a finite number > 0")
+    for option, value, low, high in (("'--fps'", fps, 1, 120), ("'--grid'", grid, 1, 8), ("'--scale'", scale, 1, None)):
+        if not isinstance(value, int) or value < low or (high is not None and value > high):
+            within = f"{low}<=x<={high}" if high is not None else f"x>={low}"
+            raise _refused(option, f"{value} is not in the range {within}.")
+
+
+def _latent_of(latent, model) -> torch.Tensor:
+    """A latent given as a tensor or array ([1, z_dim] or [z_dim], as project returns it) as [z_dim]."""
+    latent = torch.as_tensor(latent).detach().cpu()
+    if tuple(latent.shape) not in ((1, model.z_dim), (model.z_dim,)) or not latent.is_floating_point():
+        raise OptionError(f"latents: a latent of shape {tuple(latent.shape)} ({latent.dtype}); this run's generator "
+                          f"takes (1, {model.z_dim}) floats, as ganforge project gives them")
+    return latent.float().reshape(model.z_dim)
+
+
+def export(run_or_snapshot: str | os.PathLike, format: str = "onnx", out: str | os.PathLike | None = None, *,
+           report: Callable[[str], None] | None = None) -> list[Path]:
+    """Write a run's generator standalone (noise [+ label] -> image in [-1, 1]), as `ganforge export`
+    does: `format` "onnx" (onnxruntime, any language; the [export] extra) or "torchscript" (PyTorch
+    without ganforge); `out` [default: generator.onnx / generator.pt beside the snapshot].
+
+    Returns the files written: the model file, and only for an ONNX generator beyond 2 GB its
+    weights beside it (file.onnx.data), which must stay together. `report` gets the line the command
+    prints (the files, the inputs and output).
+
+        path, = ganforge.export(run, format="torchscript", out="g.pt")
+        images = torch.jit.load(path)(torch.randn(4, 100), torch.tensor([0, 1, 2, 3]))
+    """
+    from ganforge.inference import RuntimeGenerator, export as write_export, load_model
+    from ganforge.snapshots import find_snapshot
+    from ganforge.training.rundir import kept_in_run
+
+    if format not in ("onnx", "torchscript"):
+        raise _refused("'--format'", f"{format!r} is not one of 'onnx', 'torchscript'.")
+    snapshot = find_snapshot(run_or_snapshot)
+    out = Path(out) if out is not None else snapshot.parent / ("generator.onnx" if format == "onnx" else "generator.pt")
+    if kept_in_run(out) or (out.exists() and out.samefile(snapshot)):  # never the run's work, nor the file read
+        raise _refused("--out", f"{out} is a file ganforge keeps in the run (a snapshot, its options or its logs) "
+                                "and would be replaced; give another file")
+    model = load_model(run_or_snapshot)
+    paths = write_export(model, format, out)
+    if report is not None:
+        inputs = f"z [N, {model.z_dim}] float32" + (", labels [N] int64" if RuntimeGenerator(model).conditional else "")
+        together = " (keep these files together)" if len(paths) > 1 else ""
+        report(f"wrote {', '.join(map(str, paths))}{together}: inputs {inputs}; output images [N, C, H, W] in [-1, 1]")
+    return paths
+
+
+def dataset(source: str | os.PathLike, dest: str | os.PathLike, resolution: int, *, channels: int | None = None,
+            center_crop: bool = True, lods: bool = False, shards: int | None = None,
+            report: Callable[[str], None] | None = None) -> dict:
+    """Convert any --data form (folder, class folders, zip, captioned layout) to a resolution-fixed
+    .zip or folder `dest`, as `ganforge dataset` does; returns what its dataset.json says (counts,
+    classes, the files skipped as unreadable).
+
+    `channels`: 1 grey or 3 RGB [default: 1 for grey data, else 3]; `center_crop=False` squashes
+    instead of cropping; `lods`: also every lower level of detail (for PGGAN); `shards`: WebDataset
+    tar shards of that many images each, into the folder `dest`. `report` gets the line the command prints.
+
+        summary = ganforge.dataset("photos/", "photos-64.zip", 64)   # summary["images"], summary["skipped"]
+    """
+    from ganforge.archive import convert
+
+    if not isinstance(resolution, int) or resolution < 4 or resolution & (resolution - 1):
+        raise _refused("'--resolution'", f"{resolution} is not a power of two >= 4")
+    if channels not in (None, 1, 3):
+        raise _refused("'--channels'", f"'{channels}' is not one of '1', '3'.")
+    if shards is not None and (not isinstance(shards, int) or shards < 1):
+        raise _refused("'--shards'", f"{shards} is not in the range x>=1.")
+    summary = convert(os.fspath(source), dest, resolution, channels, center_crop, lods=lods, shard_size=shards)
+    if report is not None:
+        kind = ("captioned" if summary["captioned"] else f"{len(summary['classes'])} classes" if summary["classes"]
+                else "unlabelled")
+        skipped = summary["skipped"]
+        levels = f" (and {', '.join(f'{r}x{r}' for r in summary['lods'])})" if summary["lods"] else ""
+        levels += f" in {len(summary['shards'])} shards" if summary.get("shards") else ""
+        report(f"wrote {dest}: {summary['images']} images at {resolution}x{resolution}{levels}, {kind}"
+               + (f"; skipped {len(skipped)} unreadable, e.g. {skipped[0]}" if skipped else ""))
+    return summary

@@ -293,18 +293,12 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
 @click.option("--out", default=None, help="Output file [default: generator.onnx / generator.pt beside the snapshot]")
 def export(run_or_snapshot, fmt, out):
     """Write a standalone generator (noise [+ label] -> image in [-1, 1]) that runs without ganforge."""
-    from ganforge.inference import RuntimeGenerator, export as write_export, load_model
+    from ganforge.api import export as write_export
     from ganforge.snapshots import find_snapshot
 
-    snapshot = find_snapshot(run_or_snapshot)
-    if out is None:
-        out = snapshot.parent / ("generator.onnx" if fmt == "onnx" else "generator.pt")
-    _check_writable(out, "--out", reading=snapshot)
-    model = load_model(run_or_snapshot)
-    paths = write_export(model, fmt, out)
-    inputs = f"z [N, {model.z_dim}] float32" + (", labels [N] int64" if RuntimeGenerator(model).conditional else "")
-    together = " (keep these files together)" if len(paths) > 1 else ""
-    click.echo(f"wrote {', '.join(map(str, paths))}{together}: inputs {inputs}; output images [N, C, H, W] in [-1, 1]")
+    if out is not None:  # the default, beside the snapshot, is never one of the run's own files
+        _check_writable(out, "--out", reading=find_snapshot(run_or_snapshot))
+    write_export(run_or_snapshot, fmt, out, report=click.echo)
 
 
 @main.command()
@@ -364,12 +358,6 @@ def _check_writable(path: str | Path, option: str, folder: bool = False, reading
         raise click.BadParameter(f"cannot write in {parent} ({e.strerror or e})", param_hint=option) from e
 
 
-def _class_of(model, run_or_snapshot: str, given: str, option: str) -> int:
-    from ganforge.inference import class_of
-
-    return class_of(model, run_or_snapshot, given, option)
-
-
 def _number_list(ctx, param, value: str | None) -> list[int] | None:
     """A comma-separated list of whole numbers >= 0 (seeds, class labels)."""
     if value is None:
@@ -405,41 +393,12 @@ def _number_list(ctx, param, value: str | None) -> list[int] | None:
 def interpolate(ctx, run_or_snapshot, out, seeds, seconds, fps, grid, labels, prompts, latent_files, scale, device):
     """Write a looping latent walk through the samples of the given seeds (or projected latents, and
     classes or captions) as a video."""
-    from click.core import ParameterSource
+    from ganforge.api import interpolate as walk
 
-    from ganforge.errors import OptionError
-    from ganforge.explore import VIDEO_SUFFIXES, check_video_writer, read_latent, walk_frames, write_video
-    from ganforge.hardware import resolve_device
-    from ganforge.inference import load_model
-
-    if Path(out).suffix.lower() not in VIDEO_SUFFIXES:
-        raise click.BadParameter(f"{out}: give a .mp4 or .gif file", param_hint="--out")
-    if latent_files and ctx.get_parameter_source("seeds") != ParameterSource.DEFAULT:
-        raise OptionError("--latent and --seeds: give the keyframes as seeds or as latent files, not both")
-    if latent_files and grid > 1:
-        raise OptionError("--grid: a walk between --latent files is one walk; drop --grid")
-    check_video_writer(out)
-    if max(len(latent_files) or len(seeds), len(labels or []), len(prompts)) < 2:
-        raise click.UsageError("a walk needs two keyframes or more: give two or more seeds (--seeds 1,7,42), "
-                               "latents (--latent a.npy --latent b.npy), classes (--labels 3,8) or prompts "
-                               "(--prompt A --prompt B)")
     _check_writable(out, "--out")
-    dev = resolve_device(device)
-    model = load_model(run_or_snapshot, dev)
-    if labels and not model.num_classes:
-        raise click.BadParameter("this model is not class-conditional (trained without labels)", param_hint="--labels")
-    if labels:
-        labels = [_class_of(model, run_or_snapshot, given, "--labels") for given in labels]
-    latents = [read_latent(path, model) for path in latent_files] or None
-    frames = walk_frames(model, seeds, seconds, fps, grid, labels, list(prompts), dev, scale, latents)
-    width, height = write_video(frames, out, fps)
-    keyframes = f"latents {', '.join(latent_files)}" if latents else f"seeds {','.join(map(str, seeds))}"
-    through = [keyframes] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
-        + ([f"{len(prompts)} prompts"] if len(prompts) > 1 else [])
-    enlarged = (f" (the samples' {frames.shape[2]}x{frames.shape[1]} enlarged for the codec)"
-                if (width, height) != (frames.shape[2], frames.shape[1]) else "")
-    click.echo(f"wrote {out}: {len(frames)} frames of {width}x{height}{enlarged} at {fps} fps, "
-               f"through {' and '.join(through)} and back")
+    walk(run_or_snapshot, out, seeds=None if ctx.get_parameter_source("seeds") == ParameterSource.DEFAULT else seeds,
+         seconds=seconds, fps=fps, grid=grid, labels=labels, prompts=prompts, latents=latent_files, scale=scale,
+         device=device, report=click.echo)
 
 
 @main.command()
@@ -541,17 +500,10 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
 def dataset(source, dest, resolution, channels, center_crop, lods, shard_size):
     """Convert any --data form (folder, class folders, zip, captioned layout) to a resolution-fixed
     .zip or folder, once: bad files are reported here, and training reads it without resizing."""
-    from ganforge.archive import convert
+    from ganforge.api import dataset as convert
 
-    summary = convert(source, dest, resolution, None if channels is None else int(channels), center_crop, lods=lods,
-                      shard_size=shard_size)
-    kind = ("captioned" if summary["captioned"] else f"{len(summary['classes'])} classes" if summary["classes"]
-            else "unlabelled")
-    skipped = summary["skipped"]
-    levels = f" (and {', '.join(f'{r}x{r}' for r in summary['lods'])})" if summary["lods"] else ""
-    levels += f" in {len(summary['shards'])} shards" if summary.get("shards") else ""
-    click.echo(f"wrote {dest}: {summary['images']} images at {resolution}x{resolution}{levels}, {kind}"
-               + (f"; skipped {len(skipped)} unreadable, e.g. {skipped[0]}" if skipped else ""))
+    convert(source, dest, resolution, channels=None if channels is None else int(channels), center_crop=center_crop,
+            lods=lods, shards=shard_size, report=click.echo)
 
 
 @main.command()

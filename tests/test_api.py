@@ -241,6 +241,9 @@ def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch
     section = readme.split("\n## From Python\n", 1)[1].split("\n## ", 1)[0]
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
     save_image(ganforge.load(runs["class"]).sample(1, seed=1, label=3) * 0.5 + 0.5, tmp_path / "photo.png")
+    (tmp_path / "photos").mkdir()
+    for i in range(3):
+        Image.new("RGB", (20, 24), (80 * i, 40, 200)).save(tmp_path / "photos" / f"{i}.png")
     tiny = 'kimg=0.016, resolution=16, batch=8, model_opts={"base_channels": 8}, tick=0.008, outdir="runs"'
     for example, here in (("runs/00000-cdcgan-mnist", str(runs["class"])), ("runs/00001-dfgan-birds", str(runs["text"])),
                           ('kimg=1, outdir="runs"', tiny), ("n=500", "n=64")):
@@ -251,3 +254,87 @@ def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch
     exec(compile(code, "README.md (From Python)", "exec"), names)
     assert names["images"].shape == (16, 1, 16, 16) and len(names["pictures"]) == 16
     assert names["run"].finished and "swd" in names["results"] and names["found"].latent.shape == (1, 100)
+    assert Image.open(tmp_path / "walk.gif").n_frames > 1 and (tmp_path / names["path"]) == tmp_path / "generator.pt"
+    assert names["summary"]["images"] == 3 and (tmp_path / "photos-64.zip").is_file()
+
+
+def test_interpolate_writes_the_command_s_walk(runs, tmp_path):
+    args = ["--seeds", "1,7", "--labels", "3,8", "--seconds", "0.5", "--fps", "8"]
+    result = CliRunner().invoke(main, ["interpolate", str(runs["class"]), *args, "--out", str(tmp_path / "cli.gif")])
+    assert result.exit_code == 0, result.output
+    lines = []
+    path = ganforge.interpolate(runs["class"], tmp_path / "api.gif", seeds=[1, 7], labels=[3, "8"], seconds=0.5, fps=8,
+                                report=lines.append)
+    assert path == tmp_path / "api.gif" and path.read_bytes() == (tmp_path / "cli.gif").read_bytes()
+    assert lines == [result.output.strip().replace("cli.gif", "api.gif")]
+    frames = ganforge.interpolate(runs["class"], None, seeds="1,7", labels="3,8", seconds=0.5, fps=8)
+    assert frames.shape == (4, 16, 16, 3) and frames.dtype == np.uint8 and not (tmp_path / "walk.mp4").exists()
+    with Image.open(path) as gif:
+        for i, frame in enumerate(frames):
+            gif.seek(i)
+            assert np.array_equal(np.asarray(gif.convert("RGB")), frame)
+    for bad, args in ((dict(seeds=[4]), ["--seeds", "4"]), (dict(fps=0), ["--fps", "0"]),
+                      (dict(labels=[12]), ["--labels", "12"])):
+        with pytest.raises(ganforge.OptionError) as caught:
+            ganforge.interpolate(runs["class"], tmp_path / "x.gif", **{"seconds": 0.5, **bad})
+        refused = CliRunner().invoke(main, ["interpolate", str(runs["class"]), "--seconds", "0.5", *args,
+                                            "--out", str(tmp_path / "x.gif")])
+        assert refused.exit_code != 0 and refused.output.strip().splitlines()[-1] == f"Error: {caught.value}", args
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_export_writes_the_command_s_generator(runs, tmp_path, format):
+    suffix = {"torchscript": ".pt", "onnx": ".onnx"}[format]
+    if format == "onnx":
+        onnxruntime = pytest.importorskip("onnxruntime")
+    result = CliRunner().invoke(main, ["export", str(runs["class"]), "--format", format, "--out", str(tmp_path / f"cli{suffix}")])
+    assert result.exit_code == 0, result.output
+    lines = []
+    paths = ganforge.export(runs["class"], format=format, out=tmp_path / f"api{suffix}", report=lines.append)
+    assert paths == [tmp_path / f"api{suffix}"] and lines == [result.output.strip().replace(f"cli{suffix}", f"api{suffix}")]
+    z, labels = torch.randn(5, 100, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 3, 5, 8, 9])
+    if format == "torchscript":
+        ours, theirs = (torch.jit.load(str(tmp_path / f"{name}.pt"))(z, labels) for name in ("api", "cli"))
+    else:
+        ours, theirs = (torch.from_numpy(onnxruntime.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=[
+            "CPUExecutionProvider"]).run(None, {"z": z.numpy(), "labels": labels.numpy()})[0]) for name in ("api", "cli"))
+    assert ours.shape == (5, 1, 16, 16) and torch.equal(ours, theirs)
+    with torch.no_grad():
+        assert torch.allclose(ours, ganforge.load(runs["class"])(z, labels), atol=1e-5)
+    with pytest.raises(ganforge.OptionError) as caught:
+        ganforge.export(runs["class"], format=format, out=runs["class"] / "latest.pt")
+    refused = CliRunner().invoke(main, ["export", str(runs["class"]), "--format", format, "--out",
+                                        str(runs["class"] / "latest.pt")])
+    assert refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"
+
+
+def test_dataset_writes_the_command_s_conversion(tmp_path):
+    import zipfile
+
+    rng = np.random.default_rng(1)
+    for i, cls in enumerate(["cat", "dog", "dog", "cat"]):
+        (tmp_path / "src" / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20 + 4 * i, 24, 3), dtype=np.uint8)).save(tmp_path / "src" / cls / f"{i}.png")
+    (tmp_path / "src" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    source = str(tmp_path / "src")
+    for dest, args, kwargs in (("folder", ["--lods"], dict(lods=True)), ("small.zip", ["--channels", "1"], dict(channels=1))):
+        result = CliRunner().invoke(main, ["dataset", source, str(tmp_path / "cli" / dest), "--resolution", "8", *args])
+        assert result.exit_code == 0, result.output
+        lines = []
+        summary = ganforge.dataset(source, tmp_path / "api" / dest, 8, report=lines.append, **kwargs)
+        assert lines == [result.output.strip().replace(str(tmp_path / "cli"), str(tmp_path / "api"))]
+        assert summary["images"] == 4 and summary["classes"] == ["cat", "dog"] and len(summary["skipped"]) == 1
+        if dest.endswith(".zip"):
+            ours, theirs = ({name: z.read(name) for name in z.namelist()}
+                            for z in (zipfile.ZipFile(tmp_path / side / dest) for side in ("api", "cli")))
+        else:
+            ours, theirs = ({p.relative_to(tmp_path / side / dest): p.read_bytes()
+                             for p in sorted((tmp_path / side / dest).rglob("*")) if p.is_file()} for side in ("api", "cli"))
+        assert len(ours) > 4 and ours == theirs, dest
+        assert json.loads(ours[next(k for k in ours if str(k) == "dataset.json")]) == summary
+    with pytest.raises(ganforge.OptionError) as caught:
+        ganforge.dataset(source, tmp_path / "x.zip", 30)
+    refused = CliRunner().invoke(main, ["dataset", source, str(tmp_path / "x.zip"), "--resolution", "30"])
+    assert refused.exit_code != 0 and refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"
+    assert not (tmp_path / "x.zip").exists()

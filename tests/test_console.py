@@ -120,3 +120,22 @@ def test_messages_tell_the_truth_about_labels_and_splits(tmp_path, photos_with_a
                                        "--split", "test", "--metrics", "swd", "--n", "2", "--resolution", "16"])
     assert result.exit_code == 0, result.output
     assert "real images: 2 of the test split of" in result.output
+
+
+def test_a_notebook_shows_bars_through_tqdm_auto(monkeypatch):
+    import io
+    import types
+
+    from tqdm.auto import tqdm
+
+    from ganforge import progress
+
+    monkeypatch.delenv("GANFORGE_PROGRESS", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a kernel's stderr is no terminal
+    assert not progress.enabled()
+    monkeypatch.setitem(sys.modules, "ipykernel.zmqshell", types.ModuleType("ipykernel.zmqshell"))
+    assert progress.enabled()
+    with progress.bar(3, "walk frames") as shown:
+        assert isinstance(shown, tqdm) and not shown.disable
+    monkeypatch.setenv("GANFORGE_PROGRESS", "0")
+    assert not progress.enabled()

@@ -78,7 +78,7 @@ class RunLog:
         """`progress`: whether the console follows the run (a bar, or tick lines where bars are hidden);
         False (--quiet) leaves the console only its warnings."""
         from torch.utils.tensorboard import SummaryWriter  # import here: tensorboard is slow to import
-        from tqdm import tqdm
+        from tqdm.auto import tqdm  # a notebook gets its own bar
 
         self.run_dir, self.main, self.progress, self.total = run_dir, main, progress and main, total
         show_bar = self.progress and bars_enabled()  # a pipe or a nohup'd log gets lines, not bar redraws

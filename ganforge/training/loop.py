@@ -190,7 +190,7 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             if isinstance(e, StopRequested):
                 raise TrainingError("stopped before the first step: nothing was trained, and the new run "
                                     "directory is removed") from None
-            if isinstance(e, OSError):  # the disk filled (or went read-only) while a grid, a log or a metric was written
+            if isinstance(e, OSError) and run_dir is not None:  # the disk filled (or went read-only) during a write
                 raise TrainingError(f"could not write in {run_dir}: {e.strerror or e}"
                                     + (f" ({e.filename})" if e.filename else "") + f"; {kept_snapshot(run_dir)}") from e
             raise
@@ -528,13 +528,13 @@ def open_run_directory(opts: TrainOptions, snapshot: dict | None, dataset, model
                             f"(--kimg {opts.kimg:g}); give a larger --kimg to continue it")
     lock = RunLock(run_dir) if ddp.main else None  # before anything in the directory is rewritten
     state.restore(snapshot, model, opts)
-    truncate_logs(run_dir, state.step)  # rows written after this snapshot will be written again
-    if ddp.main:  # the options this continuation runs with (a longer --kimg, say)
-        write_options(run_dir, opts, ddp.world_size)
+    if ddp.main:  # rank 0 alone: two ranks rewriting one file through one temporary name collide
+        for stale in run_dir.glob(".*.tmp"):  # a snapshot or options write cut short by a kill (ours only)
+            if OWN_TEMPORARY.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
+        truncate_logs(run_dir, state.step)  # rows written after this snapshot will be written again
+        write_options(run_dir, opts, ddp.world_size)  # the options this continuation runs with (a longer --kimg)
         record_job_run(opts, run_dir)
-    for stale in run_dir.glob(".*.tmp"):  # a snapshot or options write cut short by a kill (ours only)
-        if OWN_TEMPORARY.fullmatch(stale.name):
-            stale.unlink(missing_ok=True)
     prepare(model, dataset, device, resumed=True)
     return run_dir, lock
 

@@ -231,7 +231,9 @@ def test_project_finds_what_the_command_finds(runs, tmp_path):
     assert str(caught.value) == "dcgan here is unconditional: drop --label and --prompt"
 
 
-def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch):
+def readme_python(runs, tmp_path) -> list[str]:
+    """The code blocks of the README's "From Python" section as written, on the tiny runs (and the
+    files they read made in tmp_path)."""
     import re
     from pathlib import Path
 
@@ -239,7 +241,7 @@ def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("\n## From Python\n", 1)[1].split("\n## ", 1)[0]
-    code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     save_image(ganforge.load(runs["class"]).sample(1, seed=1, label=3) * 0.5 + 0.5, tmp_path / "photo.png")
     (tmp_path / "photos").mkdir()
     for i in range(3):
@@ -247,15 +249,47 @@ def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch
     tiny = 'kimg=0.016, resolution=16, batch=8, model_opts={"base_channels": 8}, tick=0.008, outdir="runs"'
     for example, here in (("runs/00000-cdcgan-mnist", str(runs["class"])), ("runs/00001-dfgan-birds", str(runs["text"])),
                           ('kimg=1, outdir="runs"', tiny), ("n=500", "n=64")):
-        assert example in code, example  # the README still shows what this test stands in for
-        code = code.replace(example, here)
-    monkeypatch.chdir(tmp_path)
-    names = {}
-    exec(compile(code, "README.md (From Python)", "exec"), names)
-    assert names["images"].shape == (16, 1, 16, 16) and len(names["pictures"]) == 16
-    assert names["run"].finished and "swd" in names["results"] and names["found"].latent.shape == (1, 100)
-    assert Image.open(tmp_path / "walk.gif").n_frames > 1 and (tmp_path / names["path"]) == tmp_path / "generator.pt"
-    assert names["summary"]["images"] == 3 and (tmp_path / "photos-64.zip").is_file()
+        assert any(example in block for block in blocks), example  # the README still shows what this stands in for
+        blocks = [block.replace(example, here) for block in blocks]
+    return blocks
+
+
+@pytest.mark.slow
+def test_the_readme_s_python_examples_run_as_written_in_a_jupyter_kernel(runs, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat", reason="the [test] extra's nbformat runs the README in a notebook")
+    nbclient = pytest.importorskip("nbclient", reason="the [test] extra's nbclient runs the README in a notebook")
+    pytest.importorskip("ipykernel", reason="the [test] extra's ipykernel is the notebook's kernel")
+    from pathlib import Path
+
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    blocks = readme_python(runs, tmp_path)
+    facts = ("import json\nprint(json.dumps({'images': [list(images.shape), str(images.dtype)], 'pictures': len(pictures), "
+             "'finished': run.finished, 'results': sorted(results), 'latent': list(found.latent.shape), "
+             "'path': str(path), 'images_in_summary': summary['images']}))")
+    notebook = new_notebook(cells=[new_code_cell(block) for block in blocks] + [new_code_cell(facts)])
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the kernel imports this checkout
+    monkeypatch.delenv("GANFORGE_PROGRESS", raising=False)  # bars as a user's notebook shows them
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises if a cell fails
+    facts = json.loads(notebook.cells[-1].outputs[-1]["text"])
+    assert facts["images"] == [[16, 1, 16, 16], "torch.float32"] and facts["pictures"] == 16  # as the README says
+    assert facts["finished"] and "swd" in facts["results"] and facts["latent"] == [1, 100]
+    assert Image.open(tmp_path / "walk.gif").n_frames > 1 and tmp_path / facts["path"] == tmp_path / "generator.pt"
+    assert facts["images_in_summary"] == 3 and (tmp_path / "photos-64.zip").is_file()
+    trained = next(cell for cell in notebook.cells if "ganforge.train(" in cell.source).outputs
+    shown = [output.get("data", {}) for output in trained if output["output_type"] == "display_data"]
+    stderr = "".join(output["text"] for output in trained if output.get("name") == "stderr")
+    try:
+        import ipywidgets  # noqa: F401 - the [notebook] extra
+    except ImportError:  # tqdm.auto falls back to its text bar, redrawn with \r, and says why
+        assert not shown and "IProgress not found" in stderr and "\r100%" in stderr, stderr
+    else:  # tqdm.notebook's bar: a widget, with its text form for viewers without widgets
+        bars = [data for data in shown if "application/vnd.jupyter.widget-view+json" in data]  # evaluate's too
+        assert bars and "0.00/16.0 [" in bars[0]["text/plain"] and "\r" not in stderr, trained  # train's, of 16 img
+        states = notebook.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+        assert any(m["model_name"] == "FloatProgressModel" and m["state"]["value"] == m["state"]["max"] == 16
+                   for m in states.values())  # the bar reached the run's 16 images
 
 
 def test_interpolate_writes_the_command_s_walk(runs, tmp_path):

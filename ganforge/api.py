@@ -34,8 +34,9 @@ def load(run_or_snapshot: str | Path, device: str = "cpu") -> Generator:
 
 
 class Run(os.PathLike):
-    """A run directory, as `train` returns it; a path (os.PathLike) that `load`, `evaluate`, `project`,
-    `interpolate` and `export` take, with the run's options and whether it reached its --kimg."""
+    """A run directory, as `train` returns it (or, as `.run`, the KeyboardInterrupt it raises when
+    stopped); a path (os.PathLike) that `load`, `evaluate`, `project`, `interpolate` and `export`
+    take, with the run's options and whether it reached its --kimg."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -83,8 +84,11 @@ def train(*, resume: str | os.PathLike | None = None, progress: bool = True, inc
     `model_opts={"lr": 2e-4}`). An unknown keyword or a value the command would refuse raises an
     OptionError with the command's message. `progress=False` hides the progress bar and tick lines.
 
-    Ctrl-C (or SIGTERM) stops the run after the current step and writes latest.pt, as the command
-    does; `train` then returns the run, with `run.finished` False.
+    Ctrl-C (or SIGTERM; in Jupyter, interrupting the kernel) stops the run after the current step
+    and writes latest.pt, as the command does; `train` then raises KeyboardInterrupt, so a script or
+    a notebook cell stops there as on Ctrl-C anywhere else instead of going on as if the run were
+    trained. Its `.run` is the stopped run: `train(resume=stopped.run)` continues it. A second Ctrl-C
+    stops at once (a KeyboardInterrupt without `.run`), keeping the last snapshot written.
 
         run = ganforge.train(model="cdcgan", data="mnist", kimg=1, outdir="runs")
     """
@@ -94,7 +98,15 @@ def train(*, resume: str | os.PathLike | None = None, progress: bool = True, inc
     opts = checked_options(options)
     run_dir = run_training(opts, resume=None if resume is None else os.fspath(resume), explicit=set(options),
                            progress=progress, inception_weights=inception_weights)
-    return Run(run_dir)
+    run = Run(run_dir)
+    if not run.finished:  # the loop ends early only when asked to stop
+        # KeyboardInterrupt itself, not a subclass: Python ends a script on it through SIGINT, so that a
+        # shell loop around the script stops too
+        stopped = KeyboardInterrupt(f"training stopped before its --kimg; latest.pt is written, and "
+                                    f"ganforge.train(resume={str(run)!r}) continues it")
+        stopped.run = run
+        raise stopped
+    return run
 
 
 def _refused(option: str, message: str) -> OptionError:

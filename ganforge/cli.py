@@ -194,10 +194,15 @@ def train(ctx, resume, dry_run, plan_only, quiet, inception_weights, gpus, **kwa
         for line in schedule:
             click.echo(line)
         return
-    run = run_training(resume=resume, progress=not quiet, inception_weights=inception_weights, **given)
-    if int(os.environ.get("RANK", "0")) == 0:
-        if not run.finished:  # Ctrl-C or SIGTERM: latest.pt is written and its one line said so
+    try:
+        run = run_training(resume=resume, progress=not quiet, inception_weights=inception_weights, **given)
+    except KeyboardInterrupt as e:
+        if getattr(e, "run", None) is None:  # a second Ctrl-C, or one before the first step: the group's line
+            raise
+        if int(os.environ.get("RANK", "0")) == 0:  # Ctrl-C or SIGTERM: latest.pt is written and its line said so
             ctx.exit(130)
+        return
+    if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"run directory: {run}")
         for line in _next_commands(run.path, run.options):
             click.echo(line)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import interrupted_training
 from PIL import Image
 
 import ganforge
@@ -168,23 +169,24 @@ def test_an_unknown_training_keyword_is_named_with_the_closest_options():
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_training_from_python_after_writing_latest_pt(tmp_path):
-    import os
+def test_ctrl_c_stops_a_python_script_s_training_with_keyboard_interrupt_after_writing_latest_pt(tmp_path):
     import signal
-    import time
 
-    code = ("import ganforge; run = ganforge.train(resolution=16, batch=16, model_opts={'base_channels': 8}, kimg=50, "
-            f"tick=0.032, outdir={str(tmp_path)!r}, progress=False); print('finished', run.finished)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "GANFORGE_PROGRESS": "0"})
-    stats = tmp_path / "00000-cdcgan-mnist" / "stats.jsonl"
-    deadline = time.monotonic() + 120
-    while not (stats.exists() and stats.read_text().count("\n") >= 2) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "finished False" in out, err[-2000:]
-    assert "continue with: ganforge train --resume" in out + err
+    code = f"""if True:
+        import ganforge
+        try:
+            ganforge.train(resolution=16, batch=16, model_opts={{'base_channels': 8}}, kimg=50, tick=0.032,
+                           outdir={str(tmp_path)!r}, progress=False)
+            print('trained')
+        except KeyboardInterrupt as stopped:
+            print('interrupted', stopped.run.finished, stopped.run.path.name)
+            raise
+        print('went on')"""
+    result, _ = interrupted_training([sys.executable, "-c", code], tmp_path / "00000-cdcgan-mnist")
+    assert result.returncode == -signal.SIGINT, result.stderr[-2000:]  # Python's end on an uncaught KeyboardInterrupt
+    assert result.stdout.split() == ["interrupted", "False", "00000-cdcgan-mnist"]  # neither trained nor went on
+    assert "continue with: ganforge train --resume" in result.stderr
+    assert "KeyboardInterrupt: training stopped before its --kimg; latest.pt is written" in result.stderr
     assert torch.load(tmp_path / "00000-cdcgan-mnist" / "latest.pt", weights_only=True)["images_seen"] > 32
 
 
@@ -255,24 +257,52 @@ def readme_python(runs, tmp_path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_readme_s_python_examples_run_as_written_in_a_jupyter_kernel(runs, tmp_path, monkeypatch):
+def test_the_readme_s_python_examples_run_in_a_jupyter_kernel_and_ctrl_c_stops_a_cell(runs, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="the [test] extra's nbformat runs the README in a notebook")
     nbclient = pytest.importorskip("nbclient", reason="the [test] extra's nbclient runs the README in a notebook")
     pytest.importorskip("ipykernel", reason="the [test] extra's ipykernel is the notebook's kernel")
+    import os
+    import signal
     from pathlib import Path
 
     from nbformat.v4 import new_code_cell, new_notebook
 
     blocks = readme_python(runs, tmp_path)
-    facts = ("import json\nprint(json.dumps({'images': [list(images.shape), str(images.dtype)], 'pictures': len(pictures), "
-             "'finished': run.finished, 'results': sorted(results), 'latent': list(found.latent.shape), "
-             "'path': str(path), 'images_in_summary': summary['images']}))")
-    notebook = new_notebook(cells=[new_code_cell(block) for block in blocks] + [new_code_cell(facts)])
+    facts = ("import json\nprint(json.dumps({'images': [list(images.shape), str(images.dtype)], "
+             "'pictures': len(pictures), 'finished': run.finished, 'results': sorted(results), "
+             "'latent': list(found.latent.shape), 'path': str(path), 'images_in_summary': summary['images']}))")
+    # then a long run, interrupted as Jupyter's stop button does (SIGINT to the kernel) once it has two ticks
+    long_run = new_code_cell("ganforge.train(resolution=16, batch=16, model_opts={'base_channels': 8}, kimg=50, "
+                             "tick=0.032, outdir='stopped')\nprint('went on')", metadata={"tags": ["raises-exception"]})
+    after = new_code_cell("import sys\nprint(type(sys.last_value).__name__, sys.last_value.run.finished)")
+    notebook = new_notebook(cells=[new_code_cell(block) for block in blocks] + [new_code_cell(facts), long_run, after])
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the kernel imports this checkout
     monkeypatch.delenv("GANFORGE_PROGRESS", raising=False)  # bars as a user's notebook shows them
-    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises if a cell fails
-    facts = json.loads(notebook.cells[-1].outputs[-1]["text"])
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+
+    def interrupt():
+        stats = tmp_path / "stopped" / "00000-cdcgan-mnist" / "stats.jsonl"
+        while not (stats.exists() and stats.read_text().count("\n") >= 2):
+            if finished.wait(0.2):
+                return
+        os.kill(client.km.provisioner.pid, signal.SIGINT)
+
+    finished = threading.Event()
+    interrupter = threading.Thread(target=interrupt)
+    interrupter.start()
+    try:
+        client.execute()  # raises if a cell other than the interrupted one fails
+    finally:
+        finished.set()
+        interrupter.join()
+    stopped = [output for output in notebook.cells[-2].outputs if output["output_type"] == "error"]
+    assert [output["ename"] for output in stopped] == ["KeyboardInterrupt"], notebook.cells[-2].outputs
+    assert not any("went on" in output.get("text", "") for output in notebook.cells[-2].outputs)  # the cell stopped
+    assert notebook.cells[-1].outputs[0]["text"] == "KeyboardInterrupt False\n"
+    latest = tmp_path / "stopped" / "00000-cdcgan-mnist" / "latest.pt"
+    assert torch.load(latest, weights_only=True)["images_seen"] > 32  # the stop's own snapshot, after two ticks
+    facts = json.loads(notebook.cells[-3].outputs[-1]["text"])
     assert facts["images"] == [[16, 1, 16, 16], "torch.float32"] and facts["pictures"] == 16  # as the README says
     assert facts["finished"] and "swd" in facts["results"] and facts["latent"] == [1, 100]
     assert Image.open(tmp_path / "walk.gif").n_frames > 1 and tmp_path / facts["path"] == tmp_path / "generator.pt"

@@ -116,6 +116,40 @@ def _refused(option: str, message: str) -> OptionError:
     return OptionError(click.BadParameter(message, param_hint=option).format_message())
 
 
+def unwritable(path: str | os.PathLike, folder: bool = False, reading: str | os.PathLike | None = None) -> str | None:
+    """Why an output cannot be written, or None when it can: it would replace a run's own file or
+    `reading` (the snapshot read), it is a folder given for a file (or a file for a `folder`), or
+    nothing can be written where it goes (its folders are made as needed). The command line's --out
+    check words its refusals with this too, so both say the same."""
+    from ganforge.training.rundir import kept_in_run
+
+    path = Path(path)
+    if kept_in_run(path) or (reading is not None and path.exists() and path.samefile(reading)):
+        return (f"{path} is a file ganforge keeps in the run (a snapshot, its options or its logs) and would be "
+                "replaced; give another file")
+    if folder and path.exists() and not path.is_dir():
+        return f"{path} is a file; give a folder (or a .png file for a grid)"
+    if not folder and path.is_dir():
+        return f"{path} is a folder; give a file name"
+    parent = path if folder else path.parent
+    try:  # a real write: permissions alone miss a read-only mount or a full disk's quota
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".ganforge-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return f"cannot write in {parent} ({e.strerror or e})"
+    return None
+
+
+def _check_writable(path: str | os.PathLike, option: str, reading: str | os.PathLike | None = None) -> None:
+    """Refuse an output that cannot be written, as the command refuses its --out, before the work
+    that would fill it starts (a walk or an export of a large generator takes minutes)."""
+    problem = unwritable(path, reading=reading)
+    if problem is not None:
+        raise _refused(option, problem)
+
+
 def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Sequence[str] = "swd,msssim,fid,kid,pr",
              n: int = 10_000, *, real: str | None = None, fake: str | None = None, split: str | None = None,
              resolution: int | None = None, floor: bool = True, inception_weights: str | None = None,
@@ -276,6 +310,8 @@ def interpolate(run_or_snapshot: str | os.PathLike, out: str | os.PathLike | Non
     from ganforge.hardware import resolve_device
     from ganforge.inference import class_of, load_model
 
+    if out is not None:
+        _check_writable(out, "--out")
     if out is not None and Path(out).suffix.lower() not in VIDEO_SUFFIXES:
         raise _refused("--out", f"{out}: give a .mp4 or .gif file")
     if latents and seeds is not None:
@@ -370,15 +406,12 @@ def export(run_or_snapshot: str | os.PathLike, format: str = "onnx", out: str | 
     """
     from ganforge.inference import RuntimeGenerator, export as write_export, load_model
     from ganforge.snapshots import find_snapshot
-    from ganforge.training.rundir import kept_in_run
 
     if format not in ("onnx", "torchscript"):
         raise _refused("'--format'", f"{format!r} is not one of 'onnx', 'torchscript'.")
     snapshot = find_snapshot(run_or_snapshot)
     out = Path(out) if out is not None else snapshot.parent / ("generator.onnx" if format == "onnx" else "generator.pt")
-    if kept_in_run(out) or (out.exists() and out.samefile(snapshot)):  # never the run's work, nor the file read
-        raise _refused("--out", f"{out} is a file ganforge keeps in the run (a snapshot, its options or its logs) "
-                                "and would be replaced; give another file")
+    _check_writable(out, "--out", reading=snapshot)  # never the run's work, nor the file read
     model = load_model(run_or_snapshot)
     paths = write_export(model, format, out)
     if report is not None:

@@ -373,6 +373,25 @@ def test_export_writes_the_command_s_generator(runs, tmp_path, format):
     assert refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"
 
 
+@pytest.mark.parametrize("command,args", [("interpolate", dict(seconds=0.5)), ("export", dict(format="torchscript"))])
+def test_an_out_that_cannot_be_written_is_refused_before_any_work_as_the_command_refuses_it(runs, tmp_path, monkeypatch,
+                                                                                             command, args):
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / ("walk.gif" if command == "interpolate" else "g.pt")  # below a file: no folder there
+    refused = CliRunner().invoke(main, [command, str(runs["class"]), *[f"--{k}={v}" for k, v in args.items()],
+                                        "--out", str(out)])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the generator was loaded before the output was checked")
+
+    monkeypatch.setattr("ganforge.inference.load_model", no_work)
+    with pytest.raises(ganforge.OptionError) as caught:
+        getattr(ganforge, command)(runs["class"], out=out, **args)
+    assert str(caught.value) == f"Invalid value for --out: cannot write in {tmp_path / 'afile'} (File exists)"
+    assert refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"
+
+
 def test_dataset_writes_the_command_s_conversion(tmp_path):
     import zipfile
 

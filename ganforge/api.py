@@ -16,6 +16,8 @@ from ganforge.errors import OptionError
 from ganforge.inference import Generator
 
 if TYPE_CHECKING:
+    import PIL.Image
+
     from ganforge.explore import Projection
 
 
@@ -262,20 +264,24 @@ def _first_image_size(folder: str) -> int:
     raise _refused("--fake", f"{folder}: no readable images")
 
 
-def project(run_or_snapshot: str | os.PathLike, image: str | os.PathLike, steps: int = 1000, *,
-            label: int | str | None = None, prompt: str | None = None, seed: int = 0, device: str = "auto",
-            report: Callable[[str], None] | None = None) -> Projection:
+def project(run_or_snapshot: str | os.PathLike, image: str | os.PathLike | PIL.Image.Image | torch.Tensor,
+            steps: int = 1000, *, label: int | str | None = None, prompt: str | None = None, seed: int = 0,
+            device: str = "auto", report: Callable[[str], None] | None = None) -> Projection:
     """Find the latent whose sample best matches a real image, as `ganforge project` does; returns a
     Projection (.latent [1, z_dim], .image and .target [1, C, H, W] in [-1, 1], .loss, .psnr_db,
     .ms_ssim, ...) and writes nothing.
 
+    `image`: an image file, or a PIL image, either taken as the command takes its --image (converted
+    to the run's channels, centre-cropped to a square, resized to the run's resolution); or a tensor
+    [C, H, W] or [1, C, H, W] with the run's C channels, uint8 0..255 (as torchvision.io.read_image
+    gives) or float in [-1, 1] (as `Generator.sample` gives), centre-cropped and resized likewise.
     `label`: a class-conditional run's class, by number or name (None: every class is tried and the
     closest kept, said to `report`); `prompt`: a text-to-image run's caption of the image.
 
         found = ganforge.project(run, "photo.png", steps=50)
         images = ganforge.load(run)(found.latent, torch.tensor([found.label]))
     """
-    from ganforge.explore import project_image, read_image
+    from ganforge.explore import project_image
     from ganforge.hardware import resolve_device
     from ganforge.inference import load_model
 
@@ -283,8 +289,34 @@ def project(run_or_snapshot: str | os.PathLike, image: str | os.PathLike, steps:
         raise _refused("'--steps'", f"{steps} is not in the range x>=1.")
     dev = resolve_device(device)
     model = load_model(run_or_snapshot, dev)
-    target = read_image(image, model.config["channels"], model.sample_resolution).to(dev)
+    target = _target(image, model.config["channels"], model.sample_resolution).to(dev)
     return project_image(model, run_or_snapshot, target, label, prompt, steps, seed, report)
+
+
+def _target(image, channels: int, resolution: int) -> torch.Tensor:
+    """The image to project as the model sees its data, [1, C, R, R] in [-1, 1] (see `project`)."""
+    from PIL import Image
+
+    from ganforge.data import fit_square, to_float, to_tensor
+    from ganforge.explore import read_image
+
+    if isinstance(image, Image.Image):  # as a file is read once decoded
+        return to_float(fit_square(to_tensor(image, channels), resolution, center_crop=True)[None])
+    if not isinstance(image, torch.Tensor):
+        return read_image(image, channels, resolution)
+    pixels = image.detach().cpu()
+    pixels = pixels[0] if pixels.dim() == 4 and len(pixels) == 1 else pixels
+    if pixels.dim() != 3 or len(pixels) != channels:
+        raise OptionError(f"image: a tensor of shape {tuple(image.shape)}; this run's images have {channels} "
+                          f"channel{'s' if channels > 1 else ''}: give [{channels}, H, W] or [1, {channels}, H, W]")
+    if pixels.dtype == torch.uint8:
+        pixels = to_float(pixels)
+    elif not pixels.is_floating_point():
+        raise OptionError(f"image: a tensor of {pixels.dtype}; give uint8 0..255 or floats in [-1, 1]")
+    elif not (pixels.isfinite().all() and pixels.abs().max() <= 1):  # a [0, 255] or unscaled image, not [-1, 1]
+        raise OptionError(f"image: a float tensor with values from {pixels.min().item():g} to {pixels.max().item():g}; "
+                          "give them in [-1, 1], as Generator.sample does (an image in [0, 1]: image * 2 - 1)")
+    return fit_square(pixels.float(), resolution, center_crop=True)[None]
 
 
 def interpolate(run_or_snapshot: str | os.PathLike, out: str | os.PathLike | None = "walk.mp4", *,

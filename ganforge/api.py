@@ -65,10 +65,18 @@ class Run(os.PathLike):
 
     @property
     def finished(self) -> bool:
-        """Whether the run reached its --kimg; False when it was asked to stop (Ctrl-C, SIGTERM) and
-        wrote latest.pt: `train(resume=run)` continues it."""
-        rows = (self.path / "stats.jsonl").read_text(encoding="utf-8").splitlines()
-        return not rows or json.loads(rows[-1])["kimg"] >= self.options["kimg"]
+        """Whether the run reached its --kimg: its latest snapshot has seen that many images. False
+        when it was asked to stop (Ctrl-C, SIGTERM) and wrote latest.pt, which `train(resume=run)`
+        continues, and for a run with no snapshot yet."""
+        from ganforge.snapshots import SnapshotError, find_snapshot
+
+        try:
+            snapshot = find_snapshot(self.path)
+        except SnapshotError:
+            return False
+        # the snapshot, not stats.jsonl, which a run may lack rows of; mmap: one number, not all the weights
+        seen = torch.load(snapshot, map_location="cpu", weights_only=True, mmap=True)["images_seen"]
+        return seen >= round(self.options["kimg"] * 1000)  # the loop's own test of the end
 
     def load(self, device: str = "cpu") -> Generator:
         """The run's EMA generator (`ganforge.load(run)`)."""

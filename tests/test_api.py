@@ -140,6 +140,27 @@ def test_train_from_python_gives_the_command_s_weights(tmp_path):
     assert ours["images_seen"] == theirs["images_seen"] == 16
 
 
+def test_a_run_is_finished_when_its_snapshot_reached_its_kimg_whatever_its_log_holds(runs, tmp_path):
+    import shutil
+
+    run = ganforge.Run(shutil.copytree(runs["class"], tmp_path / "run"))  # 32 images seen of --kimg 0.032
+    options = run.options
+
+    def planned(kimg):
+        (run.path / "training_options.json").write_text(json.dumps({**options, "kimg": kimg}))
+
+    assert run.finished
+    (run.path / "stats.jsonl").write_text("")  # a log without rows: the snapshot says how far the run got
+    assert run.finished
+    planned(0.064)
+    assert not run.finished
+    planned(0.0321)  # the loop ends at round(kimg * 1000) = 32 images, as this run did
+    assert run.finished
+    for snapshot in run.path.glob("*.pt"):
+        snapshot.unlink()
+    assert not run.finished  # nothing kept: nothing reached
+
+
 @pytest.mark.parametrize("options,args", [
     (dict(resolution=30), ["--resolution", "30"]),
     (dict(kimg=float("nan")), ["--kimg", "nan"]),

@@ -317,11 +317,11 @@ def _target(image, channels: int, resolution: int) -> torch.Tensor:
     if pixels.dim() != 3 or len(pixels) != channels:
         raise OptionError(f"image: a tensor of shape {tuple(image.shape)}; this run's images have {channels} "
                           f"channel{'s' if channels > 1 else ''}: give [{channels}, H, W] or [1, {channels}, H, W]")
-    if pixels.dtype == torch.uint8:
-        pixels = to_float(pixels)
-    elif not pixels.is_floating_point():
+    if pixels.dtype == torch.uint8:  # resized as uint8, as the pixels of a file are
+        return to_float(fit_square(pixels, resolution, center_crop=True)[None])
+    if not pixels.is_floating_point():
         raise OptionError(f"image: a tensor of {pixels.dtype}; give uint8 0..255 or floats in [-1, 1]")
-    elif not (pixels.isfinite().all() and pixels.abs().max() <= 1):  # a [0, 255] or unscaled image, not [-1, 1]
+    if not (pixels.isfinite().all() and pixels.abs().max() <= 1):  # a [0, 255] or unscaled image, not [-1, 1]
         raise OptionError(f"image: a float tensor with values from {pixels.min().item():g} to {pixels.max().item():g}; "
                           "give them in [-1, 1], as Generator.sample does (an image in [0, 1]: image * 2 - 1)")
     return fit_square(pixels.float(), resolution, center_crop=True)[None]

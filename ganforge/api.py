@@ -16,6 +16,8 @@ from ganforge.errors import OptionError
 from ganforge.inference import Generator
 
 if TYPE_CHECKING:
+    import PIL.Image
+
     from ganforge.explore import Projection
 
 
@@ -34,8 +36,9 @@ def load(run_or_snapshot: str | Path, device: str = "cpu") -> Generator:
 
 
 class Run(os.PathLike):
-    """A run directory, as `train` returns it; a path (os.PathLike) that `load`, `evaluate`, `project`,
-    `interpolate` and `export` take, with the run's options and whether it reached its --kimg."""
+    """A run directory, as `train` returns it (or, as `.run`, the KeyboardInterrupt it raises when
+    stopped); a path (os.PathLike) that `load`, `evaluate`, `project`, `interpolate` and `export`
+    take, with the run's options and whether it reached its --kimg."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -62,10 +65,18 @@ class Run(os.PathLike):
 
     @property
     def finished(self) -> bool:
-        """Whether the run reached its --kimg; False when it was asked to stop (Ctrl-C, SIGTERM) and
-        wrote latest.pt: `train(resume=run)` continues it."""
-        rows = (self.path / "stats.jsonl").read_text(encoding="utf-8").splitlines()
-        return not rows or json.loads(rows[-1])["kimg"] >= self.options["kimg"]
+        """Whether the run reached its --kimg: its latest snapshot has seen that many images. False
+        when it was asked to stop (Ctrl-C, SIGTERM) and wrote latest.pt, which `train(resume=run)`
+        continues, and for a run with no snapshot yet."""
+        from ganforge.snapshots import SnapshotError, find_snapshot
+
+        try:
+            snapshot = find_snapshot(self.path)
+        except SnapshotError:
+            return False
+        # the snapshot, not stats.jsonl, which a run may lack rows of; mmap: one number, not all the weights
+        seen = torch.load(snapshot, map_location="cpu", weights_only=True, mmap=True)["images_seen"]
+        return seen >= round(self.options["kimg"] * 1000)  # the loop's own test of the end
 
     def load(self, device: str = "cpu") -> Generator:
         """The run's EMA generator (`ganforge.load(run)`)."""
@@ -83,8 +94,11 @@ def train(*, resume: str | os.PathLike | None = None, progress: bool = True, inc
     `model_opts={"lr": 2e-4}`). An unknown keyword or a value the command would refuse raises an
     OptionError with the command's message. `progress=False` hides the progress bar and tick lines.
 
-    Ctrl-C (or SIGTERM) stops the run after the current step and writes latest.pt, as the command
-    does; `train` then returns the run, with `run.finished` False.
+    Ctrl-C (or SIGTERM; in Jupyter, interrupting the kernel) stops the run after the current step
+    and writes latest.pt, as the command does; `train` then raises KeyboardInterrupt, so a script or
+    a notebook cell stops there as on Ctrl-C anywhere else instead of going on as if the run were
+    trained. Its `.run` is the stopped run: `train(resume=stopped.run)` continues it. A second Ctrl-C
+    stops at once (a KeyboardInterrupt without `.run`), keeping the last snapshot written.
 
         run = ganforge.train(model="cdcgan", data="mnist", kimg=1, outdir="runs")
     """
@@ -94,7 +108,15 @@ def train(*, resume: str | os.PathLike | None = None, progress: bool = True, inc
     opts = checked_options(options)
     run_dir = run_training(opts, resume=None if resume is None else os.fspath(resume), explicit=set(options),
                            progress=progress, inception_weights=inception_weights)
-    return Run(run_dir)
+    run = Run(run_dir)
+    if not run.finished:  # the loop ends early only when asked to stop
+        # KeyboardInterrupt itself, not a subclass: Python ends a script on it through SIGINT, so that a
+        # shell loop around the script stops too
+        stopped = KeyboardInterrupt(f"training stopped before its --kimg; latest.pt is written, and "
+                                    f"ganforge.train(resume={str(run)!r}) continues it")
+        stopped.run = run
+        raise stopped
+    return run
 
 
 def _refused(option: str, message: str) -> OptionError:
@@ -102,6 +124,40 @@ def _refused(option: str, message: str) -> OptionError:
     import click
 
     return OptionError(click.BadParameter(message, param_hint=option).format_message())
+
+
+def unwritable(path: str | os.PathLike, folder: bool = False, reading: str | os.PathLike | None = None) -> str | None:
+    """Why an output cannot be written, or None when it can: it would replace a run's own file or
+    `reading` (the snapshot read), it is a folder given for a file (or a file for a `folder`), or
+    nothing can be written where it goes (its folders are made as needed). The command line's --out
+    check words its refusals with this too, so both say the same."""
+    from ganforge.training.rundir import kept_in_run
+
+    path = Path(path)
+    if kept_in_run(path) or (reading is not None and path.exists() and path.samefile(reading)):
+        return (f"{path} is a file ganforge keeps in the run (a snapshot, its options or its logs) and would be "
+                "replaced; give another file")
+    if folder and path.exists() and not path.is_dir():
+        return f"{path} is a file; give a folder (or a .png file for a grid)"
+    if not folder and path.is_dir():
+        return f"{path} is a folder; give a file name"
+    parent = path if folder else path.parent
+    try:  # a real write: permissions alone miss a read-only mount or a full disk's quota
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".ganforge-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return f"cannot write in {parent} ({e.strerror or e})"
+    return None
+
+
+def _check_writable(path: str | os.PathLike, option: str, reading: str | os.PathLike | None = None) -> None:
+    """Refuse an output that cannot be written, as the command refuses its --out, before the work
+    that would fill it starts (a walk or an export of a large generator takes minutes)."""
+    problem = unwritable(path, reading=reading)
+    if problem is not None:
+        raise _refused(option, problem)
 
 
 def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Sequence[str] = "swd,msssim,fid,kid,pr",
@@ -216,20 +272,24 @@ def _first_image_size(folder: str) -> int:
     raise _refused("--fake", f"{folder}: no readable images")
 
 
-def project(run_or_snapshot: str | os.PathLike, image: str | os.PathLike, steps: int = 1000, *,
-            label: int | str | None = None, prompt: str | None = None, seed: int = 0, device: str = "auto",
-            report: Callable[[str], None] | None = None) -> Projection:
+def project(run_or_snapshot: str | os.PathLike, image: str | os.PathLike | PIL.Image.Image | torch.Tensor,
+            steps: int = 1000, *, label: int | str | None = None, prompt: str | None = None, seed: int = 0,
+            device: str = "auto", report: Callable[[str], None] | None = None) -> Projection:
     """Find the latent whose sample best matches a real image, as `ganforge project` does; returns a
     Projection (.latent [1, z_dim], .image and .target [1, C, H, W] in [-1, 1], .loss, .psnr_db,
     .ms_ssim, ...) and writes nothing.
 
+    `image`: an image file, or a PIL image, either taken as the command takes its --image (converted
+    to the run's channels, centre-cropped to a square, resized to the run's resolution); or a tensor
+    [C, H, W] or [1, C, H, W] with the run's C channels, uint8 0..255 (as torchvision.io.read_image
+    gives) or float in [-1, 1] (as `Generator.sample` gives), centre-cropped and resized likewise.
     `label`: a class-conditional run's class, by number or name (None: every class is tried and the
     closest kept, said to `report`); `prompt`: a text-to-image run's caption of the image.
 
         found = ganforge.project(run, "photo.png", steps=50)
         images = ganforge.load(run)(found.latent, torch.tensor([found.label]))
     """
-    from ganforge.explore import project_image, read_image
+    from ganforge.explore import project_image
     from ganforge.hardware import resolve_device
     from ganforge.inference import load_model
 
@@ -237,8 +297,34 @@ def project(run_or_snapshot: str | os.PathLike, image: str | os.PathLike, steps:
         raise _refused("'--steps'", f"{steps} is not in the range x>=1.")
     dev = resolve_device(device)
     model = load_model(run_or_snapshot, dev)
-    target = read_image(image, model.config["channels"], model.sample_resolution).to(dev)
+    target = _target(image, model.config["channels"], model.sample_resolution).to(dev)
     return project_image(model, run_or_snapshot, target, label, prompt, steps, seed, report)
+
+
+def _target(image, channels: int, resolution: int) -> torch.Tensor:
+    """The image to project as the model sees its data, [1, C, R, R] in [-1, 1] (see `project`)."""
+    from PIL import Image
+
+    from ganforge.data import fit_square, to_float, to_tensor
+    from ganforge.explore import read_image
+
+    if isinstance(image, Image.Image):  # as a file is read once decoded
+        return to_float(fit_square(to_tensor(image, channels), resolution, center_crop=True)[None])
+    if not isinstance(image, torch.Tensor):
+        return read_image(image, channels, resolution)
+    pixels = image.detach().cpu()
+    pixels = pixels[0] if pixels.dim() == 4 and len(pixels) == 1 else pixels
+    if pixels.dim() != 3 or len(pixels) != channels:
+        raise OptionError(f"image: a tensor of shape {tuple(image.shape)}; this run's images have {channels} "
+                          f"channel{'s' if channels > 1 else ''}: give [{channels}, H, W] or [1, {channels}, H, W]")
+    if pixels.dtype == torch.uint8:  # resized as uint8, as the pixels of a file are
+        return to_float(fit_square(pixels, resolution, center_crop=True)[None])
+    if not pixels.is_floating_point():
+        raise OptionError(f"image: a tensor of {pixels.dtype}; give uint8 0..255 or floats in [-1, 1]")
+    if not (pixels.isfinite().all() and pixels.abs().max() <= 1):  # a [0, 255] or unscaled image, not [-1, 1]
+        raise OptionError(f"image: a float tensor with values from {pixels.min().item():g} to {pixels.max().item():g}; "
+                          "give them in [-1, 1], as Generator.sample does (an image in [0, 1]: image * 2 - 1)")
+    return fit_square(pixels.float(), resolution, center_crop=True)[None]
 
 
 def interpolate(run_or_snapshot: str | os.PathLike, out: str | os.PathLike | None = "walk.mp4", *,
@@ -264,6 +350,8 @@ def interpolate(run_or_snapshot: str | os.PathLike, out: str | os.PathLike | Non
     from ganforge.hardware import resolve_device
     from ganforge.inference import class_of, load_model
 
+    if out is not None:
+        _check_writable(out, "--out")
     if out is not None and Path(out).suffix.lower() not in VIDEO_SUFFIXES:
         raise _refused("--out", f"{out}: give a .mp4 or .gif file")
     if latents and seeds is not None:
@@ -358,15 +446,12 @@ def export(run_or_snapshot: str | os.PathLike, format: str = "onnx", out: str | 
     """
     from ganforge.inference import RuntimeGenerator, export as write_export, load_model
     from ganforge.snapshots import find_snapshot
-    from ganforge.training.rundir import kept_in_run
 
     if format not in ("onnx", "torchscript"):
         raise _refused("'--format'", f"{format!r} is not one of 'onnx', 'torchscript'.")
     snapshot = find_snapshot(run_or_snapshot)
     out = Path(out) if out is not None else snapshot.parent / ("generator.onnx" if format == "onnx" else "generator.pt")
-    if kept_in_run(out) or (out.exists() and out.samefile(snapshot)):  # never the run's work, nor the file read
-        raise _refused("--out", f"{out} is a file ganforge keeps in the run (a snapshot, its options or its logs) "
-                                "and would be replaced; give another file")
+    _check_writable(out, "--out", reading=snapshot)  # never the run's work, nor the file read
     model = load_model(run_or_snapshot)
     paths = write_export(model, format, out)
     if report is not None:

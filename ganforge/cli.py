@@ -194,10 +194,15 @@ def train(ctx, resume, dry_run, plan_only, quiet, inception_weights, gpus, **kwa
         for line in schedule:
             click.echo(line)
         return
-    run = run_training(resume=resume, progress=not quiet, inception_weights=inception_weights, **given)
-    if int(os.environ.get("RANK", "0")) == 0:
-        if not run.finished:  # Ctrl-C or SIGTERM: latest.pt is written and its one line said so
+    try:
+        run = run_training(resume=resume, progress=not quiet, inception_weights=inception_weights, **given)
+    except KeyboardInterrupt as e:
+        if getattr(e, "run", None) is None:  # a second Ctrl-C, or one before the first step: the group's line
+            raise
+        if int(os.environ.get("RANK", "0")) == 0:  # Ctrl-C or SIGTERM: latest.pt is written and its line said so
             ctx.exit(130)
+        return
+    if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"run directory: {run}")
         for line in _next_commands(run.path, run.options):
             click.echo(line)
@@ -338,24 +343,11 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
 def _check_writable(path: str | Path, option: str, folder: bool = False, reading: str | Path | None = None) -> None:
     """Refuse an output that cannot be written before the work that would fill it starts, and one
     that would replace a run's own file or `reading`, the snapshot the command reads."""
-    from ganforge.training.rundir import kept_in_run
+    from ganforge.api import unwritable
 
-    path = Path(path)
-    if kept_in_run(path) or (reading is not None and path.exists() and path.samefile(reading)):
-        raise click.BadParameter(f"{path} is a file ganforge keeps in the run (a snapshot, its options or its logs) "
-                                 "and would be replaced; give another file", param_hint=option)
-    if folder and path.exists() and not path.is_dir():
-        raise click.BadParameter(f"{path} is a file; give a folder (or a .png file for a grid)", param_hint=option)
-    if not folder and path.is_dir():
-        raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=option)
-    parent = path if folder else path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".ganforge-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise click.BadParameter(f"cannot write in {parent} ({e.strerror or e})", param_hint=option) from e
+    problem = unwritable(path, folder, reading)
+    if problem is not None:  # a usage error (exit 2), as click's own checks of the options
+        raise click.BadParameter(problem, param_hint=option)
 
 
 def _number_list(ctx, param, value: str | None) -> list[int] | None:

@@ -1,8 +1,9 @@
 """Progress bars for every step that can take more than a few seconds (decoding, caption encoding,
 feature extraction, sampling), on stderr so that printed results stay clean.
 
-Bars show on a terminal and in a Jupyter notebook (tqdm.auto: the notebook's own bar where
-ipywidgets is installed); set GANFORGE_PROGRESS=1 to show them in logs too, 0 to hide them.
+Bars show on a terminal and in a Jupyter notebook (tqdm.auto: the notebook's own widget bar where
+ipywidgets, the [notebook] extra, is installed; else tqdm's text bar); set GANFORGE_PROGRESS=1 to
+show them in logs too, 0 to hide them.
 """
 
 from __future__ import annotations

@@ -78,3 +78,23 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
     assert lines[0].startswith("Error: "), result.stderr
     return lines[0]
+
+
+def interrupted_training(command: list[str], run_dir: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """Ctrl-C as a user presses it: start `command` (a training of many minutes, into `run_dir`) in its
+    own process with this checkout's code, send SIGINT once the run has logged two ticks, and wait
+    for the process to end. Returns what it did and the seconds from the Ctrl-C to its end."""
+    import signal
+    import time
+
+    checkout = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": checkout, "GANFORGE_PROGRESS": "0"})
+    stats = Path(run_dir) / "stats.jsonl"
+    deadline = time.monotonic() + 120
+    while not (stats.exists() and stats.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err), time.monotonic() - sent

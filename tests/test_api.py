@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import interrupted_training
 from PIL import Image
 
 import ganforge
@@ -139,6 +140,27 @@ def test_train_from_python_gives_the_command_s_weights(tmp_path):
     assert ours["images_seen"] == theirs["images_seen"] == 16
 
 
+def test_a_run_is_finished_when_its_snapshot_reached_its_kimg_whatever_its_log_holds(runs, tmp_path):
+    import shutil
+
+    run = ganforge.Run(shutil.copytree(runs["class"], tmp_path / "run"))  # 32 images seen of --kimg 0.032
+    options = run.options
+
+    def planned(kimg):
+        (run.path / "training_options.json").write_text(json.dumps({**options, "kimg": kimg}))
+
+    assert run.finished
+    (run.path / "stats.jsonl").write_text("")  # a log without rows: the snapshot says how far the run got
+    assert run.finished
+    planned(0.064)
+    assert not run.finished
+    planned(0.0321)  # the loop ends at round(kimg * 1000) = 32 images, as this run did
+    assert run.finished
+    for snapshot in run.path.glob("*.pt"):
+        snapshot.unlink()
+    assert not run.finished  # nothing kept: nothing reached
+
+
 @pytest.mark.parametrize("options,args", [
     (dict(resolution=30), ["--resolution", "30"]),
     (dict(kimg=float("nan")), ["--kimg", "nan"]),
@@ -168,23 +190,24 @@ def test_an_unknown_training_keyword_is_named_with_the_closest_options():
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_training_from_python_after_writing_latest_pt(tmp_path):
-    import os
+def test_ctrl_c_stops_a_python_script_s_training_with_keyboard_interrupt_after_writing_latest_pt(tmp_path):
     import signal
-    import time
 
-    code = ("import ganforge; run = ganforge.train(resolution=16, batch=16, model_opts={'base_channels': 8}, kimg=50, "
-            f"tick=0.032, outdir={str(tmp_path)!r}, progress=False); print('finished', run.finished)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "GANFORGE_PROGRESS": "0"})
-    stats = tmp_path / "00000-cdcgan-mnist" / "stats.jsonl"
-    deadline = time.monotonic() + 120
-    while not (stats.exists() and stats.read_text().count("\n") >= 2) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "finished False" in out, err[-2000:]
-    assert "continue with: ganforge train --resume" in out + err
+    code = f"""if True:
+        import ganforge
+        try:
+            ganforge.train(resolution=16, batch=16, model_opts={{'base_channels': 8}}, kimg=50, tick=0.032,
+                           outdir={str(tmp_path)!r}, progress=False)
+            print('trained')
+        except KeyboardInterrupt as stopped:
+            print('interrupted', stopped.run.finished, stopped.run.path.name)
+            raise
+        print('went on')"""
+    result, _ = interrupted_training([sys.executable, "-c", code], tmp_path / "00000-cdcgan-mnist")
+    assert result.returncode == -signal.SIGINT, result.stderr[-2000:]  # Python's end on an uncaught KeyboardInterrupt
+    assert result.stdout.split() == ["interrupted", "False", "00000-cdcgan-mnist"]  # neither trained nor went on
+    assert "continue with: ganforge train --resume" in result.stderr
+    assert "KeyboardInterrupt: training stopped before its --kimg; latest.pt is written" in result.stderr
     assert torch.load(tmp_path / "00000-cdcgan-mnist" / "latest.pt", weights_only=True)["images_seen"] > 32
 
 
@@ -231,7 +254,29 @@ def test_project_finds_what_the_command_finds(runs, tmp_path):
     assert str(caught.value) == "dcgan here is unconditional: drop --label and --prompt"
 
 
-def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch):
+def test_project_takes_a_pil_image_or_an_image_tensor_as_it_takes_the_file(runs, tmp_path):
+    from torchvision.utils import save_image
+
+    sample = ganforge.load(runs["class"]).sample(1, seed=5, label=4)
+    save_image(sample * 0.5 + 0.5, tmp_path / "target.png")  # RGB: the run's grey comes from converting it
+    Image.open(tmp_path / "target.png").resize((40, 32)).save(tmp_path / "big.png")  # to crop and resize too
+    from_file = ganforge.project(runs["class"], tmp_path / "big.png", steps=1, label=4)
+    with Image.open(tmp_path / "big.png") as picture:
+        grey = torch.from_numpy(np.array(picture.convert("L")))[None]  # uint8 [1, 32, 40], as read_image(GRAY)
+        found = {kind: ganforge.project(runs["class"], image, steps=1, label=4)
+                 for kind, image in (("PIL", picture), ("uint8", grey))}
+    for kind, result in found.items():
+        assert torch.equal(result.target, from_file.target) and torch.equal(result.latent, from_file.latent), kind
+    assert torch.equal(ganforge.project(runs["class"], sample[0], steps=1, label=4).target, sample)  # unquantised
+    for bad, words in ((torch.zeros(3, 16, 16), "tensor of shape (3, 16, 16); this run's images have 1 channel"),
+                       (grey.float(), "float tensor with values from"), (grey.long(), "tensor of torch.int64")):
+        with pytest.raises(ganforge.OptionError, match=r"^image: a " + words.replace("(", r"\(").replace(")", r"\)")):
+            ganforge.project(runs["class"], bad, steps=1, label=4)
+
+
+def readme_python(runs, tmp_path) -> list[str]:
+    """The code blocks of the README's "From Python" section as written, on the tiny runs (and the
+    files they read made in tmp_path)."""
     import re
     from pathlib import Path
 
@@ -239,7 +284,7 @@ def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("\n## From Python\n", 1)[1].split("\n## ", 1)[0]
-    code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     save_image(ganforge.load(runs["class"]).sample(1, seed=1, label=3) * 0.5 + 0.5, tmp_path / "photo.png")
     (tmp_path / "photos").mkdir()
     for i in range(3):
@@ -247,15 +292,75 @@ def test_the_readme_s_python_examples_run_as_written(runs, tmp_path, monkeypatch
     tiny = 'kimg=0.016, resolution=16, batch=8, model_opts={"base_channels": 8}, tick=0.008, outdir="runs"'
     for example, here in (("runs/00000-cdcgan-mnist", str(runs["class"])), ("runs/00001-dfgan-birds", str(runs["text"])),
                           ('kimg=1, outdir="runs"', tiny), ("n=500", "n=64")):
-        assert example in code, example  # the README still shows what this test stands in for
-        code = code.replace(example, here)
-    monkeypatch.chdir(tmp_path)
-    names = {}
-    exec(compile(code, "README.md (From Python)", "exec"), names)
-    assert names["images"].shape == (16, 1, 16, 16) and len(names["pictures"]) == 16
-    assert names["run"].finished and "swd" in names["results"] and names["found"].latent.shape == (1, 100)
-    assert Image.open(tmp_path / "walk.gif").n_frames > 1 and (tmp_path / names["path"]) == tmp_path / "generator.pt"
-    assert names["summary"]["images"] == 3 and (tmp_path / "photos-64.zip").is_file()
+        assert any(example in block for block in blocks), example  # the README still shows what this stands in for
+        blocks = [block.replace(example, here) for block in blocks]
+    return blocks
+
+
+@pytest.mark.slow
+def test_the_readme_s_python_examples_run_in_a_jupyter_kernel_and_ctrl_c_stops_a_cell(runs, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat", reason="the [test] extra's nbformat runs the README in a notebook")
+    nbclient = pytest.importorskip("nbclient", reason="the [test] extra's nbclient runs the README in a notebook")
+    pytest.importorskip("ipykernel", reason="the [test] extra's ipykernel is the notebook's kernel")
+    import os
+    import signal
+    from pathlib import Path
+
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    blocks = readme_python(runs, tmp_path)
+    facts = ("import json\nprint(json.dumps({'images': [list(images.shape), str(images.dtype)], "
+             "'pictures': len(pictures), 'finished': run.finished, 'results': sorted(results), "
+             "'latent': list(found.latent.shape), 'path': str(path), 'images_in_summary': summary['images']}))")
+    # then a long run, interrupted as Jupyter's stop button does (SIGINT to the kernel) once it has two ticks
+    long_run = new_code_cell("ganforge.train(resolution=16, batch=16, model_opts={'base_channels': 8}, kimg=50, "
+                             "tick=0.032, outdir='stopped')\nprint('went on')", metadata={"tags": ["raises-exception"]})
+    after = new_code_cell("import sys\nprint(type(sys.last_value).__name__, sys.last_value.run.finished)")
+    notebook = new_notebook(cells=[new_code_cell(block) for block in blocks] + [new_code_cell(facts), long_run, after])
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the kernel imports this checkout
+    monkeypatch.delenv("GANFORGE_PROGRESS", raising=False)  # bars as a user's notebook shows them
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+
+    def interrupt():
+        stats = tmp_path / "stopped" / "00000-cdcgan-mnist" / "stats.jsonl"
+        while not (stats.exists() and stats.read_text().count("\n") >= 2):
+            if finished.wait(0.2):
+                return
+        os.kill(client.km.provisioner.pid, signal.SIGINT)
+
+    finished = threading.Event()
+    interrupter = threading.Thread(target=interrupt)
+    interrupter.start()
+    try:
+        client.execute()  # raises if a cell other than the interrupted one fails
+    finally:
+        finished.set()
+        interrupter.join()
+    stopped = [output for output in notebook.cells[-2].outputs if output["output_type"] == "error"]
+    assert [output["ename"] for output in stopped] == ["KeyboardInterrupt"], notebook.cells[-2].outputs
+    assert not any("went on" in output.get("text", "") for output in notebook.cells[-2].outputs)  # the cell stopped
+    assert notebook.cells[-1].outputs[0]["text"] == "KeyboardInterrupt False\n"
+    latest = tmp_path / "stopped" / "00000-cdcgan-mnist" / "latest.pt"
+    assert torch.load(latest, weights_only=True)["images_seen"] > 32  # the stop's own snapshot, after two ticks
+    facts = json.loads(notebook.cells[-3].outputs[-1]["text"])
+    assert facts["images"] == [[16, 1, 16, 16], "torch.float32"] and facts["pictures"] == 16  # as the README says
+    assert facts["finished"] and "swd" in facts["results"] and facts["latent"] == [1, 100]
+    assert Image.open(tmp_path / "walk.gif").n_frames > 1 and tmp_path / facts["path"] == tmp_path / "generator.pt"
+    assert facts["images_in_summary"] == 3 and (tmp_path / "photos-64.zip").is_file()
+    trained = next(cell for cell in notebook.cells if "ganforge.train(" in cell.source).outputs
+    shown = [output.get("data", {}) for output in trained if output["output_type"] == "display_data"]
+    stderr = "".join(output["text"] for output in trained if output.get("name") == "stderr")
+    try:
+        import ipywidgets  # noqa: F401 - the [notebook] extra
+    except ImportError:  # tqdm.auto falls back to its text bar, redrawn with \r, and says why
+        assert not shown and "IProgress not found" in stderr and "\r100%" in stderr, stderr
+    else:  # tqdm.notebook's bar: a widget, with its text form for viewers without widgets
+        bars = [data for data in shown if "application/vnd.jupyter.widget-view+json" in data]  # evaluate's too
+        assert bars and "0.00/16.0 [" in bars[0]["text/plain"] and "\r" not in stderr, trained  # train's, of 16 img
+        states = notebook.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+        assert any(m["model_name"] == "FloatProgressModel" and m["state"]["value"] == m["state"]["max"] == 16
+                   for m in states.values())  # the bar reached the run's 16 images
 
 
 def test_interpolate_writes_the_command_s_walk(runs, tmp_path):
@@ -306,6 +411,25 @@ def test_export_writes_the_command_s_generator(runs, tmp_path, format):
         ganforge.export(runs["class"], format=format, out=runs["class"] / "latest.pt")
     refused = CliRunner().invoke(main, ["export", str(runs["class"]), "--format", format, "--out",
                                         str(runs["class"] / "latest.pt")])
+    assert refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"
+
+
+@pytest.mark.parametrize("command,args", [("interpolate", dict(seconds=0.5)), ("export", dict(format="torchscript"))])
+def test_an_out_that_cannot_be_written_is_refused_before_any_work_as_the_command_refuses_it(runs, tmp_path, monkeypatch,
+                                                                                             command, args):
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / ("walk.gif" if command == "interpolate" else "g.pt")  # below a file: no folder there
+    refused = CliRunner().invoke(main, [command, str(runs["class"]), *[f"--{k}={v}" for k, v in args.items()],
+                                        "--out", str(out)])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the generator was loaded before the output was checked")
+
+    monkeypatch.setattr("ganforge.inference.load_model", no_work)
+    with pytest.raises(ganforge.OptionError) as caught:
+        getattr(ganforge, command)(runs["class"], out=out, **args)
+    assert str(caught.value) == f"Invalid value for --out: cannot write in {tmp_path / 'afile'} (File exists)"
     assert refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"
 
 

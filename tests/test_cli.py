@@ -174,24 +174,15 @@ def test_dry_run_states_the_pggan_schedule_and_warns_when_kimg_ends_early(tmp_pa
 
 @pytest.mark.slow
 def test_ctrl_c_during_training_keeps_a_snapshot_and_exits_130(tmp_path):
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
+
+    from conftest import interrupted_training
 
     command = [sys.executable, "-m", "ganforge", "train", "--resolution", "16", "--batch", "16", "--base-channels", "8",
                "--kimg", "50", "--tick", "0.032", "--outdir", str(tmp_path), "--quiet"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "GANFORGE_PROGRESS": "0"})
-    stats = tmp_path / "00000-cdcgan-mnist" / "stats.jsonl"
-    deadline = time.monotonic() + 120
-    while not (stats.exists() and stats.read_text().count("\n") >= 2) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and time.monotonic() - sent < 5, (proc.returncode, err[-2000:])
+    result, seconds = interrupted_training(command, tmp_path / "00000-cdcgan-mnist")
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 130 and seconds < 5, (result.returncode, err[-2000:])
     assert "continue with: ganforge train --resume" in out + err and "Traceback" not in err
     assert "run directory:" not in out  # one line: the resume line names the run
     assert (tmp_path / "00000-cdcgan-mnist" / "latest.pt").exists()

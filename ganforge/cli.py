@@ -18,6 +18,7 @@ from click.core import ParameterSource
 
 from ganforge import __version__
 from ganforge.errors import GanforgeError, GanforgeWarning
+from ganforge.metrics import default_metrics, inception_metrics, metrics_help, registered, suggested_metrics
 from ganforge.training.options import (RESERVED_MODEL_OPTS, SEED_MAX, TrainOptions, command_line_form,
                                        finite_positive, power_of_two)
 
@@ -68,7 +69,23 @@ SCALE = click.option("--scale", type=click.IntRange(min=1), default=1, show_defa
 MODEL_OPT = click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
                          help="Set one of the model's hyperparameters, e.g. lr=5e-5 or skip=true (repeatable)")
 INCEPTION_WEIGHTS = click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-                                 help="TorchScript Inception for FID/KID/PR/IS [default: the bundled FID weights]")
+                                 help="TorchScript Inception for the metrics that use its features [default: the "
+                                      "bundled FID weights]")
+
+
+class MetricsOption(click.Option):
+    """--metrics: its help and default read from the metric registry when shown or used, so that a
+    metric a plug-in declares is offered as a built-in one is."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, default=lambda: ",".join(default_metrics()), help="Comma-separated", show_default=False,
+                         **kwargs)
+
+    def get_help_record(self, ctx):
+        self.help = f"{metrics_help()}  [default: {','.join(default_metrics())}]"
+        return super().get_help_record(ctx)
+
+
 # Flags the papers' users expect, each the same as one --model-opt.
 MODEL_OPT_ALIASES = {"gamma": "BEGAN's diversity ratio gamma", "base_channels": "Network width (n, base filters)"}
 
@@ -208,12 +225,13 @@ def _next_commands(run_dir: Path, options: dict) -> list[str]:
     from ganforge.models import model_class
     from ganforge.models.base import TEXT
 
-    text = model_class(options["model"]).conditioning == TEXT  # a class attribute where a model fixes it
-    sample = f' --prompt "{_a_caption(options)}"' if text else ""
-    metrics = "rprec" if text else "swd"
+    conditioning = model_class(options["model"]).conditioning  # a class attribute where a model fixes it
+    sample = f' --prompt "{_a_caption(options)}"' if conditioning == TEXT else ""
+    metrics, extra = suggested_metrics(conditioning), inception_metrics()
     return ["next:",
             f"  ganforge generate {run_dir}{sample} --n 16 --out {run_dir / 'samples.png'}",
-            f"  ganforge evaluate {run_dir} --metrics {metrics} --n 1000   # fid too, with the [metrics] extra",
+            f"  ganforge evaluate {run_dir} --metrics {','.join(metrics)} --n 1000   # {', '.join(extra)} too, with the "
+            "[metrics] extra",
             f"  ganforge studio {run_dir.parent}   # the run in a web page, with the [studio] extra"]
 
 
@@ -303,8 +321,7 @@ def export(run_or_snapshot, fmt, out):
 
 @main.command()
 @click.argument("run_or_snapshot", required=False, type=click.Path(exists=True))
-@click.option("--metrics", default="swd,msssim,fid,kid,pr", show_default=True,
-              help="Comma-separated: swd, msssim, fid, kid, is, pr, acc, rprec")
+@click.option("--metrics", cls=MetricsOption)
 @click.option("--real", default=None, help="Real data (any --data form) [default: the run's training data]")
 @click.option("--fake", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder of generated images instead of a run")
@@ -314,7 +331,8 @@ def export(run_or_snapshot, fmt, out):
                    "paper's figures are on test]")
 @click.option("--resolution", type=int, default=None, callback=_power_of_two,
               help="Resolution for --fake/--real folders [default: the run's, or the first fake image's]")
-@click.option("--floor/--no-floor", default=True, show_default=True, help="Also report SWD of real vs real")
+@click.option("--floor/--no-floor", default=True, show_default=True,
+              help="Also report real images against real ones, for the metrics that have such a floor")
 @INCEPTION_WEIGHTS
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Cache real statistics here [default: the run directory's metric-cache/, none for folders]")
@@ -550,10 +568,9 @@ def _last_metric(metrics: dict) -> str:
     """The newest metric row's headline number, with the kimg it was measured at."""
     if not metrics:
         return "-"
-    from ganforge.metrics.evaluate import METRICS
-
     name, row = max(metrics.items(), key=lambda item: item[1].get("kimg", 0))
-    key = METRICS[name].headline if name in METRICS else None
+    declared = registered().get(name)
+    key = declared.headline if declared else None
     value = row.get(key) if key else None
     return f"{name} {value:.4g} at {row.get('kimg', 0):g} kimg" if isinstance(value, (int, float)) else name
 

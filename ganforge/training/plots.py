@@ -69,23 +69,16 @@ def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
         groups.setdefault(k.split("/")[0] if "/" in k else "other", []).append(k)
     own = [k for group in own_panel_groups(run_dir) for k in groups.pop(group, [])]
     panels = [[k] for k in own] + list(groups.values())  # a model's own measures each on a panel
-    metric_rows = {}
-    for path in own_files(run_dir, "metric-*.jsonl"):  # one panel per metric file, every number in it
-        name = path.stem[len("metric-"):]
-        rows_m = read_jsonl(path)
-        series = sorted({k for r in rows_m for k, v in r.items() if isinstance(v, (int, float)) and k not in METRIC_SKIP})
-        if rows_m and series:
-            metric_rows[name] = rows_m
-            panels.append([f"{name}:{k}" for k in series])
+    metric_panels = metric_series(run_dir)
+    panels += [list(series) for series in metric_panels.values()]
+    measured = {label: points for series in metric_panels.values() for label, points in series.items()}
     if not panels:  # rows without a single number to chart
         return None
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
     for ax, panel in zip(axes[:, 0], panels):
         for k in panel:
-            name, _, key = k.rpartition(":")
-            source = metric_rows[name] if name else rows
-            xs = [r["kimg"] for r in source if key in r]
-            ax.plot(xs, [r[key] for r in source if key in r], label=k, linewidth=1, marker="." if name else None)
+            xs, ys = measured.get(k) or ([r["kimg"] for r in rows if k in r], [r[k] for r in rows if k in r])
+            ax.plot(xs, ys, label=k, linewidth=1, marker="." if k in measured else None)
         ax.legend(loc="upper right", fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("kimg")
@@ -94,3 +87,17 @@ def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def metric_series(run_dir: str | Path) -> dict[str, dict[str, tuple[list, list]]]:
+    """{metric: {"metric:key": (kimg, values)}}: every number of each of the run's metric-<name>.jsonl,
+    one panel per metric."""
+    panels = {}
+    for path in own_files(run_dir, "metric-*.jsonl"):
+        name = path.stem[len("metric-"):]
+        rows = read_jsonl(path)
+        keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k not in METRIC_SKIP})
+        if keys:
+            panels[name] = {f"{name}:{k}": ([r["kimg"] for r in rows if k in r], [r[k] for r in rows if k in r])
+                            for k in keys}
+    return panels

@@ -1,5 +1,5 @@
-"""Command line: `ganforge train | generate | evaluate | interpolate | timelapse | project | dataset | studio | runs |
-info | plot | export | bench` (and `ganforge --version`)."""
+"""Command line: `ganforge train | generate | evaluate | compare | interpolate | timelapse | project | dataset | studio |
+runs | info | plot | export | bench` (and `ganforge --version`)."""
 
 from __future__ import annotations
 
@@ -351,6 +351,36 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
                       floor=floor, inception_weights=inception_weights, cache_dir=cache_dir, device=device, seed=seed,
                       out=out, report=partial(click.echo, err=True))
     click.echo(json.dumps(results, indent=2))
+
+
+@main.command()
+@click.argument("sources", metavar="RUN_OR_JSON...", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--paper", multiple=True, metavar="METRIC=VALUE", callback=lambda ctx, param, value: _paper_figures(value),
+              help="A published figure to set beside them, e.g. fid=14.81 (repeatable)")
+@click.option("--paper-n", type=click.IntRange(min=1), default=None,
+              help="The number of generated images the published figures were measured on")
+def compare(sources, paper, paper_n):
+    """Print the latest figures of runs (or of evaluate --out files) side by side, and mark each metric
+    whose figures were measured under different protocols, naming the fields that differ."""
+    from ganforge.compare import comparison
+
+    for line in comparison(list(sources), paper, {"n_generated": paper_n} if paper_n else None):
+        click.echo(line)
+
+
+def _paper_figures(pairs: tuple[str, ...]) -> dict[str, float]:
+    """METRIC=VALUE strings -> {metric: value}, for metrics ganforge knows."""
+    figures = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name.strip().lower() not in registered():
+            raise click.BadParameter(f"{pair!r}: unknown metric {name!r} (choose from {', '.join(registered())})",
+                                     param_hint="--paper")
+        try:
+            figures[name.strip().lower()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{pair!r} is not METRIC=NUMBER, e.g. fid=14.81", param_hint="--paper") from None
+    return figures
 
 
 def _check_writable(path: str | Path, option: str, folder: bool = False, reading: str | Path | None = None) -> None:

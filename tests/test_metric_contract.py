@@ -69,6 +69,7 @@ def test_evaluate_measures_a_plugin_metric_in_its_own_process(plugin, tmp_path):
     assert done.returncode == 0, done.stderr
     measured = json.loads((tmp_path / "r.json").read_text())["brightness"]
     assert measured["gap"] == 60 and measured["generated"] == 160.5 and measured["n_fake"] == 20
+    assert measured["protocol"]["n_generated"] == 20 and measured["protocol"]["real_data"] == str(real.resolve())
     # without the plug-in named, the metric is unknown, said in one line
     missing = ganforge("evaluate", "--fake", fake, "--real", real, "--metrics", "brightness", "--n", "20")
     assert "--metrics brightness: unknown" in one_line_error(missing)
@@ -87,6 +88,7 @@ def test_a_run_trains_with_a_plugin_metric_keeps_best_by_it_plots_and_shows_it(p
     run = next(p for p in tmp_path.iterdir() if p.is_dir())
     rows = [json.loads(line) for line in (run / "metric-brightness.jsonl").read_text().splitlines()]
     assert [r["kimg"] for r in rows] == [0.032, 0.064, 0.096, 0.128] and all(r["real"] > 0 for r in rows)
+    assert {(r["protocol"]["n_generated"], r["protocol"]["real_data"]) for r in rows} == {(32, "mnist")}
     best = min(rows, key=lambda r: r["gap"])
     assert load_snapshot(run / "best.pt")["images_seen"] == round(best["kimg"] * 1000)
     assert f"best.pt: brightness {best['gap']:.4g} at" in (run / "log.txt").read_text()

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ganforge.data import ImageDataset, to_uint8
+from ganforge.data import BUILTIN_DATASETS, ImageDataset, data_identity, resize_convention, to_uint8
 from ganforge.errors import OptionError, require
 from ganforge.metrics import METRICS, Metric, inception_metrics, parse_metrics, registered  # noqa: F401 - read from here too
 from ganforge.metrics import feature_metrics as fm
@@ -27,6 +27,7 @@ from ganforge.models.base import CLASS, TEXT, Condition, GanModel
 from ganforge.models.text import CaptionTable
 from ganforge.progress import bar
 from ganforge.sampling import in_chunks, sample
+from ganforge.version import __version__
 
 
 @dataclass
@@ -73,7 +74,9 @@ class Source:
 
     n: int
     images: Callable[[torch.Tensor], tuple[torch.Tensor, Condition]]
-    condition: Condition  # of all n (empty for reals and unconditional models)
+    condition: Condition       # of all n (empty for reals and unconditional models)
+    seed: int | None = None    # of the noise, or of the pick from a folder (None: images handed over whole)
+    psi: float | None = None   # the truncation of a model's noise (None: not a model's samples)
 
 
 def model_source(model: GanModel, n: int, seed: int, device: torch.device) -> Source:
@@ -86,13 +89,13 @@ def model_source(model: GanModel, n: int, seed: int, device: torch.device) -> So
         made = in_chunks(len(idx), lambda i, j: model.generate(z[idx[i:j]].to(device), condition[idx[i:j]].to(device)))
         return to_uint8(made), condition[idx]
 
-    return Source(n, images, condition)
+    return Source(n, images, condition, seed, psi=1.0)  # the noise as the model samples it (DF-GAN truncates its own)
 
 
 def dataset_source(dataset: ImageDataset, n: int, seed: int) -> Source:
     """n real images picked at random with `seed` (all when the set is smaller), read as needed."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
-    return Source(len(order), lambda idx: (read_real(dataset, order[idx])[0], Condition()), Condition())
+    return Source(len(order), lambda idx: (read_real(dataset, order[idx])[0], Condition()), Condition(), seed)
 
 
 def tensor_source(fakes: Fakes) -> Source:
@@ -208,6 +211,7 @@ class Evaluator:
         self.inception = InceptionFeatures(inception_weights, self.device) if self.kept else None
         self._real_tally: Tally | None = None
         self._prepared: dict[Callable, object] = {}
+        self._real_identity: dict | None = None  # of the protocol, read once
         self.captions: CaptionTable | None = None  # of the real data, for text metrics (use_captions_of)
         self.report: Callable[[str], None] | None = None  # gets the estimate of each side's pass (ganforge evaluate)
 
@@ -328,9 +332,10 @@ class Evaluator:
 
     # --- evaluation ------------------------------------------------------------------------------
     def __call__(self, fake: torch.Tensor | Fakes, condition: Condition | None = None) -> dict[str, dict]:
-        """Every metric of the given fake images (uint8, or Fakes with their condition) against the reals."""
+        """The figures of every metric of the given fake images (uint8, or Fakes with their condition)
+        against the reals: without a protocol, since images handed over whole have no recorded origin."""
         fakes = fake if isinstance(fake, Fakes) else Fakes(fake, condition or Condition())
-        return self.evaluate(tensor_source(fakes), self.partial_path(content_key(fakes.images)))
+        return self.figures(tensor_source(fakes), self.partial_path(content_key(fakes.images)))
 
     def evaluate_model(self, model: GanModel, n: int, seed: int = 1, resume_key: tuple | None = None) -> dict[str, dict]:
         """Every metric of n samples of the model's EMA generator (those of `fake_images(model, n,
@@ -354,6 +359,27 @@ class Evaluator:
         return self.cache_dir / f"generated-{cache_key(*key, *self.names, BLOCK, TALLY_LAYOUT)}.partial.pt"
 
     def evaluate(self, source: Source, checkpoint: Path | None = None) -> dict[str, dict]:
+        """Every metric of a source's images against the reals: {metric: its figures, with the
+        "protocol" they were measured under}."""
+        results = self.figures(source, checkpoint)
+        for m in self.metrics:
+            results[m.name]["protocol"] = self.protocol(m, source)
+        return results
+
+    def protocol(self, m: Metric, source: Source) -> dict:
+        """What a metric's figures depend on besides the generator: two figures compare only where
+        these agree (`ganforge compare` says which do not)."""
+        if self._real_identity is None:
+            identity = data_identity(self.real)
+            real = self.real.name if self.real.name in BUILTIN_DATASETS else str(Path(self.real.name).resolve())
+            self._real_identity = {"real_data": real, "real_split": self.real.split, "real_images": identity["images"],
+                                   "real_fingerprint": identity["fingerprint"], "resolution": self.real.resolution,
+                                   "resize": resize_convention(self.real)}
+        return {"n_generated": source.n, "n_real": self.n_real, **self._real_identity,
+                "features": self.inception.id if m.uses_inception else None, "psi": source.psi, "seed": self.seed,
+                "generated_seed": source.seed, "ganforge": __version__}
+
+    def figures(self, source: Source, checkpoint: Path | None = None) -> dict[str, dict]:
         """Every metric of a source's images against the reals: {metric: its figures}."""
         self.check(source)
         start = time.time()

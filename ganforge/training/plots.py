@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ganforge.metrics.protocol import differences, shown
+
 SKIP = {"kimg", "step", "time", "batch", "resolution", "alpha", "img_per_sec", "peak_mem_gb"}
 METRIC_SKIP = {"kimg", "step", "n_fake", "n_real", "seconds", "subset_size", "k", "pairs", "n"}
 
@@ -91,13 +93,31 @@ def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
 
 def metric_series(run_dir: str | Path) -> dict[str, dict[str, tuple[list, list]]]:
     """{metric: {"metric:key": (kimg, values)}}: every number of each of the run's metric-<name>.jsonl,
-    one panel per metric."""
+    one panel per metric. Rows measured under another protocol than the file's first (an `evaluate
+    RUN --n 1000` beside training's --metrics-n 5000) are a series of their own, labelled with the
+    fields that differ: their figures are not points of the same curve."""
     panels = {}
     for path in own_files(run_dir, "metric-*.jsonl"):
         name = path.stem[len("metric-"):]
-        rows = read_jsonl(path)
-        keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k not in METRIC_SKIP})
-        if keys:
-            panels[name] = {f"{name}:{k}": ([r["kimg"] for r in rows if k in r], [r[k] for r in rows if k in r])
-                            for k in keys}
+        by_protocol: dict[str, list[dict]] = {}
+        for row in read_jsonl(path):
+            by_protocol.setdefault(json.dumps(row.get("protocol"), sort_keys=True), []).append(row)
+        first = json.loads(next(iter(by_protocol), "null"))
+        series = {}
+        for stamp, rows in by_protocol.items():
+            differing = differences({"first": first or {}, "these": json.loads(stamp) or {}})
+            suffix = "".join(f", {field} {shown(values['these'])}" for field, values in differing.items() if "these" in values)
+            keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k not in METRIC_SKIP})
+            for k in keys:  # rows whose protocol differs in no stated field join the first series
+                xs, ys = series.setdefault(f"{name}:{k}" + (f" ({suffix[2:]})" if suffix else ""), ([], []))
+                xs += [r["kimg"] for r in rows if k in r]
+                ys += [r[k] for r in rows if k in r]
+        if series:
+            panels[name] = {label: _by_kimg(*points) for label, points in series.items()}
     return panels
+
+
+def _by_kimg(xs: list, ys: list) -> tuple[list, list]:
+    """Points in kimg order (a snapshot evaluated later may be an earlier one)."""
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    return [xs[i] for i in order], [ys[i] for i in order]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ganforge.version import __version__
 
 # Public name -> the module that defines it, imported when the name is first used.
 _EXPORTS = {

@@ -160,7 +160,7 @@ def _check_writable(path: str | os.PathLike, option: str, reading: str | os.Path
         raise _refused(option, problem)
 
 
-def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Sequence[str] = "swd,msssim,fid,kid,pr",
+def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Sequence[str] | None = None,
              n: int = 10_000, *, real: str | None = None, fake: str | None = None, split: str | None = None,
              resolution: int | None = None, floor: bool = True, inception_weights: str | None = None,
              cache_dir: str | None = None, device: str = "auto", seed: int = 0, out: str | os.PathLike | None = None,
@@ -169,7 +169,8 @@ def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Se
     `ganforge evaluate` does; returns what its --out writes: {metric: {value name: number}}, an
     undefined number as None. The results of a run's snapshot are also kept in its run (metric-*.jsonl).
 
-    `n` images a side; `real`: any --data form [default: the run's training data]; `out`: a file to
+    `metrics`: names, or one comma-separated string [default: the command's]; `n` images a side;
+    `real`: any --data form [default: the run's training data]; `out`: a file to
     write the results to as JSON too; `report` gets the lines the command prints on stderr (what is
     measured, how long it takes).
 
@@ -180,11 +181,12 @@ def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Se
     from ganforge.data import load_dataset
     from ganforge.hardware import resolve_device
     from ganforge.inference import load_model
-    from ganforge.metrics.evaluate import Evaluator, dataset_source, parse_metrics
+    from ganforge.metrics import default_metrics, parse_metrics
+    from ganforge.metrics.evaluate import Evaluator, dataset_source
     from ganforge.snapshots import find_snapshot, load_snapshot
 
     say = report or (lambda line: None)
-    names = parse_metrics(metrics)
+    names = parse_metrics(default_metrics() if metrics is None else metrics)
     if not names:
         raise _refused("--metrics", "give one metric or more, e.g. swd,msssim")
     if n < 2:
@@ -221,8 +223,9 @@ def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Se
         say(f"note: using {n_fake} fake and {evaluator.n_real} real images (asked for {n})")
     evaluator.report = report  # how long each side takes, from its first block
     results = measure()
-    if floor and "swd" in names:
-        results["swd"]["floor_real_vs_real"] = evaluator.swd_floor()
+    if floor:
+        for name, figures in evaluator.floors().items():
+            results[name]["floor_real_vs_real"] = figures
     say(f"evaluated in {time.time() - started:.1f} s in all (reals, samples and every metric; per metric: its seconds)")
     kept = finite_or_null(results)  # JSON has no NaN: an undefined value is null
     if out is not None:

@@ -1,5 +1,5 @@
-"""Command line: `ganforge train | generate | evaluate | interpolate | timelapse | project | dataset | studio | runs |
-info | plot | export | bench` (and `ganforge --version`)."""
+"""Command line: `ganforge train | generate | evaluate | compare | interpolate | timelapse | project | dataset | studio |
+runs | info | plot | export | bench` (and `ganforge --version`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from click.core import ParameterSource
 
 from ganforge import __version__
 from ganforge.errors import GanforgeError, GanforgeWarning
+from ganforge.metrics import default_metrics, inception_metrics, metrics_help, registered, suggested_metrics
 from ganforge.training.options import (RESERVED_MODEL_OPTS, SEED_MAX, TrainOptions, command_line_form,
                                        finite_positive, power_of_two)
 
@@ -68,7 +69,23 @@ SCALE = click.option("--scale", type=click.IntRange(min=1), default=1, show_defa
 MODEL_OPT = click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
                          help="Set one of the model's hyperparameters, e.g. lr=5e-5 or skip=true (repeatable)")
 INCEPTION_WEIGHTS = click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-                                 help="TorchScript Inception for FID/KID/PR/IS [default: the bundled FID weights]")
+                                 help="TorchScript Inception for the metrics that use its features [default: the "
+                                      "bundled FID weights]")
+
+
+class MetricsOption(click.Option):
+    """--metrics: its help and default read from the metric registry when shown or used, so that a
+    metric a plug-in declares is offered as a built-in one is."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, default=lambda: ",".join(default_metrics()), help="Comma-separated", show_default=False,
+                         **kwargs)
+
+    def get_help_record(self, ctx):
+        self.help = f"{metrics_help()}  [default: {','.join(default_metrics())}]"
+        return super().get_help_record(ctx)
+
+
 # Flags the papers' users expect, each the same as one --model-opt.
 MODEL_OPT_ALIASES = {"gamma": "BEGAN's diversity ratio gamma", "base_channels": "Network width (n, base filters)"}
 
@@ -213,12 +230,13 @@ def _next_commands(run_dir: Path, options: dict) -> list[str]:
     from ganforge.models import model_class
     from ganforge.models.base import TEXT
 
-    text = model_class(options["model"]).conditioning == TEXT  # a class attribute where a model fixes it
-    sample = f' --prompt "{_a_caption(options)}"' if text else ""
-    metrics = "rprec" if text else "swd"
+    conditioning = model_class(options["model"]).conditioning  # a class attribute where a model fixes it
+    sample = f' --prompt "{_a_caption(options)}"' if conditioning == TEXT else ""
+    metrics, extra = suggested_metrics(conditioning), inception_metrics()
     return ["next:",
             f"  ganforge generate {run_dir}{sample} --n 16 --out {run_dir / 'samples.png'}",
-            f"  ganforge evaluate {run_dir} --metrics {metrics} --n 1000   # fid too, with the [metrics] extra",
+            f"  ganforge evaluate {run_dir} --metrics {','.join(metrics)} --n 1000   # {', '.join(extra)} too, with the "
+            "[metrics] extra",
             f"  ganforge studio {run_dir.parent}   # the run in a web page, with the [studio] extra"]
 
 
@@ -308,8 +326,7 @@ def export(run_or_snapshot, fmt, out):
 
 @main.command()
 @click.argument("run_or_snapshot", required=False, type=click.Path(exists=True))
-@click.option("--metrics", default="swd,msssim,fid,kid,pr", show_default=True,
-              help="Comma-separated: swd, msssim, fid, kid, is, pr, acc, rprec")
+@click.option("--metrics", cls=MetricsOption)
 @click.option("--real", default=None, help="Real data (any --data form) [default: the run's training data]")
 @click.option("--fake", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder of generated images instead of a run")
@@ -319,7 +336,8 @@ def export(run_or_snapshot, fmt, out):
                    "paper's figures are on test]")
 @click.option("--resolution", type=int, default=None, callback=_power_of_two,
               help="Resolution for --fake/--real folders [default: the run's, or the first fake image's]")
-@click.option("--floor/--no-floor", default=True, show_default=True, help="Also report SWD of real vs real")
+@click.option("--floor/--no-floor", default=True, show_default=True,
+              help="Also report real images against real ones, for the metrics that have such a floor")
 @INCEPTION_WEIGHTS
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Cache real statistics here [default: the run directory's metric-cache/, none for folders]")
@@ -338,6 +356,36 @@ def evaluate(run_or_snapshot, metrics, real, fake, n, split, resolution, floor, 
                       floor=floor, inception_weights=inception_weights, cache_dir=cache_dir, device=device, seed=seed,
                       out=out, report=partial(click.echo, err=True))
     click.echo(json.dumps(results, indent=2))
+
+
+@main.command()
+@click.argument("sources", metavar="RUN_OR_JSON...", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--paper", multiple=True, metavar="METRIC=VALUE", callback=lambda ctx, param, value: _paper_figures(value),
+              help="A published figure to set beside them, e.g. fid=14.81 (repeatable)")
+@click.option("--paper-n", type=click.IntRange(min=1), default=None,
+              help="The number of generated images the published figures were measured on")
+def compare(sources, paper, paper_n):
+    """Print the latest figures of runs (or of evaluate --out files) side by side, and mark each metric
+    whose figures were measured under different protocols, naming the fields that differ."""
+    from ganforge.compare import comparison
+
+    for line in comparison(list(sources), paper, {"n_generated": paper_n} if paper_n else None):
+        click.echo(line)
+
+
+def _paper_figures(pairs: tuple[str, ...]) -> dict[str, float]:
+    """METRIC=VALUE strings -> {metric: value}, for metrics ganforge knows."""
+    figures = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name.strip().lower() not in registered():
+            raise click.BadParameter(f"{pair!r}: unknown metric {name!r} (choose from {', '.join(registered())})",
+                                     param_hint="--paper")
+        try:
+            figures[name.strip().lower()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{pair!r} is not METRIC=NUMBER, e.g. fid=14.81", param_hint="--paper") from None
+    return figures
 
 
 def _check_writable(path: str | Path, option: str, folder: bool = False, reading: str | Path | None = None) -> None:
@@ -542,10 +590,9 @@ def _last_metric(metrics: dict) -> str:
     """The newest metric row's headline number, with the kimg it was measured at."""
     if not metrics:
         return "-"
-    from ganforge.metrics.evaluate import METRICS
-
     name, row = max(metrics.items(), key=lambda item: item[1].get("kimg", 0))
-    key = METRICS[name].headline if name in METRICS else None
+    declared = registered().get(name)
+    key = declared.headline if declared else None
     value = row.get(key) if key else None
     return f"{name} {value:.4g} at {row.get('kimg', 0):g} kimg" if isinstance(value, (int, float)) else name
 

@@ -87,6 +87,7 @@ class ImageDataset(torch.utils.data.Dataset):
     smallest_side: int | None = None         # of the source images seen so far (before resizing)
     levels: list[int] = field(default_factory=list)  # lower resolutions stored beside it (`ganforge dataset --lods`)
     spans: list[tuple[str, int, int]] | None = None  # tar shards: each image's (tar file, offset, size)
+    split: str | None = None                 # the split these images are (train, test, all) where the data has splits
     _zip: zipfile.ZipFile | None = field(default=None, repr=False)
 
     @property
@@ -210,6 +211,12 @@ def data_identity(ds: ImageDataset) -> dict:
             digest.update(f"{name}\0{sizes[i]}\0{ds.labels[i]}\n".encode("utf-8", "surrogateescape"))
         fingerprint = digest.hexdigest()[:16]
     return {"images": len(ds), "classes": list(ds.class_names), "fingerprint": fingerprint}
+
+
+def resize_convention(ds: ImageDataset) -> str:
+    """How the images were brought to the resolution (fit_square): figures measured at one
+    convention differ from those at another."""
+    return ("centre crop" if ds.center_crop else "squash") + ", torchvision antialiased bilinear resize"
 
 
 def _entry_sizes(ds: ImageDataset) -> list[int]:
@@ -379,8 +386,8 @@ def _captioned(root: Path, split: str, **kw) -> ImageDataset:
     if not class_names and labels:
         check_labels(labels, places, [])  # without classes.txt the largest id gives the number of classes
         class_names = [str(i) for i in range(max(labels) + 1)]
-    return ImageDataset(name=str(root), entries=entries, labels=labels, class_names=class_names,
-                        captions=captions, root=str(root), levels=stored_levels(_summary(root), kw["resolution"]), **kw)
+    return ImageDataset(name=str(root), entries=entries, labels=labels, class_names=class_names, captions=captions,
+                        root=str(root), levels=stored_levels(_summary(root), kw["resolution"]), split=split, **kw)
 
 
 def read_utf8(path: Path) -> str:
@@ -483,7 +490,8 @@ def _shards(tars: list[Path], split: str, listed_once: Callable, **kw) -> ImageD
     if missing:
         raise DatasetError(f"--data: shard {missing[0]} not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     samples = listed_once(lambda: [sample for tar in tars for sample in tar_samples(tar)])
-    if split != "all" and any(s["split"] for s in samples):
+    has_splits = any(s["split"] for s in samples)
+    if split != "all" and has_splits:
         samples = [s for s in samples if s["split"] in (split, None)]
     if not samples:
         raise DatasetError(f"--data {tars[0].parent}: the shards hold no images" + (f" in split {split!r}" if split != "all" else ""))
@@ -498,7 +506,8 @@ def _shards(tars: list[Path], split: str, listed_once: Callable, **kw) -> ImageD
     captioned = any(s["captions"] is not None for s in samples)
     return ImageDataset(name=str(tars[0].parent if len(tars) > 1 else tars[0]), entries=[s["name"] for s in samples],
                         labels=labels, class_names=class_names, spans=[s["span"] for s in samples],
-                        captions=[s["captions"] or [] for s in samples] if captioned else None, **kw)
+                        captions=[s["captions"] or [] for s in samples] if captioned else None,
+                        split=split if has_splits else None, **kw)
 
 
 def tar_samples(tar: Path) -> list[dict]:

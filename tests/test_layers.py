@@ -9,14 +9,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ganforge"
 
 # Layer of each module, by the longest matching prefix (README, "Code layout").
 LAYERS = {
-    "ganforge.errors": 1, "ganforge.progress": 1,
+    "ganforge.errors": 1, "ganforge.progress": 1, "ganforge.version": 1,
     "ganforge.data": 2, "ganforge.snapshots": 2, "ganforge.hardware": 2, "ganforge.losses": 2, "ganforge.assets": 2,
     "ganforge.augment": 2, "ganforge.archive": 2, "ganforge.hostsync": 2, "ganforge.conv": 2,
     "ganforge.models": 3,
     "ganforge.sampling": 4,
     "ganforge.metrics": 5, "ganforge.inference": 5, "ganforge.explore": 5,
     "ganforge.training": 6,
-    "ganforge.cli": 7, "ganforge.studio": 7, "ganforge.__main__": 7, "ganforge.api": 7,
+    "ganforge.cli": 7, "ganforge.studio": 7, "ganforge.__main__": 7, "ganforge.api": 7, "ganforge.compare": 7,
     "ganforge": 7,  # the package itself: its public names come from ganforge.api (imported lazily)
 }
 

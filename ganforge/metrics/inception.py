@@ -47,7 +47,8 @@ class InceptionFeatures:
         self.device = torch.device(device)
         # Small batches on a CPU (under a second each, and no slower per image): Ctrl-C is seen between batches.
         self.batch = batch or (100 if self.device.type == "cuda" else 4)
-        self.id = f"{self.path.name}-{self.path.stat().st_size}-tf1bilinear"  # cached features name their preprocessing
+        # The weights' own hash: cached features, and the protocol of every figure, name the network and its preprocessing.
+        self.id = f"{self.path.name}-sha256:{file_sha256(self.path)[:16]}-tf1bilinear"
 
     @torch.no_grad()
     def __call__(self, images_uint8: torch.Tensor, desc: str = "Inception features",
@@ -106,6 +107,14 @@ def load_or_discard(path: Path) -> dict | None:
 def content_key(images: torch.Tensor) -> str:
     """A short hash of a uint8 image set's bytes: the same images find the same cached features."""
     return hashlib.sha1(images.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def cache_key(*parts) -> str:

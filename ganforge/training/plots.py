@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ganforge.metrics.protocol import differences, shown
+
 SKIP = {"kimg", "step", "time", "batch", "resolution", "alpha", "img_per_sec", "peak_mem_gb"}
 METRIC_SKIP = {"kimg", "step", "n_fake", "n_real", "seconds", "subset_size", "k", "pairs", "n"}
 
@@ -69,23 +71,16 @@ def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
         groups.setdefault(k.split("/")[0] if "/" in k else "other", []).append(k)
     own = [k for group in own_panel_groups(run_dir) for k in groups.pop(group, [])]
     panels = [[k] for k in own] + list(groups.values())  # a model's own measures each on a panel
-    metric_rows = {}
-    for path in own_files(run_dir, "metric-*.jsonl"):  # one panel per metric file, every number in it
-        name = path.stem[len("metric-"):]
-        rows_m = read_jsonl(path)
-        series = sorted({k for r in rows_m for k, v in r.items() if isinstance(v, (int, float)) and k not in METRIC_SKIP})
-        if rows_m and series:
-            metric_rows[name] = rows_m
-            panels.append([f"{name}:{k}" for k in series])
+    metric_panels = metric_series(run_dir)
+    panels += [list(series) for series in metric_panels.values()]
+    measured = {label: points for series in metric_panels.values() for label, points in series.items()}
     if not panels:  # rows without a single number to chart
         return None
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
     for ax, panel in zip(axes[:, 0], panels):
         for k in panel:
-            name, _, key = k.rpartition(":")
-            source = metric_rows[name] if name else rows
-            xs = [r["kimg"] for r in source if key in r]
-            ax.plot(xs, [r[key] for r in source if key in r], label=k, linewidth=1, marker="." if name else None)
+            xs, ys = measured.get(k) or ([r["kimg"] for r in rows if k in r], [r[k] for r in rows if k in r])
+            ax.plot(xs, ys, label=k, linewidth=1, marker="." if k in measured else None)
         ax.legend(loc="upper right", fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("kimg")
@@ -94,3 +89,35 @@ def plot_stats(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def metric_series(run_dir: str | Path) -> dict[str, dict[str, tuple[list, list]]]:
+    """{metric: {"metric:key": (kimg, values)}}: every number of each of the run's metric-<name>.jsonl,
+    one panel per metric. Rows measured under another protocol than the file's first (an `evaluate
+    RUN --n 1000` beside training's --metrics-n 5000) are a series of their own, labelled with the
+    fields that differ: their figures are not points of the same curve."""
+    panels = {}
+    for path in own_files(run_dir, "metric-*.jsonl"):
+        name = path.stem[len("metric-"):]
+        by_protocol: dict[str, list[dict]] = {}
+        for row in read_jsonl(path):
+            by_protocol.setdefault(json.dumps(row.get("protocol"), sort_keys=True), []).append(row)
+        first = json.loads(next(iter(by_protocol), "null"))
+        series = {}
+        for stamp, rows in by_protocol.items():
+            differing = differences({"first": first or {}, "these": json.loads(stamp) or {}})
+            suffix = "".join(f", {field} {shown(values['these'])}" for field, values in differing.items() if "these" in values)
+            keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k not in METRIC_SKIP})
+            for k in keys:  # rows whose protocol differs in no stated field join the first series
+                xs, ys = series.setdefault(f"{name}:{k}" + (f" ({suffix[2:]})" if suffix else ""), ([], []))
+                xs += [r["kimg"] for r in rows if k in r]
+                ys += [r[k] for r in rows if k in r]
+        if series:
+            panels[name] = {label: _by_kimg(*points) for label, points in series.items()}
+    return panels
+
+
+def _by_kimg(xs: list, ys: list) -> tuple[list, list]:
+    """Points in kimg order (a snapshot evaluated later may be an earlier one)."""
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    return [xs[i] for i in order], [ys[i] for i in order]

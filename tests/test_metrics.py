@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ganforge.metrics.builtin import classifier
 from ganforge.metrics import feature_metrics as fm
 from ganforge.metrics.msssim import ms_ssim
 from ganforge.metrics.swd import laplacian_pyramid, pyr_up, swd
@@ -175,7 +176,7 @@ def test_evaluator_gives_the_whole_set_figures_block_by_block(tiny_inception):
     assert r["kid"] == {**fm.kid(real_f, fake_f, seed=0), **{k: r["kid"][k] for k in ("n_fake", "n_real", "seconds")}}
     assert r["pr"]["precision"] == fm.precision_recall(real_f, fake_f)["precision"]
     assert r["is"]["is"] == fm.inception_score(fake_logits)["is"]
-    assert r["acc"]["conditional_accuracy"] == accuracy(ev.classifier(), to_float(fakes.images), fakes.condition.classes)
+    assert r["acc"]["conditional_accuracy"] == accuracy(ev.prepared(classifier), to_float(fakes.images), fakes.condition.classes)
     assert r["msssim"]["pairs"] == 1200 and 0 < r["msssim"]["ms_ssim"] < 1  # 4 a image below 2,500 images
     # the reals measured as if generated: every real block meets itself, so SWD is exactly 0
     itself = ev(real_images, Condition(classes=real_labels))

@@ -258,13 +258,6 @@ class Evaluator:
             self._prepared[prepare] = prepare(self)
         return self._prepared[prepare]
 
-    def __getattr__(self, attr: str):
-        """A metric's preparation also by its function's name, as `ev.classifier()`."""
-        for m in registered().values():
-            if m.prepare is not None and m.prepare.__name__ == attr:
-                return lambda: self.prepared(m.prepare)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
-
     def use_captions_of(self, model: GanModel) -> None:
         """Take the caption table a text-to-image model prepared on this real data."""
         if model.conditioning == TEXT:

@@ -194,6 +194,23 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path):
     assert train(TrainOptions(**TINY, kimg=0.032, outdir=str(tmp_path)), progress=False).name == "00000-cdcgan-mnist"
 
 
+def test_a_run_directory_removed_while_training_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    """`rm -rf` of a running run's folder: the next write fails; the run says so in one line (before, a
+    second FileNotFoundError from tidying the vanished folder replaced it with a raw traceback)."""
+    from ganforge.training.runlog import RunLog
+
+    grids = RunLog.grids
+
+    def removed_first(log, *args, **kwargs):
+        shutil.rmtree(log.run_dir)
+        return grids(log, *args, **kwargs)
+
+    monkeypatch.setattr(RunLog, "grids", removed_first)
+    with pytest.raises(TrainingError, match=r"00000-cdcgan-mnist was removed while the run was writing in it"):
+        train(TrainOptions(**{**TINY, "sample_every": 0.032}, kimg=0.064, outdir=str(tmp_path)), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_run_directory_whose_options_cannot_be_written_is_removed(tmp_path, monkeypatch):
     def disk_full(run_dir, opts, processes=1):
         raise OSError(28, "No space left on device")

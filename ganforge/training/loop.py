@@ -190,6 +190,9 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
             if isinstance(e, StopRequested):
                 raise TrainingError("stopped before the first step: nothing was trained, and the new run "
                                     "directory is removed") from None
+            if isinstance(e, OSError) and run_dir is not None and not run_dir.is_dir():
+                raise TrainingError(f"{run_dir} was removed while the run was writing in it: nothing of the run "
+                                    "is kept; start it again") from e
             if isinstance(e, OSError) and run_dir is not None:  # the disk filled (or went read-only) during a write
                 raise TrainingError(f"could not write in {run_dir}: {e.strerror or e}"
                                     + (f" ({e.filename})" if e.filename else "") + f"; {kept_snapshot(run_dir)}") from e

@@ -57,6 +57,8 @@ def remove_unless_kept(run_dir: Path) -> bool:
     stopped or failed before its first tick leaves no empty directory behind: ganforge's own files go,
     then the directory if nothing else is in it. A run that ticked keeps its log and grids, which say
     what happened before it failed. Returns whether it is gone."""
+    if not run_dir.is_dir():  # removed while the run wrote in it: nothing left to remove
+        return True
     stats = run_dir / "stats.jsonl"
     if any(run_dir.glob("*.pt")) or (stats.exists() and stats.stat().st_size > 0):
         return False

@@ -6,9 +6,12 @@ import torch
 
 from ganforge.data import load_dataset
 from ganforge.inference import generate, load_model
+from ganforge.models.base import PhaseLoss
 from ganforge.metrics.conditional_accuracy import accuracy, train_classifier
 from ganforge.training import TrainingError, TrainOptions, train
 from ganforge.snapshots import load_snapshot
+
+from conftest import poisoned
 
 TINY = dict(data="mnist", resolution=16, batch=16, model_opts={"base_channels": 8}, tick=0.064, sample_every=0.064, snap=0.064)
 
@@ -85,11 +88,11 @@ def test_interrupt_writes_a_snapshot_and_resumes(tmp_path, monkeypatch):
     calls = {"n": 0}
     original = CDCGAN.after_step
 
-    def interrupt_on_third_step(self, ctx):
+    def interrupt_on_third_step(self, stats, ctx, optimizers):
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self, ctx)
+        return original(self, stats, ctx, optimizers)
 
     monkeypatch.setattr(CDCGAN, "after_step", interrupt_on_third_step)
     run = train(TrainOptions(**TINY, kimg=0.256, outdir=str(tmp_path)), progress=False)
@@ -127,13 +130,12 @@ def test_nonfinite_loss_restores_the_last_snapshot_and_continues(tmp_path, monke
     original, calls = CDCGAN.loss, {"n": 0}
 
     def poisoned_once(self, phase, reals, labels, ctx):
-        loss = original(self, phase, reals, labels, ctx)
+        out = original(self, phase, reals, labels, ctx)
         if phase == "G":
             calls["n"] += 1
             if calls["n"] == 7:  # step 7, after the snapshot at step 4
-                ctx.stats["loss/G"] = torch.tensor(float("nan"))
-                return loss * float("nan")
-        return loss
+                return PhaseLoss(out.loss * float("nan"), {"loss/G": torch.tensor(float("nan"))})
+        return out
 
     monkeypatch.setattr(CDCGAN, "loss", poisoned_once)
     run = train(TrainOptions(**TINY, kimg=0.16, outdir=str(tmp_path)), progress=False)
@@ -142,14 +144,36 @@ def test_nonfinite_loss_restores_the_last_snapshot_and_continues(tmp_path, monke
     assert "warning: non-finite loss at" in (run / "log.txt").read_text()
 
 
+def test_a_nonfinite_loss_is_caught_from_the_loss_itself_though_the_model_logs_nothing(tmp_path, monkeypatch):
+    """The loop checks each phase's loss, not what the model chose to log: here it logs nothing, and
+    the NaN is a constant added to G's loss, so gradients and weights stay finite and only the loss
+    value tells."""
+    from ganforge.models.cdcgan import CDCGAN
+
+    original, calls = CDCGAN.loss, {"n": 0}
+
+    def nan_loss_logging_nothing(self, phase, reals, labels, ctx):
+        loss = original(self, phase, reals, labels, ctx).loss
+        if phase == "G":
+            calls["n"] += 1
+            if calls["n"] == 7:  # step 7, after the snapshot at step 4
+                return PhaseLoss(loss + float("nan"))
+        return PhaseLoss(loss)
+
+    monkeypatch.setattr(CDCGAN, "loss", nan_loss_logging_nothing)
+    run = train(TrainOptions(**TINY, kimg=0.16, outdir=str(tmp_path)), progress=False)
+    assert "warning: non-finite loss at 0.1 kimg (step 8); restored latest.pt (0.1 kimg)" in (run / "log.txt").read_text()
+    assert load_snapshot(run)["step"] == 10
+
+
 def test_persistent_nan_stops_with_a_clear_message_and_keeps_the_good_snapshot(tmp_path, monkeypatch):
     from ganforge.models.cdcgan import CDCGAN
 
     original = CDCGAN.loss
 
     def always_nan_after_step_5(self, phase, reals, labels, ctx):
-        loss = original(self, phase, reals, labels, ctx)
-        return loss * float("nan") if ctx.step >= 5 else loss
+        out = original(self, phase, reals, labels, ctx)
+        return poisoned(out) if ctx.step >= 5 else out
 
     monkeypatch.setattr(CDCGAN, "loss", always_nan_after_step_5)
     with pytest.raises(TrainingError, match="training diverged; the last good snapshot"):

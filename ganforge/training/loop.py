@@ -42,7 +42,7 @@ from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_director
                                       write_options)
 from ganforge.training.graphs import GraphedSteps
 from ganforge.training.runlog import RunLog, SampleGrid
-from ganforge.training.step import device_step, ema_beta, step_flops
+from ganforge.training.step import StepResult, device_step, ema_beta, step_flops
 
 
 @dataclass
@@ -221,6 +221,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
     evaluate = evaluator_factory(dataset, run_dir, device, metric_share(ddp)) if opts.metrics else None
     graphs = GraphedSteps(capture=device.type == "cuda") if opts.cuda_graphs else None
     speed = TickSpeed(model, device, state.generator, world)
+    unchecked = UncheckedLosses()
     if graphs is not None and not graphs.capture:
         log.line(f"--cuda-graphs: {device} has no CUDA graphs; the steps run as they would be captured, eagerly")
 
@@ -231,8 +232,9 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
             enter_schedule(sched, model, state, log)
             before = state.images_seen
             with watch_step():
-                stats = loop_step(model, state, sched, opts, ddp, device, run_dir, graphs)
-                log.add_step(stats, before, state.images_seen)
+                result = loop_step(model, state, sched, opts, ddp, device, run_dir, graphs)
+                log.add_step(result.stats, before, state.images_seen)
+                unchecked.add(result)
             timer.stepped(period_name(sched), sched.batch)
             done = state.images_seen >= total or stop.requested
             due = {name: crossed(before, state.images_seen, every) or done for name, every in
@@ -241,7 +243,7 @@ def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanMode
                                                        or state.images_seen >= total)
             # The steps' finiteness is read here, once, when something is about to be written: a NaN
             # since the last check rolls back to latest.pt before it reaches a row, a grid or a snapshot.
-            if any(due.values()) and not all_true(log.finite(), world, device):
+            if any(due.values()) and not all_true(unchecked.finite(), world, device):
                 log.line(recover(state, model, opts, run_dir, "non-finite loss"))
                 log.move_to(state.images_seen)
                 continue
@@ -548,22 +550,39 @@ def prepare(model: GanModel, dataset, device: torch.device, resumed: bool) -> No
 
 # --- during a run --------------------------------------------------------------------------------
 def loop_step(model: GanModel, state: RunState, sched: Schedule, opts: TrainOptions, ddp, device: torch.device,
-              run_dir: Path | None = None, graphs: GraphedSteps | None = None) -> dict:
+              run_dir: Path | None = None, graphs: GraphedSteps | None = None) -> StepResult:
     """The body of the training loop, the same in a run and in bench: the next real batch, one
     training step with G's EMA and the augmentation's p (replayed from a CUDA graph where `graphs`
-    can), the counters. Returns the step's statistics (device tensors). Nothing here waits for the
+    can), the counters. Returns the step's result (device tensors). Nothing here waits for the
     device: what the host needs of it (are the losses finite? what are they?) is read at the next tick."""
     real_u8, labels = state.stream.next_batch(sched.batch, sched.resolution)
     beta = ema_beta(opts, sched.batch, state.images_seen + sched.batch, model.ema_beta)
     replayed = graphs is not None and graphs.replayable(model, state, sched, opts, ddp.world_size)
     try:
-        stats = (graphs.step if replayed else device_step)(model, state, sched, opts, ddp, device, real_u8, labels,
-                                                            state.stream.last_indices, beta)
+        result = (graphs.step if replayed else device_step)(model, state, sched, opts, ddp, device, real_u8, labels,
+                                                             state.stream.last_indices, beta)
     except torch.OutOfMemoryError as e:
         where = out_of_memory(opts, sched, run_dir, "training step") if run_dir else "out of memory in a training step"
         raise TrainingError(where) from e
     state.images_seen, state.step = state.images_seen + sched.batch, state.step + 1
-    return stats
+    return result
+
+
+class UncheckedLosses:
+    """Whether every phase's loss was finite in the steps since the host last asked: folded into one
+    device bool step by step (no wait), read when the loop is about to write something."""
+
+    def __init__(self):
+        self.all_finite: torch.Tensor | None = None
+
+    def add(self, result: StepResult) -> None:
+        finite = result.finite()
+        self.all_finite = finite if self.all_finite is None else self.all_finite & finite
+
+    def finite(self) -> bool:
+        """The one host read of the steps' losses; the steps after it are counted afresh."""
+        all_finite, self.all_finite = self.all_finite, None
+        return all_finite is None or bool(all_finite)
 
 
 class TickSpeed:

@@ -162,7 +162,8 @@ def test_a_nonfinite_loss_is_caught_from_the_loss_itself_though_the_model_logs_n
 
     monkeypatch.setattr(CDCGAN, "loss", nan_loss_logging_nothing)
     run = train(TrainOptions(**TINY, kimg=0.16, outdir=str(tmp_path)), progress=False)
-    assert "warning: non-finite loss at 0.1 kimg (step 8); restored latest.pt (0.1 kimg)" in (run / "log.txt").read_text()
+    log = (run / "log.txt").read_text()
+    assert "warning: non-finite loss at 0.1 kimg (step 8); restored latest.pt (0.1 kimg)" in log
     assert load_snapshot(run)["step"] == 10
 
 
@@ -216,7 +217,8 @@ def test_recover_goes_back_to_the_last_snapshot_with_fresh_noise_then_gives_up(t
     from ganforge.data import RealStream
     from ganforge.hardware import make_scalers
     from ganforge.models import build_model
-    from ganforge.training.loop import RunState, recover
+    from ganforge.training.distributed import Dist
+    from ganforge.training.loop import Run, RunState, recover
 
     run = train(TrainOptions(**TINY, kimg=0.064, outdir=str(tmp_path)), progress=False)
     snap = load_snapshot(run)
@@ -226,7 +228,9 @@ def test_recover_goes_back_to_the_last_snapshot_with_fresh_noise_then_gives_up(t
     state = RunState(optimizers=model.optimizers(), scalers=make_scalers("fp32", torch.device("cpu")),
                      generator=generator, stream=RealStream(load_dataset("mnist", 16, 1), seed=0))
     state.images_seen, state.step = 999, 99  # where a poisoned step left the run
-    line = recover(state, model, opts, run, "non-finite loss")
+    # recover reads the run's options, model, state and directory; not its log or stop flag
+    this = Run(opts, model, state, run, Dist(), torch.device("cpu"), log=None, stop=None)
+    line = recover(this, "non-finite loss")
     assert "non-finite loss at 1.0 kimg (step 99)" in line and "retry 1 of 3" in line
     assert (state.step, state.images_seen) == (snap["step"], snap["images_seen"]) == (4, 64)
     assert state.stream.position == snap["stream_position"] + opts.batch  # the data moved on
@@ -234,10 +238,10 @@ def test_recover_goes_back_to_the_last_snapshot_with_fresh_noise_then_gives_up(t
     saved = torch.Generator()
     saved.set_state(snap["rng"]["loop"])
     assert not torch.equal(torch.randn(4, generator=generator), torch.randn(4, generator=saved))  # fresh noise
-    recover(state, model, opts, run, "non-finite loss")
-    recover(state, model, opts, run, "non-finite weights")
+    recover(this, "non-finite loss")
+    recover(this, "non-finite weights")
     with pytest.raises(TrainingError, match="non-finite loss at 0.1 kimg .step 4.: training diverged"):
-        recover(state, model, opts, run, "non-finite loss")
+        recover(this, "non-finite loss")
 
 
 def test_runs_written_with_base_channels_as_a_shared_option_resume(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ganforge.models.base import GanModel, Schedule
+from ganforge.training.distributed import Dist
 from ganforge.training.step import StepResult, device_step
 
 WARMUP_STEPS = 3  # eager steps on a side stream before a capture (optimizer state, cuDNN's choices)
@@ -45,8 +46,8 @@ class GraphedSteps:
         return (sched.alpha == 1.0 and opts.precision != "fp16" and world == 1
                 and not model.host_step(state.images_seen, sched.batch))
 
-    def step(self, model: GanModel, state, sched: Schedule, opts, ddp, device: torch.device, real_u8: torch.Tensor,
-             labels: torch.Tensor, indices: torch.Tensor, beta: float) -> StepResult:
+    def step(self, model: GanModel, state, sched: Schedule, opts, ddp: Dist, device: torch.device,
+             real_u8: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, beta: float) -> StepResult:
         key = (sched.resolution, sched.batch, sched.stage, tuple(map(id, state.optimizers.values())),
                tuple(group["lr"] for opt in state.optimizers.values() for group in opt.param_groups))
         if key != self.key:

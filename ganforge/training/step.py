@@ -12,7 +12,7 @@ import torch
 from ganforge.data import to_float
 from ganforge.hardware import autocast_for
 from ganforge.models.base import GanModel, Schedule, StepContext
-from ganforge.training.distributed import average_gradients, rank_slice, reduce_mean
+from ganforge.training.distributed import Dist, average_gradients, rank_slice, reduce_mean
 from ganforge.training.options import accumulation_rounds
 
 
@@ -29,7 +29,7 @@ class StepResult:
         return torch.stack([loss.float() for loss in self.losses.values()]).isfinite().all()
 
 
-def device_step(model: GanModel, state, sched: Schedule, opts, ddp, device: torch.device, real_u8: torch.Tensor,
+def device_step(model: GanModel, state, sched: Schedule, opts, ddp: Dist, device: torch.device, real_u8: torch.Tensor,
                 labels: torch.Tensor, indices: torch.Tensor | None, beta: float | torch.Tensor) -> StepResult:
     """What a turn of the loop asks of the device: the training step on this batch, G's EMA with
     decay `beta` (a number, or a device tensor in a CUDA graph), and the augmentation's p after D's

@@ -10,7 +10,7 @@ Written here rather than taken from a library: torchvision's and kornia's transf
 randomness from the global RNG and (kornia aside) are not differentiable per sample, and a run needs
 both its own seeded stream (resume bit for bit) and one draw shared by a real and its mixed fake.
 Knows nothing of any model: a model passes its D inputs through `StepContext.augment` and reports
-D's per-real scores (`StepContext.real_scores`).
+D's per-real scores (`PhaseLoss.real_scores`).
 """
 
 from __future__ import annotations

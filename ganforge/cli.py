@@ -20,10 +20,10 @@ from ganforge import __version__
 from ganforge.errors import GanforgeError, GanforgeWarning
 from ganforge.metrics import default_metrics, inception_metrics, metrics_help, registered, suggested_metrics
 from ganforge.training.options import (RESERVED_MODEL_OPTS, SEED_MAX, TrainOptions, command_line_form,
-                                       finite_positive, power_of_two)
+                                       finite_positive)
 
 
-_power_of_two, _finite_positive = power_of_two, finite_positive  # the checks of other commands' options too
+_finite_positive = finite_positive  # the check of other commands' options too
 
 
 def _parse_model_opts(pairs: tuple[str, ...], aliases: dict | None = None) -> dict:
@@ -52,6 +52,8 @@ def option_from(name: str, **override):
     """The click option of a TrainOptions field, from its one declaration (default, help, form);
     `override` changes what another command needs differently (its default, say)."""
     decls, kwargs = command_line_form(name)
+    if "default" in override:  # a default of the command's own: shown where it is one
+        kwargs["show_default"] = override["default"] not in (None, "")
     return click.option(*decls, **{**kwargs, **override})
 
 
@@ -331,11 +333,10 @@ def export(run_or_snapshot, fmt, out):
 @click.option("--fake", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder of generated images instead of a run")
 @click.option("--n", type=click.IntRange(min=2), default=10_000, show_default=True, help="Images a side")
-@click.option("--split", type=click.Choice(["train", "test", "all"]), default=None,
-              help="Split of a captioned real dataset [default: the run's own, usually train; the DF-GAN "
-                   "paper's figures are on test]")
-@click.option("--resolution", type=int, default=None, callback=_power_of_two,
-              help="Resolution for --fake/--real folders [default: the run's, or the first fake image's]")
+@option_from("split", default=None, help="Split of a captioned real dataset [default: the run's own, usually train; "
+             "the DF-GAN paper's figures are on test]")
+@option_from("resolution", default=None,
+             help="Resolution for --fake/--real folders [default: the run's, or the first fake image's]")
 @click.option("--floor/--no-floor", default=True, show_default=True,
               help="Also report real images against real ones, for the metrics that have such a floor")
 @INCEPTION_WEIGHTS
@@ -529,10 +530,9 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
 @main.command()
 @click.argument("source")
 @click.argument("dest", type=click.Path())
-@click.option("--resolution", type=int, required=True, callback=_power_of_two, help="Size of the written images")
-@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
-              help="1 grey or 3 RGB [default: 1 for grey data, else 3]")
-@click.option("--center-crop/--no-center-crop", default=True, show_default=True, help="Square centre crop (else squash)")
+@option_from("resolution", default=None, required=True, help="Size of the written images (power of two)")
+@option_from("channels")
+@option_from("center_crop")
 @click.option("--lods", is_flag=True, help="Also store every lower level of detail (halving down to 4x4), which "
               "progressive models (PGGAN) read in their early phases")
 @click.option("--shards", "shard_size", type=click.IntRange(min=1), default=None, metavar="N",
@@ -542,8 +542,8 @@ def dataset(source, dest, resolution, channels, center_crop, lods, shard_size):
     .zip or folder, once: bad files are reported here, and training reads it without resizing."""
     from ganforge.api import dataset as convert
 
-    convert(source, dest, resolution, channels=None if channels is None else int(channels), center_crop=center_crop,
-            lods=lods, shards=shard_size, report=click.echo)
+    convert(source, dest, resolution, channels=channels, center_crop=center_crop, lods=lods, shards=shard_size,
+            report=click.echo)
 
 
 @main.command()

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 import sys
@@ -70,6 +71,11 @@ def ganforge(*args, env: dict | None = None, **kwargs) -> subprocess.CompletedPr
     checkout = str(Path(__file__).resolve().parents[1])  # found from any working directory, installed or not
     return subprocess.run([sys.executable, "-m", "ganforge", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": checkout, "GANFORGE_PROGRESS": "0", **(env or {})}, **kwargs)
+
+
+def poisoned(out):
+    """A phase's PhaseLoss with its loss made NaN, its logged statistics as the model gave them."""
+    return dataclasses.replace(out, loss=out.loss * float("nan"))
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:

@@ -159,14 +159,14 @@ def test_every_model_shows_d_only_augmented_images_and_reports_its_verdict_on_re
         return tuple(torch.full_like(b, float("nan")) for b in batches)
 
     sched = Schedule(16, 4, alpha=0.5, stage="16")
-    ctx = StepContext(latents=lambda n: model.sample_latents(n), schedule=sched, optimizers=model.optimizers(sched),
-                      indices=torch.arange(4), generator=torch.Generator().manual_seed(0), augment=poison)
+    ctx = StepContext(latents=lambda n: model.sample_latents(n), schedule=sched, indices=torch.arange(4),
+                      generator=torch.Generator().manual_seed(0), augment=poison)
     condition = model.training_condition(torch.arange(4) % 10, ctx)
-    losses = {phase.name: model.loss(phase.name, torch.rand(4, 1, 16, 16) * 2 - 1, condition, ctx)
-              for phase in model.phases()}
-    assert all(torch.isnan(loss) for loss in losses.values()), losses
+    outs = {phase.name: model.loss(phase.name, torch.rand(4, 1, 16, 16) * 2 - 1, condition, ctx)
+            for phase in model.phases()}
+    assert all(torch.isnan(out.loss) for out in outs.values()), outs
     assert calls == [2, 1]  # reals and fakes in one draw, then G's fakes
-    assert ctx.real_scores is not None and ctx.real_scores.shape == (4,)
+    assert outs["D"].real_scores is not None and outs["D"].real_scores.shape == (4,)
 
 
 TINY = dict(data="mnist", resolution=16, batch=16, model_opts={"base_channels": 4}, tick=0.064, sample_every=0.128,

@@ -49,8 +49,9 @@ def test_mode_seeking_weight_adds_the_term_to_g_loss():
     ctx = StepContext(latents=lambda n: z, schedule=Schedule(8, 4))
     fakes = model.G(z)
     expected = reconstruction_loss(fakes, model.D(fakes)) + 0.5 * mode_seeking_loss(fakes, z)
-    assert model.loss("G", torch.zeros(4, 1, 8, 8), None, ctx).item() == pytest.approx(expected.item(), rel=1e-6)
-    assert ctx.stats["began/mode_seeking"].item() == pytest.approx(mode_seeking_loss(fakes, z).item(), rel=1e-6)
+    out = model.loss("G", torch.zeros(4, 1, 8, 8), None, ctx)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert out.stats["began/mode_seeking"].item() == pytest.approx(mode_seeking_loss(fakes, z).item(), rel=1e-6)
     with pytest.raises(OptionError, match="mode_seeking=-1"):
         build_model("began", dict(resolution=8, channels=1, mode_seeking=-1))
 
@@ -85,8 +86,8 @@ def test_losses_follow_the_equations():
     ctx = StepContext(latents=lambda n: z, schedule=Schedule(8, 4))
     fakes = model.G(z)
     expected_d = reconstruction_loss(reals, model.D(reals)) - 0.25 * reconstruction_loss(fakes, model.D(fakes))
-    assert model.loss("D", reals, None, ctx).item() == pytest.approx(expected_d.item(), rel=1e-6)
-    assert model.loss("G", reals, None, ctx).item() == pytest.approx(reconstruction_loss(fakes, model.D(fakes)).item(), rel=1e-6)
+    assert model.loss("D", reals, None, ctx).loss.item() == pytest.approx(expected_d.item(), rel=1e-6)
+    assert model.loss("G", reals, None, ctx).loss.item() == pytest.approx(reconstruction_loss(fakes, model.D(fakes)).item(), rel=1e-6)
 
 
 def test_learning_rate_halves_when_m_global_stalls_down_to_the_floor():
@@ -96,8 +97,7 @@ def test_learning_rate_halves_when_m_global_stalls_down_to_the_floor():
     lrs = []
     for step, m_real in enumerate([0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]):  # windows of 2 steps of 16 images
         losses = {"loss/L_real": t(m_real), "loss/L_fake": t(m_real * 0.5)}  # M_global = L(x) at equilibrium
-        model.after_step(StepContext(latents=None, schedule=Schedule(8, 16), images_seen=16 * step,
-                                     optimizers=optimizers, stats=losses))
+        model.after_step(losses, StepContext(latents=None, schedule=Schedule(8, 16), images_seen=16 * step), optimizers)
         lrs.append(optimizers["D"].param_groups[0]["lr"])
     # window 1 (M 0.5): best; window 2 (0.4): improves; window 3 (0.4): stalls -> 5e-5; window 4: -> floor 3e-5
     assert lrs == pytest.approx([1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 5e-5, 5e-5, 3e-5])
@@ -134,7 +134,7 @@ def test_pack_makes_d_judge_consecutive_images_stacked_along_the_channels():
     ctx = StepContext(latents=lambda n: z, schedule=Schedule(8, 4))
     fakes = model.pack(model.G(z))
     expected_d = reconstruction_loss(packed, model.D(packed)) - 0.25 * reconstruction_loss(fakes, model.D(fakes))
-    assert model.loss("D", reals, None, ctx).item() == pytest.approx(expected_d.item(), rel=1e-6)
+    assert model.loss("D", reals, None, ctx).loss.item() == pytest.approx(expected_d.item(), rel=1e-6)
     assert model.visuals(reals)["reconstructions"].shape == (8, 3, 8, 8)  # (real, reconstruction) pairs
     assert model.encode(reals) is None  # D's code is of a pack, not of one image
     with pytest.raises(OptionError, match="pack=2: the batch per process \\(3\\)"):
@@ -150,7 +150,7 @@ def test_denoise_gives_d_noisy_images_to_reconstruct_as_they_were():
     reals = torch.rand(4, 1, 8, 8) * 2 - 1
     z = model.sample_latents(4)
     ctx = StepContext(latents=lambda n: z, schedule=Schedule(8, 4), generator=torch.Generator().manual_seed(3))
-    loss_d = model.loss("D", reals, None, ctx).item()
+    loss_d = model.loss("D", reals, None, ctx).loss.item()
     noise = torch.Generator().manual_seed(3)  # the run's generator draws the reals' noise, then the fakes'
     fakes = model.G(z)
     noisy_reals = reals + 0.5 * torch.randn(reals.shape, generator=noise)

@@ -93,6 +93,21 @@ def test_every_option_has_help_and_shared_defaults_agree():
                 assert seen.setdefault(param.name, param.default) == param.default, f"{name} {param.opts[0]}"
 
 
+def test_the_data_options_of_dataset_and_evaluate_are_trains_own():
+    """--resolution, --channels, --center-crop and --split are declared once (on TrainOptions): the
+    commands that share them check them alike, and say the same where they mean the same."""
+    def option(command, name):
+        return next(p for p in main.commands[command].params if p.name == name)
+
+    for command in ("dataset", "evaluate"):
+        assert option(command, "resolution").callback is option("train", "resolution").callback
+    for name in ("channels", "center_crop"):
+        assert option("dataset", name).help == option("train", name).help
+        assert option("dataset", name).type.to_info_dict() == option("train", name).type.to_info_dict()
+    assert option("evaluate", "split").type.choices == option("train", "split").type.choices
+    assert option("evaluate", "split").default is None  # the run's own split
+
+
 def test_generate_is_reproducible_by_seed(run_dir, tmp_path):
     runner = CliRunner()
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):

@@ -18,7 +18,7 @@ from torch import nn
 from ganforge.cli import main
 from ganforge.losses import bce_with_logits
 from ganforge.models import register, unregister
-from ganforge.models.base import CLASS, Condition, GanModel, Schedule, StepContext, adam, check_resolution
+from ganforge.models.base import CLASS, Condition, GanModel, PhaseLoss, Schedule, StepContext, adam, check_resolution
 
 
 class TinyGrowing(GanModel):
@@ -56,7 +56,7 @@ class TinyGrowing(GanModel):
     def _score(self, images, classes):
         return self.D[1:](torch.cat([images.flatten(1), F.one_hot(classes, self.num_classes).float()], 1)).flatten()
 
-    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> torch.Tensor:
+    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> PhaseLoss:
         size, y = ctx.schedule.resolution, condition.classes
         z = ctx.latents(len(reals))
         if size < reals.shape[-1]:
@@ -64,15 +64,15 @@ class TinyGrowing(GanModel):
         if phase == "D":
             with torch.no_grad():
                 fakes = self._image(self.G, z, y, size)
-            loss = bce_with_logits(self._score(reals, y), 1.0) + bce_with_logits(self._score(fakes, y), 0.0)
-            ctx.stats["loss/D"] = loss.detach()
-            return loss
+            real_scores = self._score(reals, y)
+            loss = bce_with_logits(real_scores, 1.0) + bce_with_logits(self._score(fakes, y), 0.0)
+            return PhaseLoss(loss, {"loss/D": loss.detach()}, real_scores=real_scores.detach())
         loss = bce_with_logits(self._score(self._image(self.G, z, y, size), y), 1.0)
-        ctx.stats["loss/G"] = loss.detach()
-        return loss
+        return PhaseLoss(loss, {"loss/G": loss.detach()})
 
-    def after_step(self, ctx: StepContext) -> None:
+    def after_step(self, stats: dict, ctx: StepContext, optimizers: dict) -> dict:
         self.grown.fill_(ctx.schedule.resolution)
+        return {"tiny/grown": self.grown.float()}
 
     def discriminate(self, images, condition):
         return self._score(images, condition.classes)

@@ -177,7 +177,7 @@ def pggan_losses(model, phase: str) -> tuple[torch.Tensor, dict]:
     ctx = StepContext(latents=lambda n: torch.randn(n, model.z_dim, generator=gen, dtype=torch.float64),
                       schedule=Schedule(resolution=16, batch=4, alpha=0.5), generator=gen)
     model.zero_grad(set_to_none=True)
-    loss = model.loss(phase, reals, model.training_condition(torch.zeros(4, dtype=torch.long), ctx), ctx)
+    loss = model.loss(phase, reals, model.training_condition(torch.zeros(4, dtype=torch.long), ctx), ctx).loss
     loss.backward()
     return loss, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
@@ -197,7 +197,7 @@ def dfgan_d_loss(model) -> tuple[torch.Tensor, dict]:
     ctx = StepContext(latents=lambda n: torch.randn(n, model.z_dim, generator=gen, dtype=torch.float64),
                       schedule=Schedule(resolution=16, batch=4), generator=gen, indices=torch.arange(4))
     model.zero_grad(set_to_none=True)
-    loss = model.loss("D", reals, model.training_condition(torch.zeros(4, dtype=torch.long), ctx), ctx)
+    loss = model.loss("D", reals, model.training_condition(torch.zeros(4, dtype=torch.long), ctx), ctx).loss
     loss.backward()
     return loss, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 

@@ -37,12 +37,15 @@ def test_every_tensor_of_a_step_lives_on_the_data_device(name):
     labels = torch.zeros(4, dtype=torch.long, device="meta")
     sched = Schedule(16, 4, alpha=0.5, stage="16")  # mid-fade for PGGAN
     ctx = StepContext(latents=lambda n: model.sample_latents(n, None, "meta"), schedule=sched,
-                      optimizers=model.optimizers(sched), indices=torch.arange(4, device="meta"))
+                      indices=torch.arange(4, device="meta"))
     condition = model.training_condition(labels, ctx)
+    stats = {}
     for phase in model.phases():
-        model.loss(phase.name, reals, condition, ctx).backward()
-    model.after_step(ctx)
-    assert ctx.stats and {k: v.device.type for k, v in ctx.stats.items()} == {k: "meta" for k in ctx.stats}
+        out = model.loss(phase.name, reals, condition, ctx)
+        out.loss.backward()
+        stats.update(out.stats)
+    stats.update(model.after_step(stats, ctx, model.optimizers(sched)))
+    assert stats and {k: v.device.type for k, v in stats.items()} == {k: "meta" for k in stats}
     assert all(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()])
 
 

@@ -13,7 +13,7 @@ import torch
 from ganforge.training import TrainingError, TrainOptions, train
 from ganforge.snapshots import load_snapshot
 
-from conftest import ganforge, one_line_error
+from conftest import ganforge, one_line_error, poisoned
 
 TINY = dict(data="mnist", resolution=16, batch=16, model_opts={"base_channels": 8}, tick=0.032, sample_every=0.064, snap=0.064)
 
@@ -327,7 +327,7 @@ def test_a_nan_at_the_first_step_leaves_no_run_directory(tmp_path, monkeypatch):
     from ganforge.models.cdcgan import CDCGAN
 
     original = CDCGAN.loss
-    monkeypatch.setattr(CDCGAN, "loss", lambda self, *args: original(self, *args) * float("nan"))
+    monkeypatch.setattr(CDCGAN, "loss", lambda self, *args: poisoned(original(self, *args)))
     with pytest.raises(TrainingError, match="step 1.: training diverged; no snapshot yet"):
         train(TrainOptions(**{**TINY, "tick": 0.016}, kimg=0.064, outdir=str(tmp_path)), progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -342,8 +342,8 @@ def test_a_run_that_fails_after_its_first_tick_keeps_its_log_though_it_has_no_sn
 
     def nan_after_two_ticks(self, *args):
         calls.append(1)
-        loss = original(self, *args)
-        return loss * float("nan") if len(calls) > 8 else loss  # two phases a step: a NaN from the fifth step
+        out = original(self, *args)
+        return poisoned(out) if len(calls) > 8 else out  # two phases a step: a NaN from the fifth step
 
     monkeypatch.setattr(CDCGAN, "loss", nan_after_two_ticks)
     with pytest.raises(TrainingError, match="training diverged; no snapshot yet"):

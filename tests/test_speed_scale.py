@@ -124,20 +124,24 @@ def test_accumulated_micro_batches_equal_one_batch():
             return pool[drawn[0] - n:drawn[0]]
 
         optimizers = {k: torch.optim.SGD(getattr(model, k).parameters(), lr=0.1) for k in ("G", "D")}
-        ctx = StepContext(latents=latents, schedule=Schedule(16, 16), optimizers=optimizers)
+        ctx = StepContext(latents=latents, schedule=Schedule(16, 16))
         reals = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
         scalers = {k: torch.amp.GradScaler("cpu", enabled=False) for k in ("G", "D")}
-        training_step(model, optimizers, scalers, reals, torch.zeros(16, dtype=torch.long), ctx, "fp32",
-                      torch.device("cpu"), rounds=rounds)
-        return model, ctx
+        result = training_step(model, optimizers, scalers, reals, torch.zeros(16, dtype=torch.long), ctx, "fp32",
+                               torch.device("cpu"), rounds=rounds)
+        return model, result
 
-    one, ctx_one = step(1)
-    four, ctx_four = step(4)
+    one, result_one = step(1)
+    four, result_four = step(4)
     for (name, a), b in zip(one.named_parameters(), four.parameters()):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5, msg=name)
-    assert ctx_one.stats.keys() == ctx_four.stats.keys()
-    for key in ctx_one.stats:
-        torch.testing.assert_close(ctx_one.stats[key], ctx_four.stats[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert result_one.losses.keys() == result_four.losses.keys() == {"D", "G"}
+    assert result_one.stats.keys() == result_four.stats.keys()
+    for key in result_one.losses:
+        torch.testing.assert_close(result_one.losses[key], result_four.losses[key], atol=1e-6, rtol=1e-5, msg=key)
+    for key in result_one.stats:
+        torch.testing.assert_close(result_one.stats[key], result_four.stats[key], atol=1e-6, rtol=1e-5, msg=key)
+    assert result_one.real_scores.shape == result_four.real_scores.shape == (16,)
     assert one.k_t.item() == pytest.approx(four.k_t.item(), abs=1e-9)
 
 

@@ -6,9 +6,12 @@ import torch
 
 from ganforge.data import load_dataset
 from ganforge.inference import generate, load_model
+from ganforge.models.base import PhaseLoss
 from ganforge.metrics.conditional_accuracy import accuracy, train_classifier
 from ganforge.training import TrainingError, TrainOptions, train
 from ganforge.snapshots import load_snapshot
+
+from conftest import poisoned
 
 TINY = dict(data="mnist", resolution=16, batch=16, model_opts={"base_channels": 8}, tick=0.064, sample_every=0.064, snap=0.064)
 
@@ -85,11 +88,11 @@ def test_interrupt_writes_a_snapshot_and_resumes(tmp_path, monkeypatch):
     calls = {"n": 0}
     original = CDCGAN.after_step
 
-    def interrupt_on_third_step(self, ctx):
+    def interrupt_on_third_step(self, stats, ctx, optimizers):
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self, ctx)
+        return original(self, stats, ctx, optimizers)
 
     monkeypatch.setattr(CDCGAN, "after_step", interrupt_on_third_step)
     run = train(TrainOptions(**TINY, kimg=0.256, outdir=str(tmp_path)), progress=False)
@@ -127,13 +130,12 @@ def test_nonfinite_loss_restores_the_last_snapshot_and_continues(tmp_path, monke
     original, calls = CDCGAN.loss, {"n": 0}
 
     def poisoned_once(self, phase, reals, labels, ctx):
-        loss = original(self, phase, reals, labels, ctx)
+        out = original(self, phase, reals, labels, ctx)
         if phase == "G":
             calls["n"] += 1
             if calls["n"] == 7:  # step 7, after the snapshot at step 4
-                ctx.stats["loss/G"] = torch.tensor(float("nan"))
-                return loss * float("nan")
-        return loss
+                return PhaseLoss(out.loss * float("nan"), {"loss/G": torch.tensor(float("nan"))})
+        return out
 
     monkeypatch.setattr(CDCGAN, "loss", poisoned_once)
     run = train(TrainOptions(**TINY, kimg=0.16, outdir=str(tmp_path)), progress=False)
@@ -142,14 +144,37 @@ def test_nonfinite_loss_restores_the_last_snapshot_and_continues(tmp_path, monke
     assert "warning: non-finite loss at" in (run / "log.txt").read_text()
 
 
+def test_a_nonfinite_loss_is_caught_from_the_loss_itself_though_the_model_logs_nothing(tmp_path, monkeypatch):
+    """The loop checks each phase's loss, not what the model chose to log: here it logs nothing, and
+    the NaN is a constant added to G's loss, so gradients and weights stay finite and only the loss
+    value tells."""
+    from ganforge.models.cdcgan import CDCGAN
+
+    original, calls = CDCGAN.loss, {"n": 0}
+
+    def nan_loss_logging_nothing(self, phase, reals, labels, ctx):
+        loss = original(self, phase, reals, labels, ctx).loss
+        if phase == "G":
+            calls["n"] += 1
+            if calls["n"] == 7:  # step 7, after the snapshot at step 4
+                return PhaseLoss(loss + float("nan"))
+        return PhaseLoss(loss)
+
+    monkeypatch.setattr(CDCGAN, "loss", nan_loss_logging_nothing)
+    run = train(TrainOptions(**TINY, kimg=0.16, outdir=str(tmp_path)), progress=False)
+    log = (run / "log.txt").read_text()
+    assert "warning: non-finite loss at 0.1 kimg (step 8); restored latest.pt (0.1 kimg)" in log
+    assert load_snapshot(run)["step"] == 10
+
+
 def test_persistent_nan_stops_with_a_clear_message_and_keeps_the_good_snapshot(tmp_path, monkeypatch):
     from ganforge.models.cdcgan import CDCGAN
 
     original = CDCGAN.loss
 
     def always_nan_after_step_5(self, phase, reals, labels, ctx):
-        loss = original(self, phase, reals, labels, ctx)
-        return loss * float("nan") if ctx.step >= 5 else loss
+        out = original(self, phase, reals, labels, ctx)
+        return poisoned(out) if ctx.step >= 5 else out
 
     monkeypatch.setattr(CDCGAN, "loss", always_nan_after_step_5)
     with pytest.raises(TrainingError, match="training diverged; the last good snapshot"):
@@ -192,7 +217,8 @@ def test_recover_goes_back_to_the_last_snapshot_with_fresh_noise_then_gives_up(t
     from ganforge.data import RealStream
     from ganforge.hardware import make_scalers
     from ganforge.models import build_model
-    from ganforge.training.loop import RunState, recover
+    from ganforge.training.distributed import Dist
+    from ganforge.training.loop import Run, RunState, recover
 
     run = train(TrainOptions(**TINY, kimg=0.064, outdir=str(tmp_path)), progress=False)
     snap = load_snapshot(run)
@@ -202,7 +228,9 @@ def test_recover_goes_back_to_the_last_snapshot_with_fresh_noise_then_gives_up(t
     state = RunState(optimizers=model.optimizers(), scalers=make_scalers("fp32", torch.device("cpu")),
                      generator=generator, stream=RealStream(load_dataset("mnist", 16, 1), seed=0))
     state.images_seen, state.step = 999, 99  # where a poisoned step left the run
-    line = recover(state, model, opts, run, "non-finite loss")
+    # recover reads the run's options, model, state and directory; not its log or stop flag
+    this = Run(opts, model, state, run, Dist(), torch.device("cpu"), log=None, stop=None)
+    line = recover(this, "non-finite loss")
     assert "non-finite loss at 1.0 kimg (step 99)" in line and "retry 1 of 3" in line
     assert (state.step, state.images_seen) == (snap["step"], snap["images_seen"]) == (4, 64)
     assert state.stream.position == snap["stream_position"] + opts.batch  # the data moved on
@@ -210,10 +238,10 @@ def test_recover_goes_back_to_the_last_snapshot_with_fresh_noise_then_gives_up(t
     saved = torch.Generator()
     saved.set_state(snap["rng"]["loop"])
     assert not torch.equal(torch.randn(4, generator=generator), torch.randn(4, generator=saved))  # fresh noise
-    recover(state, model, opts, run, "non-finite loss")
-    recover(state, model, opts, run, "non-finite weights")
+    recover(this, "non-finite loss")
+    recover(this, "non-finite weights")
     with pytest.raises(TrainingError, match="non-finite loss at 0.1 kimg .step 4.: training diverged"):
-        recover(state, model, opts, run, "non-finite loss")
+        recover(this, "non-finite loss")
 
 
 def test_runs_written_with_base_channels_as_a_shared_option_resume(tmp_path):

@@ -44,7 +44,7 @@ def build_model(name: str, config: dict):
     return model_class(name)(config)
 
 
-_FROM_BASE = {"GanModel", "Phase", "Schedule", "StepContext", "Condition", "parameter_count"}
+_FROM_BASE = {"GanModel", "Phase", "PhaseLoss", "Schedule", "StepContext", "Condition", "parameter_count"}
 
 
 def __getattr__(attr: str):
@@ -56,5 +56,5 @@ def __getattr__(attr: str):
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-__all__ = ["GanModel", "Phase", "Schedule", "StepContext", "Condition", "MODELS", "build_model", "model_class",
-           "model_names", "parameter_count", "register", "unregister"]
+__all__ = ["GanModel", "Phase", "PhaseLoss", "Schedule", "StepContext", "Condition", "MODELS", "build_model",
+           "model_class", "model_names", "parameter_count", "register", "unregister"]

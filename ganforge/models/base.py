@@ -95,12 +95,18 @@ class StepContext:
     images_seen: int = 0                         # before this step
     generator: torch.Generator | None = None     # the run's seeded generator, for any other randomness
     indices: torch.Tensor | None = None          # dataset indices of the real batch (captions, ...)
-    optimizers: dict = field(default_factory=dict)
-    stats: dict = field(default_factory=dict)    # scalars (tensors) a loss wants logged
     # Every image D sees goes through augment(*batches) first (reals, fakes, a penalty's inputs; one
     # call per set of batches that a penalty mixes row by row); the identity unless --augment is on.
     augment: Callable[..., tuple] = lambda *batches: batches
-    real_scores: torch.Tensor | None = None      # the D phase's score of each real, > 0 where D judges it real
+
+
+@dataclass
+class PhaseLoss:
+    """What `GanModel.loss` gives back for one phase on one (micro-)batch, all on the device."""
+
+    loss: torch.Tensor                                            # the scalar the phase's network minimises
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars to log, by name
+    real_scores: torch.Tensor | None = None  # D's phase: its score of each real, > 0 where it judges it real (ADA)
 
 
 class GanModel(nn.Module):
@@ -173,8 +179,8 @@ class GanModel(nn.Module):
         phase of the step sees the same one."""
         return Condition(classes=labels) if self.conditioning == CLASS else Condition()
 
-    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> torch.Tensor:
-        """Scalar loss of `phase` on a real batch in [-1, 1]; put scalars to log into ctx.stats."""
+    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> PhaseLoss:
+        """The loss of `phase` on a real batch in [-1, 1], with what to log beside it."""
         raise NotImplementedError
 
     def prepare(self, dataset, device, resumed: bool) -> None:
@@ -183,8 +189,12 @@ class GanModel(nn.Module):
     def prepare_synthetic(self, batch: int, device, generator: torch.Generator) -> None:
         """Stand-in for `prepare` with random data, for timing a step (bench); nothing by default."""
 
-    def after_step(self, ctx: StepContext) -> None:
-        """Hook after all phases of a step (BEGAN's k_t update lives here)."""
+    def after_step(self, stats: dict[str, torch.Tensor], ctx: StepContext,
+                   optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
+        """Hook after all phases of a step (BEGAN's k_t update lives here): `stats` are the step's
+        (this process's means over its micro-batches), `optimizers` the run's (a learning rate to
+        change). Returns further statistics to log."""
+        return {}
 
     def host_step(self, images_seen: int, batch: int) -> bool:
         """Whether the step from `images_seen` does work on the host besides launching kernels (BEGAN

@@ -44,7 +44,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganforge.errors import OptionError
-from ganforge.models.base import Condition, GanModel, StepContext, adam, check_resolution
+from ganforge.models.base import Condition, GanModel, PhaseLoss, StepContext, adam, check_resolution
+
+
+# The two reconstruction losses of a step that k_t follows, as D's and G's phases log them.
+L_REAL, L_FAKE = "loss/L_real", "loss/L_fake"
 
 
 def reconstruction_errors(images: torch.Tensor, reconstructions: torch.Tensor, eta: int = 1) -> torch.Tensor:
@@ -198,7 +202,7 @@ class BEGAN(GanModel):
     def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         return torch.rand(n, self.z_dim, generator=generator, device=device) * 2 - 1  # z ~ U[-1, 1]
 
-    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> torch.Tensor:
+    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> PhaseLoss:
         z = ctx.latents(reals.shape[0])
         if phase == "D":
             with torch.no_grad():
@@ -209,21 +213,20 @@ class BEGAN(GanModel):
             real_errors = reconstruction_errors(reals, self.D(self.corrupt(reals, ctx)), eta)
             loss_real = real_errors.mean()
             loss_fake = reconstruction_loss(fakes, self.D(self.corrupt(fakes, ctx)), eta)
+            loss = loss_real - self.k_t * loss_fake
             # An autoencoder judges a real real when it reconstructs it better than it does the fakes.
-            ctx.real_scores = (loss_fake - real_errors).detach()
-            ctx.stats.update({"loss/L_real": loss_real.detach(), "loss/D": (loss_real - self.k_t * loss_fake).detach()})
-            return loss_real - self.k_t * loss_fake
+            return PhaseLoss(loss, {L_REAL: loss_real.detach(), "loss/D": loss.detach()},
+                             real_scores=(loss_fake - real_errors).detach())
         if phase == "G":
             images = self.G(z)
             (fakes,) = ctx.augment(images)
             fakes = self.pack(fakes)
             loss_fake_g = reconstruction_loss(fakes, self.D(self.corrupt(fakes, ctx)), self.config["eta"])
-            ctx.stats["loss/L_fake"] = loss_fake_g.detach()
             if self.config["mode_seeking"] > 0:
                 diversity_penalty = mode_seeking_loss(images, z)
-                ctx.stats["began/mode_seeking"] = diversity_penalty.detach()
-                return loss_fake_g + self.config["mode_seeking"] * diversity_penalty
-            return loss_fake_g
+                return PhaseLoss(loss_fake_g + self.config["mode_seeking"] * diversity_penalty,
+                                 {L_FAKE: loss_fake_g.detach(), "began/mode_seeking": diversity_penalty.detach()})
+            return PhaseLoss(loss_fake_g, {L_FAKE: loss_fake_g.detach()})
         raise ValueError(f"unknown phase {phase}")
 
     def corrupt(self, images: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -242,29 +245,29 @@ class BEGAN(GanModel):
         return images.reshape(images.shape[0] // m, m * images.shape[1], *images.shape[2:])
 
     @torch.no_grad()
-    def after_step(self, ctx: StepContext) -> None:
+    def after_step(self, stats: dict, ctx: StepContext, optimizers: dict) -> dict:
         gamma, c = self.config["gamma"], self.config
         # With several processes, k_t follows the losses of the whole batch, identically on every rank.
         # The step's losses as logged (averaged over micro-batches when the batch is accumulated).
-        loss_real, loss_fake_g = ctx.reduce_mean(ctx.stats["loss/L_real"]), ctx.reduce_mean(ctx.stats["loss/L_fake"])
+        loss_real, loss_fake_g = ctx.reduce_mean(stats[L_REAL]), ctx.reduce_mean(stats[L_FAKE])
         m = m_global(loss_real, loss_fake_g, gamma)
         self.k_t.copy_(k_t_update(self.k_t, loss_real, loss_fake_g, gamma, c["lambda_k"]))
         self.m_window_sum += m
         self.m_window_steps += 1
-        ctx.stats.update({"began/m_global": m, "began/k_t": self.k_t.clone()})
         if self.host_step(ctx.images_seen, ctx.schedule.batch):
             # Read by the host once a window (100 kimg by default): the learning rate lives there.
             mean = (self.m_window_sum / self.m_window_steps).item()
             if mean < self.m_best.item():
                 self.m_best.fill_(mean)
             else:  # M_global stalled over a whole window: halve the learning rate, down to the floor
-                for opt in ctx.optimizers.values():
+                for opt in optimizers.values():
                     for group in opt.param_groups:
                         group["lr"] = max(group["lr"] * 0.5, c["lr_floor"])
             self.m_window_sum.zero_()
             self.m_window_steps.zero_()
         # Filled on the device from a number in the kernel's arguments (torch.tensor would copy from the host).
-        ctx.stats["began/lr"] = torch.full((), ctx.optimizers["G"].param_groups[0]["lr"], device=self.k_t.device)
+        lr = torch.full((), optimizers["G"].param_groups[0]["lr"], device=self.k_t.device)
+        return {"began/m_global": m, "began/k_t": self.k_t.clone(), "began/lr": lr}
 
     def host_step(self, images_seen: int, batch: int) -> bool:
         """The step that ends a learning-rate window (every lr_window_kimg)."""

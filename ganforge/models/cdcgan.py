@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ganforge.losses import bce_with_logits
-from ganforge.models.base import Condition, GanModel, StepContext, adam, check_resolution
+from ganforge.models.base import Condition, GanModel, PhaseLoss, StepContext, adam, check_resolution
 
 
 def channels_at(res: int, resolution: int, base: int, cap: int) -> int:
@@ -120,7 +120,7 @@ class CDCGAN(GanModel):
         return {"G": adam(self.G.parameters(), lr=c["lr"], betas=betas),
                 "D": adam(self.D.parameters(), lr=c["lr"], betas=betas)}
 
-    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> torch.Tensor:
+    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> PhaseLoss:
         labels = condition.classes
         z = ctx.latents(reals.shape[0])
         if phase == "D":
@@ -128,16 +128,14 @@ class CDCGAN(GanModel):
                 fakes = self.G(z, labels)
             reals, fakes = ctx.augment(reals, fakes)
             logits_real = self.D(reals, labels)
-            ctx.real_scores = logits_real.detach()
             d_real = bce_with_logits(logits_real, 1.0)               # DiscriminatorReal
             d_fake = bce_with_logits(self.D(fakes, labels), 0.0)   # DiscriminatorFake
-            ctx.stats.update({"loss/D_real": d_real.detach(), "loss/D_fake": d_fake.detach()})
-            return d_real + d_fake
+            return PhaseLoss(d_real + d_fake, {"loss/D_real": d_real.detach(), "loss/D_fake": d_fake.detach()},
+                             real_scores=logits_real.detach())
         if phase == "G":
             (fakes,) = ctx.augment(self.G(z, labels))
             g = bce_with_logits(self.D(fakes, labels), 1.0)  # Generator (D frozen by the loop)
-            ctx.stats["loss/G"] = g.detach()
-            return g
+            return PhaseLoss(g, {"loss/G": g.detach()})
         raise ValueError(f"unknown phase {phase}")
 
     def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:

@@ -43,7 +43,7 @@ from torch import nn
 
 from ganforge.conv import Conv2d, no_weight_gradients
 from ganforge.errors import OptionError
-from ganforge.models.base import TEXT, Condition, GanModel, StepContext, adam, check_resolution
+from ganforge.models.base import TEXT, Condition, GanModel, PhaseLoss, StepContext, adam, check_resolution
 from ganforge.models.text import PAD, UNK, BiLSTMEncoder, CaptionTable, MiniLMEncoder, build_vocab, train_matcher
 
 
@@ -277,7 +277,7 @@ class DFGAN(GanModel):
             raise RuntimeError("DFGAN.prepare(dataset) must run before training")
         return Condition(captions=self.captions.pick(ctx.indices, ctx.generator))
 
-    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> torch.Tensor:
+    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> PhaseLoss:
         c, table = self.config, self.captions
         if phase == "D":
             mismatch = table.mismatched(ctx.indices, ctx.generator)
@@ -288,17 +288,15 @@ class DFGAN(GanModel):
             reals, fakes = ctx.augment(reals, fakes)
             reals = reals.detach().requires_grad_(True)  # MA-GP's gradient is taken at the image D sees
             real_scores = self.D(reals, sent)
-            ctx.real_scores = real_scores.detach().flatten()
             loss = hinge_d_loss(real_scores, self.D(fakes, sent.detach()), self.D(reals.detach(), table.embeddings[mismatch]))
             gp = ma_gp(real_scores, reals, sent, c["ma_k"], c["ma_p"])
-            ctx.stats.update({"loss/D_hinge": loss.detach(), "loss/D_magp": gp.detach()})
-            return loss + gp
+            return PhaseLoss(loss + gp, {"loss/D_hinge": loss.detach(), "loss/D_magp": gp.detach()},
+                             real_scores=real_scores.detach().flatten())
         if phase == "G":
             sent = table.embeddings[condition.captions]
             (fakes,) = ctx.augment(self.G(ctx.latents(reals.shape[0]), sent))
             loss = -self.D(fakes, sent).float().mean()
-            ctx.stats["loss/G"] = loss.detach()
-            return loss
+            return PhaseLoss(loss, {"loss/G": loss.detach()})
         raise ValueError(f"unknown phase {phase}")
 
     def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:

@@ -26,7 +26,7 @@ from torch import nn
 from ganforge.conv import conv2d, conv_transpose2d
 from ganforge.errors import OptionError
 from ganforge.losses import gradient_penalty
-from ganforge.models.base import Condition, GanModel, Schedule, StepContext, adam, check_resolution
+from ganforge.models.base import Condition, GanModel, PhaseLoss, Schedule, StepContext, adam, check_resolution
 
 SQRT2 = math.sqrt(2.0)
 
@@ -335,7 +335,7 @@ class PGGAN(GanModel):
         return {"G": adam(self.G.parameters(), **kw), "D": adam(self.D.parameters(), **kw)}
 
     # --- training ---------------------------------------------------------------------------
-    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> torch.Tensor:
+    def loss(self, phase: str, reals: torch.Tensor, condition: Condition, ctx: StepContext) -> PhaseLoss:
         c, s = self.config, ctx.schedule
         labels = condition.classes
         z = ctx.latents(reals.shape[0])
@@ -346,33 +346,32 @@ class PGGAN(GanModel):
             reals, fakes = ctx.augment(reals, fakes)  # one draw: the penalty's mix is augmented alike
             out_real, out_fake = self.D(reals, s.alpha), self.D(fakes, s.alpha)
             score_real, score_fake = out_real[:, 0].float(), out_fake[:, 0].float()
-            # A critic's scores have no fixed zero: a real is judged real when it scores above the fakes.
-            ctx.real_scores = (score_real - score_fake.mean()).detach()
             mix = torch.rand(reals.shape[0], 1, 1, 1, generator=ctx.generator, device=reals.device)
             mixed = fade(reals, fakes, mix)
             penalty = gradient_penalty(lambda x: self.D(x, s.alpha)[:, 0], mixed)
             loss = (score_fake.mean() - score_real.mean() + c["lambda_gp"] * penalty
                     + c["drift"] * score_real.pow(2).mean())
-            ctx.stats.update({"loss/D": loss.detach(), "loss/D_gp": penalty.detach(),
-                              "loss/D_wdist": (score_real.mean() - score_fake.mean()).detach()})
+            stats = {"loss/D": loss.detach(), "loss/D_gp": penalty.detach(),
+                     "loss/D_wdist": (score_real.mean() - score_fake.mean()).detach()}
             if labels is not None:  # AC-GAN: D classifies reals and fakes
                 ac = F.cross_entropy(out_real[:, 1:].float(), labels) + F.cross_entropy(out_fake[:, 1:].float(), labels)
                 loss = loss + c["label_weight"] * ac
-                ctx.stats["loss/D_ac"] = ac.detach()
-            return loss
+                stats["loss/D_ac"] = ac.detach()
+            # A critic's scores have no fixed zero: a real is judged real when it scores above the fakes.
+            return PhaseLoss(loss, stats, real_scores=(score_real - score_fake.mean()).detach())
         if phase == "G":
             (fakes,) = ctx.augment(self.G(z, labels, s.resolution, s.alpha))
             out = self.D(fakes, s.alpha)
             loss = -out[:, 0].float().mean()
             if labels is not None:
                 loss = loss + c["label_weight"] * F.cross_entropy(out[:, 1:].float(), labels)
-            ctx.stats["loss/G"] = loss.detach()
-            return loss
+            return PhaseLoss(loss, {"loss/G": loss.detach()})
         raise ValueError(f"unknown phase {phase}")
 
-    def after_step(self, ctx: StepContext) -> None:
+    def after_step(self, stats: dict, ctx: StepContext, optimizers: dict) -> dict:
         self.grown_resolution.fill_(ctx.schedule.resolution)
         self.grown_alpha.fill_(ctx.schedule.alpha)
+        return {}
 
     def discriminate(self, images: torch.Tensor, condition: Condition) -> torch.Tensor:
         return self.D(images, 1.0)

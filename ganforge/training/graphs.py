@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from ganforge.models.base import GanModel, Schedule
-from ganforge.training.step import device_step
+from ganforge.training.distributed import Dist
+from ganforge.training.step import StepResult, device_step
 
 WARMUP_STEPS = 3  # eager steps on a side stream before a capture (optimizer state, cuDNN's choices)
 
@@ -38,15 +39,15 @@ class GraphedSteps:
         self.warm = 0
         self.inputs: tuple[torch.Tensor, ...] = ()
         self.beta: torch.Tensor | None = None
-        self.stats: dict = {}
+        self.result: StepResult | None = None  # the captured step's outputs, rewritten by each replay
         self.captures = 0  # graphs captured so far (for the log and the tests)
 
     def replayable(self, model: GanModel, state, sched: Schedule, opts, world: int) -> bool:
         return (sched.alpha == 1.0 and opts.precision != "fp16" and world == 1
                 and not model.host_step(state.images_seen, sched.batch))
 
-    def step(self, model: GanModel, state, sched: Schedule, opts, ddp, device: torch.device, real_u8: torch.Tensor,
-             labels: torch.Tensor, indices: torch.Tensor, beta: float) -> dict:
+    def step(self, model: GanModel, state, sched: Schedule, opts, ddp: Dist, device: torch.device,
+             real_u8: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, beta: float) -> StepResult:
         key = (sched.resolution, sched.batch, sched.stage, tuple(map(id, state.optimizers.values())),
                tuple(group["lr"] for opt in state.optimizers.values() for group in opt.param_groups))
         if key != self.key:
@@ -57,7 +58,7 @@ class GraphedSteps:
         static_indices.copy_(indices)
         self.beta.fill_(beta)
 
-        def run() -> dict:
+        def run() -> StepResult:
             return device_step(model, state, sched, opts, ddp, device, static_images, static_labels, static_indices,
                                self.beta)
 
@@ -65,7 +66,7 @@ class GraphedSteps:
             return run()
         if self.graph is not None:
             self.graph.replay()
-            return dict(self.stats)
+            return self.replayed()
         if self.warm < WARMUP_STEPS:
             return self.warm_up(run, device)
         return self.capture_and_replay(run, state)
@@ -78,23 +79,27 @@ class GraphedSteps:
             for group in opt.param_groups:
                 group["capturable"] = self.capture
 
-    def warm_up(self, run, device: torch.device) -> dict:
+    def warm_up(self, run, device: torch.device) -> StepResult:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            stats = run()
+            result = run()
         torch.cuda.current_stream(device).wait_stream(side)
         self.warm += 1
-        return stats
+        return result
 
-    def capture_and_replay(self, run, state) -> dict:
+    def capture_and_replay(self, run, state) -> StepResult:
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(state.generator)
         if state.augmenter is not None and state.augmenter.active:
             graph.register_generator_state(state.augmenter.generator)
         with torch.cuda.graph(graph):
-            self.stats = run()
+            self.result = run()
         self.graph = graph
         self.captures += 1
         graph.replay()  # capturing records the step without running it
-        return dict(self.stats)
+        return self.replayed()
+
+    def replayed(self) -> StepResult:
+        """The captured step's outputs as the last replay left them, in dicts of the caller's own."""
+        return StepResult(dict(self.result.losses), dict(self.result.stats), self.result.real_scores)

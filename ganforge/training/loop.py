@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import shutil
 import signal
@@ -24,25 +23,25 @@ from typing import Callable
 
 import torch
 
-from ganforge.augment import OPS as AUGMENT_OPS, Augmenter
+from ganforge.augment import Augmenter
 from ganforge.data import ImagesTooSmall, RealStream, data_identity, load_dataset, to_float
-from ganforge.errors import GanforgeError, GanforgeWarning, OptionError, TrainingError, check_memory
+from ganforge.errors import GanforgeError, GanforgeWarning, OptionError, TrainingError
 from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
 from ganforge.snapshots import LATEST, SnapshotError, check_shapes, keep_snapshot, load_snapshot, save_snapshot
-from ganforge.training.distributed import (all_true, barrier, broadcast_object, broadcast_parameters, gather_object,
-                                          init_from_env, job_id, naming_the_rank, restart_count)
+from ganforge.training.distributed import (Dist, all_true, barrier, broadcast_object, broadcast_parameters,
+                                          gather_object, init_from_env, job_id, naming_the_rank, restart_count)
 from ganforge.training.estimate import RunTimer, time_snapshot
 from ganforge.training.finetune import freeze_d, read_source, source_options, start_from_source
-from ganforge.training.options import (TrainOptions, absolute_data, check_batches, check_resume, describe_schedule,
-                                       model_config, period_name, resolve_augment, resolve_options)
+from ganforge.training.options import (TrainOptions, absolute_data, check_batches, check_options, check_resume,
+                                       describe_schedule, model_config, period_name, resolve_augment, resolve_options)
 from ganforge.training.rundir import (OWN_TEMPORARY, RunLock, check_run_directory, dataset_desc, growth_picture,
                                       job_note, kimg_label, make_run_dir, remove_unless_kept, truncate_logs,
                                       write_options)
 from ganforge.training.graphs import GraphedSteps
 from ganforge.training.runlog import RunLog, SampleGrid
-from ganforge.training.step import device_step, ema_beta, step_flops
+from ganforge.training.step import StepResult, device_step, ema_beta, step_flops
 
 
 @dataclass
@@ -97,9 +96,25 @@ class RunState:
                               f"{self.generator.device.type}")
 
 
-def recover(state: RunState, model: GanModel, opts: TrainOptions, run_dir: Path, reason: str) -> str:
+@dataclass
+class Run:
+    """One training run as the loop and its helpers see it, passed whole: what it trains and with
+    what, where it writes, and where it stands."""
+
+    opts: TrainOptions
+    model: GanModel
+    state: RunState
+    directory: Path
+    dist: Dist            # the run's processes, and which of them this one is
+    device: torch.device
+    log: RunLog
+    stop: StopFlag
+
+
+def recover(run: Run, reason: str) -> str:
     """Back to the last good snapshot after a non-finite step, with fresh noise and the data moved on
     (a few times, then TrainingError); returns the line for log.txt."""
+    state, model, opts, run_dir = run.state, run.model, run.opts, run.directory
     state.retries += 1
     where = f"{state.images_seen / 1000:.1f} kimg (step {state.step})"
     if state.retries > opts.nonfinite_retries or not (run_dir / LATEST).exists():
@@ -171,12 +186,15 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
         try:
             run_dir, lock = open_run_directory(opts, snapshot, dataset, model, state, ddp, device)
             check_shared_directory(run_dir, ddp)
-            run_dir = run_steps(opts, snapshot, dataset, model, state, run_dir, ddp, device, progress,
-                                evaluator_factory, watch_step, stop, started,
-                                [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
-                                 f"({channels_source})", *notes, state.augmenter.describe(),
-                                 *([lock.took_over] if lock and lock.took_over else []), *state.notes,
-                                 *restart_notes(restarted, snapshot)])
+            log = RunLog(run_dir, ddp.main, progress, round(opts.kimg * 1000), state.images_seen)
+            run = Run(opts, model, state, run_dir, ddp, device, log, stop)
+            with contextlib.closing(log):
+                log_start(run, dataset, snapshot is not None,
+                          [f"images: {'grey, 1 channel' if dataset.channels == 1 else 'colour, 3 channels'} "
+                           f"({channels_source})", *notes, state.augmenter.describe(),
+                           *([lock.took_over] if lock and lock.took_over else []), *state.notes,
+                           *restart_notes(restarted, snapshot)])
+                run_steps(run, dataset, snapshot is not None, evaluator_factory, watch_step, started)
             if ddp.main and state.images_seen >= round(opts.kimg * 1000):
                 forget_job_run(opts)  # finished: a later restart of this job has nothing to continue
             if snapshot is None and state.step == 0:  # stopped between the start and the first step
@@ -203,88 +221,93 @@ def train(opts: TrainOptions, resume: str | None = None, explicit: set[str] | No
     return run_dir
 
 
-def run_steps(opts: TrainOptions, snapshot: dict | None, dataset, model: GanModel, state: RunState, run_dir: Path,
-              ddp, device: torch.device, progress: bool, evaluator_factory: Callable | None, watch_step: Callable,
-              stop: "StopFlag", started: float, notes: list[str]) -> Path:
+def log_start(run: Run, dataset, resumed: bool, notes: list[str]) -> None:
+    """log.txt's opening lines: what trains on what, where and how, then the notes of the set-up."""
+    opts, model, world = run.opts, run.model, run.dist.world_size
+    run.log.line(f"{'resuming' if resumed else 'starting'} {run.directory} at {run.state.images_seen / 1000:.1f} kimg "
+                 f"on {run.device}: {opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, "
+                 f"{classes_in_words(opts, dataset)}, G {parameter_count(model.G):,} / D {parameter_count(model.D):,} "
+                 f"parameters, {world} process{'es' if world > 1 else ''}")
+    for note in notes + describe_schedule(model, opts) + dataset_notes(opts, dataset):
+        run.log.line(note)
+
+
+def run_steps(run: Run, dataset, resumed: bool, evaluator_factory: Callable | None, watch_step: Callable,
+              started: float) -> None:
     """The training loop proper: step, then tick, grids, metrics and snapshots when their kimg come.
     The first tick of each period logs the whole run's estimate from the speed measured so far."""
-    world, total = ddp.world_size, round(opts.kimg * 1000)
-    log = RunLog(run_dir, ddp.main, progress, total, state.images_seen)
-    log.line(f"{'resuming' if snapshot else 'starting'} {run_dir} at {state.images_seen / 1000:.1f} kimg on {device}: "
-             f"{opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, {classes_in_words(opts, dataset)}, "
-             f"G {parameter_count(model.G):,} / D {parameter_count(model.D):,} parameters, "
-             f"{world} process{'es' if world > 1 else ''}")
-    for note in notes + describe_schedule(model, opts) + dataset_notes(opts, dataset):
-        log.line(note)
+    opts, model, state, log, stop, device = run.opts, run.model, run.state, run.log, run.stop, run.device
+    world, total = run.dist.world_size, round(opts.kimg * 1000)
     grid = SampleGrid(model, opts.seed, device)
     grid_reals, _ = RealStream(dataset, seed=opts.seed + 1, device=device).next_batch(len(grid.z))
     timer = RunTimer.for_run(started, model, opts, state.images_seen)
-    with timer.work("grid" if snapshot is None else "set-up"):
-        log.start_grids(model, grid, to_float(grid_reals), first=snapshot is None, fine=opts.sample_every < 1)
-    evaluate = evaluator_factory(dataset, run_dir, device, metric_share(ddp)) if opts.metrics else None
+    with timer.work("set-up" if resumed else "grid"):
+        log.start_grids(model, grid, to_float(grid_reals), first=not resumed, fine=opts.sample_every < 1)
+    evaluate = evaluator_factory(dataset, run.directory, device, metric_share(run.dist)) if opts.metrics else None
     graphs = GraphedSteps(capture=device.type == "cuda") if opts.cuda_graphs else None
     speed = TickSpeed(model, device, state.generator, world)
+    unchecked = UncheckedLosses()
     if graphs is not None and not graphs.capture:
         log.line(f"--cuda-graphs: {device} has no CUDA graphs; the steps run as they would be captured, eagerly")
 
     stop.raise_now = False  # from the first step on, a stop writes a snapshot
-    with contextlib.closing(log):
-        while state.images_seen < total and not stop.requested:
-            sched: Schedule = model.schedule(state.images_seen, opts.batch, opts.resolution)
-            enter_schedule(sched, model, state, log)
-            before = state.images_seen
-            with watch_step():
-                stats = loop_step(model, state, sched, opts, ddp, device, run_dir, graphs)
-                log.add_step(stats, before, state.images_seen)
-            timer.stepped(period_name(sched), sched.batch)
-            done = state.images_seen >= total or stop.requested
-            due = {name: crossed(before, state.images_seen, every) or done for name, every in
-                   (("tick", opts.tick), ("grids", opts.sample_every), ("snap", opts.snap))}
-            due["metrics"] = evaluate is not None and (crossed(before, state.images_seen, opts.metrics_every)
-                                                       or state.images_seen >= total)
-            # The steps' finiteness is read here, once, when something is about to be written: a NaN
-            # since the last check rolls back to latest.pt before it reaches a row, a grid or a snapshot.
-            if any(due.values()) and not all_true(log.finite(), world, device):
-                log.line(recover(state, model, opts, run_dir, "non-finite loss"))
+    while state.images_seen < total and not stop.requested:
+        sched: Schedule = model.schedule(state.images_seen, opts.batch, opts.resolution)
+        enter_schedule(run, sched)
+        before = state.images_seen
+        with watch_step():
+            result = loop_step(model, state, sched, opts, run.dist, device, run.directory, graphs)
+            log.add_step(result.stats, before, state.images_seen)
+            unchecked.add(result)
+        timer.stepped(period_name(sched), sched.batch)
+        done = state.images_seen >= total or stop.requested
+        due = {name: crossed(before, state.images_seen, every) or done for name, every in
+               (("tick", opts.tick), ("grids", opts.sample_every), ("snap", opts.snap))}
+        due["metrics"] = evaluate is not None and (crossed(before, state.images_seen, opts.metrics_every)
+                                                   or state.images_seen >= total)
+        # The steps' finiteness is read here, once, when something is about to be written: a NaN
+        # since the last check rolls back to latest.pt before it reaches a row, a grid or a snapshot.
+        if any(due.values()) and not all_true(unchecked.finite(), world, device):
+            log.line(recover(run, "non-finite loss"))
+            log.move_to(state.images_seen)
+            continue
+        if due["tick"]:
+            with timer.work("tick"):
+                log.tick(model, sched, state.images_seen, state.step, speed(sched))
+            estimate = timer.estimate_line(state.images_seen, lambda: time_snapshot(state, model, opts)) \
+                if run.dist.main else None
+            if estimate:
+                log.line(estimate)
+        if due["grids"]:
+            with timer.work("grid"):
+                log.grids(model, state.images_seen, fine=opts.sample_every < 1)
+        if due["metrics"]:
+            with timer.work("metrics"):
+                evaluate_and_keep_best(run, evaluate, sched)
+        if due["snap"] or stop.requested:
+            # asked anew: a stop may have come while the grids were written or the metrics ran
+            if not all_true(weights_finite(model), world, device):
+                log.line(recover(run, "non-finite weights"))  # never overwrite a good snapshot with a poisoned one
                 log.move_to(state.images_seen)
                 continue
-            if due["tick"]:
-                with timer.work("tick"):
-                    log.tick(model, sched, state.images_seen, state.step, speed(sched))
-                estimate = timer.estimate_line(state.images_seen, lambda: time_snapshot(state, model, opts)) \
-                    if ddp.main else None
-                if estimate:
-                    log.line(estimate)
-            if due["grids"]:
-                with timer.work("grid"):
-                    log.grids(model, state.images_seen, fine=opts.sample_every < 1)
-            if due["metrics"]:
-                with timer.work("metrics"):
-                    evaluate_and_keep_best(evaluate, model, state, opts, run_dir, log, stop, sched, ddp)
-            if due["snap"] or stop.requested:
-                # asked anew: a stop may have come while the grids were written or the metrics ran
-                if not all_true(weights_finite(model), world, device):
-                    log.line(recover(state, model, opts, run_dir, "non-finite weights"))  # never overwrite a good
-                    log.move_to(state.images_seen)                                        # snapshot with a poisoned one
-                    continue
-                on_interval = crossed(before, state.images_seen, opts.snap)
-                keep = on_interval or state.images_seen >= total
-                # the final snapshot between two intervals gets the finer name: in the whole kimg of
-                # the last kept one (--kimg 1.5 --snap 1) it would replace that one
-                with timer.work("snapshot", count=1 + keep):
-                    write_snapshots(run_dir, state, model, opts, ddp, keep=keep, fine=opts.snap < 1 or not on_interval)
-        if state.images_seen >= total and state.period:
-            log.period_grid(model, state.period)
-            if ddp.main:
-                growth_picture(run_dir)
-        if graphs is not None and graphs.capture:
-            log.line(f"--cuda-graphs: {graphs.captures} graph(s) captured")
-        if isinstance(watch_step, StepCensus):
-            for line in watch_step.summary():
-                log.line(line)
-        if stop.requested and ddp.main:
-            log.say(f"stopped at {state.images_seen / 1000:.1f} kimg; continue with: ganforge train --resume {run_dir}")
-    return run_dir
+            on_interval = crossed(before, state.images_seen, opts.snap)
+            keep = on_interval or state.images_seen >= total
+            # the final snapshot between two intervals gets the finer name: in the whole kimg of
+            # the last kept one (--kimg 1.5 --snap 1) it would replace that one
+            with timer.work("snapshot", count=1 + keep):
+                write_snapshots(run, keep=keep, fine=opts.snap < 1 or not on_interval)
+    if state.images_seen >= total and state.period:
+        log.period_grid(model, state.period)
+        if run.dist.main:
+            growth_picture(run.directory)
+    if graphs is not None and graphs.capture:
+        log.line(f"--cuda-graphs: {graphs.captures} graph(s) captured")
+    if isinstance(watch_step, StepCensus):
+        for line in watch_step.summary():
+            log.line(line)
+    if stop.requested and run.dist.main:
+        log.say(f"stopped at {state.images_seen / 1000:.1f} kimg; continue with: "
+                f"ganforge train --resume {run.directory}")
 
 
 # --- setting a run up ----------------------------------------------------------------------------
@@ -308,17 +331,7 @@ def run_options(opts: TrainOptions, snapshot: dict | None, explicit: set[str], r
         if opts.channels is None:  # runs made before channels were resolved: keep what the networks have
             opts = dataclasses.replace(opts, channels=snapshot["model_config"]["channels"])
     opts = resolve_options(opts)
-    if (opts.batch is not None and opts.batch < 1) or not math.isfinite(opts.kimg) or opts.kimg <= 0:
-        raise TrainingError("--batch must be >= 1 and --kimg a positive number")
-    if round(opts.kimg * 1000) < 1:
-        raise TrainingError(f"--kimg {opts.kimg:g} is less than one image")
-    if opts.augment_p is not None and (opts.augment == "none" or not 0 <= opts.augment_p <= 1):
-        raise TrainingError(f"--augment-p {opts.augment_p:g}: a probability from 0 to 1, with --augment ada or diffaug")
-    if not opts.augment_ops or any(op not in AUGMENT_OPS for op in opts.augment_ops):
-        raise TrainingError(f"--augment-ops {','.join(opts.augment_ops)}: a comma list of {', '.join(AUGMENT_OPS)}")
-    if opts.batch is not None:  # the real batch alone, as uint8 and float, before any network
-        check_memory(opts.batch * (opts.channels or 3) * opts.resolution**2 * 5, f"--batch {opts.batch} at "
-                     f"{opts.resolution}x{opts.resolution}", "--batch")
+    check_options(opts)
     return opts, channels_source
 
 
@@ -344,7 +357,7 @@ def elastic_resume(opts: TrainOptions, resume: str | None) -> tuple[str | None, 
     return (found or resume), restarts
 
 
-def check_same_options(opts: TrainOptions, ddp, gather: Callable) -> None:
+def check_same_options(opts: TrainOptions, ddp: Dist, gather: Callable) -> None:
     """Every node was started with rank 0's options (torchrun runs each node's own command line): a
     node with another --batch or --seed would train something else in lockstep, silently."""
     if not ddp.active:
@@ -359,7 +372,7 @@ def check_same_options(opts: TrainOptions, ddp, gather: Callable) -> None:
                                 "every node with the same ganforge options")
 
 
-def check_shared_directory(run_dir: Path, ddp) -> None:
+def check_shared_directory(run_dir: Path, ddp: Dist) -> None:
     """Every rank sees the run directory rank 0 opened: --outdir must be one file system shared by the
     nodes (the restarted workers of a node read the run back from it)."""
     if not ddp.active:
@@ -401,7 +414,7 @@ def restart_notes(restarts: int, snapshot: dict | None) -> list[str]:
             f"{snapshot['path']} at {snapshot['images_seen'] / 1000:g} kimg"]
 
 
-def made_once(make, ddp):
+def made_once(make, ddp: Dist):
     """make() on rank 0, its result shared with every rank; an error there stops every rank with it."""
     if ddp.world_size <= 1:
         return make()
@@ -504,7 +517,7 @@ def training_model(opts: TrainOptions, dataset, snapshot: dict | None, device: t
     return prepare_networks(model, opts.precision, opts.channels_last, opts.compile)
 
 
-def open_run_directory(opts: TrainOptions, snapshot: dict | None, dataset, model: GanModel, state: RunState, ddp,
+def open_run_directory(opts: TrainOptions, snapshot: dict | None, dataset, model: GanModel, state: RunState, ddp: Dist,
                        device: torch.device) -> tuple[Path, RunLock | None]:
     """A resumed run's directory, checked, locked, restored and cut back to the snapshot; or a new
     numbered one, made once the model has accepted the data. Rank 0 writes it; the other ranks
@@ -550,23 +563,40 @@ def prepare(model: GanModel, dataset, device: torch.device, resumed: bool) -> No
 
 
 # --- during a run --------------------------------------------------------------------------------
-def loop_step(model: GanModel, state: RunState, sched: Schedule, opts: TrainOptions, ddp, device: torch.device,
-              run_dir: Path | None = None, graphs: GraphedSteps | None = None) -> dict:
+def loop_step(model: GanModel, state: RunState, sched: Schedule, opts: TrainOptions, ddp: Dist, device: torch.device,
+              run_dir: Path | None = None, graphs: GraphedSteps | None = None) -> StepResult:
     """The body of the training loop, the same in a run and in bench: the next real batch, one
     training step with G's EMA and the augmentation's p (replayed from a CUDA graph where `graphs`
-    can), the counters. Returns the step's statistics (device tensors). Nothing here waits for the
+    can), the counters. Returns the step's result (device tensors). Nothing here waits for the
     device: what the host needs of it (are the losses finite? what are they?) is read at the next tick."""
     real_u8, labels = state.stream.next_batch(sched.batch, sched.resolution)
     beta = ema_beta(opts, sched.batch, state.images_seen + sched.batch, model.ema_beta)
     replayed = graphs is not None and graphs.replayable(model, state, sched, opts, ddp.world_size)
     try:
-        stats = (graphs.step if replayed else device_step)(model, state, sched, opts, ddp, device, real_u8, labels,
-                                                            state.stream.last_indices, beta)
+        result = (graphs.step if replayed else device_step)(model, state, sched, opts, ddp, device, real_u8, labels,
+                                                             state.stream.last_indices, beta)
     except torch.OutOfMemoryError as e:
         where = out_of_memory(opts, sched, run_dir, "training step") if run_dir else "out of memory in a training step"
         raise TrainingError(where) from e
     state.images_seen, state.step = state.images_seen + sched.batch, state.step + 1
-    return stats
+    return result
+
+
+class UncheckedLosses:
+    """Whether every phase's loss was finite in the steps since the host last asked: folded into one
+    device bool step by step (no wait), read when the loop is about to write something."""
+
+    def __init__(self):
+        self.all_finite: torch.Tensor | None = None
+
+    def add(self, result: StepResult) -> None:
+        finite = result.finite()
+        self.all_finite = finite if self.all_finite is None else self.all_finite & finite
+
+    def finite(self) -> bool:
+        """The one host read of the steps' losses; the steps after it are counted afresh."""
+        all_finite, self.all_finite = self.all_finite, None
+        return all_finite is None or bool(all_finite)
 
 
 class TickSpeed:
@@ -610,25 +640,26 @@ def crossed(before: int, after: int, every_kimg: float) -> bool:
     return before // every != after // every
 
 
-def enter_schedule(sched: Schedule, model: GanModel, state: RunState, log: RunLog) -> None:
+def enter_schedule(run: Run, sched: Schedule) -> None:
     """A new stage starts its optimizers afresh (PGGAN's new resolution); the grid of a finished
     period is kept (PGGAN's growth)."""
+    model, state = run.model, run.state
     if sched.stage != state.stage:
         if state.stage is not None:
             state.optimizers = model.optimizers(sched)
         state.stage = sched.stage
     if sched.period != state.period:
         if state.period:
-            log.period_grid(model, state.period)
+            run.log.period_grid(model, state.period)
         state.period = sched.period
 
 
-def write_snapshots(run_dir: Path, state: RunState, model: GanModel, opts: TrainOptions, ddp, keep: bool,
-                    fine: bool) -> None:
+def write_snapshots(run: Run, keep: bool, fine: bool) -> None:
     """latest.pt, and with `keep` snapshot-<kimg>.pt too (`fine`: kimg_label's finer name); every rank
     waits until they are complete (other ranks may read one back to recover)."""
-    if ddp.main:
-        write_snapshot(run_dir / LATEST, state.snapshot(model, opts), run_dir)
+    state, run_dir = run.state, run.directory
+    if run.dist.main:
+        write_snapshot(run_dir / LATEST, state.snapshot(run.model, run.opts), run_dir)
         if keep:  # the same state: a second name of latest.pt's file, not a second copy on disk
             kept = run_dir / f"snapshot-{kimg_label(state.images_seen, fine)}.pt"
             try:
@@ -636,7 +667,7 @@ def write_snapshots(run_dir: Path, state: RunState, model: GanModel, opts: Train
             except OSError as e:
                 raise TrainingError(f"could not write snapshot {kept}: {e.strerror or e}; {LATEST} is intact, "
                                     f"resume with: ganforge train --resume {run_dir}") from e
-    barrier(ddp.world_size)
+    barrier(run.dist.world_size)
 
 
 def write_snapshot(path: Path, snap: dict, run_dir: Path) -> None:
@@ -649,7 +680,7 @@ def write_snapshot(path: Path, snap: dict, run_dir: Path) -> None:
         raise TrainingError(f"could not write snapshot {path}: {e.strerror or e}; {kept}") from e
 
 
-def metric_share(ddp):
+def metric_share(ddp: Dist):
     """Each rank's part in evaluating --metrics: all ranks make and measure samples together."""
     from ganforge.metrics.evaluate import Share
 
@@ -657,14 +688,14 @@ def metric_share(ddp):
                  lambda obj: broadcast_object(obj, ddp.world_size))
 
 
-def evaluate_and_keep_best(evaluate, model: GanModel, state: RunState, opts: TrainOptions, run_dir: Path,
-                           log: RunLog, stop: "StopFlag", sched: Schedule, ddp) -> None:
+def evaluate_and_keep_best(run: Run, evaluate, sched: Schedule) -> None:
     """The run's --metrics now, logged by rank 0; best.pt when the best metric improved. A stop
     asked for meanwhile abandons the evaluation (it can take minutes) for the snapshot, when one
     process runs alone (ranks evaluate together: they all finish it, then stop)."""
     from ganforge.metrics.evaluate import headline, improves
 
-    stop.raise_now = not ddp.active
+    model, state, opts, run_dir, log, stop = run.model, run.state, run.opts, run.directory, run.log, run.stop
+    stop.raise_now = not run.dist.active
     try:
         results = evaluate(model)
     except StopRequested:
@@ -681,7 +712,7 @@ def evaluate_and_keep_best(evaluate, model: GanModel, state: RunState, opts: Tra
         value = headline(best_name, results[best_name])
         if improves(best_name, value, state.best_value):
             state.best_value = value
-            if ddp.main:
+            if run.dist.main:
                 write_snapshot(run_dir / "best.pt", state.snapshot(model, opts), run_dir)
             log.line(f"best.pt: {best_name} {value:.4g} at {state.images_seen / 1000:.1f} kimg")
 

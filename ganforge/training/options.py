@@ -13,7 +13,7 @@ from dataclasses import MISSING, dataclass, field
 
 import click
 
-from ganforge.errors import OptionError, TrainingError
+from ganforge.errors import OptionError, TrainingError, check_memory
 from ganforge.models import model_names
 
 
@@ -250,6 +250,25 @@ def resolve_options(opts: TrainOptions) -> TrainOptions:
     if opts.channels is None:
         opts = dataclasses.replace(opts, channels=detect_channels(opts.data))
     return opts
+
+
+def check_options(opts: TrainOptions) -> None:
+    """What a run's resolved options must hold beyond each option's own form (a TrainOptions made in
+    Python skips that form): lengths and probabilities that make sense, known augmentations, and a
+    real batch that fits in memory."""
+    from ganforge.augment import OPS as AUGMENT_OPS  # here: the command line's help imports no torch
+
+    if (opts.batch is not None and opts.batch < 1) or not math.isfinite(opts.kimg) or opts.kimg <= 0:
+        raise TrainingError("--batch must be >= 1 and --kimg a positive number")
+    if round(opts.kimg * 1000) < 1:
+        raise TrainingError(f"--kimg {opts.kimg:g} is less than one image")
+    if opts.augment_p is not None and (opts.augment == "none" or not 0 <= opts.augment_p <= 1):
+        raise TrainingError(f"--augment-p {opts.augment_p:g}: a probability from 0 to 1, with --augment ada or diffaug")
+    if not opts.augment_ops or any(op not in AUGMENT_OPS for op in opts.augment_ops):
+        raise TrainingError(f"--augment-ops {','.join(opts.augment_ops)}: a comma list of {', '.join(AUGMENT_OPS)}")
+    if opts.batch is not None:  # the real batch alone, as uint8 and float, before any network
+        check_memory(opts.batch * (opts.channels or 3) * opts.resolution**2 * 5, f"--batch {opts.batch} at "
+                     f"{opts.resolution}x{opts.resolution}", "--batch")
 
 
 def resolve_augment(opts: TrainOptions, images: int) -> TrainOptions:

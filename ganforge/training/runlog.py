@@ -118,11 +118,6 @@ class RunLog:
         self.tick_count += 1
         self.bar.update(min(after, self.total) - min(before, self.total))
 
-    def finite(self) -> bool:
-        """Whether every statistic of the tick so far was finite (a NaN or Inf stays in their sums):
-        the one read of the steps' results by the host, made when something is about to be written."""
-        return not self.tick_sums or bool(torch.stack(list(self.tick_sums.values())).isfinite().all())
-
     def move_to(self, images_seen: int) -> None:
         """Back to an earlier count (a restored snapshot): the unfinished tick is dropped."""
         self.restart_tick(images_seen)

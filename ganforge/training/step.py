@@ -1,44 +1,60 @@
-"""One training step, the same in a run and in bench: each phase of the model updates its network
-with the other frozen, then the EMA of G follows."""
+"""One training step, the same in a run and in bench: `training_step` updates each network in turn
+by its phase's loss; `device_step`, what a turn of the loop asks of the device, adds G's EMA and the
+augmentation's p."""
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 
 from ganforge.data import to_float
 from ganforge.hardware import autocast_for
 from ganforge.models.base import GanModel, Schedule, StepContext
-from ganforge.training.distributed import average_gradients, rank_slice, reduce_mean
+from ganforge.training.distributed import Dist, average_gradients, rank_slice, reduce_mean
 from ganforge.training.options import accumulation_rounds
 
 
-def device_step(model: GanModel, state, sched: Schedule, opts, ddp, device: torch.device, real_u8: torch.Tensor,
-                labels: torch.Tensor, indices: torch.Tensor | None, beta: float | torch.Tensor) -> dict:
+@dataclass
+class StepResult:
+    """What one training step gives back, all on the device (no host read within the step)."""
+
+    losses: dict[str, torch.Tensor]  # each phase's loss by phase name, detached (the mean over micro-batches)
+    stats: dict[str, torch.Tensor]   # what the model logs, with the augmentation's (means over micro-batches)
+    real_scores: torch.Tensor | None = None  # D's score of each real of the batch (ADA's verdicts)
+
+    def finite(self) -> torch.Tensor:
+        """Whether every phase's loss is finite, as a device bool: the host reads it when it must."""
+        return torch.stack([loss.float() for loss in self.losses.values()]).isfinite().all()
+
+
+def device_step(model: GanModel, state, sched: Schedule, opts, ddp: Dist, device: torch.device, real_u8: torch.Tensor,
+                labels: torch.Tensor, indices: torch.Tensor | None, beta: float | torch.Tensor) -> StepResult:
     """What a turn of the loop asks of the device: the training step on this batch, G's EMA with
     decay `beta` (a number, or a device tensor in a CUDA graph), and the augmentation's p after D's
-    verdicts. `state` is the run's (its optimizers, loss scalers, generator, augmenter, counters).
-    Returns the step's statistics (device tensors)."""
+    verdicts. `state` is the run's (its optimizers, loss scalers, generator, augmenter, counters)."""
     world = ddp.world_size
     ctx = StepContext(latents=lambda n: rank_slice(model.sample_latents(n * world, state.generator, device), ddp),
                       reduce_mean=lambda t: reduce_mean(t, world), schedule=sched, step=state.step,
-                      images_seen=state.images_seen, optimizers=state.optimizers, generator=state.generator,
-                      indices=indices, augment=state.augmenter)
-    training_step(model, state.optimizers, state.scalers, to_float(real_u8), labels, ctx, opts.precision, device, world,
-                  accumulation_rounds(sched.batch, world, opts.batch_gpu))
+                      images_seen=state.images_seen, generator=state.generator, indices=indices,
+                      augment=state.augmenter)
+    result = training_step(model, state.optimizers, state.scalers, to_float(real_u8), labels, ctx, opts.precision,
+                           device, world, accumulation_rounds(sched.batch, world, opts.batch_gpu))
     update_ema(model.G_ema, model.G, beta)
-    ctx.stats.update(state.augmenter.observe(ctx.real_scores, sched.batch, ctx.reduce_mean))
-    return ctx.stats
+    augmented = state.augmenter.observe(result.real_scores, sched.batch, ctx.reduce_mean)
+    return dataclasses.replace(result, stats={**result.stats, **augmented})
 
 
 def training_step(model: GanModel, optimizers: dict, scalers: dict, reals: torch.Tensor,
                   labels: torch.Tensor, ctx: StepContext, precision: str, device: torch.device,
-                  world_size: int = 1, rounds: int = 1) -> None:
+                  world_size: int = 1, rounds: int = 1) -> StepResult:
     """One step: each phase of the model updates its network with the other frozen (the NNC sample's
     lesson). With `rounds` > 1 each phase accumulates the gradients of that many consecutive
-    micro-batches (--batch-gpu) before its update; logged statistics are their means."""
+    micro-batches (--batch-gpu) before its update; the losses and logged statistics are their means."""
     condition = model.training_condition(labels, ctx)
-    indices, micro = ctx.indices, reals.shape[0] // rounds
-    accumulated, real_scores = {}, []
+    micro = reals.shape[0] // rounds
+    losses, stats, real_scores = {}, {}, []
     for phase in model.phases():
         for net in ("G", "D"):
             getattr(model, net).requires_grad_(net == phase.network)
@@ -48,21 +64,26 @@ def training_step(model: GanModel, optimizers: dict, scalers: dict, reals: torch
         optimizer.zero_grad(set_to_none=True)
         scaler = scalers[phase.network]
         for part in (slice(r * micro, (r + 1) * micro) for r in range(rounds)):
-            ctx.stats, ctx.real_scores = {}, None
-            ctx.indices = indices[part] if indices is not None else None
+            part_ctx = dataclasses.replace(ctx, indices=ctx.indices[part] if ctx.indices is not None else None)
             with autocast_for(precision, device):
-                loss = model.loss(phase.name, reals[part], condition[part], ctx)
-            scaler.scale(loss / rounds if rounds > 1 else loss).backward()
-            for key, value in ctx.stats.items():
-                accumulated[key] = accumulated.get(key, 0) + (value / rounds if rounds > 1 else value)
-            if ctx.real_scores is not None:
-                real_scores.append(ctx.real_scores)
+                out = model.loss(phase.name, reals[part], condition[part], part_ctx)
+            scaler.scale(out.loss / rounds if rounds > 1 else out.loss).backward()
+            add_to_mean(losses, phase.name, out.loss.detach(), rounds)
+            for key, value in out.stats.items():
+                add_to_mean(stats, key, value, rounds)
+            if out.real_scores is not None:
+                real_scores.append(out.real_scores)
         average_gradients(getattr(model, phase.network), world_size)
         scaler.step(optimizer)
         scaler.update()
-    ctx.stats, ctx.indices = accumulated, indices
-    ctx.real_scores = torch.cat(real_scores) if real_scores else None
-    model.after_step(ctx)
+    stats.update(model.after_step(stats, ctx, optimizers))
+    return StepResult(losses, stats, torch.cat(real_scores) if real_scores else None)
+
+
+def add_to_mean(means: dict, key: str, value: torch.Tensor, rounds: int) -> None:
+    """A micro-batch's share of the mean over `rounds` of them (the value itself when there is one)."""
+    share = value / rounds if rounds > 1 else value
+    means[key] = means[key] + share if key in means else share
 
 
 @torch.no_grad()

@@ -260,14 +260,16 @@ def run_steps(run: Run, dataset, resumed: bool, evaluator_factory: Callable | No
             log.add_step(result.stats, before, state.images_seen)
             unchecked.add(result)
         timer.stepped(period_name(sched), sched.batch)
-        done = state.images_seen >= total or stop.requested
+        # A stop (Ctrl-C, SIGTERM) writes the snapshot alone: the ticks, grids and plots due at the end
+        # of a run cost seconds on a busy CPU, and the user is waiting for the prompt.
+        done = state.images_seen >= total
         due = {name: crossed(before, state.images_seen, every) or done for name, every in
                (("tick", opts.tick), ("grids", opts.sample_every), ("snap", opts.snap))}
         due["metrics"] = evaluate is not None and (crossed(before, state.images_seen, opts.metrics_every)
                                                    or state.images_seen >= total)
         # The steps' finiteness is read here, once, when something is about to be written: a NaN
         # since the last check rolls back to latest.pt before it reaches a row, a grid or a snapshot.
-        if any(due.values()) and not all_true(unchecked.finite(), world, device):
+        if (any(due.values()) or stop.requested) and not all_true(unchecked.finite(), world, device):
             log.line(recover(run, "non-finite loss"))
             log.move_to(state.images_seen)
             continue

@@ -3,6 +3,7 @@ the first tick of each period, and the arithmetic both share (images per period,
 
 import json
 import re
+import shutil
 
 from click.testing import CliRunner
 
@@ -85,10 +86,11 @@ def test_period_names_of_a_fixed_schedule():
     assert period_name(only.schedule) == "16x16 train"
 
 
-def test_evaluate_states_its_estimate_before_the_feature_passes(finished_runs):
-    run = next((finished_runs / "done").glob("*cdcgan*"))
+def test_evaluate_states_its_estimate_before_the_feature_passes(finished_runs, tmp_path):
+    # a copy: evaluate keeps its results in the run, and other tests read the shared run's metrics
+    run = shutil.copytree(next((finished_runs / "done").glob("*cdcgan*")), tmp_path / "run")
     result = CliRunner().invoke(main, ["evaluate", str(run), "--metrics", "swd,msssim", "--n", "384", "--no-floor",
-                                       "--cache-dir", str(finished_runs / "estimate-cache")])
+                                       "--cache-dir", str(tmp_path / "estimate-cache")])
     assert result.exit_code == 0, result.output
     assert "evaluate: 384 generated images to make (or read) and measure, 384 real ones to measure" in result.stderr
     for side in ("real", "generated"):

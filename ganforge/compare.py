@@ -2,7 +2,7 @@
 metric's column marked where the figures were measured under different protocols.
 
 Every figure carries the protocol it was measured under (ganforge.metrics.evaluate.Evaluator.protocol:
-images a side, the real data's identity and split, resolution and resize, the feature network, psi,
+images a side, the real data's identity and split, resolution and resize, the feature network, the noise truncation,
 seeds, the ganforge version): two FIDs on different n or splits are not the same measure, and the
 table says which field differs rather than letting the numbers pass for comparable.
 """

@@ -41,7 +41,7 @@ def test_figures_record_their_protocol_and_compare_marks_what_differs(tmp_path):
     stamp = a["msssim"]["protocol"]
     assert stamp == {"n_generated": 20, "n_real": 20, "real_data": str(real.resolve()), "real_split": "train",
                      "real_images": 20, "real_fingerprint": stamp["real_fingerprint"], "resolution": 16,
-                     "resize": "centre crop, torchvision antialiased bilinear resize", "features": None, "psi": None,
+                     "resize": "centre crop, torchvision antialiased bilinear resize", "features": None, "truncation": None,
                      "seed": 0, "generated_seed": 1, "ganforge": __version__}
     assert len(stamp["real_fingerprint"]) == 16 and b["msssim"]["protocol"]["real_fingerprint"] != stamp["real_fingerprint"]
 
@@ -83,3 +83,15 @@ def test_a_run_measured_under_two_protocols_is_compared_and_plotted_apart(finish
     assert series["swd:swd_avg_x1e3 (n_generated 32, n_real 32)"] == ([rows[2]["kimg"]], [rows[2]["swd_avg_x1e3"]])
     latest = CliRunner().invoke(main, ["compare", str(run), str(finished_runs / "done" / "00000-cdcgan-mnist")])
     assert "swd: n_generated differs: 32" in latest.output, latest.output
+
+
+def test_the_protocol_records_the_noise_truncation_the_model_samples_with():
+    """DF-GAN samples truncated noise for its metrics, the others the noise they trained on: the stamp
+    says which, so a truncated FID is not taken for an untruncated one."""
+    from ganforge.metrics.evaluate import model_source
+    from ganforge.models import build_model
+
+    cdcgan = build_model("cdcgan", dict(resolution=16, channels=1, num_classes=10, base_channels=4))
+    assert model_source(cdcgan, 4, seed=1, device="cpu").truncation == "none"
+    dfgan = build_model("dfgan", dict(resolution=16, channels=1, nf=4, trunc_bound=0.5, trunc_scale=0.8))
+    assert dfgan.sampling_truncation() == "truncated normal (bound 0.5, scale 0.8)"

@@ -76,7 +76,7 @@ class Source:
     images: Callable[[torch.Tensor], tuple[torch.Tensor, Condition]]
     condition: Condition       # of all n (empty for reals and unconditional models)
     seed: int | None = None    # of the noise, or of the pick from a folder (None: images handed over whole)
-    psi: float | None = None   # the truncation of a model's noise (None: not a model's samples)
+    truncation: str | None = None  # of a model's noise, as the model says (None: not a model's samples)
 
 
 def model_source(model: GanModel, n: int, seed: int, device: torch.device) -> Source:
@@ -89,7 +89,7 @@ def model_source(model: GanModel, n: int, seed: int, device: torch.device) -> So
         made = in_chunks(len(idx), lambda i, j: model.generate(z[idx[i:j]].to(device), condition[idx[i:j]].to(device)))
         return to_uint8(made), condition[idx]
 
-    return Source(n, images, condition, seed, psi=1.0)  # the noise as the model samples it (DF-GAN truncates its own)
+    return Source(n, images, condition, seed, truncation=model.sampling_truncation())
 
 
 def dataset_source(dataset: ImageDataset, n: int, seed: int) -> Source:
@@ -369,7 +369,7 @@ class Evaluator:
                                    "real_fingerprint": identity["fingerprint"], "resolution": self.real.resolution,
                                    "resize": resize_convention(self.real)}
         return {"n_generated": source.n, "n_real": self.n_real, **self._real_identity,
-                "features": self.inception.id if m.uses_inception else None, "psi": source.psi, "seed": self.seed,
+                "features": self.inception.id if m.uses_inception else None, "truncation": source.truncation, "seed": self.seed,
                 "generated_seed": source.seed, "ganforge": __version__}
 
     def figures(self, source: Source, checkpoint: Path | None = None) -> dict[str, dict]:

@@ -261,6 +261,10 @@ class GanModel(nn.Module):
         (DF-GAN) draws it here when `truncate`."""
         return self.sample_latents(n, generator=generator)
 
+    def sampling_truncation(self) -> str:
+        """How `sampling_latents(truncate=True)` shapes the noise, as a metric's protocol records it."""
+        return "none"
+
     def sample_conditions(self, n: int, generator: torch.Generator | None = None) -> Condition:
         """Conditions for n samples to generate or evaluate: classes balanced and in order; nothing
         for unconditional models (text models: random captions of the prepared data)."""

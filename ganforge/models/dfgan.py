@@ -318,6 +318,10 @@ class DFGAN(GanModel):
         c = self.config
         return truncated_noise(n, self.z_dim, c["trunc_bound"], c["trunc_scale"], generator)
 
+    def sampling_truncation(self) -> str:
+        c = self.config
+        return f"truncated normal (bound {c['trunc_bound']:g}, scale {c['trunc_scale']:g})"
+
     def sample_conditions(self, n: int, generator: torch.Generator | None = None) -> Condition:
         """Random captions of the prepared data (DF-GAN is evaluated on the test split's captions)."""
         return Condition(captions=torch.randint(0, len(self.captions), (n,), generator=generator))

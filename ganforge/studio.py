@@ -11,11 +11,14 @@ so nothing else on the machine is read or served. Everything model-specific is a
 
 # No `from __future__ import annotations` here: Gradio reads the handlers' annotations (gr.Request)
 # as objects, and gradio is imported inside build_page.
+import hashlib
+import io
 import json
 import math
 import os
 import re
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -281,18 +284,46 @@ def _duration(seconds: float) -> str:
 CSS = "#samples img, #walk img, #latest img { image-rendering: pixelated; height: 100%; width: auto; object-fit: contain; }"
 
 
+class PictureFiles:
+    """The page's pictures as PNG files, one per distinct picture, written once (under a temporary
+    name, then renamed into place) and never rewritten. Gradio saves a returned PIL image by
+    rewriting its cached file in place each time; a picture computed twice (a slider's input and
+    release events, the timer's unchanged chart) was then truncated while the browser was still
+    fetching it, and the page kept a broken image. Gradio copies a returned file into its cache
+    without that race."""
+
+    def __init__(self):
+        self._folder = tempfile.TemporaryDirectory(prefix="ganforge-studio-")  # removed when the studio exits
+        self.folder = Path(self._folder.name)
+
+    def file(self, picture: Image.Image) -> str:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        data = buffer.getvalue()
+        path = self.folder / f"{hashlib.sha256(data).hexdigest()}.png"
+        if not path.exists():
+            staging = self.folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}"
+            staging.write_bytes(data)
+            os.replace(staging, path)
+        return str(path)
+
+
 def build_page(studio: Studio, refresh_seconds: float = 5.0):
-    """The Gradio page of a studio."""
+    """The Gradio page of a studio (its pictures are files under `page.picture_files.folder`)."""
     import gradio as gr
+
+    pictures = PictureFiles()
 
     def guard(function, outputs: int, own_line: bool = False):
         """Run a handler; a bad input (or a run that cannot be read) becomes the message line, which
         a success clears. `own_line`: the handler's last output is its own text line (the timer's
-        status), which takes the message instead, so a tick never wipes what the user was told."""
+        status), which takes the message instead, so a tick never wipes what the user was told.
+        Pictures go to the page as files (PictureFiles)."""
         def handler(*args):
             try:
                 result = function(*args)
                 result = result if isinstance(result, tuple) else (result,)
+                result = tuple(pictures.file(r) if isinstance(r, Image.Image) else r for r in result)
                 return result if own_line else (*result, "")
             except (GanforgeError, OSError, ValueError, RuntimeError) as e:
                 kind = "Note" if isinstance(e, GanforgeError) else type(e).__name__
@@ -389,6 +420,7 @@ def build_page(studio: Studio, refresh_seconds: float = 5.0):
         t.release(step, walk_inputs, [walk, message], **raw)
         walk_grid.change(step, walk_inputs, [walk, message], trigger_mode="always_last", **raw)
         timer.tick(guard(studio.progress, 2, own_line=True), [run], [latest, chart, status], show_progress="hidden")
+    page.picture_files = pictures
     return page
 
 
@@ -398,5 +430,6 @@ def serve(roots: list[str | Path], host: str = "127.0.0.1", port: int | None = N
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the page works offline
     page = build_page(Studio(roots, device), refresh_seconds)
     _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                            ssr_mode=False, css=CSS, footer_links=[], show_error=False)
+                            ssr_mode=False, css=CSS, footer_links=[], show_error=False,
+                            allowed_paths=[str(page.picture_files.folder)])
     return page, url

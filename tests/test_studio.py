@@ -239,11 +239,15 @@ def test_the_page_in_chromium_shows_samples_walks_and_a_run_as_it_trains(roots, 
                              "--base-channels", "8", "--kimg", "100", "--tick", "0.016", "--sample-every", "0.32",
                              "--snap", "0.032", "--quiet", "--outdir", str(roots / "live")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    studio = subprocess.Popen([sys.executable, "-m", "ganforge", "studio", str(roots), "--port", str(free_port()),
-                               "--refresh", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The studio's output goes to a file, not a pipe: a pipe nobody reads fills up, and the server's
+    # next write (a warning, a log line) then blocks the handler that writes it.
+    log = tmp_path / "studio.log"
+    with open(log, "w") as out:
+        studio = subprocess.Popen([sys.executable, "-m", "ganforge", "studio", str(roots), "--port", str(free_port()),
+                                   "--refresh", "1"], stdout=out, stderr=subprocess.STDOUT, text=True)
     driver = None
     try:
-        url = re.search(r"http://\S+/", studio.stdout.readline())[0]
+        url = wait_for(lambda: re.search(r"http://\S+/", log.read_text())[0], 120, "the studio's address")
         wait_for(lambda: (roots / "live" / "00000-cdcgan-mnist" / "latest.pt").exists(), 120, "the live run's snapshot")
         run = names(roots)
         driver = browser()
@@ -314,7 +318,8 @@ def test_the_page_in_chromium_shows_samples_walks_and_a_run_as_it_trains(roots, 
         try:
             wait_for(drag_to_end, 180, "the walk to move")  # 90 s was once too few in CI
         except AssertionError as e:
-            raise AssertionError(f"{e}; the page says: {message()!r}") from None
+            t_value = find(By.CSS_SELECTOR, "#t input[type=range]").get_attribute("value")
+            raise AssertionError(f"{e}; the page says: {message()!r}; the slider reads {t_value}") from None
 
         # An unknown run is a message, not a page of errors.
         driver.get(f"{url}?run=nope/../../etc")
@@ -330,6 +335,8 @@ def test_the_page_in_chromium_shows_samples_walks_and_a_run_as_it_trains(roots, 
         wait_for(lambda: picture("chart")[0] != chart_src, 30, "the chart to be drawn again")
         driver.save_screenshot(str(tmp_path / "studio.png"))
         assert Image.open(tmp_path / "studio.png").size[0] >= 1000
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nthe studio printed (last 3000 characters):\n{log.read_text()[-3000:]}") from None
     finally:
         if driver is not None:
             driver.quit()
@@ -377,3 +384,18 @@ def test_the_training_tab_gives_no_eta_for_a_run_that_is_not_training(roots, tmp
     (stopped / ".lock").write_text(str(os.getpid()))  # a live process trains it
     line = Studio([tmp_path / "runs"]).progress("runs/00000-stopped")[2]
     assert "training, ETA" in line
+
+
+def test_a_picture_shown_twice_is_one_file_written_once():
+    """Gradio rewrote a returned PIL picture's file in place each time it was returned, so a picture
+    computed twice was cut short while the browser fetched it (a broken image that never updated)."""
+    from ganforge.studio import PictureFiles
+
+    files = PictureFiles()
+    grey, white = Image.new("L", (8, 8), 128), Image.new("L", (8, 8), 255)
+    first = Path(files.file(grey))
+    written = first.stat().st_mtime_ns, first.stat().st_ino
+    time.sleep(0.01)
+    assert Path(files.file(grey.copy())) == first and (first.stat().st_mtime_ns, first.stat().st_ino) == written
+    assert (pixels(Image.open(first)) == 128).all()
+    assert Path(files.file(white)) != first and sorted(p.name[0] != "." for p in files.folder.iterdir()) == [True, True]

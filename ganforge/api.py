@@ -193,6 +193,8 @@ def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Se
         raise _refused("'--n'", f"{n} is not in the range x>=2.")
     if (run_or_snapshot is None) == (fake is None):
         raise OptionError("give either RUN_OR_SNAPSHOT or --fake DIR")
+    if out is not None:  # refused before minutes of features, not after them
+        _check_writable(out, "--out", reading=None if run_or_snapshot is None else find_snapshot(run_or_snapshot))
     dev = resolve_device(device)
     started = time.time()
     if run_or_snapshot is not None:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,6 +232,16 @@ def test_evaluate_returns_what_the_command_writes_with_out(runs, tmp_path):
         ganforge.evaluate(runs["class"], metrics="nope")
     refused = CliRunner().invoke(main, ["evaluate", str(runs["class"]), "--metrics", "nope"])
     assert refused.output.strip().splitlines()[-1] == f"Error: {caught.value}"
+
+
+def test_evaluate_refuses_an_out_it_cannot_write_before_any_work(runs, tmp_path):
+    kept = sorted(p.name for p in Path(runs["class"]).iterdir())
+    lines = []
+    for out, why in ((tmp_path, "is a folder; give a file name"),
+                     (Path(runs["class"]) / "latest.pt", "is a file ganforge keeps in the run")):
+        with pytest.raises(ganforge.OptionError, match=why):
+            ganforge.evaluate(runs["class"], metrics="swd", n=64, out=out, report=lines.append)
+    assert lines == [] and sorted(p.name for p in Path(runs["class"]).iterdir()) == kept  # nothing measured, nothing kept
 
 
 def test_project_finds_what_the_command_finds(runs, tmp_path):

@@ -164,6 +164,34 @@ def test_a_worker_killed_on_the_second_node_is_restarted_and_both_nodes_continue
 
 
 @pytest.mark.slow
+def test_a_lost_node_started_again_rejoins_and_the_run_continues(tmp_path, two_hosts, rendezvous_store):
+    """Every process of the second node killed at once after the first snapshot (its machine lost),
+    then the same command started on it again: the first node's torchrun restarts its workers, the
+    node rejoins the rendezvous, and the run continues from latest.pt to the end of a run never killed."""
+    restarts = dict(extra=["--max-restarts", "3"], env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
+    nodes = [node(host, rendezvous_store, tmp_path / "two", "0.48", **restarts) for host in two_hosts]
+    try:
+        deadline = time.time() + 300
+        while not list((tmp_path / "two").glob("*/latest.pt")):
+            assert all(n.poll() is None for n in nodes) and time.time() < deadline, "ended or stalled before a snapshot"
+            time.sleep(0.05)
+        reached = load_snapshot(next((tmp_path / "two").glob("*/latest.pt")))["images_seen"]
+        stopped([nodes[1]])  # its torchrun and every worker, at once
+        time.sleep(2)
+        nodes[1] = node(two_hosts[1], rendezvous_store, tmp_path / "two", "0.48", **restarts)
+        outputs = [n.communicate(timeout=300)[0] for n in nodes]
+    finally:
+        stopped(nodes)
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-2500:] for o in outputs)
+    (run,) = [p for p in (tmp_path / "two").iterdir() if not p.name.startswith(".")]  # no second run was started
+    log = (run / "log.txt").read_text()
+    assert "torchrun restarted the workers (restart " in log, log
+    went_back = float(log.split("torchrun restarted the workers")[1].split(" at ")[1].split(" kimg")[0])
+    assert went_back * 1000 >= reached  # at most --snap kimg trained twice
+    assert_close_states(load_snapshot(one_process(tmp_path / "one", "0.48")), load_snapshot(run))
+
+
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_continues_by_itself(tmp_path):
     """torchrun --max-restarts 1 on one host: SIGKILL a rank after the first snapshot; the restarted
     workers continue their own run from latest.pt without --resume, and end with the weights of a

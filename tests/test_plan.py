@@ -78,6 +78,26 @@ def test_the_first_tick_logs_the_whole_run_estimate(tmp_path):
     assert sum(line.startswith("estimate:") for line in lines) == 1  # one period: one estimate
 
 
+def test_the_estimate_counts_the_time_of_every_step_it_counts_the_images_of():
+    """A tick of one step: the rate is that step's images over its time (the first step's time was
+    left out while its images counted, and a one-step tick reported hundreds of thousands of img/s)."""
+    import time
+
+    from ganforge.training.estimate import RunTimer
+
+    opts = TrainOptions(data="mnist", resolution=16, batch=16, kimg=0.032, tick=0.016, model_opts={"base_channels": 8})
+    model = build_model("cdcgan", dict(resolution=16, channels=1, num_classes=10, base_channels=8))
+    timer = RunTimer.for_run(time.perf_counter(), model, opts, 0)
+    with timer.work("grid"):
+        pass
+    time.sleep(0.2)  # the first step
+    timer.stepped("16x16 train", 16)
+    with timer.work("tick"):
+        pass
+    rate = float(re.search(r"from ([\d,.]+) img/s", timer.estimate_line(16, lambda: 0.0))[1].replace(",", ""))
+    assert 40 < rate <= 80  # 16 images in a little over 0.2 s
+
+
 def test_period_names_of_a_fixed_schedule():
     model = build_model("cdcgan", dict(resolution=16, channels=1, num_classes=10))
     opts = TrainOptions(resolution=16, batch=64, kimg=1)

@@ -156,9 +156,10 @@ class RunTimer:
         return now
 
     def stepped(self, period: str, images: int) -> None:
-        if period != self.current:
-            self._settle()
-            self.current = period
+        """A step of `period` has just ended: its images and the time since the last mark are that
+        period's (a run's first step too: without its time, a tick of one step measured no time)."""
+        self.current = period
+        self._settle()
         self.images[period] = self.images.get(period, 0) + images
 
     @contextlib.contextmanager

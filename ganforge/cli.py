@@ -19,7 +19,7 @@ from click.core import ParameterSource
 from ganforge import __version__
 from ganforge.errors import GanforgeError, GanforgeWarning
 from ganforge.metrics import default_metrics, inception_metrics, metrics_help, registered, suggested_metrics
-from ganforge.training.options import (RESERVED_MODEL_OPTS, SEED_MAX, TrainOptions, command_line_form,
+from ganforge.training.options import (RESERVED_MODEL_OPTS, SEED_MAX, FiniteRange, TrainOptions, command_line_form,
                                        finite_positive)
 
 
@@ -159,7 +159,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 @train_options
 @click.option("--base-channels", type=click.IntRange(min=1), default=None,
               help=MODEL_OPT_ALIASES["base_channels"] + " [default: model's] (same as --model-opt base_channels=...)")
-@click.option("--gamma", type=click.FloatRange(0, 1, min_open=True), default=None,
+@click.option("--gamma", type=FiniteRange(0, 1, min_open=True), default=None,
               help=MODEL_OPT_ALIASES["gamma"] + " (same as --model-opt gamma=...)")
 @MODEL_OPT
 @INCEPTION_WEIGHTS
@@ -281,7 +281,7 @@ def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
 @click.option("--prompts", "prompt_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Text-to-image: a UTF-8 file of captions, one a line")
 @click.option("--no-truncation", is_flag=True, help="Text-to-image: plain N(0, 1) noise instead of truncated")
-@click.option("--psi", type=click.FloatRange(0, 2), default=1.0, show_default=True,
+@click.option("--psi", type=FiniteRange(0, 2), default=1.0, show_default=True,
               help="Truncation: the noise scaled toward its mean (lower: more typical, less varied samples)")
 @SCALE
 @DEVICE

@@ -17,7 +17,7 @@ from ganforge.data import to_uint8
 from ganforge.errors import GanforgeError, OptionError, check_memory, require
 from ganforge.models import build_model
 from ganforge.models.base import CLASS, TEXT, Condition, GanModel
-from ganforge.sampling import sample, sample_from_text
+from ganforge.sampling import sample, sample_from_text, truncation
 from ganforge.snapshots import SnapshotError, check_shapes, find_snapshot, load_snapshot
 
 
@@ -196,7 +196,7 @@ class Generator(RuntimeGenerator):
     def noise(self, n: int, seed: int = 0, psi: float = 1.0, truncate: bool = True) -> torch.Tensor:
         """The noise [n, z_dim] that `sample(n, seed=seed, psi=psi)` draws, on the generator's device."""
         g = torch.Generator().manual_seed(seed)
-        return (self.model.sampling_latents(n, generator=g, truncate=truncate) * psi).to(self.device)
+        return (self.model.sampling_latents(n, generator=g, truncate=truncate) * truncation(psi)).to(self.device)
 
     def draw(self, n: int, seed: int = 0, label: int | str | None = None, prompts: Sequence[str] = (),
              psi: float = 1.0, truncate: bool = True) -> Samples:

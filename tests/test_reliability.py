@@ -609,3 +609,20 @@ def test_plot_of_rows_without_a_number_to_chart_is_one_line(finished_run, tmp_pa
     (run / "stats.jsonl").write_text('{"kimg": 1, "loss/G": "a"}\n{"kimg": 2}\n')
     result = cli("plot", run)
     assert result.exit_code == 1 and "not enough rows in stats.jsonl to plot yet" in result.output, result.output
+
+
+def test_a_nan_psi_or_gamma_is_refused_not_drawn_as_black_images(finished_run, tmp_path):
+    """click's FloatRange lets NaN through (every comparison with it is false): `generate --psi nan`
+    wrote a grid of black images with exit 0."""
+    import ganforge
+
+    result = cli("generate", finished_run, "--psi", "nan", "--out", tmp_path / "g.png")
+    assert result.exit_code == 2 and "'--psi': nan is not a number in the range 0<=x<=2" in result.output
+    assert not (tmp_path / "g.png").exists()
+    result = cli("train", "--model", "began", "--gamma", "nan", "--outdir", tmp_path / "runs")
+    assert result.exit_code == 2 and "'--gamma': nan is not a number" in result.output
+    g = ganforge.load(finished_run)
+    for psi in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(ganforge.OptionError, match="psi .*: give a number from 0 to 2"):
+            g.sample(4, psi=psi)
+    assert g.sample(2, psi=0.5).isfinite().all()

@@ -107,6 +107,16 @@ def power_of_two(ctx, param, value):
     return value
 
 
+class FiniteRange(click.FloatRange):
+    """click's FloatRange without NaN, which it lets through (every comparison with NaN is false)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value} is not a number in the range {self._describe_range()}", param, ctx)
+        return number
+
+
 def finite_positive(ctx, param, value):
     if value is not None and (not math.isfinite(value) or value <= 0):
         raise click.BadParameter(f"{value} must be a finite number > 0", ctx, param)
@@ -153,7 +163,7 @@ def command_line_form(name: str) -> tuple[list[str], dict]:
     elif form.get("positive"):
         kwargs.update(type=float, callback=finite_positive)
     elif form.get("fraction"):
-        kwargs["type"] = click.FloatRange(0.0, 1.0)
+        kwargs["type"] = FiniteRange(0.0, 1.0)
     elif form.get("power_of_two"):
         kwargs.update(type=int, callback=power_of_two)
     kwargs["show_default"] = kwargs["default"] not in (None, "")

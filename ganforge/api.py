@@ -135,8 +135,8 @@ def unwritable(path: str | os.PathLike, folder: bool = False, reading: str | os.
 
     path = Path(path)
     if kept_in_run(path) or (reading is not None and path.exists() and path.samefile(reading)):
-        return (f"{path} is a file ganforge keeps in the run (a snapshot, its options or its logs) and would be "
-                "replaced; give another file")
+        return (f"{path} is a file ganforge keeps in the run (a snapshot, its options, its logs or a grid drawn "
+                "during training) and would be replaced; give another file")
     if folder and path.exists() and not path.is_dir():
         return f"{path} is a file; give a folder (or a .png file for a grid)"
     if not folder and path.is_dir():

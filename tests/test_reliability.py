@@ -626,3 +626,17 @@ def test_a_nan_psi_or_gamma_is_refused_not_drawn_as_black_images(finished_run, t
         with pytest.raises(ganforge.OptionError, match="psi .*: give a number from 0 to 2"):
             g.sample(4, psi=psi)
     assert g.sample(2, psi=0.5).isfinite().all()
+
+
+def test_a_grid_drawn_during_training_is_never_replaced_by_an_output(finished_run, tmp_path):
+    """`generate RUN --out RUN/reals.png` (or a fakes<kimg>.png) replaced the run's record of its training
+    with exit 0: those grids were drawn by the generator of that kimg and cannot be drawn again."""
+    grids = sorted(p for p in finished_run.iterdir() if p.suffix == ".png")
+    assert {"reals.png", "stats.png"} <= {p.name for p in grids} and any(p.name.startswith("fakes") for p in grids)
+    before = {p: p.read_bytes() for p in grids}
+    for grid in grids:
+        result = cli("generate", finished_run, "--n", "4", "--out", grid)
+        assert result.exit_code == 2 and "is a file ganforge keeps in the run" in result.output, result.output
+    assert {p: p.read_bytes() for p in grids} == before
+    assert cli("generate", finished_run, "--n", "4", "--out", finished_run / "samples.png").exit_code == 0
+    (finished_run / "samples.png").unlink()

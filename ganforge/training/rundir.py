@@ -42,7 +42,10 @@ def dataset_desc(data: str) -> str:
 OWN_TEMPORARY = re.compile(r"\.(latest|best|snapshot-\d+(k\d+)?)\.pt\.\d+\.tmp|\.training_options\.json\.tmp|\.lock\.\d+\.tmp")
 
 
-RUN_FILES = re.compile(r"(latest|best|snapshot-\d+(k\d+)?)\.pt|training_options\.json|stats\.jsonl|log\.txt|metric-.+\.jsonl")
+RUN_FILES = re.compile(r"(latest|best|snapshot-\d+(k\d+)?)\.pt|training_options\.json|stats\.jsonl|log\.txt|metric-.+\.jsonl"
+                       # its pictures: the grid of each kimg (and a text run's captions beside it), what a model
+                       # draws of its own at each kimg (BEGAN's reconstructions), the reals, each period's grid, the plot
+                       r"|[a-z_]+\d{6}(k\d{3})?\.(png|txt)|reals\.png|period-.+\.png|stats\.png|events\.out\.tfevents\..+")
 
 
 # What a run writes besides its snapshots: a new run that stops before its first snapshot takes
@@ -73,8 +76,8 @@ def remove_unless_kept(run_dir: Path) -> bool:
 
 
 def kept_in_run(path: str | Path) -> bool:
-    """Whether `path` is a file ganforge keeps in a run directory (a snapshot, the options, the logs):
-    an output written there would destroy the run's work."""
+    """Whether `path` is a file ganforge keeps in a run directory (a snapshot, the options, the logs,
+    the grids drawn during training): an output written there would destroy the run's work."""
     path = Path(path).resolve()
     return bool(RUN_FILES.fullmatch(path.name)) and (path.parent / "training_options.json").is_file()
 

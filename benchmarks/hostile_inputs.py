@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -434,12 +435,23 @@ CASES = [
                                                                    str(digits_folder(w, "one", n=1)), "--outdir",
                                                                    str(w / "r")],
          check=lambda w, r: "run directory" in r.output),
+    Case("train: --model began --gamma nan", lambda w: ["train", "--model", "began", "--gamma", "nan", *TINY,
+                                                          "--outdir", str(w / "r")]),
+    Case("train: a tick of one step states a true img/s", lambda w: ["train", *TINY[:6], "--kimg", "0.016", "--tick", "0.016",
+                                                                     "--outdir", str(w / "one")],
+         check=lambda w, r: float(re.search(r"from ([\d,.]+) img/s", next((w / "one").glob("*/log.txt")).read_text())[1]
+                                  .replace(",", "")) < 20_000),
     # --- generate ------------------------------------------------------------------------------------
     Case("generate: --out on a read-only disk", lambda w: ["generate", str(w / "run"), "--out", str(read_only(w) / "g.png")]),
     Case("generate: --out on a full disk", lambda w: ["generate", str(w / "run"), "--n", "64",
                                                       "--out", str(full_disk(w, leave=4096) / "g.png")]),
     Case("generate: --out folder on a full disk", lambda w: ["generate", str(w / "run"), "--n", "64",
                                                              "--out", str(full_disk(w, leave=4096) / "many")]),
+    Case("generate: --out onto the run's reals.png", lambda w: ["generate", str(w / "run"), "--n", "4", "--out",
+                                                                  str(w / "run" / "reals.png")],
+         guard=lambda w: [w / "run" / "reals.png"]),
+    Case("generate: --psi nan", lambda w: ["generate", str(w / "run"), "--psi", "nan", "--out", str(w / "g.png")],
+         check=lambda w, r: False),  # no grid drawn with a NaN truncation is right (it was all black)
     Case("generate: a torn latest.pt", lambda w: ["generate", str(_torn_latest(w)), "--out", str(w / "g.png")]),
     Case("generate: a wrong-shape tensor", lambda w: ["generate", str(wrong_shape_snapshot(w)), "--out", str(w / "g.png")]),
     Case("generate: a folder with no snapshot", lambda w: ["generate", str(_mkdir(w, "nosnap")), "--out", str(w / "g.png")]),

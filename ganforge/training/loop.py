@@ -475,8 +475,10 @@ def check_same_data(snapshot: dict, identity: dict, opts: TrainOptions) -> None:
 
 
 def smaller_images(opts: TrainOptions, dataset) -> str:
-    return (f"--resolution {opts.resolution}: some images in --data {opts.data} are smaller "
-            f"(smallest side {dataset.smallest_side} px)")
+    # Only the smallest side is known, not how many images are below the resolution: "some" was false
+    # where every image is (the built-in digits are all 28 px).
+    return (f"--resolution {opts.resolution}: --data {opts.data} has images smaller than that "
+            f"(the smallest side {dataset.smallest_side} px)")
 
 
 def classes_in_words(opts: TrainOptions, dataset) -> str:
@@ -490,7 +492,7 @@ def classes_in_words(opts: TrainOptions, dataset) -> str:
 def dataset_notes(opts: TrainOptions, dataset) -> list[str]:
     notes = []
     if dataset.smallest_side is not None and dataset.smallest_side < opts.resolution:
-        notes.append(smaller_images(opts, dataset) + "; they are upscaled")
+        notes.append(smaller_images(opts, dataset) + "; those are upscaled")
     if dataset.bad_files:
         notes.append(f"warning: skipped {len(dataset.bad_files)} unreadable image(s), e.g. {dataset.bad_files[0]}")
     return notes

@@ -130,6 +130,15 @@ def test_two_nodes_over_a_real_network_train_as_one_process(tmp_path, two_hosts,
     assert written(run) == written(alone)
 
 
+def first_snapshot(outdir, processes, seconds=300):
+    """Wait for the run's first latest.pt under outdir, the processes still running; its images_seen."""
+    deadline = time.time() + seconds
+    while not list(outdir.glob("*/latest.pt")):
+        assert all(p.poll() is None for p in processes) and time.time() < deadline, "ended or stalled before a snapshot"
+        time.sleep(0.05)
+    return load_snapshot(next(outdir.glob("*/latest.pt")))["images_seen"]
+
+
 def workers(agent_pid):
     """The training processes under a torchrun agent (its children)."""
     return [int(p) for p in sh("ps", "-o", "pid=", "--ppid", str(agent_pid)).stdout.split()]
@@ -145,11 +154,7 @@ def test_a_worker_killed_on_the_second_node_is_restarted_and_both_nodes_continue
     nodes = [node(host, rendezvous_store, tmp_path / "two", "0.48", extra=["--max-restarts", "3"],
                   env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}) for host in two_hosts]
     try:
-        deadline = time.time() + 300
-        while not list((tmp_path / "two").glob("*/latest.pt")):
-            assert all(n.poll() is None for n in nodes) and time.time() < deadline, "ended or stalled before a snapshot"
-            time.sleep(0.05)
-        reached = load_snapshot(next((tmp_path / "two").glob("*/latest.pt")))["images_seen"]
+        reached = first_snapshot(tmp_path / "two", nodes)
         os.kill(workers(nodes[1].pid)[-1], signal.SIGKILL)
         outputs = [n.communicate(timeout=300)[0] for n in nodes]
     finally:
@@ -171,11 +176,7 @@ def test_a_lost_node_started_again_rejoins_and_the_run_continues(tmp_path, two_h
     restarts = dict(extra=["--max-restarts", "3"], env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
     nodes = [node(host, rendezvous_store, tmp_path / "two", "0.48", **restarts) for host in two_hosts]
     try:
-        deadline = time.time() + 300
-        while not list((tmp_path / "two").glob("*/latest.pt")):
-            assert all(n.poll() is None for n in nodes) and time.time() < deadline, "ended or stalled before a snapshot"
-            time.sleep(0.05)
-        reached = load_snapshot(next((tmp_path / "two").glob("*/latest.pt")))["images_seen"]
+        reached = first_snapshot(tmp_path / "two", nodes)
         stopped([nodes[1]])  # its torchrun and every worker, at once
         time.sleep(2)
         nodes[1] = node(two_hosts[1], rendezvous_store, tmp_path / "two", "0.48", **restarts)
@@ -200,11 +201,7 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_continues_by_itsel
            "--max-restarts", "1", "-m", "ganforge", "train", *ARGS, "--kimg", "0.48", "--outdir", str(tmp_path / "two")]
     agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.time() + 240
-        while not list((tmp_path / "two").glob("*/latest.pt")):
-            assert agent.poll() is None and time.time() < deadline, "the run ended or stalled before its first snapshot"
-            time.sleep(0.05)
-        reached = load_snapshot(next((tmp_path / "two").glob("*/latest.pt")))["images_seen"]
+        reached = first_snapshot(tmp_path / "two", [agent], seconds=240)
         os.kill(workers(agent.pid)[-1], signal.SIGKILL)
         output = agent.communicate(timeout=300)[0]
     finally:

@@ -281,7 +281,7 @@ def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
 @click.option("--prompts", "prompt_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Text-to-image: a UTF-8 file of captions, one a line")
 @click.option("--no-truncation", is_flag=True, help="Text-to-image: plain N(0, 1) noise instead of truncated")
-@click.option("--psi", type=FiniteRange(0, 2), default=1.0, show_default=True,
+@click.option("--psi", type=FiniteRange(0, 2), default=1.0, show_default=True,  # sampling.MAX_PSI (it imports torch)
               help="Truncation: the noise scaled toward its mean (lower: more typical, less varied samples)")
 @SCALE
 @DEVICE

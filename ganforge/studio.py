@@ -32,6 +32,7 @@ from ganforge.errors import GanforgeError, OptionError
 from ganforge.explore import blend_frame, kimg_of
 from ganforge.inference import class_rows, generate, generate_from_prompts, load_model
 from ganforge.models.base import CLASS, TEXT
+from ganforge.sampling import MAX_PSI
 from ganforge.snapshots import find_snapshot
 from ganforge.training.plots import own_file, own_files, plot_stats, read_jsonl, read_stats
 from ganforge.training.rundir import run_is_training
@@ -136,7 +137,7 @@ class Studio:
                 caption: str | None) -> Image.Image:
         """grid x grid samples of a seed (a class row each when no class is given), or of a caption."""
         model = self.model(name)
-        seed, grid, psi = _whole(seed, "seed", 0), _grid(grid), _between(psi, "truncation psi", 0, 2)
+        seed, grid, psi = _whole(seed, "seed", 0), _grid(grid), _between(psi, "truncation psi", 0, MAX_PSI)
         if model.conditioning == TEXT:
             images = generate_from_prompts(model, [_caption(caption)], grid * grid, seed, self.device, psi=psi)
             return _picture(images, grid)

@@ -230,8 +230,10 @@ def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Se
             results[name]["floor_real_vs_real"] = figures
     say(f"evaluated in {time.time() - started:.1f} s in all (reals, samples and every metric; per metric: its seconds)")
     kept = finite_or_null(results)  # JSON has no NaN: an undefined value is null
-    if out is not None:
-        Path(out).write_text(json.dumps(kept, indent=2) + "\n")
+    if out is not None:  # whole or not at all: a stop (Ctrl-C, SIGTERM) never leaves half a file
+        partial = Path(out).with_name(Path(out).name + ".partial")
+        partial.write_text(json.dumps(kept, indent=2) + "\n")
+        os.replace(partial, out)
     if run_or_snapshot is not None:
         _keep_in_run(snapshot, saved, results, n, out, say)
     return kept

@@ -3,9 +3,11 @@ runs | info | plot | export | bench` (and `ganforge --version`)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -113,7 +115,8 @@ class _GanforgeErrors(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with _sigterm_as_interrupt() as stopped_by:
+                return super().invoke(ctx)
         except GanforgeError as e:
             if ctx.params.get("debug"):
                 raise
@@ -129,10 +132,32 @@ class _GanforgeErrors(click.Group):
         except KeyboardInterrupt:  # one line and the shell's code for Ctrl-C, not click's bare "Aborted!"
             said = INTERRUPTED.get(ctx.invoked_subcommand, f"{ctx.invoked_subcommand} stopped before it finished")
             click.echo(("\n" if sys.stderr.isatty() else "") + f"interrupted: {said}", err=True)  # past the ^C
-            ctx.exit(130)
+            ctx.exit(128 + stopped_by.get("signal", signal.SIGINT))  # the shell's codes: 130 Ctrl-C, 143 SIGTERM
         except Exception:
             click.echo("ganforge: unexpected error, probably a bug: please report it with the traceback below", err=True)
             raise
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, a scheduler's stop, a closed terminal's session) ends a command as Ctrl-C does:
+    its one line of what was kept, where Python's default would end it without a word. Yields a dict
+    that holds the signal once one came. Training's own stop handler replaces this one while it steps."""
+    stopped_by = {}
+
+    def interrupt(signum, frame):
+        stopped_by["signal"] = signum
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a command invoked from another one): leave the handler alone
+        previous = None
+    try:
+        yield stopped_by
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=_GanforgeErrors)

@@ -267,6 +267,30 @@ def test_ctrl_c_is_one_line_about_what_the_command_was_doing(run_dir, tmp_path, 
     assert len(lines) == 1 and lines[0].startswith(said) and not_said not in lines[0], result.output
 
 
+def test_sigterm_during_evaluate_is_the_same_one_line_as_ctrl_c_and_writes_nothing(run_dir, tmp_path):
+    """`kill PID` (a scheduler's stop) while evaluate measures: its interrupt line and 143, not a silent end."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import os, signal, time\n"
+              "from ganforge.metrics.evaluate import Evaluator\n"
+              "def killed(*args, **kwargs):\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    time.sleep(30)\n"
+              "Evaluator.evaluate_model = killed\n"
+              "from ganforge.cli import main\n"
+              "main(['evaluate', os.environ['RUN'], '--metrics', 'swd', '--n', '64', '--out', os.environ['OUT']])\n")
+    out = tmp_path / "results.json"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "RUN": str(run_dir), "OUT": str(out), "GANFORGE_PROGRESS": "0"})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 143, result.stderr  # 128 + SIGTERM, as a shell reports it
+    assert lines[-1] == ("interrupted: the blocks of images measured so far are kept in the cache folder (the run's "
+                         "metric-cache/ or --cache-dir); the same command continues from them"), result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
 def test_a_finished_run_says_what_next_and_runs_and_info_describe_it(tmp_path):
     from ganforge import __version__
 

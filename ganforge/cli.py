@@ -233,8 +233,14 @@ def train(ctx, resume, dry_run, plan_only, quiet, inception_weights, gpus, **kwa
         opts, schedule = plan(opts, resume, set(given))
         from ganforge.training.loop import training_data
 
-        training_data(opts, preload=False)  # refused now as a real start would refuse it (headers only, no decoding)
-        click.echo(json.dumps(opts.to_json(), indent=2))
+        from ganforge.hardware import resolve_device
+        from ganforge.training.options import resolve_augment
+
+        dataset = training_data(opts, preload=False)  # refused now as a real start would refuse it (headers only)
+        opts = resolve_augment(opts, len(dataset))  # as the run records it: auto made ada or none by the data's size
+        # device stays as the run records it (auto chooses again where a run resumes), with what it is here beside it
+        resolved = {**opts.to_json(), "device_resolved": str(resolve_device(opts.device))}
+        click.echo(json.dumps(resolved, indent=2))
         for line in schedule:
             click.echo(line)
         return

@@ -28,6 +28,24 @@ def test_dry_run_prints_resolved_options_and_writes_nothing(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_dry_run_prints_what_auto_resolves_to_for_this_run(tmp_path):
+    from ganforge.hardware import resolve_device
+
+    (tmp_path / "photos").mkdir()
+    for i in range(8):
+        Image.new("RGB", (16, 16), (i * 30, 0, 0)).save(tmp_path / "photos" / f"{i}.png")
+    small = CliRunner().invoke(main, ["train", "--dry-run", "--model", "dcgan", "--data", str(tmp_path / "photos"),
+                                      "--resolution", "16", "--outdir", str(tmp_path / "r")])
+    assert small.exit_code == 0, small.output
+    opts = json.loads(small.output)
+    assert opts["augment"] == "ada"  # auto, for 8 images (under 30,000)
+    assert opts["device"] == "auto" and opts["device_resolved"] == str(resolve_device("auto"))  # as the run records it
+    fixed = CliRunner().invoke(main, ["train", "--dry-run", "--model", "dcgan", "--data", str(tmp_path / "photos"),
+                                      "--resolution", "16", "--augment-p", "0.3", "--outdir", str(tmp_path / "r")])
+    assert json.loads(fixed.output)["augment"] == "diffaug"  # a fixed p asks for augmentation whatever the size
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--resolution", "30"], "30 is not a power of two"),
     (["--kimg", "nan"], "must be a finite number > 0"),

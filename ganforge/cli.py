@@ -529,7 +529,8 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
 
     from ganforge.explore import as_frame, check_video_writer, project_image, read_image, write_video
     from ganforge.hardware import resolve_device
-    from ganforge.inference import check_scale, enlarge, load_model
+    from ganforge.inference import check_scale, enlarge, load_model, run_options
+    from ganforge.snapshots import find_snapshot
 
     if video != "none":  # before the optimisation, not after it
         check_video_writer(f"projection.{video}", "--video mp4", "; or --video gif")
@@ -544,9 +545,12 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
     save_image(enlarge(found, scale) * 0.5 + 0.5, folder / "projected.png")
     save_image(enlarge(torch.cat([real, found]), scale) * 0.5 + 0.5, folder / "compare.png", nrow=2, padding=2)
     np.save(folder / "latent.npy", result.latent.numpy())
+    # the run beside the figures: `interpolate --latent` says so when it is given this latent with another run
     figures = {"psnr_db": round(result.psnr_db, 2), "ms_ssim": round(result.ms_ssim, 4), "steps": steps,
                "start": result.start, "final_loss": round(result.loss, 5), "image": str(image), "label": result.label,
-               "prompt": prompt}
+               "prompt": prompt, "run": str(find_snapshot(run_or_snapshot)),
+               "run_id": run_options(run_or_snapshot).get("run_id"), "model": model.name,
+               "z_dim": model.z_dim}
     (folder / "result.json").write_text(json.dumps(figures, indent=2) + "\n")
     written = ["target.png", "projected.png", "compare.png", "latent.npy", "result.json"]
     if video != "none":

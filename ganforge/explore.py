@@ -135,6 +135,26 @@ def read_latent(path: str | Path, model: GanModel) -> torch.Tensor:
     return torch.from_numpy(latent.astype(np.float32)).reshape(model.z_dim)
 
 
+PROJECTION_RECORD = "result.json"  # what `ganforge project` writes beside latent.npy: its figures and its run
+
+
+def latent_of_another_run(path: str | Path, run_id: str | None, run: str | Path) -> str | None:
+    """A line saying that the latent at `path` was projected with another run than `run` (as the
+    result.json `project` wrote beside it records), else None: the shape of a latent fits any run
+    with the same z size, but its image is that of the run it was found in."""
+    import json
+
+    record = Path(path).with_name(PROJECTION_RECORD)
+    try:
+        projected = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no record beside it (a latent of one's own): nothing to compare
+        return None
+    if not isinstance(projected, dict) or projected.get("run_id") in (None, run_id):
+        return None
+    return (f"--latent {path}: projected with run {projected.get('run', '?')} (run_id {projected['run_id']}, in "
+            f"{record}), not {run} (run_id {run_id}): its keyframe is not the image it was projected from")
+
+
 def walk_conditions(model: GanModel, labels: list[int] | None, prompts: list[str] | None) -> list[torch.Tensor]:
     """The keyframes' conditions as vectors that blend: class weights (one-hot), or sentence vectors."""
     if model.conditioning == TEXT:

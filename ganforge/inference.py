@@ -58,18 +58,24 @@ class RuntimeGenerator(nn.Module):
         return self.G(z, labels if self.conditional else None, **self.options)
 
 
-def run_class_names(run_or_snapshot: str | Path) -> list[str]:
-    """The names of a run's classes (its class folders, classes.txt), read from its training data;
-    [] when that data is no longer where the run found it (the classes are then numbers only)."""
+def run_options(run_or_snapshot: str | Path) -> dict:
+    """A run's options: its training_options.json where the snapshot is in its run (a small file),
+    else those the snapshot carries."""
     import json
 
-    from ganforge.data import load_dataset
     from ganforge.snapshots import find_snapshot
 
     beside = find_snapshot(run_or_snapshot).parent / "training_options.json"
+    return json.loads(beside.read_text(encoding="utf-8")) if beside.is_file() else load_snapshot(run_or_snapshot)["options"]
+
+
+def run_class_names(run_or_snapshot: str | Path) -> list[str]:
+    """The names of a run's classes (its class folders, classes.txt), read from its training data;
+    [] when that data is no longer where the run found it (the classes are then numbers only)."""
+    from ganforge.data import load_dataset
+
     try:
-        options = (json.loads(beside.read_text(encoding="utf-8")) if beside.is_file()
-                   else load_snapshot(run_or_snapshot)["options"])
+        options = run_options(run_or_snapshot)
         with warnings.catch_warnings():  # unreadable images are the run's business here
             warnings.simplefilter("ignore")
             return load_dataset(options["data"], options["resolution"], options.get("channels"),
@@ -99,9 +105,10 @@ def class_of(model: GanModel, run_or_snapshot: str | Path, given: str, option: s
     return class_index(model, given, names, option)
 
 
-def class_name(run_or_snapshot: str | Path, index: int) -> str:
-    """A class's number, with its name where the run's data gives one: "3 (cat)"."""
-    names = run_class_names(run_or_snapshot)
+def class_name(run_or_snapshot: str | Path, index: int, names: list[str] | None = None) -> str:
+    """A class's number, with its name where the run's data gives one: "3 (cat)". `names`: the
+    run's class names when already read (run_class_names)."""
+    names = run_class_names(run_or_snapshot) if names is None else names
     return f"{index} ({names[index]})" if index < len(names) and names[index] != str(index) else str(index)
 
 

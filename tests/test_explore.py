@@ -180,7 +180,7 @@ def test_classes_are_taken_by_name_wherever_a_class_number_is(tmp_path):
         in wrong.output
     walk = runner.invoke(main, ["interpolate", str(run), "--labels", "Faces,Flags", "--seeds", "1", "--seconds", "0.4",
                                 "--fps", "5", "--out", str(tmp_path / "w.gif")])
-    assert walk.exit_code == 0 and "classes 0,1" in walk.output, walk.output
+    assert walk.exit_code == 0 and "classes 0 (Faces), 1 (Flags)" in walk.output, walk.output  # the names given
     Image.new("L", (16, 16), 220).save(tmp_path / "flag.png")
     projected = runner.invoke(main, ["project", str(run), "--image", str(tmp_path / "flag.png"), "--label", "Flags",
                                      "--steps", "2", "--video", "none", "--out", str(tmp_path / "p")])
@@ -343,6 +343,27 @@ def test_interpolate_walks_between_latents_saved_by_project(run, tmp_path):
     for frame, key in ((0, keys[0]), (2, keys[1])):  # the walk passes through each latent's own sample
         sample = model.generate(key[None], Condition(classes=torch.tensor([2])))
         assert (frames[frame][..., 0] == to_uint8(sample)[0, 0].numpy()).all()
+
+
+def test_a_latent_projected_with_another_run_is_said_to_be_of_that_run(run, tmp_path):
+    Image.new("L", (16, 16), 200).save(tmp_path / "target.png")
+    projected = ganforge("project", run, "--image", tmp_path / "target.png", "--label", "1", "--steps", "1",
+                         "--video", "none", "--out", tmp_path / "p")
+    assert projected.returncode == 0, projected.stderr
+    record = json.loads((tmp_path / "p" / "result.json").read_text())
+    assert record["run_id"] == json.loads((Path(run) / "training_options.json").read_text())["run_id"]
+    latent = tmp_path / "p" / "latent.npy"
+    walk = ["--latent", latent, "--latent", latent, "--labels", "1,2", "--seconds", "0.2", "--fps", "10",
+            "--out", tmp_path / "w.gif"]
+    same = ganforge("interpolate", run, *walk)
+    assert same.returncode == 0 and "warning" not in same.stderr, same.stderr
+    other = train(TrainOptions(data="mnist", resolution=16, batch=16, model_opts={"base_channels": 8}, kimg=0.016,
+                               outdir=str(tmp_path / "runs")), progress=False)  # the same networks: latents fit
+    another = ganforge("interpolate", other, *walk)
+    assert another.returncode == 0, another.stderr  # said, not refused: the walk is still a walk
+    (line,) = [line for line in another.stderr.splitlines() if line.startswith("warning:")]
+    assert line.startswith(f"warning: --latent {latent}: projected with run {Path(run) / 'latest.pt'}") \
+        and f"not {other}" in line
 
 
 def test_a_latent_of_the_wrong_shape_or_with_seeds_is_refused_in_one_line(run, tmp_path):

@@ -139,3 +139,23 @@ def test_a_notebook_shows_bars_through_tqdm_auto(monkeypatch):
         assert isinstance(shown, tqdm) and not shown.disable
     monkeypatch.setenv("GANFORGE_PROGRESS", "0")
     assert not progress.enabled()
+
+
+@pytest.mark.parametrize("model,extra", [("cdcgan", {"base_channels": 8}), ("began", {"base_channels": 4}),
+                                         ("pggan", {"preset": "cpu"})])
+def test_a_console_without_a_bar_hears_of_the_run_before_its_first_tick(tmp_path, monkeypatch, capsys, model, extra):
+    """A run whose first tick is minutes off (BEGAN at 64x64 on a CPU: 1 kimg) says how it goes a few
+    seconds into its steps, whatever the model; here after its first step, the few
+    seconds set to none."""
+    from ganforge.training import TrainOptions, train
+
+    monkeypatch.setenv("GANFORGE_PROGRESS", "0")  # no bar: the console of a pipe or a log
+    monkeypatch.setattr("ganforge.training.runlog.FIRST_LINE_AFTER", 0.0, raising=False)
+    train(TrainOptions(model=model, data="mnist", resolution=16, batch=8, model_opts=extra, kimg=0.032, tick=1,
+                       sample_every=1, snap=1, outdir=str(tmp_path)), progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("first steps: "))
+    tick = next(i for i, line in enumerate(lines) if line.startswith("kimg "))  # the only tick: the run's end
+    assert first < tick and lines[first].startswith("first steps: 0.008 of 0.032 kimg in "), lines[first]
+    assert "img/s; at this speed the first tick line comes in about 0:" in lines[first]
+    assert sum(line.startswith("first steps: ") for line in lines) == 1

@@ -251,6 +251,7 @@ def run_steps(run: Run, dataset, resumed: bool, evaluator_factory: Callable | No
         log.line(f"--cuda-graphs: {device} has no CUDA graphs; the steps run as they would be captured, eagerly")
 
     stop.raise_now = False  # from the first step on, a stop writes a snapshot
+    log.begin_steps(state.images_seen, max(1, round(opts.tick * 1000)))  # as crossed() counts ticks
     while state.images_seen < total and not stop.requested:
         sched: Schedule = model.schedule(state.images_seen, opts.batch, opts.resolution)
         enter_schedule(run, sched)

@@ -25,6 +25,7 @@ from ganforge.training.plots import plot_stats
 from ganforge.training.rundir import kimg_label
 
 WARNING = "warning: "  # log lines that start so reach the console even with --quiet
+FIRST_LINE_AFTER = 5.0  # seconds of steps after which a console without a bar hears how the run goes, before its first tick
 COLLAPSED = 0.25  # tick diversity (samples' spread / reals') below which log.txt warns of mode collapse
 
 
@@ -90,6 +91,10 @@ class RunLog:
         self.restart_tick(images_seen)
         self.collapse_warned = False
         self.grid: SampleGrid | None = None
+        # A console without a bar (a pipe, a log) gets tick lines; the first may be minutes off (1 kimg of a
+        # big model on a CPU), so a line comes a few seconds into the steps instead (begin_steps, add_step).
+        self.first_line_due = self.progress and self.bar.disable
+        self.begin_steps(images_seen, 0)
 
     def line(self, text: str) -> None:
         """A line of log.txt, shown on the console too (a warning even with --quiet)."""
@@ -111,12 +116,44 @@ class RunLog:
     def restart_tick(self, images_seen: int) -> None:
         self.tick_start, self.tick_images, self.tick_sums, self.tick_count = time.time(), images_seen, {}, 0
 
+    def begin_steps(self, images_seen: int, tick_every: int) -> None:
+        """The loop's first step is next: the speed of the first line is counted from here. `tick_every`:
+        images between tick lines (--tick)."""
+        self.steps_began, self.images_at_begin, self.tick_every, self.steps_done = time.time(), images_seen, tick_every, 0
+        self.after_first_step: tuple[float, int] | None = None  # (time, images): the first step warms up, slower
+
     def add_step(self, stats: dict, before: int, after: int) -> None:
         """A finished step's statistics (tensors, summed on the device until the tick) and the bar's advance."""
         for k, v in stats.items():
             self.tick_sums[k] = self.tick_sums.get(k, 0.0) + v.double()
         self.tick_count += 1
         self.bar.update(min(after, self.total) - min(before, self.total))
+        self.steps_done += 1
+        if self.after_first_step is None:
+            self.after_first_step = (time.time(), after)
+        elapsed = time.time() - self.steps_began
+        # the speed of the steps after the first; a first step of minutes (a big model on a CPU) speaks for itself
+        slow_first_step = elapsed >= 6 * FIRST_LINE_AFTER
+        if self.first_line_due and elapsed >= FIRST_LINE_AFTER and (self.steps_done >= 2 or slow_first_step):
+            self.first_line_due = False
+            self.say(self.first_steps_line(after, elapsed))
+
+    def first_steps_line(self, images_seen: int, elapsed: float) -> str:
+        """Where the run stands after its first steps, what a bar would show: kimg, img/s and how long
+        until the first tick line and the end, at the speed of the steps after the first (which warms up)."""
+        import datetime
+
+        if self.steps_done >= 2:  # the steps after the first, which warms up
+            since, images_then = self.after_first_step
+        else:  # one step of more than half a minute: its own speed
+            since, images_then = self.steps_began, self.images_at_begin
+        rate = (images_seen - images_then) / max(time.time() - since, 1e-9)
+        next_tick = min((images_seen // self.tick_every + 1) * self.tick_every if self.tick_every else self.total,
+                        self.total)
+        left = lambda images: str(datetime.timedelta(seconds=round(max(images, 0) / max(rate, 1e-9))))  # noqa: E731
+        return (f"first steps: {images_seen / 1000:.3f} of {self.total / 1000:g} kimg in {elapsed:.0f} s, "
+                f"{rate:.1f} img/s; at this speed the first tick line comes in about {left(next_tick - images_seen)} "
+                f"and the run ends in about {left(self.total - images_seen)}")
 
     def move_to(self, images_seen: int) -> None:
         """Back to an earlier count (a restored snapshot): the unfinished tick is dropped."""
@@ -159,6 +196,7 @@ class RunLog:
                      + "  ".join(f"{k} {v}" for k, v in short.items()))
         self.text.write(tick_line + "\n")
         self.text.flush()
+        self.first_line_due = False  # a tick line says more than the first line would
         if self.progress and self.bar.disable:  # no bar to follow the run: its tick lines instead
             self.say(tick_line)
         self.restart_tick(images_seen)

@@ -226,10 +226,16 @@ def evaluate(run_or_snapshot: str | os.PathLike | None = None, metrics: str | Se
         say(f"note: using {n_fake} fake and {evaluator.n_real} real images (asked for {n})")
     evaluator.report = report  # how long each side takes, from its first block
     results = measure()
+    shared = dict(evaluator.shared_seconds)
     if floor:
+        floors_started = time.time()
         for name, figures in evaluator.floors().items():
             results[name]["floor_real_vs_real"] = figures
-    say(f"evaluated in {time.time() - started:.1f} s in all (reals, samples and every metric; per metric: its seconds)")
+        shared["the real-vs-real floors"] = time.time() - floors_started
+    said = ", ".join(f"{seconds:.1f} s {work}" for work, seconds in shared.items() if seconds >= 0.05)
+    say(f"evaluated in {time.time() - started:.1f} s in all"
+        + (f"; of it, work no metric's seconds include: {said}" if said else "")
+        + "; each metric's seconds are its own work (what it prepares, its part of each block, its figures)")
     kept = finite_or_null(results)  # JSON has no NaN: an undefined value is null
     if out is not None:  # whole or not at all: a stop (Ctrl-C, SIGTERM) never leaves half a file
         partial = Path(out).with_name(Path(out).name + ".partial")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ganforge.metrics.builtin import classifier
 from ganforge.metrics import feature_metrics as fm
@@ -421,3 +422,53 @@ def test_fid_equals_an_independent_tf_fid_implementation():
     a, b = fixture_sets()
     net = InceptionFeatures()
     assert fm.fid(net(a)[0], net(b)[0]) == pytest.approx(31.076363, abs=1e-4)
+
+
+def test_each_metric_s_seconds_are_its_own_and_the_shared_work_is_reported_once(tmp_path):
+    """A metric that prepares for half a second does not make another metric look slow: each metric's
+    seconds are its own work (preparation, per-block summaries, figures); making the images is shared."""
+    import time
+
+    from ganforge.data import load_dataset
+    from ganforge.metrics import metric, unregister
+    from ganforge.metrics.evaluate import Evaluator
+
+    def slow_preparation(ev):
+        time.sleep(0.5)
+        return "prepared"
+
+    def mean_value(ev, block):
+        return block.images.double().flatten(1).mean(dim=1)
+
+    metric("slow_prep", "value", lower_is_better=True, prepare=slow_preparation)(lambda ev, fakes, real: {"value": 0.0})
+    metric("quick", "gap", lower_is_better=True, summary=mean_value)(
+        lambda ev, fakes, real: {"gap": fakes.cat("quick").mean().item()})
+    try:
+        (tmp_path / "real").mkdir()
+        for i, img in enumerate(digits(16, res=16)):
+            Image.fromarray(img[0].numpy()).save(tmp_path / "real" / f"{i}.png")
+        ev = Evaluator(["slow_prep", "quick"], load_dataset(str(tmp_path / "real"), 16), n=16)
+        results = ev(digits(16, res=16, seed=1))
+    finally:
+        unregister("slow_prep")
+        unregister("quick")
+    assert results["slow_prep"]["seconds"] >= 0.5
+    assert results["quick"]["seconds"] < 0.25, results  # not half of the other's preparation
+    assert "making or reading the generated images" in ev.shared_seconds
+
+
+def test_the_accuracy_classifier_says_what_it_trains_and_how_long_before_it_has_trained(tmp_path):
+    from ganforge.data import load_dataset
+    from ganforge.metrics.conditional_accuracy import train_classifier
+
+    for label, shade in (("dark", 30), ("light", 220)):
+        (tmp_path / label).mkdir()
+        for i in range(100):
+            Image.new("L", (16, 16), shade + i % 7).save(tmp_path / label / f"{i}.png")
+    said = []
+    dataset = load_dataset(str(tmp_path), 16)
+    train_classifier(dataset, epochs=3, report=said.append)
+    (line,) = said
+    assert line.startswith(f"acc: training its classifier on 180 of the 200 labelled real images of {dataset.name} "
+                           "(3 epochs, 9 batches of 64), before any image is measured: about ")
+    assert line.endswith(" s more on this machine, at the speed of its batches 2 to 6")

@@ -133,8 +133,8 @@ def classifier(ev: Evaluator):
     from ganforge.metrics.conditional_accuracy import Classifier, train_classifier
 
     net = Classifier(ev.real.channels, ev.real.resolution, ev.real.num_classes)
-    net.load_state_dict(ev.cached("classifier", (ev.real.num_classes,),
-                                  lambda _: train_classifier(ev.real, seed=ev.seed)[0].state_dict()))
+    net.load_state_dict(ev.cached("classifier", (ev.real.num_classes,),  # trained once: kept in the cache folder
+                                  lambda _: train_classifier(ev.real, seed=ev.seed, report=ev.report)[0].state_dict()))
     return net.eval()
 
 

@@ -6,6 +6,10 @@ samples it assigns to the label they were generated for (chance = 1 / classes).
 
 from __future__ import annotations
 
+import math
+import time
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,9 +34,13 @@ class Classifier(nn.Module):
         return self.head(self.features(images))
 
 
+TIMED_BATCHES = 5  # the batches after the first (which warms up), timed to say how long the whole training takes
+
+
 def train_classifier(dataset: ImageDataset, epochs: int = 4, batch: int = 64, seed: int = 0,
-                     holdout: float = 0.1) -> tuple[Classifier, float]:
-    """Train on the (preloaded) real images; returns the classifier and its accuracy on a held-out tenth."""
+                     holdout: float = 0.1, report: Callable[[str], None] | None = None) -> tuple[Classifier, float]:
+    """Train on the (preloaded) real images; returns the classifier and its accuracy on a held-out tenth.
+    `report` gets one line, once the first batches are timed: what trains and about how long it takes."""
     if dataset.images is None:
         dataset.preload()
     g = torch.Generator().manual_seed(seed)
@@ -44,9 +52,20 @@ def train_classifier(dataset: ImageDataset, epochs: int = 4, batch: int = 64, se
     net = Classifier(images.shape[1], images.shape[2], dataset.num_classes)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     net.train()
+    batches = epochs * math.ceil(len(train) / batch)
+    started, done = time.perf_counter(), 0  # timed from the second batch on
     for epoch in range(epochs):
         for idx in bar_over(train[torch.randperm(len(train), generator=g)].split(batch),
                             f"classifier for acc, epoch {epoch + 1}/{epochs}"):
+            if done == 1:
+                started = time.perf_counter()
+            if done == 1 + TIMED_BATCHES and report is not None:
+                per_batch = (time.perf_counter() - started) / TIMED_BATCHES
+                report(f"acc: training its classifier on {len(train):,} of the {len(labels):,} labelled real images "
+                       f"of {dataset.name} ({epochs} epochs, {batches} batches of {batch}), before any image is "
+                       f"measured: about {per_batch * (batches - done):.0f} s more on this machine, at the speed of "
+                       f"its batches 2 to {done}")
+            done += 1
             x = images[idx]
             shift = torch.randint(-2, 3, (2,), generator=g).tolist()  # small translations: robust to GAN jitter
             x = torch.roll(x, shifts=shift, dims=(2, 3))

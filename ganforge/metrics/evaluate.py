@@ -214,6 +214,11 @@ class Evaluator:
         self._real_identity: dict | None = None  # of the protocol, read once
         self.captions: CaptionTable | None = None  # of the real data, for text metrics (use_captions_of)
         self.report: Callable[[str], None] | None = None  # gets the estimate of each side's pass (ganforge evaluate)
+        # This process's seconds of the last evaluation: each metric's own work (what it prepares, its part of each
+        # block, its figures), and the work its metrics share, reported once (making or reading the images, the
+        # Inception network's pass, a preparation two metrics share).
+        self.own_seconds: dict[str, float] = {}
+        self.shared_seconds: dict[str, float] = {}
 
     @property
     def n_real(self) -> int:
@@ -253,10 +258,22 @@ class Evaluator:
         return self._real_tally
 
     def prepared(self, prepare: Callable):
-        """What a metric's `prepare` makes from the reals (a classifier, a matcher), made once."""
+        """What a metric's `prepare` makes from the reals (a classifier, a matcher), made once; its time
+        is the metric's own, or shared when several metrics declare the same `prepare`."""
         if prepare not in self._prepared:
+            started = time.perf_counter()
             self._prepared[prepare] = prepare(self)
+            users = [m.name for m in self.metrics if m.prepare is prepare]
+            self.charge(users[0] if len(users) == 1 else None, "preparation shared by " + ",".join(users), started)
         return self._prepared[prepare]
+
+    def charge(self, metric: str | None, shared: str, started: float) -> None:
+        """The seconds since `started` to a metric's own time, or (metric None) to the shared work named `shared`."""
+        seconds = time.perf_counter() - started
+        if metric is not None:
+            self.own_seconds[metric] = self.own_seconds.get(metric, 0.0) + seconds
+        else:
+            self.shared_seconds[shared] = self.shared_seconds.get(shared, 0.0) + seconds
 
     def use_captions_of(self, model: GanModel) -> None:
         """Take the caption table a text-to-image model prepared on this real data."""
@@ -295,6 +312,8 @@ class Evaluator:
                 started = time.perf_counter()
                 images, condition = source.images(blocks[b])
                 real = self.reals.images(reference[b])[0] if b < len(reference) else None
+                self.charge(None, f"{'making or reading' if side == 'generated' else 'reading'} the {side} images",
+                            started)
                 tally.add(b, *self.summarise(Block(b, blocks[b], images, condition, side, source.n, real, self.seed)))
                 if not estimated:
                     self.report(pass_estimate(side, todo, len(images), time.perf_counter() - started))
@@ -310,7 +329,10 @@ class Evaluator:
         summary: dict = {"index": block.index}
         features = None
         if self.inception is not None:
+            started = time.perf_counter()
             features, logits = self.inception(block.images, show=False)
+            users = [m.name for m in self.metrics if m.uses_inception]  # one metric alone: its own work
+            self.charge(users[0] if len(users) == 1 else None, "Inception features for " + ",".join(users), started)
             if "features" in self.kept:
                 summary["features"] = features
             if "logits" in self.kept and logits is not None:
@@ -318,7 +340,9 @@ class Evaluator:
         for m in self.metrics:
             if m.summary is None or (block.side == "real" and not m.real_side) or (m.paired_reals and block.paired_real is None):
                 continue
+            started = time.perf_counter()
             own = m.summary(self, block)
+            self.charge(m.name, "", started)
             if own is not None:
                 summary[m.name] = own
         return summary, features
@@ -375,26 +399,27 @@ class Evaluator:
     def figures(self, source: Source, checkpoint: Path | None = None) -> dict[str, dict]:
         """Every metric of a source's images against the reals: {metric: its figures}."""
         self.check(source)
-        start = time.time()
-        for m in self.metrics:  # made (or read) by every process before the blocks: some may have none
-            if m.prepare is not None:
-                self.prepared(m.prepare)
+        self.own_seconds, self.shared_seconds = {m.name: 0.0 for m in self.metrics}, {}
         real_pass = any(m.real_side for m in self.metrics)
         if self.report is not None:
             inception = [m.name for m in self.metrics if m.uses_inception]
             self.report(f"evaluate: {source.n:,} generated images to make (or read) and measure"
                         + (f", {self.n_real:,} real ones to measure unless their statistics are cached" if real_pass else "")
                         + (f"; Inception features for {', '.join(inception)}" if inception else ""))
+        for m in self.metrics:  # made (or read) by every process before the blocks: some may have none
+            if m.prepare is not None:
+                self.prepared(m.prepare)
         real = self.real_tally() if real_pass else None
         fakes = self.measure(source, "generated", checkpoint)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
-        shared_seconds = (time.time() - start) / len(self.metrics)  # the passes over the images, shared out
         results = {}
         for m in self.metrics:
-            start = time.time()
+            started = time.perf_counter()
             r = m.result(self, fakes, real if m.real_side else None)
-            r.update(n_fake=fakes.count, n_real=self.n_real, seconds=round(time.time() - start + shared_seconds, 2))
+            self.charge(m.name, "", started)
+            # its own seconds only: the work the metrics share is in shared_seconds (evaluate prints it once)
+            r.update(n_fake=fakes.count, n_real=self.n_real, seconds=round(self.own_seconds[m.name], 2))
             results[m.name] = r
         return results
 

@@ -66,7 +66,9 @@ def run_options(run_or_snapshot: str | Path) -> dict:
     from ganforge.snapshots import find_snapshot
 
     beside = find_snapshot(run_or_snapshot).parent / "training_options.json"
-    return json.loads(beside.read_text(encoding="utf-8")) if beside.is_file() else load_snapshot(run_or_snapshot)["options"]
+    if beside.is_file():
+        return json.loads(beside.read_text(encoding="utf-8"))
+    return load_snapshot(run_or_snapshot)["options"]
 
 
 def run_class_names(run_or_snapshot: str | Path) -> list[str]:

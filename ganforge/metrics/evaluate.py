@@ -264,16 +264,17 @@ class Evaluator:
             started = time.perf_counter()
             self._prepared[prepare] = prepare(self)
             users = [m.name for m in self.metrics if m.prepare is prepare]
-            self.charge(users[0] if len(users) == 1 else None, "preparation shared by " + ",".join(users), started)
+            self.charge(users, "preparation shared by " + ",".join(users), started)
         return self._prepared[prepare]
 
-    def charge(self, metric: str | None, shared: str, started: float) -> None:
-        """The seconds since `started` to a metric's own time, or (metric None) to the shared work named `shared`."""
+    def charge(self, users: list[str], work: str, started: float) -> None:
+        """The seconds since `started`, of `work` done for the metrics `users`: one metric's own time,
+        else shared work, kept under its name."""
         seconds = time.perf_counter() - started
-        if metric is not None:
-            self.own_seconds[metric] = self.own_seconds.get(metric, 0.0) + seconds
+        if len(users) == 1:
+            self.own_seconds[users[0]] = self.own_seconds.get(users[0], 0.0) + seconds
         else:
-            self.shared_seconds[shared] = self.shared_seconds.get(shared, 0.0) + seconds
+            self.shared_seconds[work] = self.shared_seconds.get(work, 0.0) + seconds
 
     def use_captions_of(self, model: GanModel) -> None:
         """Take the caption table a text-to-image model prepared on this real data."""
@@ -312,8 +313,9 @@ class Evaluator:
                 started = time.perf_counter()
                 images, condition = source.images(blocks[b])
                 real = self.reals.images(reference[b])[0] if b < len(reference) else None
-                self.charge(None, f"{'making or reading' if side == 'generated' else 'reading'} the {side} images",
-                            started)
+                images_work = ("making or reading the generated images" + (" and their paired reals" if paired else "")
+                               if side == "generated" else "reading the real images")
+                self.charge([], images_work, started)  # the images of every metric: shared, however many there are
                 tally.add(b, *self.summarise(Block(b, blocks[b], images, condition, side, source.n, real, self.seed)))
                 if not estimated:
                     self.report(pass_estimate(side, todo, len(images), time.perf_counter() - started))
@@ -332,7 +334,7 @@ class Evaluator:
             started = time.perf_counter()
             features, logits = self.inception(block.images, show=False)
             users = [m.name for m in self.metrics if m.uses_inception]  # one metric alone: its own work
-            self.charge(users[0] if len(users) == 1 else None, "Inception features for " + ",".join(users), started)
+            self.charge(users, "Inception features for " + ",".join(users), started)
             if "features" in self.kept:
                 summary["features"] = features
             if "logits" in self.kept and logits is not None:
@@ -342,7 +344,7 @@ class Evaluator:
                 continue
             started = time.perf_counter()
             own = m.summary(self, block)
-            self.charge(m.name, "", started)
+            self.charge([m.name], f"{m.name}'s summaries", started)
             if own is not None:
                 summary[m.name] = own
         return summary, features
@@ -417,7 +419,7 @@ class Evaluator:
         for m in self.metrics:
             started = time.perf_counter()
             r = m.result(self, fakes, real if m.real_side else None)
-            self.charge(m.name, "", started)
+            self.charge([m.name], f"{m.name}'s figures", started)
             # its own seconds only: the work the metrics share is in shared_seconds (evaluate prints it once)
             r.update(n_fake=fakes.count, n_real=self.n_real, seconds=round(self.own_seconds[m.name], 2))
             results[m.name] = r

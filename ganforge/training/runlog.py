@@ -25,7 +25,7 @@ from ganforge.training.plots import plot_stats
 from ganforge.training.rundir import kimg_label
 
 WARNING = "warning: "  # log lines that start so reach the console even with --quiet
-FIRST_LINE_AFTER = 5.0  # seconds of steps after which a console without a bar hears how the run goes, before its first tick
+FIRST_LINE_AFTER = 5.0  # seconds of steps after which a console without a bar hears how the run goes (before a tick)
 COLLAPSED = 0.25  # tick diversity (samples' spread / reals') below which log.txt warns of mode collapse
 
 
@@ -119,7 +119,8 @@ class RunLog:
     def begin_steps(self, images_seen: int, tick_every: int) -> None:
         """The loop's first step is next: the speed of the first line is counted from here. `tick_every`:
         images between tick lines (--tick)."""
-        self.steps_began, self.images_at_begin, self.tick_every, self.steps_done = time.time(), images_seen, tick_every, 0
+        self.steps_began, self.images_at_begin, self.steps_done = time.time(), images_seen, 0
+        self.tick_every = tick_every
         self.after_first_step: tuple[float, int] | None = None  # (time, images): the first step warms up, slower
 
     def add_step(self, stats: dict, before: int, after: int) -> None:

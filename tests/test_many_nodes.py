@@ -322,3 +322,127 @@ def test_a_run_directory_that_another_node_cannot_see_is_refused(tmp_path):
     said = "\n".join(outputs)
     assert "do not see the run directory" in said and "on a file system every node shares" in said, said[-3000:]
     assert not list(outdir.iterdir())  # rank 0 took its new run directory away
+
+
+# A rendezvous that cannot complete, through `ganforge torchrun` (torchrun's options, its failures as one line).
+
+@contextlib.contextmanager
+def a_program_holding(port):
+    """A listening socket that accepts connections and never answers: another program on the port."""
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", port))
+        held.listen(16)
+        yield
+
+
+def ganforge_torchrun(outdir, endpoint, rdzv_conf, nnodes=1, launcher=("-m", "ganforge", "torchrun")):
+    cmd = [sys.executable, *launcher, "--nnodes", str(nnodes), "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+           "--rdzv_endpoint", endpoint, "--rdzv_id", "nowhere", "--rdzv_conf", rdzv_conf,
+           "-m", "ganforge", "train", *ARGS, "--kimg", "0.16", "--outdir", str(outdir)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def ended(nodes, seconds):
+    """Each node's exit status and output, all of them within `seconds` (failing the test otherwise)."""
+    started = time.time()
+    try:
+        outputs = [n.communicate(timeout=max(1, started + seconds - time.time()))[0] for n in nodes]
+    finally:
+        stopped(nodes)
+    return [n.returncode for n in nodes], [o.strip() for o in outputs], time.time() - started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", ["", "is_host=1,"])
+def test_a_port_another_program_holds_stops_every_node_with_one_line(tmp_path, first):
+    """The endpoint's port held by a program that accepts connections and never answers: torchrun's
+    client would wait for it without end (test below); each node of `ganforge torchrun` stops within
+    read_timeout with one line, nothing started. With is_host=1 the first node stops at once, as it
+    cannot serve the port."""
+    port = free_port()
+    with a_program_holding(port):
+        nodes = [ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}", conf + "read_timeout=5", nnodes=2)
+                 for conf in (first, "is_host=0," if first else "")]
+        codes, outputs, seconds = ended(nodes, 60)
+    assert codes == [1, 1] and seconds < 45, outputs
+    assert all(len(o.splitlines()) == 1 for o in outputs), outputs
+    silent = (f"Error: 127.0.0.1:{port} (--rdzv_endpoint) accepts connections but does not answer as torchrun's "
+              f"rendezvous store within 5 s (--rdzv_conf read_timeout): another program holds the port")
+    assert outputs[1].startswith(silent), outputs[1]
+    assert outputs[0].startswith(f"Error: port {port} of this node is taken by another program" if first else silent)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_alone_waits_without_end_on_a_port_another_program_holds(tmp_path):
+    """Why `ganforge torchrun` tries the port first: torchrun's client of the store waits for the
+    program's answer past its read_timeout (5 s here; a store nobody serves ends it within 20 s), silent."""
+    port = free_port()
+    with a_program_holding(port):
+        agent = ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}", "read_timeout=5",
+                                  launcher=("-m", "torch.distributed.run"))
+        try:
+            time.sleep(40)
+            assert agent.poll() is None, agent.communicate()[0][-3000:]
+        finally:
+            stopped([agent])
+    assert agent.stdout.read() == "" and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_rendezvous_short_of_its_nodes_stops_with_one_line_after_join_timeout(tmp_path):
+    """--nnodes 2 and one node started: it stops once join_timeout has passed, with one line."""
+    codes, outputs, seconds = ended([ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{free_port()}",
+                                                       "join_timeout=10", nnodes=2)], 60)
+    assert codes == [1] and 10 < seconds < 45 and len(outputs[0].splitlines()) == 1, outputs
+    assert outputs[0].startswith("Error: the rendezvous of job 'nowhere' at 127.0.0.1:") and \
+        "did not complete within 10 s (--rdzv_conf join_timeout): fewer than 2 nodes (--nnodes) joined it" in outputs[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_an_endpoint_nobody_serves_stops_with_one_line_after_read_timeout(tmp_path):
+    """is_host=0 and nothing on the port: torchrun tries to reach the store twice, read_timeout each."""
+    port = free_port()
+    codes, outputs, seconds = ended([ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}",
+                                                       "is_host=0,read_timeout=5")], 60)
+    assert codes == [1] and seconds < 45 and len(outputs[0].splitlines()) == 1, outputs
+    assert outputs[0].startswith(f"Error: no rendezvous store answered at 127.0.0.1:{port} (--rdzv_endpoint), each "
+                                 f"try waiting 5 s (--rdzv_conf read_timeout): "), outputs
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_another_jobs_rendezvous_store_on_the_port_is_shared_as_torchrun_shares_it(tmp_path):
+    """The port held by a rendezvous store (another torchrun job's) is no error: the probe gets its
+    answer, and the job runs its own rendezvous in that store (its --rdzv_id), as torchrun alone does."""
+    port = free_port()
+    serve = (f"import time, datetime, torch.distributed as d; s = d.TCPStore('127.0.0.1', {port}, is_master=True, "
+             f"wait_for_workers=False, multi_tenant=True, timeout=datetime.timedelta(seconds=60)); time.sleep(120)")
+    store = subprocess.Popen([sys.executable, "-c", serve], start_new_session=True)
+    try:
+        time.sleep(3)
+        codes, outputs, _ = ended([ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}", "read_timeout=5")], 120)
+    finally:
+        stopped([store])
+    assert codes == [0], outputs[0][-3000:]
+    assert len(list((tmp_path / "runs").glob("*/latest.pt"))) == 1
+
+
+def test_the_endpoint_probe_refuses_only_a_port_that_never_answers():
+    from ganforge.errors import TrainingError
+    from ganforge.training.launch import check_endpoint
+
+    port = free_port()
+    check_endpoint("127.0.0.1", port, 2)  # nothing there yet: torchrun's own wait
+    store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+    check_endpoint("127.0.0.1", port, 2)  # a store answers
+    del store
+    port = free_port()
+    with a_program_holding(port):
+        started = time.time()
+        with pytest.raises(TrainingError, match=rf"^127\.0\.0\.1:{port} \(--rdzv_endpoint\) accepts connections but "
+                                                r"does not answer as torchrun's rendezvous store within 2 s"):
+            check_endpoint("127.0.0.1", port, 2)
+        assert time.time() - started < 5

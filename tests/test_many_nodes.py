@@ -375,6 +375,35 @@ def test_a_port_another_program_holds_stops_every_node_with_one_line(tmp_path, f
 
 
 @pytest.mark.slow
+def test_the_first_hosts_port_held_by_another_program_stops_both_nodes_with_one_line(tmp_path, two_hosts):
+    """Two hosts; on the first, the rendezvous port is held by a program that never answers: the first
+    node (is_host=1) cannot serve it and the second cannot use it, each says so in one line."""
+    (ns0, _, address0), _ = two_hosts
+    hold = (f"import socket, time; s = socket.socket(); s.bind(({address0!r}, 29531)); s.listen(16); "
+            f"print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen(["ip", "netns", "exec", ns0, sys.executable, "-c", hold], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        nodes = [subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "ganforge", "torchrun",
+                                   "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+                                   "--rdzv_endpoint", f"{address0}:29531", "--rdzv_id", "held", "--local_addr", address,
+                                   "--rdzv_conf", f"is_host={int(ns == ns0)},read_timeout=5", "-m", "ganforge",
+                                   "train", *ARGS, "--kimg", "0.16", "--outdir", str(tmp_path / "runs")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                 for ns, _, address in two_hosts]
+        codes, outputs, seconds = ended(nodes, 60)
+    finally:
+        stopped([holder])
+    assert codes == [1, 1] and seconds < 45 and all(len(o.splitlines()) == 1 for o in outputs), outputs
+    assert outputs[0].startswith("Error: port 29531 of this node is taken by another program: with --rdzv_conf "
+                                 f"is_host=1 this node serves the rendezvous of job 'held' at {address0}:29531"), outputs
+    assert outputs[1].startswith(f"Error: {address0}:29531 (--rdzv_endpoint) accepts connections but does not answer "
+                                 "as torchrun's rendezvous store within 5 s (--rdzv_conf read_timeout)"), outputs
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
 def test_torchrun_alone_waits_without_end_on_a_port_another_program_holds(tmp_path):
     """Why `ganforge torchrun` tries the port first: torchrun's client of the store waits for the
     program's answer past its read_timeout (5 s here; a store nobody serves ends it within 20 s), silent."""

@@ -343,6 +343,11 @@ def ganforge_torchrun(outdir, endpoint, rdzv_conf, nnodes=1, launcher=("-m", "ga
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def listening(port):
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def ended(nodes, seconds):
     """Each node's exit status and output, all of them within `seconds` (failing the test otherwise)."""
     started = time.time()
@@ -457,6 +462,24 @@ def test_another_jobs_rendezvous_store_on_the_port_is_shared_as_torchrun_shares_
         stopped([store])
     assert codes == [0], outputs[0][-3000:]
     assert len(list((tmp_path / "runs").glob("*/latest.pt"))) == 1
+
+
+@pytest.mark.slow
+def test_two_nodes_through_ganforge_torchrun_train_as_through_torchrun(tmp_path):
+    """The rendezvous that completes: two nodes of `ganforge torchrun` on one host (the first serves
+    the store its port probe finds free, the second's probe finds the store answering) train the run to
+    its end, both exit 0, one run directory."""
+    port = free_port()
+    nodes = [ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}", "read_timeout=30", nnodes=2)]
+    deadline = time.time() + 60
+    while not listening(port):  # the first node serves the store: then the second
+        assert nodes[0].poll() is None and time.time() < deadline, "the first node served no store"
+        time.sleep(0.2)
+    nodes.append(ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}", "read_timeout=30", nnodes=2))
+    codes, outputs, _ = ended(nodes, 240)
+    assert codes == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert load_snapshot(run)["images_seen"] >= 160 and (run / "reals.png").exists()
 
 
 def test_the_endpoint_probe_refuses_only_a_port_that_never_answers():

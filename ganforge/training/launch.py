@@ -43,15 +43,14 @@ def torchrun(argv: list[str], debug: bool = False) -> int:
         check_endpoint(rendezvous["host"], rendezvous["port"], rendezvous["read_timeout"])
     try:
         launcher.main(argv)
-    except (RendezvousTimeoutError, RendezvousConnectionError, RendezvousClosedError) as e:
-        if rendezvous is None or debug:
-            raise
-        raise TrainingError(rendezvous_failure(e, rendezvous)) from e
     except ChildFailedError as e:  # the worker's own error is above; torchrun's summary of the failure
         print(str(e).strip(), flush=True)
         return 1
-    except Exception:  # as torchrun: its traceback, not ganforge's "probably a bug"
-        traceback.print_exc()
+    except Exception as e:
+        if rendezvous is not None and not debug and isinstance(e, (RendezvousTimeoutError, RendezvousConnectionError,
+                                                                   RendezvousClosedError)):
+            raise TrainingError(rendezvous_failure(e, rendezvous)) from e
+        traceback.print_exc()  # as torchrun: its traceback, not ganforge's "probably a bug"
         return 1
     return 0
 

@@ -450,7 +450,8 @@ def test_an_endpoint_nobody_serves_stops_with_one_line_after_read_timeout(tmp_pa
 @pytest.mark.slow
 def test_another_jobs_rendezvous_store_on_the_port_is_shared_as_torchrun_shares_it(tmp_path):
     """The port held by a rendezvous store (another torchrun job's) is no error: the probe gets its
-    answer, and the job runs its own rendezvous in that store (its --rdzv_id), as torchrun alone does."""
+    answer, and the job runs its own rendezvous in that store (its --rdzv_id), as torchrun alone does.
+    The same job started again once finished finds its rendezvous closed: one line."""
     port = free_port()
     serve = (f"import time, datetime, torch.distributed as d; s = d.TCPStore('127.0.0.1', {port}, is_master=True, "
              f"wait_for_workers=False, multi_tenant=True, timeout=datetime.timedelta(seconds=60)); time.sleep(120)")
@@ -458,10 +459,16 @@ def test_another_jobs_rendezvous_store_on_the_port_is_shared_as_torchrun_shares_
     try:
         time.sleep(3)
         codes, outputs, _ = ended([ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}", "read_timeout=5")], 120)
+        assert codes == [0], outputs[0][-3000:]
+        assert len(list((tmp_path / "runs").glob("*/latest.pt"))) == 1
+        # the same --rdzv_id again, on the store that still holds the finished job's rendezvous
+        again, said, seconds = ended([ganforge_torchrun(tmp_path / "again", f"127.0.0.1:{port}", "read_timeout=5")], 60)
     finally:
         stopped([store])
-    assert codes == [0], outputs[0][-3000:]
-    assert len(list((tmp_path / "runs").glob("*/latest.pt"))) == 1
+    assert again == [1] and seconds < 30 and len(said[0].splitlines()) == 1, said
+    assert said[0].startswith(f"Error: the rendezvous of job 'nowhere' at 127.0.0.1:{port} (--rdzv_endpoint) is "
+                              "closed: "), said
+    assert not (tmp_path / "again").exists()
 
 
 @pytest.mark.slow

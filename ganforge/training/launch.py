@@ -124,8 +124,9 @@ def rendezvous_failure(e: Exception, rdzv: dict) -> str:
         return (f"port {rdzv['port']} of this node is taken by another program: with --rdzv_conf is_host=1 this node "
                 f"serves {where}; give every node's --rdzv_endpoint a free port")
     return (f"no rendezvous store answered at {rdzv['endpoint']} (--rdzv_endpoint), each try waiting "
-            f"{rdzv['read_timeout']} s (--rdzv_conf read_timeout): {cause}; start the first node, which serves it, "
-            f"and check the address and port and that this node reaches them")
+            f"{rdzv['read_timeout']} s (--rdzv_conf read_timeout): {cause}; start the first node, which serves it "
+            f"(--rdzv_conf is_host=1 where it does not take it on), and check the address and port and that this "
+            f"node reaches them")
 
 
 def first_line(e: BaseException) -> str:

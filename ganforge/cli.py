@@ -1,5 +1,5 @@
 """Command line: `ganforge train | generate | evaluate | compare | interpolate | timelapse | project | dataset | studio |
-runs | info | plot | export | bench` (and `ganforge --version`)."""
+runs | info | plot | export | bench | torchrun` (and `ganforge --version`)."""
 
 from __future__ import annotations
 
@@ -299,6 +299,22 @@ def _check_before_launch(gpus: int, options: dict, resume: str | None) -> None:
         from ganforge.training.options import accumulation_rounds
 
         accumulation_rounds(options["batch"], gpus, options["batch_gpu"])
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("torchrun_args", metavar="TORCHRUN_ARGS...", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def torchrun(ctx, torchrun_args):
+    """torchrun (same options), whose c10d rendezvous failures stop it with one line.
+
+    Replace `torchrun` with `ganforge torchrun` in each node's command. A port of --rdzv_endpoint
+    held by another program (torchrun waits for it without end), a rendezvous store no one serves, and
+    a rendezvous short of --nnodes nodes then end in one line each, within read_timeout or join_timeout
+    (--rdzv_conf; 60 s and 600 s by default), before any worker starts.
+    """
+    from ganforge.training.launch import torchrun as launch
+
+    ctx.exit(launch(list(torchrun_args), debug=ctx.parent.params.get("debug", False)))
 
 
 @main.command()

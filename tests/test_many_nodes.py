@@ -322,3 +322,187 @@ def test_a_run_directory_that_another_node_cannot_see_is_refused(tmp_path):
     said = "\n".join(outputs)
     assert "do not see the run directory" in said and "on a file system every node shares" in said, said[-3000:]
     assert not list(outdir.iterdir())  # rank 0 took its new run directory away
+
+
+# A rendezvous that cannot complete, through `ganforge torchrun` (torchrun's options, its failures as one line).
+
+@contextlib.contextmanager
+def a_program_holding(port):
+    """A listening socket that accepts connections and never answers: another program on the port."""
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", port))
+        held.listen(16)
+        yield
+
+
+def ganforge_torchrun(outdir, endpoint, rdzv_conf, nnodes=1, launcher=("-m", "ganforge", "torchrun")):
+    cmd = [sys.executable, *launcher, "--nnodes", str(nnodes), "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+           "--rdzv_endpoint", endpoint, "--rdzv_id", "nowhere", "--rdzv_conf", rdzv_conf,
+           "-m", "ganforge", "train", *ARGS, "--kimg", "0.16", "--outdir", str(outdir)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def listening(port):
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def ended(nodes, seconds):
+    """Each node's exit status and output, all of them within `seconds` (failing the test otherwise)."""
+    started = time.time()
+    try:
+        outputs = [n.communicate(timeout=max(1, started + seconds - time.time()))[0] for n in nodes]
+    finally:
+        stopped(nodes)
+    return [n.returncode for n in nodes], [o.strip() for o in outputs], time.time() - started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", ["", "is_host=1,"])
+def test_a_port_another_program_holds_stops_every_node_with_one_line(tmp_path, first):
+    """The endpoint's port held by a program that accepts connections and never answers: torchrun's
+    client would wait for it without end (test below); each node of `ganforge torchrun` stops within
+    read_timeout with one line, nothing started. With is_host=1 the first node stops at once, as it
+    cannot serve the port."""
+    port = free_port()
+    with a_program_holding(port):
+        nodes = [ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}", conf + "read_timeout=5", nnodes=2)
+                 for conf in (first, "is_host=0," if first else "")]
+        codes, outputs, seconds = ended(nodes, 60)
+    assert codes == [1, 1] and seconds < 45, outputs
+    assert all(len(o.splitlines()) == 1 for o in outputs), outputs
+    silent = (f"Error: 127.0.0.1:{port} (--rdzv_endpoint) accepts connections but does not answer as torchrun's "
+              f"rendezvous store within 5 s (--rdzv_conf read_timeout): another program holds the port")
+    assert outputs[1].startswith(silent), outputs[1]
+    assert outputs[0].startswith(f"Error: port {port} of this node is taken by another program" if first else silent)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_first_hosts_port_held_by_another_program_stops_both_nodes_with_one_line(tmp_path, two_hosts):
+    """Two hosts; on the first, the rendezvous port is held by a program that never answers: the first
+    node (is_host=1) cannot serve it and the second cannot use it, each says so in one line."""
+    (ns0, _, address0), _ = two_hosts
+    hold = (f"import socket, time; s = socket.socket(); s.bind(({address0!r}, 29531)); s.listen(16); "
+            f"print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen(["ip", "netns", "exec", ns0, sys.executable, "-c", hold], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        nodes = [subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "ganforge", "torchrun",
+                                   "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+                                   "--rdzv_endpoint", f"{address0}:29531", "--rdzv_id", "held", "--local_addr", address,
+                                   "--rdzv_conf", f"is_host={int(ns == ns0)},read_timeout=5", "-m", "ganforge",
+                                   "train", *ARGS, "--kimg", "0.16", "--outdir", str(tmp_path / "runs")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                 for ns, _, address in two_hosts]
+        codes, outputs, seconds = ended(nodes, 60)
+    finally:
+        stopped([holder])
+    assert codes == [1, 1] and seconds < 45 and all(len(o.splitlines()) == 1 for o in outputs), outputs
+    assert outputs[0].startswith("Error: port 29531 of this node is taken by another program: with --rdzv_conf "
+                                 f"is_host=1 this node serves the rendezvous of job 'held' at {address0}:29531"), outputs
+    assert outputs[1].startswith(f"Error: {address0}:29531 (--rdzv_endpoint) accepts connections but does not answer "
+                                 "as torchrun's rendezvous store within 5 s (--rdzv_conf read_timeout)"), outputs
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_alone_waits_without_end_on_a_port_another_program_holds(tmp_path):
+    """Why `ganforge torchrun` tries the port first: torchrun's client of the store waits for the
+    program's answer past its read_timeout (5 s here, which ends the wait for an endpoint nobody serves
+    in 9 to 15 s), silent."""
+    port = free_port()
+    with a_program_holding(port):
+        agent = ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}", "read_timeout=5",
+                                  launcher=("-m", "torch.distributed.run"))
+        try:
+            time.sleep(30)
+            assert agent.poll() is None, agent.communicate()[0][-3000:]
+        finally:
+            stopped([agent])
+    assert agent.stdout.read() == "" and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_rendezvous_short_of_its_nodes_stops_with_one_line_after_join_timeout(tmp_path):
+    """--nnodes 2 and one node started: it stops once join_timeout has passed, with one line."""
+    codes, outputs, seconds = ended([ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{free_port()}",
+                                                       "join_timeout=10", nnodes=2)], 60)
+    assert codes == [1] and 10 < seconds < 45 and len(outputs[0].splitlines()) == 1, outputs
+    assert outputs[0].startswith("Error: the rendezvous of job 'nowhere' at 127.0.0.1:") and \
+        "did not complete within 10 s (--rdzv_conf join_timeout): fewer than 2 nodes (--nnodes) joined it" in outputs[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_an_endpoint_nobody_serves_stops_with_one_line_after_read_timeout(tmp_path):
+    """is_host=0 and nothing on the port: torchrun tries to reach the store twice, read_timeout each."""
+    port = free_port()
+    codes, outputs, seconds = ended([ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}",
+                                                       "is_host=0,read_timeout=5")], 60)
+    assert codes == [1] and seconds < 45 and len(outputs[0].splitlines()) == 1, outputs
+    assert outputs[0].startswith(f"Error: no rendezvous store answered at 127.0.0.1:{port} (--rdzv_endpoint), each "
+                                 f"try waiting 5 s (--rdzv_conf read_timeout): "), outputs
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_another_jobs_rendezvous_store_on_the_port_is_shared_as_torchrun_shares_it(tmp_path):
+    """The port held by a rendezvous store (another torchrun job's) is no error: the probe gets its
+    answer, and the job runs its own rendezvous in that store (its --rdzv_id), as torchrun alone does.
+    The same job started again once finished finds its rendezvous closed: one line."""
+    port = free_port()
+    serve = (f"import time, datetime, torch.distributed as d; s = d.TCPStore('127.0.0.1', {port}, is_master=True, "
+             f"wait_for_workers=False, multi_tenant=True, timeout=datetime.timedelta(seconds=60)); time.sleep(120)")
+    store = subprocess.Popen([sys.executable, "-c", serve], start_new_session=True)
+    try:
+        time.sleep(3)
+        codes, outputs, _ = ended([ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}", "read_timeout=5")], 120)
+        assert codes == [0], outputs[0][-3000:]
+        assert len(list((tmp_path / "runs").glob("*/latest.pt"))) == 1
+        # the same --rdzv_id again, on the store that still holds the finished job's rendezvous
+        again, said, seconds = ended([ganforge_torchrun(tmp_path / "again", f"127.0.0.1:{port}", "read_timeout=5")], 60)
+    finally:
+        stopped([store])
+    assert again == [1] and seconds < 30 and len(said[0].splitlines()) == 1, said
+    assert said[0].startswith(f"Error: the rendezvous of job 'nowhere' at 127.0.0.1:{port} (--rdzv_endpoint) is "
+                              "closed: "), said
+    assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.slow
+def test_two_nodes_through_ganforge_torchrun_train_as_through_torchrun(tmp_path):
+    """The rendezvous that completes: two nodes of `ganforge torchrun` on one host (the first serves
+    the store its port probe finds free, the second's probe finds the store answering) train the run to
+    its end, both exit 0, one run directory."""
+    port = free_port()
+    nodes = [ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}", "read_timeout=30", nnodes=2)]
+    deadline = time.time() + 60
+    while not listening(port):  # the first node serves the store: then the second
+        assert nodes[0].poll() is None and time.time() < deadline, "the first node served no store"
+        time.sleep(0.2)
+    nodes.append(ganforge_torchrun(tmp_path / "runs", f"127.0.0.1:{port}", "read_timeout=30", nnodes=2))
+    codes, outputs, _ = ended(nodes, 240)
+    assert codes == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert load_snapshot(run)["images_seen"] >= 160 and (run / "reals.png").exists()
+
+
+def test_the_endpoint_probe_refuses_only_a_port_that_never_answers():
+    from ganforge.errors import TrainingError
+    from ganforge.training.launch import check_endpoint
+
+    port = free_port()
+    check_endpoint("127.0.0.1", port, 2)  # nothing there yet: torchrun's own wait
+    store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+    check_endpoint("127.0.0.1", port, 2)  # a store answers
+    del store
+    port = free_port()
+    with a_program_holding(port):
+        started = time.time()
+        with pytest.raises(TrainingError, match=rf"^127\.0\.0\.1:{port} \(--rdzv_endpoint\) accepts connections but "
+                                                r"does not answer as torchrun's rendezvous store within 2 s"):
+            check_endpoint("127.0.0.1", port, 2)
+        assert time.time() - started < 5

@@ -344,6 +344,21 @@ def test_a_finished_run_says_what_next_and_runs_and_info_describe_it(tmp_path):
     assert empty.exit_code != 0 and "no runs here" in empty.output
 
 
+def test_runs_and_info_give_a_run_stopped_between_ticks_the_kimg_of_its_snapshot(run_dir, tmp_path):
+    # Ctrl-C before the first tick leaves latest.pt and no stats row: "0 / 5" said the run never
+    # started, where --resume continues from the snapshot's kimg.
+    import shutil
+
+    stopped = shutil.copytree(run_dir, tmp_path / "runs" / "00000-cdcgan-mnist")
+    (stopped / "stats.jsonl").write_text("")
+    options = json.loads((stopped / "training_options.json").read_text())
+    (stopped / "training_options.json").write_text(json.dumps({**options, "kimg": 5}))
+    row = CliRunner().invoke(main, ["runs", str(tmp_path / "runs")]).output.strip().splitlines()[1]
+    assert row.split()[2:6] == ["mnist", "0.064", "/", "5"] and "stopped" in row, row
+    described = CliRunner().invoke(main, ["info", str(stopped)]).output
+    assert "progress:   0.064 of 5 kimg, stopped, last wrote " in described, described
+
+
 def test_dry_run_refuses_what_a_real_start_would_refuse(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()

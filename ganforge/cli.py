@@ -121,6 +121,15 @@ class _GanforgeErrors(click.Group):
             if ctx.params.get("debug"):
                 raise
             raise click.ClickException(str(e)) from e
+        except BrokenPipeError:
+            if not _stdout_reader_gone():
+                click.echo("ganforge: unexpected error, probably a bug: please report it with the traceback below",
+                           err=True)
+                raise
+            # `ganforge runs | head -1`: the reader took what it wanted and left; no fault, nothing to say.
+            # stdout goes to /dev/null so that Python's own flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + getattr(signal, "SIGPIPE", 13))  # 141, as a shell reports a writer whose reader left
         except OSError as e:
             if ctx.params.get("debug") or e.errno not in MACHINE_ERRNOS:
                 click.echo("ganforge: unexpected error, probably a bug: please report it with the traceback below",
@@ -136,6 +145,19 @@ class _GanforgeErrors(click.Group):
         except Exception:
             click.echo("ganforge: unexpected error, probably a bug: please report it with the traceback below", err=True)
             raise
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (the write end then polls as an error), so
+    that a broken pipe of another kind (a subprocess's) is still reported as a fault."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are reported unasked
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no real stdout: take it as stdout's
+        return True
 
 
 @contextlib.contextmanager

@@ -359,6 +359,23 @@ def test_runs_and_info_give_a_run_stopped_between_ticks_the_kimg_of_its_snapshot
     assert "progress:   0.064 of 5 kimg, stopped, last wrote " in described, described
 
 
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(run_dir):
+    # `ganforge runs | head -1`: the reader goes away, the next write fails with EPIPE; that is no
+    # bug to report, and no traceback.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    checkout = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-m", "ganforge", "info", str(run_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": checkout})
+    proc.stdout.close()  # gone before ganforge (still importing) writes its first line
+    err = proc.communicate(timeout=120)[1]
+    assert "unexpected error" not in err and "Traceback" not in err and "Exception ignored" not in err, err
+    assert proc.returncode == 141, err  # 128 + SIGPIPE, what a shell reports of a writer whose reader left
+
+
 def test_dry_run_refuses_what_a_real_start_would_refuse(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -360,7 +360,7 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
     For text-to-image runs, --n images are drawn for each prompt, one grid row per prompt.
     """
     from ganforge.hardware import resolve_device
-    from ganforge.inference import GRID_SUFFIXES, Generator, captions_beside, check_scale, enlarge, write_images
+    from ganforge.inference import GRID_SUFFIXES, Generator, captions_beside, check_scale, class_name, enlarge, write_images
 
     grid = Path(out).suffix.lower() in GRID_SUFFIXES
     _check_writable(out, "--out", folder=not grid)
@@ -377,7 +377,8 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
         beside = f" and its row captions to {captions_beside(out)}" if grid else ""
         click.echo(f"wrote {len(samples.images)} images ({n} per prompt) to {out if grid else Path(out)}{beside}")
     else:
-        click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
+        of = f" of class {class_name(generator.source, samples.label)}" if samples.label is not None else ""
+        click.echo(f"wrote {n} images{of} to {out if len(paths) == 1 else Path(out)}")
 
 
 @main.command()
@@ -567,7 +568,7 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
 
     from ganforge.explore import as_frame, check_video_writer, project_image, read_image, write_video
     from ganforge.hardware import resolve_device
-    from ganforge.inference import check_scale, enlarge, load_model, run_options
+    from ganforge.inference import check_scale, class_name, enlarge, load_model, run_options
     from ganforge.snapshots import find_snapshot
 
     if video != "none":  # before the optimisation, not after it
@@ -596,7 +597,8 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
                                     .round().to(torch.uint8)) for f in result.frames])
         write_video(frames, folder / f"projection.{video}", fps=15)
         written.append(f"projection.{video}")
-    click.echo(f"projected {image} in {steps} steps from {result.start}: PSNR {figures['psnr_db']} dB, "
+    under = f" under class {class_name(run_or_snapshot, result.label)}" if label is not None and model.num_classes else ""
+    click.echo(f"projected {image}{under} in {steps} steps from {result.start}: PSNR {figures['psnr_db']} dB, "
                f"MS-SSIM {figures['ms_ssim']}; wrote {', '.join(written)} to {folder}")
 
 

@@ -308,7 +308,7 @@ def run_steps(run: Run, dataset, resumed: bool, evaluator_factory: Callable | No
     if isinstance(watch_step, StepCensus):
         for line in watch_step.summary():
             log.line(line)
-    if stop.requested and run.dist.main:
+    if stop.requested and state.images_seen < total and run.dist.main:  # one during the last step: the run is done
         log.say(f"stopped at {state.images_seen / 1000:.1f} kimg; continue with: "
                 f"ganforge train --resume {run.directory}")
 

@@ -385,6 +385,7 @@ def test_dry_run_refuses_what_a_real_start_would_refuse(tmp_path):
         (["--data", str(tmp_path / "missing")], f"--data {tmp_path / 'missing'}: no such file or folder"),
         (["--data", str(photos)], "--model cdcgan needs labelled data"),
         (["--model", "pggan", "--data", str(photos), "--resolution", "16"], "is smaller (12x12 px)"),
+        (["--model", "dfgan", "--data", str(photos)], f"--model dfgan needs captions: --data {photos} has no text/"),
     ]:
         result = CliRunner().invoke(main, ["train", "--dry-run", "--outdir", str(tmp_path / "runs"), *args])
         assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output, result.output

@@ -29,6 +29,7 @@ from ganforge.errors import GanforgeError, GanforgeWarning, OptionError, Trainin
 from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
+from ganforge.models.base import TEXT
 from ganforge.snapshots import LATEST, SnapshotError, check_shapes, keep_snapshot, load_snapshot, save_snapshot
 from ganforge.training.distributed import (Dist, all_true, barrier, broadcast_object, broadcast_parameters,
                                           gather_object, init_from_env, job_id, naming_the_rank, restart_count)
@@ -447,6 +448,9 @@ def training_data(opts: TrainOptions, listed_once=None, preload: bool | None = N
     if model_class(opts.model).trains_on_labels(opts.model_opts) and dataset.num_classes < 2:
         raise TrainingError(f"--model {opts.model} needs labelled data, but --data {opts.data} has no labels "
                             f"(use class sub-folders or split.csv, or --model dcgan)")
+    if model_class(opts.model).conditioning == TEXT and dataset.captions is None:  # as the model's prepare says it
+        raise TrainingError(f"--model {opts.model} needs captions: --data {dataset.name} has no text/ folder "
+                            "(use the captioned layout, or --data mnist-captions)")
     if dataset.smallest_side is not None and dataset.smallest_side < opts.resolution and full_size:
         raise TrainingError(f"{smaller_images(opts, dataset)}; {opts.model} would learn upscaling blur. Use a lower "
                             "--resolution or larger images")

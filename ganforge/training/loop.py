@@ -226,7 +226,7 @@ def log_start(run: Run, dataset, resumed: bool, notes: list[str]) -> None:
     """log.txt's opening lines: what trains on what, where and how, then the notes of the set-up."""
     opts, model, world = run.opts, run.model, run.dist.world_size
     run.log.line(f"{'resuming' if resumed else 'starting'} {run.directory} at {run.state.images_seen / 1000:.1f} kimg "
-                 f"on {run.device}: {opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, "
+                 f"on {run.device}: {opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images{split_in_words(dataset)}, "
                  f"{classes_in_words(opts, dataset)}, G {parameter_count(model.G):,} / D {parameter_count(model.D):,} "
                  f"parameters, {world} process{'es' if world > 1 else ''}")
     for note in notes + describe_schedule(model, opts) + dataset_notes(opts, dataset):
@@ -486,12 +486,18 @@ def smaller_images(opts: TrainOptions, dataset) -> str:
             f"(the smallest side {dataset.smallest_side} px)")
 
 
+def split_in_words(dataset) -> str:
+    """Which rows of data with splits (split.csv) the run trains on: " of the train split"; nothing for other data."""
+    split = getattr(dataset, "split", None)
+    return "" if split is None else " of every split" if split == "all" else f" of the {split} split"
+
+
 def classes_in_words(opts: TrainOptions, dataset) -> str:
     """The data's labels as the run uses them: none, its classes, or classes the model does not use."""
     if not dataset.num_classes:
         return "unlabelled"
     used = model_class(opts.model).trains_on_labels(opts.model_opts)
-    return f"{dataset.num_classes} classes" + ("" if used else f" (unused: {opts.model} here is unconditional)")
+    return f"{dataset.num_classes} class{'es' if dataset.num_classes != 1 else ''}" + ("" if used else f" (unused: {opts.model} here is unconditional)")
 
 
 def dataset_notes(opts: TrainOptions, dataset) -> list[str]:

@@ -684,7 +684,8 @@ def info(run):
     summary = run_summary(run)
     options = summary["options"]
     defaults = TrainOptions().to_json()
-    changed = {k: v for k, v in options.items() if k in defaults and v != defaults[k] and k not in ("outdir",)}
+    # run_id: every run's own identity, no option anyone set
+    changed = {k: v for k, v in options.items() if k in defaults and v != defaults[k] and k not in ("outdir", "run_id")}
     when = (f", last wrote {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(summary['last_write']))}"
             if summary["last_write"] else "")
     click.echo(f"run:        {run}")

@@ -340,6 +340,7 @@ def test_a_finished_run_says_what_next_and_runs_and_info_describe_it(tmp_path):
     assert "progress:   0.064 of 0.064 kimg, finished" in described.output
     assert "processes:  1" in described.output and "metric:     swd at 0.064 kimg: swd " in described.output
     assert "latest.pt" in described.output
+    assert "run_id" not in described.output  # the options that differ from the defaults: set by the user, not the run's id
     empty = CliRunner().invoke(main, ["runs", str(tmp_path / "none")])
     assert empty.exit_code != 0 and "no runs here" in empty.output
 

@@ -126,7 +126,7 @@ def test_a_walk_between_classes_moves_the_class_embedding_from_one_class_to_the_
     assert not (between == frames[0]).all() and not (between == frames[4]).all()
     result = CliRunner().invoke(main, ["interpolate", str(run), "--out", str(Path(run) / "classes.gif"), "--seeds", "5",
                                        "--labels", "3,8", "--seconds", "1", "--fps", "4"])
-    assert result.exit_code == 0 and "through seeds 5 and classes 3,8 and back" in result.output, result.output
+    assert result.exit_code == 0 and "through seeds 5 and classes 3, 8 and back" in result.output, result.output
 
 
 def test_projection_finds_a_latent_that_reproduces_a_generated_image(run, tmp_path):

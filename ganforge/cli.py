@@ -287,7 +287,9 @@ def _next_commands(run_dir: Path, options: dict) -> list[str]:
 
     conditioning = model_class(options["model"]).conditioning  # a class attribute where a model fixes it
     sample = f' --prompt "{_a_caption(options)}"' if conditioning == TEXT else ""
-    metrics, extra = suggested_metrics(conditioning), inception_metrics()
+    # the Inception metrics the [metrics] extra serves alone: not `is`, whose logits its FID weights lack
+    extra = [name for name in inception_metrics() if "logits" not in registered()[name].keeps]
+    metrics = suggested_metrics(conditioning)
     return ["next:",
             f"  ganforge generate {run_dir}{sample} --n 16 --out {run_dir / 'samples.png'}",
             f"  ganforge evaluate {run_dir} --metrics {','.join(metrics)} --n 1000   # {', '.join(extra)} too, with the "

@@ -320,6 +320,7 @@ def test_a_finished_run_says_what_next_and_runs_and_info_describe_it(tmp_path):
     assert lines[-5:-3] == [f"run directory: {run}", "next:"]
     assert lines[-3].split() == ["ganforge", "generate", str(run), "--n", "16", "--out", str(run / "samples.png")]
     assert lines[-2].split()[:3] == ["ganforge", "evaluate", str(run)] and lines[-1].split()[:3] == ["ganforge", "studio", str(tmp_path)]
+    assert lines[-2].endswith("# fid, kid, pr too, with the [metrics] extra"), lines[-2]  # not is: it needs logits
     generated = CliRunner().invoke(main, lines[-3].split()[1:])  # the printed command works as printed
     assert generated.exit_code == 0 and (run / "samples.png").exists(), generated.output
     assert json.loads((run / "training_options.json").read_text())["processes"] == 1

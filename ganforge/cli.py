@@ -121,6 +121,15 @@ class _GanforgeErrors(click.Group):
             if ctx.params.get("debug"):
                 raise
             raise click.ClickException(str(e)) from e
+        except BrokenPipeError:
+            if not _stdout_reader_gone():
+                click.echo("ganforge: unexpected error, probably a bug: please report it with the traceback below",
+                           err=True)
+                raise
+            # `ganforge runs | head -1`: the reader took what it wanted and left; no fault, nothing to say.
+            # stdout goes to /dev/null so that Python's own flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + getattr(signal, "SIGPIPE", 13))  # 141, as a shell reports a writer whose reader left
         except OSError as e:
             if ctx.params.get("debug") or e.errno not in MACHINE_ERRNOS:
                 click.echo("ganforge: unexpected error, probably a bug: please report it with the traceback below",
@@ -136,6 +145,19 @@ class _GanforgeErrors(click.Group):
         except Exception:
             click.echo("ganforge: unexpected error, probably a bug: please report it with the traceback below", err=True)
             raise
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (the write end then polls as an error), so
+    that a broken pipe of another kind (a subprocess's) is still reported as a fault."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are reported unasked
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no real stdout: take it as stdout's
+        return True
 
 
 @contextlib.contextmanager
@@ -265,7 +287,9 @@ def _next_commands(run_dir: Path, options: dict) -> list[str]:
 
     conditioning = model_class(options["model"]).conditioning  # a class attribute where a model fixes it
     sample = f' --prompt "{_a_caption(options)}"' if conditioning == TEXT else ""
-    metrics, extra = suggested_metrics(conditioning), inception_metrics()
+    # the Inception metrics the [metrics] extra serves alone: not `is`, whose logits its FID weights lack
+    extra = [name for name in inception_metrics() if "logits" not in registered()[name].keeps]
+    metrics = suggested_metrics(conditioning)
     return ["next:",
             f"  ganforge generate {run_dir}{sample} --n 16 --out {run_dir / 'samples.png'}",
             f"  ganforge evaluate {run_dir} --metrics {','.join(metrics)} --n 1000   # {', '.join(extra)} too, with the "
@@ -338,7 +362,7 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
     For text-to-image runs, --n images are drawn for each prompt, one grid row per prompt.
     """
     from ganforge.hardware import resolve_device
-    from ganforge.inference import GRID_SUFFIXES, Generator, captions_beside, check_scale, enlarge, write_images
+    from ganforge.inference import GRID_SUFFIXES, Generator, captions_beside, check_scale, class_name, enlarge, write_images
 
     grid = Path(out).suffix.lower() in GRID_SUFFIXES
     _check_writable(out, "--out", folder=not grid)
@@ -355,7 +379,8 @@ def generate(run_or_snapshot, n, label, seed, out, prompts, prompt_file, no_trun
         beside = f" and its row captions to {captions_beside(out)}" if grid else ""
         click.echo(f"wrote {len(samples.images)} images ({n} per prompt) to {out if grid else Path(out)}{beside}")
     else:
-        click.echo(f"wrote {n} images to {out if len(paths) == 1 else Path(out)}")
+        of = f" of class {class_name(generator.source, samples.label)}" if samples.label is not None else ""
+        click.echo(f"wrote {n} images{of} to {out if len(paths) == 1 else Path(out)}")
 
 
 @main.command()
@@ -545,7 +570,7 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
 
     from ganforge.explore import as_frame, check_video_writer, project_image, read_image, write_video
     from ganforge.hardware import resolve_device
-    from ganforge.inference import check_scale, enlarge, load_model, run_options
+    from ganforge.inference import check_scale, class_name, enlarge, load_model, run_options
     from ganforge.snapshots import find_snapshot
 
     if video != "none":  # before the optimisation, not after it
@@ -574,7 +599,8 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
                                     .round().to(torch.uint8)) for f in result.frames])
         write_video(frames, folder / f"projection.{video}", fps=15)
         written.append(f"projection.{video}")
-    click.echo(f"projected {image} in {steps} steps from {result.start}: PSNR {figures['psnr_db']} dB, "
+    under = f" under class {class_name(run_or_snapshot, result.label)}" if label is not None and model.num_classes else ""
+    click.echo(f"projected {image}{under} in {steps} steps from {result.start}: PSNR {figures['psnr_db']} dB, "
                f"MS-SSIM {figures['ms_ssim']}; wrote {', '.join(written)} to {folder}")
 
 
@@ -660,7 +686,8 @@ def info(run):
     summary = run_summary(run)
     options = summary["options"]
     defaults = TrainOptions().to_json()
-    changed = {k: v for k, v in options.items() if k in defaults and v != defaults[k] and k not in ("outdir",)}
+    # run_id: every run's own identity, no option anyone set
+    changed = {k: v for k, v in options.items() if k in defaults and v != defaults[k] and k not in ("outdir", "run_id")}
     when = (f", last wrote {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(summary['last_write']))}"
             if summary["last_write"] else "")
     click.echo(f"run:        {run}")

@@ -161,6 +161,7 @@ class Samples:
     columns: int                         # the grid's width
     labels: torch.Tensor | None = None   # the class of each image, when the grid has one row per class
     captions: list[str] | None = None    # text-to-image: the prompt of each grid row
+    label: int | None = None             # the class of every image, when one class was asked for
 
 
 class Generator(RuntimeGenerator):
@@ -226,7 +227,7 @@ class Generator(RuntimeGenerator):
         if label is not None and model.num_classes:
             label = class_of(model, self.source, str(label), "--label")
         images, labels, columns = generate(model, n, seed=seed, label=label, device=device, psi=psi)
-        return Samples(images, columns, labels if label is None else None)
+        return Samples(images, columns, labels if label is None else None, label=label)
 
     def sample(self, n: int, seed: int = 0, label: int | str | None = None, prompt: str | Sequence[str] | None = None,
                psi: float = 1.0, truncate: bool = True) -> torch.Tensor:

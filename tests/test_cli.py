@@ -320,6 +320,7 @@ def test_a_finished_run_says_what_next_and_runs_and_info_describe_it(tmp_path):
     assert lines[-5:-3] == [f"run directory: {run}", "next:"]
     assert lines[-3].split() == ["ganforge", "generate", str(run), "--n", "16", "--out", str(run / "samples.png")]
     assert lines[-2].split()[:3] == ["ganforge", "evaluate", str(run)] and lines[-1].split()[:3] == ["ganforge", "studio", str(tmp_path)]
+    assert lines[-2].endswith("# fid, kid, pr too, with the [metrics] extra"), lines[-2]  # not is: it needs logits
     generated = CliRunner().invoke(main, lines[-3].split()[1:])  # the printed command works as printed
     assert generated.exit_code == 0 and (run / "samples.png").exists(), generated.output
     assert json.loads((run / "training_options.json").read_text())["processes"] == 1
@@ -340,8 +341,44 @@ def test_a_finished_run_says_what_next_and_runs_and_info_describe_it(tmp_path):
     assert "progress:   0.064 of 0.064 kimg, finished" in described.output
     assert "processes:  1" in described.output and "metric:     swd at 0.064 kimg: swd " in described.output
     assert "latest.pt" in described.output
+    assert "run_id" not in described.output  # the options that differ from the defaults: set by the user, not the run's id
     empty = CliRunner().invoke(main, ["runs", str(tmp_path / "none")])
     assert empty.exit_code != 0 and "no runs here" in empty.output
+
+
+def test_runs_and_info_give_a_run_stopped_between_ticks_the_kimg_of_its_snapshot(run_dir, tmp_path):
+    # Ctrl-C before the first tick leaves latest.pt and no stats row: "0 / 5" said the run never
+    # started, where --resume continues from the snapshot's kimg.
+    import shutil
+
+    stopped = shutil.copytree(run_dir, tmp_path / "runs" / "00000-cdcgan-mnist")
+    (stopped / "stats.jsonl").write_text("")
+    options = json.loads((stopped / "training_options.json").read_text())
+    (stopped / "training_options.json").write_text(json.dumps({**options, "kimg": 5}))
+    from ganforge.snapshots import load_snapshot
+
+    kimg = f"{load_snapshot(stopped)['images_seen'] / 1000:g}"  # the module's run, where earlier tests left it
+    row = CliRunner().invoke(main, ["runs", str(tmp_path / "runs")]).output.strip().splitlines()[1]
+    assert row.split()[2:6] == ["mnist", kimg, "/", "5"] and "stopped" in row, row
+    described = CliRunner().invoke(main, ["info", str(stopped)]).output
+    assert f"progress:   {kimg} of 5 kimg, stopped, last wrote " in described, described
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(run_dir):
+    # `ganforge runs | head -1`: the reader goes away, the next write fails with EPIPE; that is no
+    # bug to report, and no traceback.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    checkout = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-m", "ganforge", "info", str(run_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": checkout})
+    proc.stdout.close()  # gone before ganforge (still importing) writes its first line
+    err = proc.communicate(timeout=120)[1]
+    assert "unexpected error" not in err and "Traceback" not in err and "Exception ignored" not in err, err
+    assert proc.returncode == 141, err  # 128 + SIGPIPE, what a shell reports of a writer whose reader left
 
 
 def test_dry_run_refuses_what_a_real_start_would_refuse(tmp_path):
@@ -353,6 +390,7 @@ def test_dry_run_refuses_what_a_real_start_would_refuse(tmp_path):
         (["--data", str(tmp_path / "missing")], f"--data {tmp_path / 'missing'}: no such file or folder"),
         (["--data", str(photos)], "--model cdcgan needs labelled data"),
         (["--model", "pggan", "--data", str(photos), "--resolution", "16"], "is smaller (12x12 px)"),
+        (["--model", "dfgan", "--data", str(photos)], f"--model dfgan needs captions: --data {photos} has no text/"),
     ]:
         result = CliRunner().invoke(main, ["train", "--dry-run", "--outdir", str(tmp_path / "runs"), *args])
         assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output, result.output

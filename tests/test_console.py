@@ -120,6 +120,12 @@ def test_messages_tell_the_truth_about_labels_and_splits(tmp_path, photos_with_a
                                        "--split", "test", "--metrics", "swd", "--n", "2", "--resolution", "16"])
     assert result.exit_code == 0, result.output
     assert "real images: 2 of the test split of" in result.output
+    trained = CliRunner().invoke(main, ["train", "--model", "dcgan", "--data", str(captioned), "--resolution", "8",
+                                        "--batch", "4", "--base-channels", "4", "--kimg", "0.004", "--quiet",
+                                        "--outdir", str(tmp_path / "runs")])
+    assert trained.exit_code == 0, trained.output
+    first = (tmp_path / "runs" / "00001-dcgan-birds" / "log.txt").read_text().splitlines()[0]
+    assert ", 4 images of the train split, 1 class (unused" in first, first  # of 6: which rows it trains on
 
 
 def test_a_notebook_shows_bars_through_tqdm_auto(monkeypatch):

@@ -126,7 +126,7 @@ def test_a_walk_between_classes_moves_the_class_embedding_from_one_class_to_the_
     assert not (between == frames[0]).all() and not (between == frames[4]).all()
     result = CliRunner().invoke(main, ["interpolate", str(run), "--out", str(Path(run) / "classes.gif"), "--seeds", "5",
                                        "--labels", "3,8", "--seconds", "1", "--fps", "4"])
-    assert result.exit_code == 0 and "through seeds 5 and classes 3,8 and back" in result.output, result.output
+    assert result.exit_code == 0 and "through seeds 5 and classes 3, 8 and back" in result.output, result.output
 
 
 def test_projection_finds_a_latent_that_reproduces_a_generated_image(run, tmp_path):
@@ -175,6 +175,8 @@ def test_classes_are_taken_by_name_wherever_a_class_number_is(tmp_path):
     by_number = runner.invoke(main, ["generate", str(run), "--n", "4", "--label", "1", "--out", str(tmp_path / "b.png")])
     assert by_name.exit_code == 0 and by_number.exit_code == 0, by_name.output + by_number.output
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    for result in (by_name, by_number):  # the class echoed with both, as interpolate does
+        assert "wrote 4 images of class 1 (Flags) to " in result.output, result.output
     wrong = runner.invoke(main, ["generate", str(run), "--label", "Flag", "--out", str(tmp_path / "c.png")])
     assert wrong.exit_code != 0 and "--label Flag: not a class of this run; the run's classes: 0 Faces, 1 Flags" \
         in wrong.output
@@ -185,6 +187,7 @@ def test_classes_are_taken_by_name_wherever_a_class_number_is(tmp_path):
     projected = runner.invoke(main, ["project", str(run), "--image", str(tmp_path / "flag.png"), "--label", "Flags",
                                      "--steps", "2", "--video", "none", "--out", str(tmp_path / "p")])
     assert projected.exit_code == 0 and json.loads((tmp_path / "p" / "result.json").read_text())["label"] == 1
+    assert "under class 1 (Flags)" in projected.output, projected.output
 
 
 def test_began_projection_starts_from_its_encoder(tmp_path):

@@ -42,6 +42,18 @@ def test_plan_prints_a_row_per_phase_and_writes_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no run directory, nothing else either
 
 
+def test_plan_warns_of_a_run_that_ends_before_its_resolution_as_the_run_would(tmp_path):
+    # The table showed one "4x4 stable" row and a wall time, and no word that the 16x16 asked for is
+    # never reached: the real start (and --dry-run) warn of it.
+    args = ["train", "--plan", "--model", "pggan", "--data", "mnist", "--resolution", "16", "--batch", "16",
+            "--kimg", "0.02", "--outdir", str(tmp_path / "runs")]
+    for key, value in TINY_PGGAN["model_opts"].items():
+        args += ["--model-opt", f"{key}={value}"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: the run stays at 4x4: --kimg 0.02 ends before the target 16x16" in result.output, result.output
+
+
 def test_plan_refuses_resume_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["train", "--plan", "--resume", str(tmp_path)])
     assert result.exit_code == 2 and "--plan times a new run" in result.output and "Traceback" not in result.output

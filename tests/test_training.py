@@ -200,6 +200,27 @@ def test_failed_snapshot_write_is_clear_and_keeps_the_previous(tmp_path, monkeyp
     assert load_snapshot(next(tmp_path.iterdir()))["step"] == 8  # one write per --snap (the kept one is a link)
 
 
+def test_a_stop_that_comes_during_the_last_step_finishes_the_run_without_a_resume_line(tmp_path, monkeypatch, capsys):
+    # Ctrl-C (or a scheduler's SIGTERM) while the last step runs: the run reaches its --kimg, so
+    # "continue with: ganforge train --resume RUN" sent the user to a resume that asks for a larger --kimg.
+    import signal
+
+    import ganforge.training.loop as loop
+
+    real_step = loop.loop_step
+
+    def stop_in_last_step(model, state, *args, **kwargs):
+        result = real_step(model, state, *args, **kwargs)
+        if state.images_seen >= 64:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives before the step returns, as a Ctrl-C inside it would
+        return result
+
+    monkeypatch.setattr(loop, "loop_step", stop_in_last_step)
+    run = train(TrainOptions(**TINY, kimg=0.064, outdir=str(tmp_path)), progress=False)
+    assert load_snapshot(run)["images_seen"] == 64
+    assert "continue with" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     import importlib.util

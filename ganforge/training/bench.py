@@ -19,7 +19,7 @@ from ganforge.training.distributed import Dist
 from ganforge.training.graphs import WARMUP_STEPS, GraphedSteps
 from ganforge.training.estimate import TimedPeriod, plan_lines, time_periodic_work
 from ganforge.training.loop import RunState, loop_step, prepare, run_options, training_data, training_model
-from ganforge.training.options import TrainOptions, check_batches, resolve_augment, run_periods
+from ganforge.training.options import TrainOptions, check_batches, describe_schedule, resolve_augment, run_periods
 from ganforge.training.runlog import SampleGrid
 from ganforge.training.step import step_flops
 
@@ -149,7 +149,9 @@ def plan_run(opts: TrainOptions, explicit: set[str], steps: int = 3, warmup: int
         seconds, turns, peak = time_turns(turn, warmup, steps, dev, period.name, min_seconds)
         timed.append(TimedPeriod(period, seconds / turns, peak))
     costs = time_periodic_work(model, grid, grid_reals, state, opts)
-    return plan_lines(opts, dev, timed, startup, costs, f"at least {steps} steps and {min_seconds:g} s", warmup)
+    lines, seconds = plan_lines(opts, dev, timed, startup, costs, f"at least {steps} steps and {min_seconds:g} s", warmup)
+    # what the run would warn of at its start (a schedule that ends before the target resolution)
+    return lines + [line for line in describe_schedule(model, opts) if line.startswith("warning:")], seconds
 
 
 def random_images(n: int, channels: int, resolution: int, num_classes: int) -> ImageDataset:

@@ -29,6 +29,7 @@ from ganforge.errors import GanforgeError, GanforgeWarning, OptionError, Trainin
 from ganforge.hardware import bf16_peak_tflops, make_scalers, prepare_networks, resolve_device, restore_generator
 from ganforge.hostsync import StepCensus, census_from_env
 from ganforge.models import GanModel, Schedule, build_model, model_class, parameter_count
+from ganforge.models.base import TEXT
 from ganforge.snapshots import LATEST, SnapshotError, check_shapes, keep_snapshot, load_snapshot, save_snapshot
 from ganforge.training.distributed import (Dist, all_true, barrier, broadcast_object, broadcast_parameters,
                                           gather_object, init_from_env, job_id, naming_the_rank, restart_count)
@@ -225,7 +226,7 @@ def log_start(run: Run, dataset, resumed: bool, notes: list[str]) -> None:
     """log.txt's opening lines: what trains on what, where and how, then the notes of the set-up."""
     opts, model, world = run.opts, run.model, run.dist.world_size
     run.log.line(f"{'resuming' if resumed else 'starting'} {run.directory} at {run.state.images_seen / 1000:.1f} kimg "
-                 f"on {run.device}: {opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images, "
+                 f"on {run.device}: {opts.model} {opts.resolution}x{opts.resolution}, {len(dataset)} images{split_in_words(dataset)}, "
                  f"{classes_in_words(opts, dataset)}, G {parameter_count(model.G):,} / D {parameter_count(model.D):,} "
                  f"parameters, {world} process{'es' if world > 1 else ''}")
     for note in notes + describe_schedule(model, opts) + dataset_notes(opts, dataset):
@@ -308,7 +309,7 @@ def run_steps(run: Run, dataset, resumed: bool, evaluator_factory: Callable | No
     if isinstance(watch_step, StepCensus):
         for line in watch_step.summary():
             log.line(line)
-    if stop.requested and run.dist.main:
+    if stop.requested and state.images_seen < total and run.dist.main:  # one during the last step: the run is done
         log.say(f"stopped at {state.images_seen / 1000:.1f} kimg; continue with: "
                 f"ganforge train --resume {run.directory}")
 
@@ -447,6 +448,9 @@ def training_data(opts: TrainOptions, listed_once=None, preload: bool | None = N
     if model_class(opts.model).trains_on_labels(opts.model_opts) and dataset.num_classes < 2:
         raise TrainingError(f"--model {opts.model} needs labelled data, but --data {opts.data} has no labels "
                             f"(use class sub-folders or split.csv, or --model dcgan)")
+    if model_class(opts.model).conditioning == TEXT and dataset.captions is None:  # as the model's prepare says it
+        raise TrainingError(f"--model {opts.model} needs captions: --data {dataset.name} has no text/ folder "
+                            "(use the captioned layout, or --data mnist-captions)")
     if dataset.smallest_side is not None and dataset.smallest_side < opts.resolution and full_size:
         raise TrainingError(f"{smaller_images(opts, dataset)}; {opts.model} would learn upscaling blur. Use a lower "
                             "--resolution or larger images")
@@ -482,12 +486,18 @@ def smaller_images(opts: TrainOptions, dataset) -> str:
             f"(the smallest side {dataset.smallest_side} px)")
 
 
+def split_in_words(dataset) -> str:
+    """Which rows of data with splits (split.csv) the run trains on: " of the train split"; nothing for other data."""
+    split = getattr(dataset, "split", None)
+    return "" if split is None else " of every split" if split == "all" else f" of the {split} split"
+
+
 def classes_in_words(opts: TrainOptions, dataset) -> str:
     """The data's labels as the run uses them: none, its classes, or classes the model does not use."""
     if not dataset.num_classes:
         return "unlabelled"
     used = model_class(opts.model).trains_on_labels(opts.model_opts)
-    return f"{dataset.num_classes} classes" + ("" if used else f" (unused: {opts.model} here is unconditional)")
+    return f"{dataset.num_classes} class{'es' if dataset.num_classes != 1 else ''}" + ("" if used else f" (unused: {opts.model} here is unconditional)")
 
 
 def dataset_notes(opts: TrainOptions, dataset) -> list[str]:

@@ -215,11 +215,32 @@ def run_summary(run_dir: str | Path) -> dict:
         options = {}
     stats = read_stats(run_dir)
     reached, planned = (stats[-1]["kimg"] if stats else 0.0), options.get("kimg")
+    last_write = stats[-1].get("time") if stats else None
+    # A run stopped between ticks (Ctrl-C before its first one, say) got further than its last stats
+    # row: its snapshot holds where it stopped, what --resume continues from.
+    saved = snapshot_progress(run_dir)
+    if saved is not None and saved[0] > reached:
+        reached, last_write = saved
     state = ("training" if run_is_training(Path(run_dir)) else "finished" if planned and reached >= planned else "stopped")
     metrics = {path.stem[len("metric-"):]: rows[-1] for path in sorted(run_dir.glob("metric-*.jsonl"))
                if (rows := read_jsonl(path))}
     return {"run": run_dir, "options": options, "kimg": reached, "planned": planned, "state": state,
-            "last_write": stats[-1].get("time") if stats else None, "metrics": metrics}
+            "last_write": last_write, "metrics": metrics}
+
+
+def snapshot_progress(run_dir: Path) -> tuple[float, float] | None:
+    """The kimg of a run's newest snapshot and when it was written; None without a readable one. Only
+    its small entries are read (the tensors are mapped, not loaded), so a large snapshot costs nothing."""
+    import torch
+
+    from ganforge.snapshots import find_snapshot
+
+    try:
+        path = find_snapshot(run_dir)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return state["images_seen"] / 1000, path.stat().st_mtime
+    except Exception:  # noqa: BLE001 - no snapshot, a torn or foreign file: the stats row is all there is
+        return None
 
 
 def growth_picture(run_dir: Path) -> Path | None:

@@ -691,8 +691,9 @@ def info(run):
     when = (f", last wrote {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(summary['last_write']))}"
             if summary["last_write"] else "")
     click.echo(f"run:        {run}")
-    click.echo(f"model:      {options.get('model')} on {options.get('data')} at {options.get('resolution')}x"
-               f"{options.get('resolution')}")
+    target, grown = options.get("resolution"), summary["resolution_reached"]
+    short_of_target = f" (grown to {grown}x{grown} so far)" if grown and target and grown < target else ""
+    click.echo(f"model:      {options.get('model')} on {options.get('data')} at {target}x{target}{short_of_target}")
     click.echo(f"progress:   {summary['kimg']:g} of {summary['planned']:g} kimg, {summary['state']}{when}")
     click.echo(f"processes:  {options.get('processes', 'not recorded (a run made before ganforge recorded it)')}")
     click.echo(f"options:    {json.dumps(changed)}")

@@ -309,6 +309,20 @@ def test_sigterm_during_evaluate_is_the_same_one_line_as_ctrl_c_and_writes_nothi
     assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
 
 
+def test_info_says_how_far_a_progressive_run_has_grown_when_short_of_its_resolution(tmp_path):
+    run = tmp_path / "00000-pggan-emoji"
+    run.mkdir()
+    (run / "training_options.json").write_text(json.dumps({"model": "pggan", "data": "emoji", "resolution": 32,
+                                                           "kimg": 1.0}))
+    rows = [{"kimg": 0.5, "step": 16, "time": 1.0, "resolution": 4}, {"kimg": 1.0, "step": 32, "time": 2.0, "resolution": 4}]
+    (run / "stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    described = CliRunner().invoke(main, ["info", str(run)])
+    assert described.exit_code == 0, described.output
+    assert "model:      pggan on emoji at 32x32 (grown to 4x4 so far)\n" in described.output, described.output
+    (run / "stats.jsonl").write_text("".join(json.dumps({**r, "resolution": 32}) + "\n" for r in rows))
+    assert "model:      pggan on emoji at 32x32\n" in CliRunner().invoke(main, ["info", str(run)]).output
+
+
 def test_a_finished_run_says_what_next_and_runs_and_info_describe_it(tmp_path):
     from ganforge import __version__
 

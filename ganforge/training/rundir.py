@@ -224,8 +224,10 @@ def run_summary(run_dir: str | Path) -> dict:
     state = ("training" if run_is_training(Path(run_dir)) else "finished" if planned and reached >= planned else "stopped")
     metrics = {path.stem[len("metric-"):]: rows[-1] for path in sorted(run_dir.glob("metric-*.jsonl"))
                if (rows := read_jsonl(path))}
+    # the size the run trains at by now (a progressive run grows to --resolution), from its last stats row
+    grown = stats[-1].get("resolution") if stats else None
     return {"run": run_dir, "options": options, "kimg": reached, "planned": planned, "state": state,
-            "last_write": last_write, "metrics": metrics}
+            "last_write": last_write, "metrics": metrics, "resolution_reached": grown}
 
 
 def snapshot_progress(run_dir: Path) -> tuple[float, float] | None:

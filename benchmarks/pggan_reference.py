@@ -229,7 +229,7 @@ def score(out: Path, which: str, real: torch.Tensor, resolution: int) -> dict[in
         path = out / f"samples-{res}-{which}.pt"
         if not path.exists():
             continue
-        images = torch.load(path)[:len(real)].float()
+        images = torch.load(path, weights_only=True)[:len(real)].float()
         if res < resolution:
             images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
         scores[res] = round(swd(real, images.round().clamp(0, 255).to(torch.uint8))["swd_avg_x1e3"], 1)

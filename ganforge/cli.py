@@ -568,7 +568,8 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
     import torch
     from torchvision.utils import make_grid, save_image
 
-    from ganforge.explore import as_frame, check_video_writer, project_image, read_image, write_video
+    from ganforge.explore import (PROJECTION_RECORD, as_frame, check_video_writer, project_image, read_image,
+                                  write_video)
     from ganforge.hardware import resolve_device
     from ganforge.inference import check_scale, class_name, enlarge, load_model, run_options
     from ganforge.snapshots import find_snapshot
@@ -592,8 +593,8 @@ def project(run_or_snapshot, image, out, steps, label, prompt, video, seed, scal
                "prompt": prompt, "run": str(find_snapshot(run_or_snapshot)),
                "run_id": run_options(run_or_snapshot).get("run_id"), "model": model.name,
                "z_dim": model.z_dim}
-    (folder / "result.json").write_text(json.dumps(figures, indent=2) + "\n")
-    written = ["target.png", "projected.png", "compare.png", "latent.npy", "result.json"]
+    (folder / PROJECTION_RECORD).write_text(json.dumps(figures, indent=2) + "\n")
+    written = ["target.png", "projected.png", "compare.png", "latent.npy", PROJECTION_RECORD]
     if video != "none":
         frames = np.stack([as_frame(make_grid(enlarge(torch.stack([real[0], f]), scale) * 0.5 + 0.5, nrow=2, padding=2).mul(255)
                                     .round().to(torch.uint8)) for f in result.frames])
